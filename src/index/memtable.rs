@@ -1,0 +1,117 @@
+//! The recent part of the index, in memory: what was committed since the last flush.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A run of consecutive versions of one stream stored in consecutive frames: the unit the index
+/// records (one per stream per commit, merged with the previous run when they touch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    /// Version of the run's first event.
+    pub first_version: u64,
+    /// Position of the run's first frame.
+    pub position: u64,
+    /// Number of events.
+    pub count: u32,
+}
+
+impl Run {
+    pub fn end_version(&self) -> u64 {
+        self.first_version + u64::from(self.count)
+    }
+
+    pub fn contains(&self, version: u64) -> bool {
+        (self.first_version..self.end_version()).contains(&version)
+    }
+}
+
+/// One stream's recent entries.
+#[derive(Debug, Clone)]
+pub(crate) struct MemStream {
+    /// Internal id (the sidecar's key for the stream).
+    pub id: u64,
+    /// Number of events in the stream (its next version).
+    pub count: u64,
+    /// Runs committed since the last flush, in version order.
+    pub runs: Vec<Run>,
+    /// Position just after the last run's last frame (to merge a touching run).
+    pub runs_end: u64,
+}
+
+/// What a commit adds for one stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunAdd {
+    pub run: Run,
+    /// Position just after the run's last frame.
+    pub end: u64,
+}
+
+/// Streams touched since the last flush.
+#[derive(Debug, Default)]
+pub(crate) struct MemTable {
+    pub streams: HashMap<Arc<str>, MemStream>,
+    /// Events recorded (to decide when to flush).
+    pub events: u64,
+}
+
+impl MemTable {
+    /// Records a run for a stream that is already in this table.
+    pub fn add_run(stream: &mut MemStream, add: RunAdd) {
+        assert_eq!(add.run.first_version, stream.count, "runs are added in version order");
+        stream.count = add.run.end_version();
+        match stream.runs.last_mut() {
+            Some(last)
+                if stream.runs_end == add.run.position
+                    && last.end_version() == add.run.first_version
+                    && u64::from(last.count) + u64::from(add.run.count) <= u64::from(u32::MAX) =>
+            {
+                last.count += add.run.count;
+            }
+            _ => stream.runs.push(add.run),
+        }
+        stream.runs_end = add.end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touching_runs_merge_and_others_do_not() {
+        let mut s = MemStream {
+            id: 1,
+            count: 0,
+            runs: vec![],
+            runs_end: 0,
+        };
+        let add = |first, position, count, end| RunAdd {
+            run: Run {
+                first_version: first,
+                position,
+                count,
+            },
+            end,
+        };
+        MemTable::add_run(&mut s, add(0, 4096, 2, 4296));
+        MemTable::add_run(&mut s, add(2, 4296, 3, 4596));
+        MemTable::add_run(&mut s, add(5, 9000, 1, 9100));
+        assert_eq!(s.count, 6);
+        assert_eq!(
+            s.runs,
+            vec![
+                Run {
+                    first_version: 0,
+                    position: 4096,
+                    count: 5
+                },
+                Run {
+                    first_version: 5,
+                    position: 9000,
+                    count: 1
+                }
+            ]
+        );
+        assert!(s.runs[0].contains(4) && !s.runs[0].contains(5));
+    }
+}

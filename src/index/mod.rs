@@ -1,0 +1,292 @@
+//! The per-stream version index: for every stream its current version, and for every version
+//! the position of its frame (recorded as *runs*: consecutive versions in consecutive frames).
+//!
+//! Three layers, newest first: the *active* memtable (commits since the last freeze), a *frozen*
+//! memtable being written to the sidecar, and the redb [sidecar]. A lookup asks them in that
+//! order. Flushing freezes the active table, writes it together with the log position it
+//! covers in one redb transaction, then drops it; readers take the memtables and begin their
+//! redb read under one read lock, so every entry is always in a layer they see.
+//!
+//! The index also holds the log's committed end (what readers may see), updated under the same
+//! lock as the stream counts so the two always agree.
+
+pub(crate) mod memtable;
+pub(crate) mod sidecar;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::error::Result;
+use crate::log::recovery::ScanStart;
+use memtable::{MemStream, MemTable, Run, RunAdd};
+use sidecar::{Sidecar, SidecarMeta};
+
+pub(crate) use sidecar::{parent, sidecar_path};
+
+/// The end of the log readers may see, and its last frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Committed {
+    pub end: u64,
+    pub last_frame: Option<u64>,
+}
+
+/// What the index knows of a stream: its internal id (`None`: never seen) and event count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct StreamInfo {
+    pub id: Option<u64>,
+    pub count: u64,
+}
+
+/// One stream's part of a commit, as the index records it.
+#[derive(Debug, Clone)]
+pub(crate) struct PartIndex {
+    pub stream: Arc<str>,
+    pub before: StreamInfo,
+    pub add: RunAdd,
+}
+
+/// A stream's runs around a version, with the stream's count and the log's committed end at the
+/// moment they were read.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamSnapshot {
+    pub count: u64,
+    pub runs: Vec<Run>,
+    pub committed: Committed,
+}
+
+struct Layers {
+    active: MemTable,
+    frozen: Option<Arc<Frozen>>,
+    next_stream_id: u64,
+    committed: Committed,
+    /// The `covered` position the sidecar holds.
+    sidecar_covered: u64,
+}
+
+/// A memtable on its way to the sidecar, and the metadata it brings the sidecar to.
+pub(crate) struct Frozen {
+    table: MemTable,
+    meta: SidecarMeta,
+}
+
+pub(crate) struct Index {
+    sidecar: Sidecar,
+    layers: RwLock<Layers>,
+    flushing: Mutex<bool>,
+    flushed: Condvar,
+    threshold: u64,
+}
+
+impl Index {
+    /// Opens (or rebuilds) the sidecar. Returns the index, where recovery must start scanning,
+    /// and why the sidecar was rebuilt, if it was.
+    pub fn open(
+        fs: &Arc<dyn crate::storage::FileSystem>,
+        path: &Path,
+        store_id: [u8; 16],
+        cache_size: usize,
+        threshold: u64,
+    ) -> Result<(Index, ScanStart, Option<String>)> {
+        let (sidecar, meta, rebuilt) = Sidecar::open(fs, path, store_id, cache_size)?;
+        let start = ScanStart {
+            position: meta.covered,
+            last_frame: meta.last_frame,
+        };
+        let index = Index {
+            sidecar,
+            layers: RwLock::new(Layers {
+                active: MemTable::default(),
+                frozen: None,
+                next_stream_id: meta.next_stream_id,
+                committed: Committed {
+                    end: meta.covered,
+                    last_frame: meta.last_frame,
+                },
+                sidecar_covered: meta.covered,
+            }),
+            flushing: Mutex::new(false),
+            flushed: Condvar::new(),
+            threshold: threshold.max(1),
+        };
+        Ok((index, start, rebuilt))
+    }
+
+    pub fn committed(&self) -> Committed {
+        self.layers.read().committed
+    }
+
+    /// Current id and count of a stream.
+    pub fn stream_info(&self, name: &str) -> Result<StreamInfo> {
+        let layers = self.layers.read();
+        for table in layers.tables() {
+            if let Some(s) = table.streams.get(name) {
+                return Ok(StreamInfo {
+                    id: Some(s.id),
+                    count: s.count,
+                });
+            }
+        }
+        let txn = self.sidecar.begin_read()?;
+        drop(layers);
+        Ok(match self.sidecar.stream(&txn, name)? {
+            Some((id, count)) => StreamInfo { id: Some(id), count },
+            None => StreamInfo::default(),
+        })
+    }
+
+    /// Records a commit's parts and moves the committed end. Called by the one writer, after the
+    /// commit is durable.
+    pub fn apply(&self, parts: &[PartIndex], committed: Committed) {
+        let mut layers = self.layers.write();
+        let layers = &mut *layers;
+        for part in parts {
+            let stream = match layers.active.streams.get_mut(&part.stream) {
+                Some(s) => s,
+                None => {
+                    let id = part.before.id.unwrap_or_else(|| {
+                        let id = layers.next_stream_id;
+                        layers.next_stream_id += 1;
+                        id
+                    });
+                    layers.active.streams.entry(part.stream.clone()).or_insert(MemStream {
+                        id,
+                        count: part.before.count,
+                        runs: Vec::new(),
+                        runs_end: 0,
+                    })
+                }
+            };
+            MemTable::add_run(stream, part.add);
+            layers.active.events += u64::from(part.add.run.count);
+        }
+        layers.committed = committed;
+    }
+
+    /// Up to `max` runs of a stream from version `from` (forwards or backwards), with the
+    /// stream's count and the committed end, all as of one moment.
+    pub fn stream_snapshot(&self, name: &str, from: u64, backwards: bool, max: usize) -> Result<StreamSnapshot> {
+        let layers = self.layers.read();
+        let mut runs = Vec::new();
+        let mut known: Option<(u64, u64)> = None;
+        for table in layers.tables() {
+            if let Some(s) = table.streams.get(name) {
+                known.get_or_insert((s.id, s.count));
+                runs.extend(select(&s.runs, from, backwards, max));
+            }
+        }
+        let committed = layers.committed;
+        let txn = self.sidecar.begin_read()?;
+        drop(layers);
+        let (id, count) = match known {
+            Some(k) => k,
+            None => match self.sidecar.stream(&txn, name)? {
+                Some(k) => k,
+                None => {
+                    return Ok(StreamSnapshot {
+                        count: 0,
+                        runs,
+                        committed,
+                    });
+                }
+            },
+        };
+        runs.extend(self.sidecar.runs(&txn, id, from, backwards, max)?);
+        runs.sort_unstable_by_key(|r| r.first_version);
+        runs.dedup_by_key(|r| r.first_version);
+        if backwards {
+            runs.reverse();
+        }
+        runs.truncate(max);
+        Ok(StreamSnapshot { count, runs, committed })
+    }
+
+    /// Events in the active memtable.
+    pub fn active_events(&self) -> u64 {
+        self.layers.read().active.events
+    }
+
+    /// Freezes the active memtable if it has reached the flush threshold (or, with `force`, if
+    /// it holds anything or the committed end moved) and no other flush is under way. The caller
+    /// must pass the result to [`write_frozen`](Self::write_frozen).
+    pub fn freeze(&self, force: bool) -> Option<Arc<Frozen>> {
+        let mut flushing = self.flushing.lock();
+        if *flushing {
+            return None;
+        }
+        let mut layers = self.layers.write();
+        if layers.frozen.is_some() {
+            // An earlier flush failed (the store is poisoned); keep its entries.
+            return None;
+        }
+        let due = layers.active.events >= self.threshold;
+        let moved = layers.committed.end != layers.sidecar_covered;
+        if !due && !(force && (!layers.active.streams.is_empty() || moved)) {
+            return None;
+        }
+        let frozen = Arc::new(Frozen {
+            table: std::mem::take(&mut layers.active),
+            meta: SidecarMeta {
+                covered: layers.committed.end,
+                last_frame: layers.committed.last_frame,
+                next_stream_id: layers.next_stream_id,
+            },
+        });
+        layers.frozen = Some(frozen.clone());
+        *flushing = true;
+        Some(frozen)
+    }
+
+    /// Writes a frozen memtable to the sidecar, then drops it from memory.
+    pub fn write_frozen(&self, frozen: Arc<Frozen>) -> Result<()> {
+        let result = self.sidecar.write(&frozen.table, &frozen.meta);
+        let mut flushing = self.flushing.lock();
+        if result.is_ok() {
+            let mut layers = self.layers.write();
+            layers.frozen = None;
+            layers.sidecar_covered = frozen.meta.covered;
+        }
+        *flushing = false;
+        self.flushed.notify_all();
+        result
+    }
+
+    /// Blocks while a flush is under way and the active memtable has grown past `limit` events
+    /// (back-pressure that bounds memory).
+    pub fn wait_if_over(&self, limit: u64) {
+        let mut flushing = self.flushing.lock();
+        while *flushing && self.active_events() > limit {
+            self.flushed.wait(&mut flushing);
+        }
+    }
+
+    /// The flush threshold.
+    pub fn threshold(&self) -> u64 {
+        self.threshold
+    }
+
+    /// Number of streams and runs in the sidecar.
+    pub fn sidecar_counts(&self) -> Result<(u64, u64)> {
+        self.sidecar.counts()
+    }
+}
+
+/// The runs of a memtable stream that a read from `from` needs, at most `max`.
+fn select(runs: &[Run], from: u64, backwards: bool, max: usize) -> impl Iterator<Item = Run> + '_ {
+    let (slice, rev) = if backwards {
+        (&runs[..runs.partition_point(|r| r.first_version <= from)], true)
+    } else {
+        (&runs[runs.partition_point(|r| r.end_version() <= from)..], false)
+    };
+    let take = max.min(slice.len());
+    let picked = if rev { &slice[slice.len() - take..] } else { &slice[..take] };
+    picked.iter().copied()
+}
+
+impl Layers {
+    /// The memtables, newest first.
+    fn tables(&self) -> impl Iterator<Item = &MemTable> {
+        std::iter::once(&self.active).chain(self.frozen.as_deref().map(|f| &f.table))
+    }
+}

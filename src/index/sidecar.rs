@@ -1,0 +1,264 @@
+//! The redb sidecar `NAME.annals.index`: the flushed part of the index.
+//!
+//! Tables:
+//!
+//! - `meta`: `index_version`, `store_id` (must equal the log's), `covered` (every frame before
+//!   this log position is indexed), `last_frame` (the frame just before `covered`; 0 for none),
+//!   `next_stream_id`;
+//! - `streams`: stream name → (internal id, event count);
+//! - `runs`: (stream id, first version) → (position of the first frame, event count).
+//!
+//! The sidecar is derived from the log: a missing, foreign, outdated or unreadable one is
+//! deleted and rebuilt.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+
+use super::memtable::{MemTable, Run};
+use crate::error::Result;
+use crate::log::Layout;
+use crate::storage::{FileSystem, OpenMode, RedbBackend, is_not_found};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const STREAMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("streams");
+const RUNS: TableDefinition<(u64, u64), (u64, u32)> = TableDefinition::new("runs");
+
+/// Bumped whenever the sidecar's tables change meaning; an older sidecar is rebuilt.
+const INDEX_VERSION: u64 = 1;
+
+/// What the sidecar's `meta` table says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SidecarMeta {
+    pub covered: u64,
+    pub last_frame: Option<u64>,
+    pub next_stream_id: u64,
+}
+
+impl SidecarMeta {
+    pub fn empty() -> SidecarMeta {
+        SidecarMeta {
+            covered: Layout::FIRST,
+            last_frame: None,
+            next_stream_id: 1,
+        }
+    }
+}
+
+pub(crate) struct Sidecar {
+    db: Database,
+}
+
+/// Why an existing sidecar was not used.
+pub(crate) type RebuildReason = String;
+
+impl Sidecar {
+    /// Opens the sidecar at `path`, or creates an empty one (returning why) if it is missing or
+    /// unusable.
+    pub fn open(
+        fs: &Arc<dyn FileSystem>,
+        path: &Path,
+        store_id: [u8; 16],
+        cache_size: usize,
+    ) -> Result<(Sidecar, SidecarMeta, Option<RebuildReason>)> {
+        let reason = match Self::open_existing(fs, path, store_id, cache_size) {
+            Ok(Ok((sidecar, meta))) => return Ok((sidecar, meta, None)),
+            Ok(Err(reason)) => reason,
+            Err(e) => format!("unreadable: {e}"),
+        };
+        if fs.exists(path)? {
+            fs.remove_file(path)?;
+        }
+        let file = fs.open(path, OpenMode::CreateNew)?;
+        fs.sync_dir(parent(path))?;
+        let db = Database::builder()
+            .set_cache_size(cache_size)
+            .create_with_backend(RedbBackend::new(file))?;
+        let sidecar = Sidecar { db };
+        let meta = SidecarMeta::empty();
+        let txn = sidecar.db.begin_write()?;
+        {
+            txn.open_table(STREAMS)?;
+            txn.open_table(RUNS)?;
+            let mut t = txn.open_table(META)?;
+            t.insert("index_version", &INDEX_VERSION.to_le_bytes()[..])?;
+            t.insert("store_id", &store_id[..])?;
+            write_meta(&mut t, &meta)?;
+        }
+        txn.commit()?;
+        Ok((sidecar, meta, Some(reason)))
+    }
+
+    /// `Ok(Err(reason))` when the sidecar exists but must be rebuilt.
+    fn open_existing(
+        fs: &Arc<dyn FileSystem>,
+        path: &Path,
+        store_id: [u8; 16],
+        cache_size: usize,
+    ) -> Result<std::result::Result<(Sidecar, SidecarMeta), RebuildReason>> {
+        let file = match fs.open(path, OpenMode::Existing) {
+            Ok(f) => f,
+            Err(e) if is_not_found(&e) => return Ok(Err("missing".into())),
+            Err(e) => return Err(e.into()),
+        };
+        if file.is_empty()? {
+            return Ok(Err("empty".into()));
+        }
+        // redb may panic on a file altered behind its back; the sidecar is derived, so any
+        // failure to open it just means it is rebuilt.
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            Database::builder()
+                .set_cache_size(cache_size)
+                .create_with_backend(RedbBackend::new(file))
+        }));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Ok(Err(format!("cannot be opened: {e}"))),
+            Err(_) => return Ok(Err("cannot be opened: redb panicked".into())),
+        };
+        let read = catch_unwind(AssertUnwindSafe(|| -> Result<_> {
+            let txn = db.begin_read()?;
+            let t = match txn.open_table(META) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let get = |k: &str| -> Result<Option<Vec<u8>>> { Ok(t.get(k)?.map(|v| v.value().to_vec())) };
+            Ok(Some((
+                get("index_version")?,
+                get("store_id")?,
+                get("covered")?,
+                get("last_frame")?,
+                get("next_stream_id")?,
+            )))
+        }));
+        let Ok(Ok(Some((version, id, covered, last, next)))) = read else {
+            return Ok(Err("has no readable metadata".into()));
+        };
+        if version.as_deref().and_then(u64_of) != Some(INDEX_VERSION) {
+            return Ok(Err("was written by another index version".into()));
+        }
+        if id.as_deref() != Some(&store_id[..]) {
+            return Ok(Err("belongs to another store".into()));
+        }
+        let (Some(covered), Some(last), Some(next)) = (
+            covered.as_deref().and_then(u64_of),
+            last.as_deref().and_then(u64_of),
+            next.as_deref().and_then(u64_of),
+        ) else {
+            return Ok(Err("has incomplete metadata".into()));
+        };
+        let meta = SidecarMeta {
+            covered,
+            last_frame: (last != 0).then_some(last),
+            next_stream_id: next,
+        };
+        Ok(Ok((Sidecar { db }, meta)))
+    }
+
+    pub fn begin_read(&self) -> Result<ReadTransaction> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// (id, count) of a stream, if the sidecar knows it.
+    pub fn stream(&self, txn: &ReadTransaction, name: &str) -> Result<Option<(u64, u64)>> {
+        let t = txn.open_table(STREAMS)?;
+        Ok(t.get(name)?.map(|v| v.value()))
+    }
+
+    /// Up to `max` runs of stream `id`, starting with the one holding version `from` (or the
+    /// first after it), in version order; or, `backwards`, from the one holding `from` down.
+    pub fn runs(&self, txn: &ReadTransaction, id: u64, from: u64, backwards: bool, max: usize) -> Result<Vec<Run>> {
+        let t = txn.open_table(RUNS)?;
+        let run = |entry: std::result::Result<(redb::AccessGuard<(u64, u64)>, redb::AccessGuard<(u64, u32)>), redb::StorageError>| -> Result<Run> {
+            let (k, v) = entry?;
+            let ((_, first_version), (position, count)) = (k.value(), v.value());
+            Ok(Run {
+                first_version,
+                position,
+                count,
+            })
+        };
+        let mut out = Vec::new();
+        let mut upto = t.range((id, 0)..=(id, from))?;
+        if backwards {
+            for entry in upto.rev().take(max) {
+                out.push(run(entry)?);
+            }
+            return Ok(out);
+        }
+        if let Some(entry) = upto.next_back() {
+            let r = run(entry)?;
+            if r.contains(from) {
+                out.push(r);
+            }
+        }
+        if from < u64::MAX {
+            for entry in t.range((id, from + 1)..=(id, u64::MAX))?.take(max.saturating_sub(out.len())) {
+                out.push(run(entry)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a frozen memtable and the metadata it brings the sidecar to, in one transaction.
+    pub fn write(&self, table: &MemTable, meta: &SidecarMeta) -> Result<()> {
+        let mut streams: Vec<(&str, (u64, u64))> =
+            table.streams.iter().map(|(name, s)| (&**name, (s.id, s.count))).collect();
+        streams.sort_unstable();
+        let mut runs: Vec<((u64, u64), (u64, u32))> = table
+            .streams
+            .values()
+            .flat_map(|s| s.runs.iter().map(|r| ((s.id, r.first_version), (r.position, r.count))))
+            .collect();
+        runs.sort_unstable();
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(STREAMS)?;
+            for (name, value) in streams {
+                t.insert(name, value)?;
+            }
+            let mut t = txn.open_table(RUNS)?;
+            for (key, value) in runs {
+                t.insert(key, value)?;
+            }
+            write_meta(&mut txn.open_table(META)?, meta)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Number of streams and runs stored.
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        let txn = self.db.begin_read()?;
+        Ok((txn.open_table(STREAMS)?.len()?, txn.open_table(RUNS)?.len()?))
+    }
+}
+
+fn write_meta(t: &mut redb::Table<&str, &[u8]>, meta: &SidecarMeta) -> Result<()> {
+    t.insert("covered", &meta.covered.to_le_bytes()[..])?;
+    t.insert("last_frame", &meta.last_frame.unwrap_or(0).to_le_bytes()[..])?;
+    t.insert("next_stream_id", &meta.next_stream_id.to_le_bytes()[..])?;
+    Ok(())
+}
+
+fn u64_of(b: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(b.try_into().ok()?))
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub(crate) fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// `NAME.annals.index` beside `NAME.annals`.
+pub(crate) fn sidecar_path(log_path: &Path) -> PathBuf {
+    let mut s = log_path.as_os_str().to_owned();
+    s.push(".index");
+    PathBuf::from(s)
+}

@@ -1,0 +1,38 @@
+//! # annals
+//!
+//! An embedded event store: one file, no server, durable, fast, and impossible to corrupt
+//! silently.
+//!
+//! A [`Store`] is an append-only log of events in streams. Appends check an
+//! [`ExpectedVersion`] (optimistic concurrency), may span several streams atomically
+//! ([`Store::transaction`]), and are durable when they return; concurrent appends share one
+//! `fdatasync` (group commit). Reads go by stream ([`Store::read_stream`]) or over the whole
+//! log ([`Store::read_all`]).
+//!
+//! ```
+//! use annals::{Direction, ExpectedVersion, NewEvent, Store};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path().join("library"))?;
+//! store.append("book-1", ExpectedVersion::NoStream, [NewEvent::new("BookRegistered", r#"{"title":"DDD"}"#)])?;
+//! let first = store.read_stream("book-1", 0, Direction::Forwards, 10)?.next().unwrap()?;
+//! assert_eq!(first.payload(), br#"{"title":"DDD"}"#);
+//! # Ok::<(), annals::Error>(())
+//! ```
+//!
+//! The on-disk format is specified in [`log::format`]; the recovery rule in `log::recovery`.
+
+#![deny(missing_docs)]
+
+mod error;
+mod index;
+pub mod log;
+pub mod storage;
+mod store;
+mod types;
+
+pub use error::{Error, Result};
+pub use store::options::{DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability};
+pub use store::{AllEvents, RecoveryReport, Store, StoreBuilder, StreamEvents, Transaction};
+pub use log::recovery::Truncation;
+pub use types::{AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent};

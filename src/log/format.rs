@@ -1,0 +1,763 @@
+//! The on-disk format of an annals store file. **This module is the specification**: no other
+//! module knows a byte offset of the layout.
+//!
+//! # Overview
+//!
+//! A store is one file, `NAME.annals`. It starts with a 4096-byte header block, followed by
+//! segments of a fixed size (chosen when the store is created, recorded in the header):
+//!
+//! ```text
+//! 0        4096            4096 + S          4096 + 2S
+//! | header | segment 0      | segment 1       | segment 2 ...
+//! ```
+//!
+//! Segment `i` covers bytes `[4096 + i·S, 4096 + (i+1)·S)`. A segment's space is reserved
+//! (`fallocate`) before anything is written into it; reserved but unwritten bytes read as zero.
+//! Records ("frames") are laid end to end inside a segment, each starting at a multiple of 8,
+//! and never straddle two segments. A **position** is the byte offset of a frame in the file;
+//! positions are `u64` and strictly increase in log order.
+//!
+//! All integers are little-endian. Checksums are CRC-32 (ISO-HDLC, as computed by
+//! `crc32fast`).
+//!
+//! # File header (bytes 0..64 of the header block; the rest of the block is zero)
+//!
+//! | offset | size | field          | meaning                                              |
+//! |-------:|-----:|----------------|------------------------------------------------------|
+//! | 0      | 8    | magic          | `89 61 6E 6E 61 6C 73 0A` (`\x89annals\n`)            |
+//! | 8      | 4    | format_version | 1                                                    |
+//! | 12     | 4    | header_len     | 64                                                   |
+//! | 16     | 16   | store_id       | random UUID, also recorded in the index sidecar      |
+//! | 32     | 8    | segment_size   | S: multiple of 4096, 64 KiB ..= 1 GiB                |
+//! | 40     | 8    | created_at     | creation time, nanoseconds since the Unix epoch      |
+//! | 48     | 12   | reserved       | zero                                                 |
+//! | 60     | 4    | crc            | CRC-32 of bytes 0..60                                |
+//!
+//! A reader checks the magic first (otherwise: not a store), then the version (a newer one is
+//! refused before anything else is interpreted), then the checksum and the field ranges.
+//!
+//! # Frame
+//!
+//! Every frame starts with a 32-byte header; its total length is a multiple of 8, and every byte
+//! of it after the `crc` field, padding included, is covered by the checksum. The frame's own
+//! position is inside the checksummed bytes, so stale or misplaced bytes cannot pass for a frame.
+//! A zero `len` (a zeroed region) is never a valid frame: it marks the end of written data.
+//!
+//! | offset | size | field    | meaning                                                       |
+//! |-------:|-----:|----------|---------------------------------------------------------------|
+//! | 0      | 4    | crc      | CRC-32 of bytes `4..len` of the frame                          |
+//! | 4      | 4    | len      | total frame length in bytes, multiple of 8, ≥ 40               |
+//! | 8      | 8    | position | byte offset of this frame in the file                          |
+//! | 16     | 8    | durable  | end of the log known durable when this frame was written (≤ position) |
+//! | 24     | 4    | prev     | distance back to the previous frame's start; 0 for the first frame |
+//! | 28     | 1    | kind     | 1 = event, 2 = seal                                           |
+//! | 29     | 1    | flags    | bit 0: commit end; for events also bits 1–3 (below); others 0 |
+//! | 30     | 2    | reserved | zero                                                          |
+//! | 32     | ..   | body     | by kind, then zero padding up to `len`                        |
+//!
+//! **Commits.** One append (or multi-stream transaction) is one *commit*: one or more frames,
+//! contiguous in one segment, the last of which has the *commit end* flag. After a crash either
+//! the whole commit is in the log or none of it is.
+//!
+//! **Event body** (kind 1):
+//!
+//! | offset | size | field          | meaning                                              |
+//! |-------:|-----:|----------------|------------------------------------------------------|
+//! | 0      | 8    | version        | the event's version in its stream, from 0             |
+//! | 8      | 8    | timestamp      | creation time, nanoseconds since the Unix epoch        |
+//! | 16     | 16   | event_id       | UUID                                                 |
+//! | 32     | 2    | stream_len     | 1 ..= 1024                                           |
+//! | 34     | 2    | type_len       | 1 ..= 256                                            |
+//! | 36     | 4    | schema_version | of the event type                                    |
+//! | 40     | 4    | metadata_len   | user metadata bytes                                  |
+//! | 44     | 4    | payload_len    | payload bytes                                        |
+//! | 48     | 16   | correlation_id | only if flag bit 1 is set                            |
+//! | ..     | 16   | causation_id   | only if flag bit 2 is set                            |
+//! | ..     | ..   | stream, event type (UTF-8), metadata, payload, in this order          |
+//!
+//! Flag bit 3 marks an event to be published (delivered by the outbox).
+//!
+//! **Seal body** (kind 2): 8 bytes, the position where the log continues (the start of the next
+//! segment). A seal is a commit of its own; it is the last frame of a segment, and the writer
+//! keeps room for it (40 bytes) at the end of every segment.
+//!
+//! # Recovery rule
+//!
+//! Recovery reads frames forward from the position the index sidecar covers. The end of the log
+//! is the end of the last frame that completes a commit. When it meets a frame that fails a
+//! check (or zeros) it asks whether that place was ever acknowledged: it was if the index covers
+//! it, or if any valid frame *after* it (probed at every 8-byte boundary to the end of the file)
+//! claims a `durable` end beyond it. Acknowledged bad bytes are corruption (`open` fails, naming
+//! the position); otherwise they are a torn, unacknowledged tail, which is zeroed and dropped.
+//! See [`crate::log::recovery`].
+
+use std::ops::Range;
+
+/// File magic: `\x89annals\n`.
+pub const MAGIC: [u8; 8] = *b"\x89annals\n";
+/// The format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Size of the header block; the first segment starts here.
+pub const HEADER_BLOCK: u64 = 4096;
+/// Bytes of the header block that carry fields (the rest is zero).
+pub const HEADER_LEN: usize = 64;
+/// Length of a frame header.
+pub const FRAME_HEADER_LEN: usize = 32;
+/// Frames start at multiples of this.
+pub const FRAME_ALIGN: u64 = 8;
+/// Fixed part of an event body.
+pub const EVENT_FIXED_LEN: usize = 48;
+/// Total length of a seal frame; the writer keeps this much room at the end of each segment.
+pub const SEAL_FRAME_LEN: u64 = 40;
+/// Smallest segment size.
+pub const MIN_SEGMENT_SIZE: u64 = 64 * 1024;
+/// Largest segment size (frame lengths and back-distances are `u32`).
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 30;
+/// Segment sizes are multiples of this (so segments can be mapped).
+pub const SEGMENT_ALIGN: u64 = 4096;
+/// Longest stream name, in bytes.
+pub const MAX_STREAM_NAME_LEN: usize = 1024;
+/// Longest event type name, in bytes.
+pub const MAX_EVENT_TYPE_LEN: usize = 256;
+
+const KIND_EVENT: u8 = 1;
+const KIND_SEAL: u8 = 2;
+const FLAG_COMMIT_END: u8 = 1;
+const FLAG_CORRELATION: u8 = 1 << 1;
+const FLAG_CAUSATION: u8 = 1 << 2;
+const FLAG_PUBLISH: u8 = 1 << 3;
+const EVENT_FLAGS: u8 = FLAG_COMMIT_END | FLAG_CORRELATION | FLAG_CAUSATION | FLAG_PUBLISH;
+const MIN_FRAME_LEN: usize = FRAME_HEADER_LEN + 8;
+
+/// Rounds up to the frame alignment.
+pub const fn align(n: u64) -> u64 {
+    (n + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn id_at(b: &[u8], at: usize) -> [u8; 16] {
+    b[at..at + 16].try_into().expect("16 bytes")
+}
+
+// ---------------------------------------------------------------------------------------------
+// File header
+
+/// The fields of the file header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileHeader {
+    /// Format version (always [`FORMAT_VERSION`] when written by this build).
+    pub format_version: u32,
+    /// Random id of the store, also recorded in the index sidecar.
+    pub store_id: [u8; 16],
+    /// Segment size in bytes.
+    pub segment_size: u64,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// Why a file header was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderError {
+    /// The magic is wrong (or the file is too short): not an annals store.
+    NotAStore(String),
+    /// A newer format version.
+    UnsupportedVersion(u32),
+    /// The magic is right but the header fails its checksum or a range check.
+    Corrupt(String),
+}
+
+impl FileHeader {
+    /// Encodes the header's 64 bytes.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(&MAGIC);
+        b[8..12].copy_from_slice(&self.format_version.to_le_bytes());
+        b[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        b[16..32].copy_from_slice(&self.store_id);
+        b[32..40].copy_from_slice(&self.segment_size.to_le_bytes());
+        b[40..48].copy_from_slice(&self.created_at.to_le_bytes());
+        let crc = crc32fast::hash(&b[..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes and checks a header from the first bytes of a file (at most 64 are looked at).
+    pub fn decode(b: &[u8]) -> Result<FileHeader, HeaderError> {
+        if b.len() < MAGIC.len() || b[..8] != MAGIC {
+            return Err(HeaderError::NotAStore("the file does not start with the annals magic".into()));
+        }
+        if b.len() < HEADER_LEN {
+            return Err(HeaderError::Corrupt(format!(
+                "the header is cut short at {} bytes",
+                b.len()
+            )));
+        }
+        let format_version = u32_at(b, 8);
+        if format_version != FORMAT_VERSION {
+            return Err(HeaderError::UnsupportedVersion(format_version));
+        }
+        let crc = u32_at(b, 60);
+        if crc32fast::hash(&b[..60]) != crc {
+            return Err(HeaderError::Corrupt("header checksum mismatch".into()));
+        }
+        if u32_at(b, 12) as usize != HEADER_LEN || b[48..60].iter().any(|&x| x != 0) {
+            return Err(HeaderError::Corrupt("unexpected header layout".into()));
+        }
+        let segment_size = u64_at(b, 32);
+        check_segment_size(segment_size).map_err(HeaderError::Corrupt)?;
+        Ok(FileHeader {
+            format_version,
+            store_id: id_at(b, 16),
+            segment_size,
+            created_at: u64_at(b, 40),
+        })
+    }
+}
+
+/// Checks that a segment size is within bounds and aligned.
+pub fn check_segment_size(size: u64) -> Result<(), String> {
+    if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size) || size % SEGMENT_ALIGN != 0 {
+        return Err(format!(
+            "segment size {size} must be a multiple of {SEGMENT_ALIGN} between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE}"
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames
+
+/// An event as the writer encodes it.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRecord<'a> {
+    /// Stream name.
+    pub stream: &'a str,
+    /// Version of the event in its stream.
+    pub version: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// Event id.
+    pub id: [u8; 16],
+    /// Event type name.
+    pub event_type: &'a str,
+    /// Schema version of the event type.
+    pub schema_version: u32,
+    /// Correlation id.
+    pub correlation_id: Option<[u8; 16]>,
+    /// Causation id.
+    pub causation_id: Option<[u8; 16]>,
+    /// Whether the outbox should publish it.
+    pub publish: bool,
+    /// User metadata.
+    pub metadata: &'a [u8],
+    /// Payload.
+    pub payload: &'a [u8],
+}
+
+/// Where a frame sits and what it links to: the header fields a writer chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLink {
+    /// The frame's position.
+    pub position: u64,
+    /// Durable end of the log when written.
+    pub durable: u64,
+    /// Distance back to the previous frame (0 for the first frame of the log).
+    pub prev: u32,
+    /// Whether this frame ends its commit.
+    pub commit_end: bool,
+}
+
+impl EventRecord<'_> {
+    /// The frame length this event encodes to (a multiple of 8), or `None` if it does not fit
+    /// the `u32` length field.
+    pub fn frame_len(&self) -> Option<u64> {
+        let ids = 16 * (self.correlation_id.is_some() as u64 + self.causation_id.is_some() as u64);
+        let raw = (FRAME_HEADER_LEN + EVENT_FIXED_LEN) as u64
+            + ids
+            + self.stream.len() as u64
+            + self.event_type.len() as u64
+            + self.metadata.len() as u64
+            + self.payload.len() as u64;
+        let len = align(raw);
+        (len <= u64::from(u32::MAX)).then_some(len)
+    }
+}
+
+/// Appends the frame of one event to `buf`. Returns its length.
+///
+/// The caller has checked names and sizes (see [`EventRecord::frame_len`]); this is asserted.
+pub fn encode_event(buf: &mut Vec<u8>, link: FrameLink, e: &EventRecord<'_>) -> u64 {
+    let len = e.frame_len().expect("event frame length checked by the caller");
+    assert!(!e.stream.is_empty() && e.stream.len() <= MAX_STREAM_NAME_LEN);
+    assert!(!e.event_type.is_empty() && e.event_type.len() <= MAX_EVENT_TYPE_LEN);
+    assert!(link.durable <= link.position && link.position % FRAME_ALIGN == 0);
+    let start = buf.len();
+    let mut flags = 0;
+    if link.commit_end {
+        flags |= FLAG_COMMIT_END;
+    }
+    if e.correlation_id.is_some() {
+        flags |= FLAG_CORRELATION;
+    }
+    if e.causation_id.is_some() {
+        flags |= FLAG_CAUSATION;
+    }
+    if e.publish {
+        flags |= FLAG_PUBLISH;
+    }
+    put_header(buf, len as u32, link, KIND_EVENT, flags);
+    buf.extend_from_slice(&e.version.to_le_bytes());
+    buf.extend_from_slice(&e.timestamp.to_le_bytes());
+    buf.extend_from_slice(&e.id);
+    buf.extend_from_slice(&(e.stream.len() as u16).to_le_bytes());
+    buf.extend_from_slice(&(e.event_type.len() as u16).to_le_bytes());
+    buf.extend_from_slice(&e.schema_version.to_le_bytes());
+    buf.extend_from_slice(&(e.metadata.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&(e.payload.len() as u32).to_le_bytes());
+    for id in [e.correlation_id, e.causation_id].into_iter().flatten() {
+        buf.extend_from_slice(&id);
+    }
+    buf.extend_from_slice(e.stream.as_bytes());
+    buf.extend_from_slice(e.event_type.as_bytes());
+    buf.extend_from_slice(e.metadata);
+    buf.extend_from_slice(e.payload);
+    finish_frame(buf, start, len)
+}
+
+/// Appends a seal frame to `buf`: the segment ends here and the log continues at `next`.
+pub fn encode_seal(buf: &mut Vec<u8>, link: FrameLink, next: u64) -> u64 {
+    assert!(link.commit_end && next > link.position);
+    let start = buf.len();
+    put_header(buf, SEAL_FRAME_LEN as u32, link, KIND_SEAL, FLAG_COMMIT_END);
+    buf.extend_from_slice(&next.to_le_bytes());
+    finish_frame(buf, start, SEAL_FRAME_LEN)
+}
+
+fn put_header(buf: &mut Vec<u8>, len: u32, link: FrameLink, kind: u8, flags: u8) {
+    buf.extend_from_slice(&[0; 4]); // crc, filled in by finish_frame
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&link.position.to_le_bytes());
+    buf.extend_from_slice(&link.durable.to_le_bytes());
+    buf.extend_from_slice(&link.prev.to_le_bytes());
+    buf.extend_from_slice(&[kind, flags, 0, 0]);
+}
+
+fn finish_frame(buf: &mut Vec<u8>, start: usize, len: u64) -> u64 {
+    let end = start + len as usize;
+    assert!(buf.len() <= end, "frame body longer than its length");
+    buf.resize(end, 0);
+    let crc = crc32fast::hash(&buf[start + 4..end]);
+    buf[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    len
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The header is all zeros: the end of written data.
+    Empty,
+    /// Fewer bytes than a frame header remain before the segment's end.
+    Truncated,
+    /// The length field is out of range or runs past the segment's end.
+    BadLength(u32),
+    /// The checksum does not match.
+    BadChecksum,
+    /// The frame says it belongs somewhere else.
+    BadPosition(u64),
+    /// A field is out of range or the body's lengths do not add up.
+    BadLayout(&'static str),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Empty => write!(f, "no frame (zeroed bytes)"),
+            FrameError::Truncated => write!(f, "frame header cut off by the segment end"),
+            FrameError::BadLength(l) => write!(f, "frame length {l} out of range"),
+            FrameError::BadChecksum => write!(f, "frame checksum mismatch"),
+            FrameError::BadPosition(p) => write!(f, "frame claims position {p}"),
+            FrameError::BadLayout(what) => write!(f, "bad frame layout: {what}"),
+        }
+    }
+}
+
+/// A checked frame: its header fields and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Total length (a multiple of 8).
+    pub len: u32,
+    /// The header fields the writer chose.
+    pub link: FrameLink,
+    /// The body.
+    pub body: Body,
+}
+
+/// The body of a checked frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// An event; its variable fields are ranges into the frame's bytes.
+    Event(EventLayout),
+    /// A seal: the log continues at this position.
+    Seal {
+        /// Start of the next segment.
+        next: u64,
+    },
+}
+
+/// The decoded fixed fields of an event frame and where its variable fields are. Ranges are
+/// relative to the frame's first byte; UTF-8 of both names has been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventLayout {
+    /// Version in its stream.
+    pub version: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// Event id.
+    pub id: [u8; 16],
+    /// Schema version.
+    pub schema_version: u32,
+    /// Correlation id.
+    pub correlation_id: Option<[u8; 16]>,
+    /// Causation id.
+    pub causation_id: Option<[u8; 16]>,
+    /// Whether the outbox publishes it.
+    pub publish: bool,
+    /// Stream name bytes.
+    pub stream: Range<u32>,
+    /// Event type name bytes.
+    pub event_type: Range<u32>,
+    /// Metadata bytes.
+    pub metadata: Range<u32>,
+    /// Payload bytes.
+    pub payload: Range<u32>,
+}
+
+fn range(r: &Range<u32>) -> Range<usize> {
+    r.start as usize..r.end as usize
+}
+
+impl EventLayout {
+    /// The stream name inside `frame` (the bytes this layout was decoded from).
+    pub fn stream<'a>(&self, frame: &'a [u8]) -> &'a str {
+        std::str::from_utf8(&frame[range(&self.stream)]).unwrap_or_default()
+    }
+
+    /// The event type inside `frame`.
+    pub fn event_type<'a>(&self, frame: &'a [u8]) -> &'a str {
+        std::str::from_utf8(&frame[range(&self.event_type)]).unwrap_or_default()
+    }
+
+    /// The metadata range as `usize`.
+    pub fn metadata_range(&self) -> Range<usize> {
+        range(&self.metadata)
+    }
+
+    /// The payload range as `usize`.
+    pub fn payload_range(&self) -> Range<usize> {
+        range(&self.payload)
+    }
+}
+
+/// Reads the length field of the frame starting at `bytes`, unchecked: enough to know how many
+/// bytes [`decode_frame`] will need. `None` if fewer than a header's bytes are given.
+pub fn peek_len(bytes: &[u8]) -> Option<u32> {
+    (bytes.len() >= FRAME_HEADER_LEN).then(|| u32_at(bytes, 4))
+}
+
+/// A cheap first test for recovery's probe: whether `bytes` starts with a header whose
+/// position field says `position`. A frame that passes still has to pass [`decode_frame`].
+pub fn could_be_frame_at(bytes: &[u8], position: u64) -> bool {
+    bytes.len() >= FRAME_HEADER_LEN && u64_at(bytes, 8) == position
+}
+
+/// Decodes and checks the frame at the start of `bytes`, which must run at least to the end of
+/// the frame's segment's usable space (or to the end of the frame, if that is known to be less).
+/// `position` is where the bytes were read from.
+pub fn decode_frame(bytes: &[u8], position: u64) -> Result<Frame, FrameError> {
+    if bytes.len() < FRAME_HEADER_LEN {
+        return Err(FrameError::Truncated);
+    }
+    let header = &bytes[..FRAME_HEADER_LEN];
+    if header.iter().all(|&b| b == 0) {
+        return Err(FrameError::Empty);
+    }
+    let len = u32_at(header, 4);
+    let ulen = len as usize;
+    if ulen < MIN_FRAME_LEN || ulen % FRAME_ALIGN as usize != 0 || ulen > bytes.len() {
+        return Err(FrameError::BadLength(len));
+    }
+    // The position is checked before the checksum: it is cheap, and it makes probing every
+    // 8-byte boundary of garbage (recovery) cost a compare instead of a checksum each.
+    let claimed = u64_at(header, 8);
+    if claimed != position {
+        return Err(FrameError::BadPosition(claimed));
+    }
+    let frame = &bytes[..ulen];
+    if crc32fast::hash(&frame[4..]) != u32_at(header, 0) {
+        return Err(FrameError::BadChecksum);
+    }
+    let link = FrameLink {
+        position,
+        durable: u64_at(header, 16),
+        prev: u32_at(header, 24),
+        commit_end: header[29] & FLAG_COMMIT_END != 0,
+    };
+    if link.durable > position {
+        return Err(FrameError::BadLayout("durable end beyond the frame"));
+    }
+    if u64::from(link.prev) > position {
+        return Err(FrameError::BadLayout("previous frame before the file start"));
+    }
+    if header[30] != 0 || header[31] != 0 {
+        return Err(FrameError::BadLayout("reserved header bytes are not zero"));
+    }
+    let (kind, flags) = (header[28], header[29]);
+    let body = match kind {
+        KIND_EVENT => {
+            if flags & !EVENT_FLAGS != 0 {
+                return Err(FrameError::BadLayout("unknown event flags"));
+            }
+            Body::Event(decode_event(frame, flags)?)
+        }
+        KIND_SEAL => {
+            if flags != FLAG_COMMIT_END || ulen != SEAL_FRAME_LEN as usize {
+                return Err(FrameError::BadLayout("malformed seal"));
+            }
+            let next = u64_at(frame, FRAME_HEADER_LEN);
+            if next <= position {
+                return Err(FrameError::BadLayout("seal points backwards"));
+            }
+            Body::Seal { next }
+        }
+        _ => return Err(FrameError::BadLayout("unknown frame kind")),
+    };
+    Ok(Frame { len, link, body })
+}
+
+fn decode_event(frame: &[u8], flags: u8) -> Result<EventLayout, FrameError> {
+    let b = &frame[FRAME_HEADER_LEN..];
+    if b.len() < EVENT_FIXED_LEN {
+        return Err(FrameError::BadLayout("event body shorter than its fixed part"));
+    }
+    let stream_len = u16_at(b, 32) as usize;
+    let type_len = u16_at(b, 34) as usize;
+    let metadata_len = u32_at(b, 40) as usize;
+    let payload_len = u32_at(b, 44) as usize;
+    if !(1..=MAX_STREAM_NAME_LEN).contains(&stream_len) {
+        return Err(FrameError::BadLayout("stream name length out of range"));
+    }
+    if !(1..=MAX_EVENT_TYPE_LEN).contains(&type_len) {
+        return Err(FrameError::BadLayout("event type length out of range"));
+    }
+    let has_correlation = flags & FLAG_CORRELATION != 0;
+    let has_causation = flags & FLAG_CAUSATION != 0;
+    let mut at = FRAME_HEADER_LEN + EVENT_FIXED_LEN;
+    let take_id = |present: bool, at: &mut usize| -> Result<Option<[u8; 16]>, FrameError> {
+        if !present {
+            return Ok(None);
+        }
+        if *at + 16 > frame.len() {
+            return Err(FrameError::BadLayout("event ids run past the frame"));
+        }
+        let id = id_at(frame, *at);
+        *at += 16;
+        Ok(Some(id))
+    };
+    let correlation_id = take_id(has_correlation, &mut at)?;
+    let causation_id = take_id(has_causation, &mut at)?;
+    // Lengths come from disk: add them in u64 so no sum can wrap.
+    let end = at as u64 + stream_len as u64 + type_len as u64 + metadata_len as u64 + payload_len as u64;
+    if align(end) != frame.len() as u64 {
+        return Err(FrameError::BadLayout("event field lengths do not add up to the frame length"));
+    }
+    let mut next = |n: usize| {
+        let r = at as u32..(at + n) as u32;
+        at += n;
+        r
+    };
+    let stream = next(stream_len);
+    let event_type = next(type_len);
+    let metadata = next(metadata_len);
+    let payload = next(payload_len);
+    if frame[at..].iter().any(|&x| x != 0) {
+        return Err(FrameError::BadLayout("padding is not zero"));
+    }
+    if std::str::from_utf8(&frame[range(&stream)]).is_err() {
+        return Err(FrameError::BadLayout("stream name is not UTF-8"));
+    }
+    if std::str::from_utf8(&frame[range(&event_type)]).is_err() {
+        return Err(FrameError::BadLayout("event type is not UTF-8"));
+    }
+    Ok(EventLayout {
+        version: u64_at(b, 0),
+        timestamp: u64_at(b, 8),
+        id: id_at(b, 16),
+        schema_version: u32_at(b, 36),
+        correlation_id,
+        causation_id,
+        publish: flags & FLAG_PUBLISH != 0,
+        stream,
+        event_type,
+        metadata,
+        payload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(payload: &[u8]) -> EventRecord<'_> {
+        EventRecord {
+            stream: "order-42",
+            version: 7,
+            timestamp: 1_700_000_000_123_456_789,
+            id: [9; 16],
+            event_type: "OrderPlaced",
+            schema_version: 3,
+            correlation_id: Some([1; 16]),
+            causation_id: None,
+            publish: true,
+            metadata: b"{\"user\":1}",
+            payload,
+        }
+    }
+
+    fn link(position: u64) -> FrameLink {
+        FrameLink {
+            position,
+            durable: position - 48,
+            prev: 48,
+            commit_end: true,
+        }
+    }
+
+    #[test]
+    fn header_round_trip() {
+        let h = FileHeader {
+            format_version: FORMAT_VERSION,
+            store_id: [7; 16],
+            segment_size: 1 << 20,
+            created_at: 42,
+        };
+        assert_eq!(FileHeader::decode(&h.encode()), Ok(h));
+    }
+
+    #[test]
+    fn every_header_byte_change_is_detected() {
+        let h = FileHeader {
+            format_version: FORMAT_VERSION,
+            store_id: [7; 16],
+            segment_size: 1 << 20,
+            created_at: 42,
+        };
+        let good = h.encode();
+        for i in 0..HEADER_LEN {
+            for bit in 0..8 {
+                let mut bad = good;
+                bad[i] ^= 1 << bit;
+                assert!(FileHeader::decode(&bad).is_err(), "byte {i} bit {bit} went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn foreign_and_newer_headers_are_told_apart() {
+        assert!(matches!(
+            FileHeader::decode(b"SQLite format 3\0 and more bytes to make it long enough......"),
+            Err(HeaderError::NotAStore(_))
+        ));
+        let mut newer = FileHeader {
+            format_version: FORMAT_VERSION,
+            store_id: [0; 16],
+            segment_size: 1 << 20,
+            created_at: 0,
+        }
+        .encode();
+        newer[8..12].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(FileHeader::decode(&newer), Err(HeaderError::UnsupportedVersion(2)));
+    }
+
+    #[test]
+    fn event_round_trip() {
+        let e = sample(b"hello world");
+        let mut buf = vec![];
+        let len = encode_event(&mut buf, link(4096), &e);
+        assert_eq!(len as usize, buf.len());
+        assert_eq!(len % FRAME_ALIGN, 0);
+        assert_eq!(Some(len), e.frame_len());
+        let frame = decode_frame(&buf, 4096).unwrap();
+        assert_eq!(frame.link, link(4096));
+        let Body::Event(ev) = frame.body else { panic!("not an event") };
+        assert_eq!(ev.stream(&buf), "order-42");
+        assert_eq!(ev.event_type(&buf), "OrderPlaced");
+        assert_eq!(&buf[ev.payload_range()], b"hello world");
+        assert_eq!(&buf[ev.metadata_range()], b"{\"user\":1}");
+        assert_eq!(
+            (ev.version, ev.timestamp, ev.id, ev.schema_version),
+            (7, 1_700_000_000_123_456_789, [9; 16], 3)
+        );
+        assert_eq!((ev.correlation_id, ev.causation_id, ev.publish), (Some([1; 16]), None, true));
+    }
+
+    #[test]
+    fn seal_round_trip() {
+        let mut buf = vec![];
+        encode_seal(&mut buf, link(8192), 1 << 20);
+        let frame = decode_frame(&buf, 8192).unwrap();
+        assert_eq!(frame.body, Body::Seal { next: 1 << 20 });
+        assert_eq!(frame.len as u64, SEAL_FRAME_LEN);
+    }
+
+    #[test]
+    fn every_single_byte_change_of_a_frame_is_detected() {
+        for payload in [&b""[..], b"x", b"0123456789abcdef0123"] {
+            let mut buf = vec![];
+            encode_event(&mut buf, link(4096), &sample(payload));
+            let mut seal = vec![];
+            encode_seal(&mut seal, link(8192), 1 << 20);
+            for (frame, pos) in [(buf, 4096), (seal, 8192)] {
+                for i in 0..frame.len() {
+                    for delta in [1u8, 0x80, 0xff] {
+                        let mut bad = frame.clone();
+                        bad[i] = bad[i].wrapping_add(delta);
+                        assert!(
+                            decode_frame(&bad, pos).is_err(),
+                            "change {delta:#x} at byte {i} of a {}-byte frame went unnoticed",
+                            frame.len()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn frames_are_checked_against_where_they_were_read() {
+        let mut buf = vec![];
+        encode_event(&mut buf, link(4096), &sample(b"p"));
+        assert_eq!(decode_frame(&buf, 4104), Err(FrameError::BadPosition(4096)));
+        assert_eq!(decode_frame(&buf[..buf.len() - 8], 4096), Err(FrameError::BadLength(buf.len() as u32)));
+        assert_eq!(decode_frame(&[0; 64], 4096), Err(FrameError::Empty));
+        assert_eq!(decode_frame(&[0; 16], 4096), Err(FrameError::Truncated));
+    }
+
+    #[test]
+    fn a_huge_length_is_rejected_before_use() {
+        let mut buf = vec![];
+        encode_event(&mut buf, link(4096), &sample(b"p"));
+        buf[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_frame(&buf, 4096), Err(FrameError::BadLength(u32::MAX)));
+    }
+}

@@ -1,0 +1,275 @@
+//! The recovery rule, applied when a store is opened.
+//!
+//! Recovery reads frames forward from the position the index sidecar covers (the first frame of
+//! the log when there is no usable sidecar), handing every complete commit to the caller so it
+//! can index it. The end of the log is the end of the last frame that completes a commit.
+//!
+//! Where the scan stops (zeros, a frame that fails a check, a broken link to the previous
+//! frame, a commit cut off), recovery asks whether those bytes were ever acknowledged:
+//!
+//! - every 8-byte boundary from the end of the last complete commit to the end of the file is
+//!   probed for a valid frame; a valid frame whose `durable` field lies beyond the end of the
+//!   last complete commit proves that the bad bytes had been synced: that is **corruption**,
+//!   and `open` fails with [`Error::Corrupt`] naming the position, changing nothing;
+//! - otherwise the bytes are a **torn tail** that no caller was ever told was written: they are
+//!   zeroed, segments after the end are cut off, the file is synced, and a warning is logged.
+//!
+//! Before scanning, the frame the sidecar says is the last one it covers must end exactly where
+//! the sidecar says: a sidecar that does not match the log is reported, never used to cut it.
+//!
+//! (A bad frame in the very last commit that was synced, with nothing written after it, cannot be
+//! told from a torn write: that is the limit of any log. A clean close records the end in the
+//! sidecar, which closes that gap.)
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::Layout;
+use super::format::{Body, EventLayout, FRAME_ALIGN, align, could_be_frame_at};
+use super::reader::{Cursor, LogReader};
+use crate::error::{Error, Result};
+use crate::storage::StorageFile;
+
+/// Where the scan starts: a frame boundary the caller trusts, and the frame before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ScanStart {
+    pub position: u64,
+    pub last_frame: Option<u64>,
+}
+
+/// An event frame of a complete commit, as handed to the caller.
+pub(crate) struct RecoveredEvent {
+    pub position: u64,
+    pub bytes: Bytes,
+    pub layout: EventLayout,
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Recovered {
+    /// Where the next frame goes.
+    pub end: u64,
+    /// The last frame of the log.
+    pub last_frame: Option<u64>,
+    /// End of the space reserved in the file (a segment boundary at or after `end`).
+    pub allocated_end: u64,
+    /// Number of complete commits scanned.
+    pub commits: u64,
+    /// The torn tail that was dropped, if any.
+    pub truncated: Option<Truncation>,
+}
+
+/// A dropped torn tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    /// The new end of the log.
+    pub at: u64,
+    /// Where the scan stopped.
+    pub stopped_at: u64,
+    /// Why it stopped there.
+    pub reason: String,
+}
+
+/// Runs recovery over `file`; see the [module docs](self).
+pub(crate) fn recover(
+    file: &Arc<dyn StorageFile>,
+    layout: Layout,
+    start: ScanStart,
+    mut on_commit: impl FnMut(&[RecoveredEvent]) -> Result<()>,
+) -> Result<Recovered> {
+    let file_len = file.len()?;
+    let reader = LogReader::new(file.clone(), layout, 0);
+    let mut cursor = Cursor::default();
+    check_start(&reader, start, file_len, &mut cursor)?;
+
+    let mut pos = start.position;
+    let mut last = start.last_frame;
+    let (mut valid_end, mut valid_last) = (pos, last);
+    let mut commits = 0;
+    let mut pending: Vec<RecoveredEvent> = Vec::new();
+    let (stopped_at, reason) = loop {
+        if pos >= file_len {
+            break (pos, "end of file".to_owned());
+        }
+        let (bytes, frame) = match reader.try_read(pos, file_len, &mut cursor)? {
+            Ok(found) => found,
+            Err(e) => break (pos, e.to_string()),
+        };
+        let expected_prev = last.map_or(0, |l| pos - l);
+        if u64::from(frame.link.prev) != expected_prev {
+            break (pos, format!("frame links back {} bytes, expected {expected_prev}", frame.link.prev));
+        }
+        match frame.body {
+            Body::Event(layout_) => {
+                if pos + u64::from(frame.len) > layout.usable_end(pos) {
+                    break (pos, "event frame in the space kept for the seal".to_owned());
+                }
+                pending.push(RecoveredEvent {
+                    position: pos,
+                    bytes,
+                    layout: layout_,
+                });
+                last = Some(pos);
+                pos += u64::from(frame.len);
+                if frame.link.commit_end {
+                    on_commit(&pending)?;
+                    pending.clear();
+                    commits += 1;
+                    (valid_end, valid_last) = (pos, last);
+                }
+            }
+            Body::Seal { next } => {
+                if !pending.is_empty() || next != layout.segment_end(pos) {
+                    break (pos, "seal in the middle of a commit or pointing elsewhere".to_owned());
+                }
+                last = Some(pos);
+                pos = next;
+                commits += 1;
+                (valid_end, valid_last) = (pos, last);
+            }
+        }
+    };
+    drop(pending);
+
+    let probe = probe(&reader, layout, valid_end, file_len)?;
+    if let Some((claim_at, durable)) = probe.claim {
+        return Err(Error::corrupt(
+            stopped_at,
+            format!(
+                "{reason}; the frame at {claim_at} records that the log was durable up to {durable}, \
+                 so these bytes had been acknowledged"
+            ),
+        ));
+    }
+
+    let seg_end = layout.segment_end(valid_end);
+    let mut truncated = None;
+    if probe.nonzero_end > valid_end || file_len > seg_end {
+        zero(file, valid_end, probe.nonzero_end.min(seg_end))?;
+        if file_len > seg_end {
+            file.set_len(seg_end)?;
+        }
+        tracing::warn!(
+            at = valid_end,
+            stopped_at,
+            reason = %reason,
+            "annals: dropped a torn, unacknowledged tail"
+        );
+        truncated = Some(Truncation {
+            at: valid_end,
+            stopped_at,
+            reason,
+        });
+    }
+    let mut allocated_end = file.len()?;
+    if allocated_end < seg_end {
+        let seg_start = seg_end - layout.segment_size;
+        file.allocate(seg_start, layout.segment_size)?;
+        allocated_end = seg_end;
+    }
+    // What was read back (perhaps only from the page cache, after a process crash) is made
+    // durable before any new frame can claim it is.
+    file.sync_all()?;
+    Ok(Recovered {
+        end: valid_end,
+        last_frame: valid_last,
+        allocated_end: allocated_end - (allocated_end - Layout::FIRST) % layout.segment_size,
+        commits,
+        truncated,
+    })
+}
+
+/// Checks that the frame the caller says precedes `start` ends exactly at `start`.
+fn check_start(reader: &LogReader, start: ScanStart, file_len: u64, cursor: &mut Cursor) -> Result<()> {
+    let mismatch = |why: String| {
+        Error::corrupt(
+            start.position,
+            format!(
+                "the index sidecar does not match the log ({why}); if the log is intact, delete the \
+                 .index file to rebuild it"
+            ),
+        )
+    };
+    if start.position % FRAME_ALIGN != 0 || start.position < Layout::FIRST {
+        return Err(mismatch("misaligned position".into()));
+    }
+    let Some(last) = start.last_frame else {
+        return if start.position == Layout::FIRST {
+            Ok(())
+        } else {
+            Err(mismatch("no last frame recorded".into()))
+        };
+    };
+    if start.position > file_len {
+        return Err(mismatch(format!("the log is only {file_len} bytes long")));
+    }
+    let (_, frame) = reader
+        .try_read(last, file_len, cursor)?
+        .map_err(|e| mismatch(format!("its last frame at {last}: {e}")))?;
+    let ends_at = match frame.body {
+        Body::Seal { next } => next,
+        Body::Event(_) => last + u64::from(frame.len),
+    };
+    if ends_at != start.position {
+        return Err(mismatch(format!("its last frame at {last} ends at {ends_at}")));
+    }
+    Ok(())
+}
+
+struct Probe {
+    /// A valid frame claiming a durable end beyond the scan's end: (its position, the claim).
+    claim: Option<(u64, u64)>,
+    /// End of the last non-zero 8-byte word between the scan's end and the end of its segment.
+    nonzero_end: u64,
+}
+
+const PROBE_CHUNK: u64 = 1 << 20;
+
+/// Probes every 8-byte boundary from `from` to `file_len`; see the module docs.
+fn probe(reader: &LogReader, layout: Layout, from: u64, file_len: u64) -> Result<Probe> {
+    let mut result = Probe {
+        claim: None,
+        nonzero_end: from,
+    };
+    let mut cursor = Cursor::default();
+    let seg_end = layout.segment_end(from);
+    let mut chunk_start = from;
+    let mut buf = Vec::new();
+    while chunk_start + FRAME_ALIGN < file_len {
+        let len = PROBE_CHUNK.min(file_len - chunk_start);
+        buf.resize(len as usize, 0);
+        reader.file().read_exact_at(&mut buf, chunk_start)?;
+        let mut i = 0usize;
+        while i + 8 <= buf.len() {
+            let q = chunk_start + i as u64;
+            if q < seg_end && buf[i..i + 8].iter().any(|&b| b != 0) {
+                result.nonzero_end = result.nonzero_end.max(q + 8);
+            }
+            if could_be_frame_at(&buf[i..], q)
+                && let Ok((_, frame)) = reader.try_read(q, file_len, &mut cursor)?
+                && frame.link.durable > from
+            {
+                result.claim = Some((q, frame.link.durable));
+                return Ok(result);
+            }
+            i += FRAME_ALIGN as usize;
+        }
+        // Step back so a header cut by the chunk's end is seen whole in the next chunk.
+        let step = (len.saturating_sub(32)).max(FRAME_ALIGN);
+        chunk_start = align(chunk_start + step);
+    }
+    Ok(result)
+}
+
+/// Writes zeros over `[from, to)`.
+fn zero(file: &Arc<dyn StorageFile>, from: u64, to: u64) -> Result<()> {
+    let zeros = vec![0u8; PROBE_CHUNK as usize];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(PROBE_CHUNK);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Real files: positioned I/O, `fdatasync`, `fallocate`, `flock`, and read-only maps.
+//!
+//! This is the only module of the crate with `unsafe` code: the one call that maps a file
+//! region into memory.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{FileSystem, OpenMode, StorageFile};
+
+/// The operating system's file system.
+///
+/// ```
+/// use annals::storage::{FileSystem, OpenMode, StdFs};
+///
+/// let dir = tempfile::tempdir()?;
+/// let file = StdFs.open(&dir.path().join("f"), OpenMode::CreateNew)?;
+/// assert!(file.try_lock()?);
+/// assert_eq!(file.len()?, 0);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdFs;
+
+impl FileSystem for StdFs {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if mode == OpenMode::CreateNew {
+            options.create_new(true);
+        }
+        Ok(Arc::new(StdFile {
+            file: options.open(path)?,
+        }))
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        path.try_exists()
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn rename_no_replace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        // A hard link never replaces its target; then the old name goes.
+        std::fs::hard_link(from, to)?;
+        std::fs::remove_file(from)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+#[derive(Debug)]
+struct StdFile {
+    file: File,
+}
+
+impl StorageFile for StdFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn sync_all(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), offset, len)
+        {
+            Ok(()) => Ok(()),
+            // File systems without fallocate: grow the file sparsely instead.
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP => {
+                let end = offset.saturating_add(len);
+                if self.len()? < end {
+                    self.file.set_len(end)?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn try_lock(&self) -> io::Result<bool> {
+        match self.file.try_lock() {
+            Ok(()) => Ok(true),
+            Err(TryLockError::WouldBlock) => Ok(false),
+            Err(TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn map(&self, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
+        // SAFETY: a map is undefined behaviour if the mapped bytes change or vanish while a
+        // reference to them lives. annals only maps *sealed* segments of a store file: ranges
+        // that are complete, below the durable end, and that the engine never writes or
+        // truncates again while the store is open (recovery, the only code that shrinks or
+        // rewrites the file, runs before any map is made). The store holds an exclusive lock on
+        // the file for as long as it is open, so no other annals handle writes it either. A
+        // foreign process that ignores the lock and truncates the file can still make reads
+        // fault (SIGBUS), the documented limit of every mmap-based reader.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(offset)
+                .len(len)
+                .map(&self.file)?
+        };
+        Ok(Some(Bytes::from_owner(map)))
+    }
+}

@@ -1,0 +1,282 @@
+//! The commit path: group commit over the one log writer.
+//!
+//! Every append (or transaction) becomes a [`Request`] in a queue. The first thread to find no
+//! leader becomes the leader: it takes every queued request, checks each one's expected
+//! versions (against the index and the requests before it in the group), stages the accepted
+//! ones into frames, writes them with one positioned write, syncs once, records them in the
+//! index, and hands each request its result. Requests that arrive meanwhile queue up and form
+//! the next group, so concurrent appenders share syncs.
+//!
+//! A failed write or sync poisons the store: that group and every later request fail with
+//! [`Error::Poisoned`] until the store is reopened, and recovery decides from the disk what
+//! was written. A request that is refused (wrong expected version, too large, disk full at a
+//! segment start) fails alone and writes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::Shared;
+use crate::error::{Error, Result};
+use crate::index::memtable::{Run, RunAdd};
+use crate::index::{Committed, PartIndex, StreamInfo};
+use crate::log::format::EventRecord;
+use crate::log::writer::{LogWriter, ReserveError};
+use crate::store::options::Durability;
+use crate::types::{AppendResult, ExpectedVersion, NewEvent};
+
+/// One stream's part of a request.
+pub(crate) struct Part {
+    pub stream: Arc<str>,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+    /// Sum of the frame lengths of `events`.
+    pub frames_len: u64,
+}
+
+/// An append or transaction waiting for its group.
+pub(crate) struct Request {
+    parts: Vec<Part>,
+    result: Mutex<Option<Result<Vec<AppendResult>>>>,
+}
+
+impl Request {
+    fn finish(&self, result: Result<Vec<AppendResult>>) {
+        *self.result.lock() = Some(result);
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Arc<Request>>,
+    leading: bool,
+}
+
+/// The first write or sync failure; once set, the store refuses appends until reopened.
+#[derive(Debug, Default)]
+pub(crate) struct Poison {
+    poisoned: AtomicBool,
+    cause: Mutex<Option<String>>,
+}
+
+impl Poison {
+    pub fn set(&self, cause: impl std::fmt::Display) {
+        let mut c = self.cause.lock();
+        if c.is_none() {
+            tracing::error!(%cause, "annals: store poisoned; reopen it");
+            *c = Some(cause.to_string());
+        }
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if !self.poisoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(Error::Poisoned {
+            cause: self.cause.lock().clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// The queue and the writer.
+pub(crate) struct Committer {
+    queue: Mutex<Queue>,
+    turn: Condvar,
+    writer: Mutex<LogWriter>,
+}
+
+impl Committer {
+    pub fn new(writer: LogWriter) -> Committer {
+        Committer {
+            queue: Mutex::new(Queue::default()),
+            turn: Condvar::new(),
+            writer: Mutex::new(writer),
+        }
+    }
+
+    pub fn writer(&self) -> &Mutex<LogWriter> {
+        &self.writer
+    }
+
+    /// Commits `parts` as one atomic unit, sharing the write and sync with concurrent callers.
+    pub fn commit(&self, shared: &Shared, parts: Vec<Part>) -> Result<Vec<AppendResult>> {
+        shared.poison.check()?;
+        let request = Arc::new(Request {
+            parts,
+            result: Mutex::new(None),
+        });
+        let mut queue = self.queue.lock();
+        queue.pending.push(request.clone());
+        loop {
+            if let Some(result) = request.result.lock().take() {
+                return result;
+            }
+            if !queue.leading {
+                queue.leading = true;
+                let group = std::mem::take(&mut queue.pending);
+                drop(queue);
+                self.lead(shared, group);
+                queue = self.queue.lock();
+                queue.leading = false;
+                self.turn.notify_all();
+                continue;
+            }
+            self.turn.wait(&mut queue);
+        }
+    }
+
+    fn lead(&self, shared: &Shared, group: Vec<Arc<Request>>) {
+        let mut writer = self.writer.lock();
+        if let Err(e) = shared.poison.check() {
+            group.iter().for_each(|r| r.finish(Err(clone_poison(&e))));
+            return;
+        }
+        let mut overlay: HashMap<Arc<str>, StreamInfo> = HashMap::new();
+        let mut accepted: Vec<(&Arc<Request>, Vec<AppendResult>)> = Vec::new();
+        let mut index_parts: Vec<PartIndex> = Vec::new();
+        for request in &group {
+            match stage(&mut writer, shared, &mut overlay, &request.parts) {
+                Ok((results, parts)) => {
+                    accepted.push((request, results));
+                    index_parts.extend(parts);
+                }
+                Err(StageError::Refused(e)) => request.finish(Err(e)),
+                Err(StageError::Fatal(e)) => {
+                    shared.poison.set(format!("sync after allocating a segment failed: {e}"));
+                    let err = shared.poison.check().expect_err("just poisoned");
+                    group.iter().for_each(|r| r.finish(Err(clone_poison(&err))));
+                    return;
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let written = writer.write_staged().map_err(|e| format!("write failed: {e}")).and_then(|()| {
+            if shared.durability == Durability::Immediate {
+                writer.sync().map_err(|e| format!("fdatasync failed: {e}"))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(cause) = written {
+            shared.poison.set(cause);
+            let err = shared.poison.check().expect_err("just poisoned");
+            accepted.iter().for_each(|(r, _)| r.finish(Err(clone_poison(&err))));
+            return;
+        }
+        let committed = Committed {
+            end: writer.end(),
+            last_frame: writer.last_frame(),
+        };
+        shared.index.apply(&index_parts, committed);
+        shared.reader.set_sealed(writer.sealed());
+        drop(writer);
+        for (request, results) in accepted {
+            request.finish(Ok(results));
+        }
+        shared.after_commit();
+    }
+}
+
+fn clone_poison(e: &Error) -> Error {
+    match e {
+        Error::Poisoned { cause } => Error::Poisoned { cause: cause.clone() },
+        other => Error::Poisoned {
+            cause: other.to_string(),
+        },
+    }
+}
+
+enum StageError {
+    Refused(Error),
+    Fatal(std::io::Error),
+}
+
+/// Checks a request's expected versions and stages its frames. On success the overlay holds the
+/// streams' new states; on refusal nothing changed.
+fn stage(
+    writer: &mut LogWriter,
+    shared: &Shared,
+    overlay: &mut HashMap<Arc<str>, StreamInfo>,
+    parts: &[Part],
+) -> Result<(Vec<AppendResult>, Vec<PartIndex>), StageError> {
+    let mut before: Vec<StreamInfo> = Vec::with_capacity(parts.len());
+    let mut after: Vec<(Arc<str>, StreamInfo)> = Vec::with_capacity(parts.len());
+    for part in parts {
+        let known = after
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == part.stream)
+            .map(|(_, info)| *info)
+            .or_else(|| overlay.get(&part.stream).copied());
+        let info = match known {
+            Some(info) => info,
+            None => shared.index.stream_info(&part.stream).map_err(StageError::Refused)?,
+        };
+        let actual = info.count.checked_sub(1);
+        if !part.expected.matches(actual) {
+            return Err(StageError::Refused(Error::WrongExpectedVersion {
+                stream: part.stream.to_string(),
+                expected: part.expected,
+                actual,
+            }));
+        }
+        before.push(info);
+        after.push((
+            part.stream.clone(),
+            StreamInfo {
+                id: info.id,
+                count: info.count + part.events.len() as u64,
+            },
+        ));
+    }
+    let total: u64 = parts.iter().map(|p| p.frames_len).sum();
+    writer.reserve(total).map_err(|e| match e {
+        ReserveError::Refused(e) => StageError::Refused(e),
+        ReserveError::Fatal(e) => StageError::Fatal(e),
+    })?;
+
+    let mut results = Vec::with_capacity(parts.len());
+    let mut index_parts = Vec::with_capacity(parts.len());
+    for (i, (part, info)) in parts.iter().zip(&before).enumerate() {
+        let stream: &str = &part.stream;
+        let records = part.events.iter().enumerate().map(|(k, e)| EventRecord {
+            stream,
+            version: info.count + k as u64,
+            timestamp: e.timestamp_nanos(),
+            id: e.id.into_bytes(),
+            event_type: &e.event_type,
+            schema_version: e.schema_version,
+            correlation_id: e.correlation_id.map(uuid::Uuid::into_bytes),
+            causation_id: e.causation_id.map(uuid::Uuid::into_bytes),
+            publish: e.publish,
+            metadata: &e.metadata,
+            payload: &e.payload,
+        });
+        let staged = writer.stage_frames(records, i + 1 == parts.len());
+        let count = part.events.len() as u64;
+        results.push(AppendResult {
+            version: info.count + count - 1,
+            first_position: crate::Position::new(staged.first),
+            last_position: crate::Position::new(staged.last),
+        });
+        index_parts.push(PartIndex {
+            stream: part.stream.clone(),
+            before: *info,
+            add: RunAdd {
+                run: Run {
+                    first_version: info.count,
+                    position: staged.first,
+                    count: u32::try_from(count).expect("a part fits in a segment"),
+                },
+                end: staged.end,
+            },
+        });
+    }
+    overlay.extend(after);
+    Ok((results, index_parts))
+}

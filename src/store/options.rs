@@ -1,0 +1,151 @@
+//! Options for opening a store.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::log::format::{MAX_SEGMENT_SIZE, check_segment_size};
+use crate::storage::{FileSystem, StdFs};
+use crate::store::Store;
+
+/// When an append's data reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `append` returns only after the data is `fdatasync`ed. Concurrent appends share one sync
+    /// (group commit). The default.
+    Immediate,
+    /// `append` returns once the data is written to the operating system; a background thread
+    /// syncs every interval. A power cut can lose up to one interval of acknowledged appends (a
+    /// process crash loses nothing).
+    Periodic(Duration),
+    /// `append` never syncs; the data is synced when the index is flushed and on close. A power
+    /// cut can lose any append since then (a process crash loses nothing).
+    NoSync,
+}
+
+/// Options for [`Store`]: create with [`Store::builder`].
+///
+/// ```
+/// use annals::{Durability, Store};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::builder()
+///     .durability(Durability::Immediate)
+///     .segment_size(8 << 20)
+///     .max_event_size(1 << 20)
+///     .index_flush_events(50_000)
+///     .open(dir.path().join("orders"))?;
+/// assert_eq!(store.segment_size(), 8 << 20);
+/// # Ok::<(), annals::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct StoreBuilder {
+    pub(crate) durability: Durability,
+    pub(crate) segment_size: u64,
+    pub(crate) max_event_size: u64,
+    pub(crate) index_flush_events: u64,
+    pub(crate) index_cache_bytes: usize,
+    pub(crate) create: bool,
+    pub(crate) fs: Arc<dyn FileSystem>,
+}
+
+/// Default segment size: 64 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+/// Default maximum event size (payload plus metadata): 4 MiB.
+pub const DEFAULT_MAX_EVENT_SIZE: u64 = 4 << 20;
+/// Default number of events between index flushes.
+pub const DEFAULT_INDEX_FLUSH_EVENTS: u64 = 100_000;
+
+impl Default for StoreBuilder {
+    fn default() -> Self {
+        StoreBuilder {
+            durability: Durability::Immediate,
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            max_event_size: DEFAULT_MAX_EVENT_SIZE,
+            index_flush_events: DEFAULT_INDEX_FLUSH_EVENTS,
+            index_cache_bytes: 32 << 20,
+            create: true,
+            fs: Arc::new(StdFs),
+        }
+    }
+}
+
+impl StoreBuilder {
+    /// When appends reach the disk (default [`Durability::Immediate`]).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Segment size for a store created by this open (an existing store keeps its own):
+    /// a multiple of 4096 from 64 KiB to 1 GiB; default 64 MiB. A commit must fit in a segment.
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Largest payload plus metadata of one event; default 4 MiB. Larger events are refused
+    /// with [`Error::TooLarge`].
+    pub fn max_event_size(mut self, bytes: u64) -> Self {
+        self.max_event_size = bytes;
+        self
+    }
+
+    /// How many events the in-memory part of the index holds before it is flushed to the
+    /// sidecar; default 100,000. Larger is faster, smaller uses less memory and replays less on
+    /// open after a crash.
+    pub fn index_flush_events(mut self, events: u64) -> Self {
+        self.index_flush_events = events;
+        self
+    }
+
+    /// Memory redb may use to cache the sidecar; default 32 MiB.
+    pub fn index_cache_bytes(mut self, bytes: usize) -> Self {
+        self.index_cache_bytes = bytes;
+        self
+    }
+
+    /// Whether a missing store is created (default) or reported as `NotFound`.
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
+    /// The file system to use (default: the real one). See [`crate::storage`].
+    pub fn file_system(mut self, fs: impl FileSystem) -> Self {
+        self.fs = Arc::new(fs);
+        self
+    }
+
+    /// The file system to use, shared.
+    pub fn shared_file_system(mut self, fs: Arc<dyn FileSystem>) -> Self {
+        self.fs = fs;
+        self
+    }
+
+    /// Opens (or creates) the store `PATH.annals` (the `.annals` suffix is added if missing).
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Store> {
+        self.validate()?;
+        Store::open_with(self, path.as_ref())
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_segment_size(self.segment_size).map_err(Error::InvalidArgument)?;
+        if self.max_event_size == 0 || self.max_event_size > MAX_SEGMENT_SIZE {
+            return Err(Error::InvalidArgument(format!(
+                "max event size {} must be between 1 and {MAX_SEGMENT_SIZE}",
+                self.max_event_size
+            )));
+        }
+        if self.index_flush_events == 0 {
+            return Err(Error::InvalidArgument("index flush interval must be at least 1 event".into()));
+        }
+        if let Durability::Periodic(d) = self.durability
+            && d.is_zero()
+        {
+            return Err(Error::InvalidArgument("periodic sync interval must not be zero".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,280 @@
+//! Read iterators. Both take a snapshot of what is acknowledged when they start and never
+//! return anything newer; neither blocks the writer.
+//!
+//! Every frame is checked right after it is read (checksum, position), and a frame found
+//! through the index must be the event the index promised (stream and version), so a stale or
+//! damaged index can never make a read return the wrong event.
+
+use std::collections::VecDeque;
+
+use super::Shared;
+use crate::error::{Error, Result};
+use crate::index::memtable::Run;
+use crate::log::Layout;
+use crate::log::format::{Body, FRAME_ALIGN};
+use crate::log::reader::Cursor;
+use crate::types::{Direction, Position, RecordedEvent};
+
+/// How many index runs a stream read fetches at a time.
+const RUN_BATCH: usize = 256;
+
+/// Events of one stream; see [`crate::Store::read_stream`].
+pub struct StreamEvents<'a> {
+    shared: &'a Shared,
+    stream: String,
+    backwards: bool,
+    /// The next version to return, `None` once done.
+    next: Option<u64>,
+    remaining: usize,
+    /// The stream's event count when the read started.
+    count: u64,
+    /// The committed end when the read started.
+    limit: u64,
+    runs: VecDeque<Run>,
+    /// The run holding `next` and the position of `next`'s frame, when known.
+    at: Option<(Run, u64)>,
+    cursor: Cursor,
+}
+
+impl<'a> StreamEvents<'a> {
+    pub(super) fn new(shared: &'a Shared, stream: &str, from: u64, direction: Direction, limit: usize) -> Result<Self> {
+        let backwards = direction == Direction::Backwards;
+        let snapshot = shared.index.stream_snapshot(stream, from, backwards, RUN_BATCH)?;
+        let next = match (snapshot.count, backwards) {
+            (0, _) => None,
+            (count, false) => (from < count).then_some(from),
+            (count, true) => Some(from.min(count - 1)),
+        };
+        Ok(StreamEvents {
+            shared,
+            stream: stream.to_owned(),
+            backwards,
+            next: if limit == 0 { None } else { next },
+            remaining: limit,
+            count: snapshot.count,
+            limit: snapshot.committed.end,
+            runs: snapshot.runs.into(),
+            at: None,
+            cursor: Cursor::default(),
+        })
+    }
+
+    /// Finds the run holding `version` and the position of its frame.
+    fn locate(&mut self, version: u64) -> Result<(Run, u64)> {
+        loop {
+            while let Some(run) = self.runs.front() {
+                if run.contains(version) {
+                    break;
+                }
+                self.runs.pop_front();
+            }
+            if let Some(run) = self.runs.front().copied() {
+                // Walk from the run's first frame to the wanted version.
+                let mut position = run.position;
+                for skipped in run.first_version..version {
+                    position = self.read_event(position, skipped)?.next_position().as_u64();
+                }
+                return Ok((run, position));
+            }
+            let snapshot = self
+                .shared
+                .index
+                .stream_snapshot(&self.stream, version, self.backwards, RUN_BATCH)?;
+            if !snapshot.runs.iter().any(|r| r.contains(version)) {
+                return Err(Error::Index(format!(
+                    "no index entry for version {version} of stream `{}`",
+                    self.stream
+                )));
+            }
+            self.runs = snapshot.runs.into();
+        }
+    }
+
+    /// Reads the frame at `position`, which must be event `version` of this stream. Returns the
+    /// event and the distance back to the frame before it.
+    fn read_event(&mut self, position: u64, version: u64) -> Result<RecordedEvent> {
+        let (bytes, frame) = self.shared.reader.read(position, self.limit, &mut self.cursor)?;
+        let Body::Event(layout) = frame.body else {
+            return Err(Error::corrupt(position, "the index points at a seal, not an event"));
+        };
+        if layout.stream(&bytes) != self.stream || layout.version != version {
+            return Err(Error::corrupt(
+                position,
+                format!(
+                    "the index points at version {} of `{}`, not version {version} of `{}`",
+                    layout.version,
+                    layout.stream(&bytes),
+                    self.stream
+                ),
+            ));
+        }
+        Ok(RecordedEvent::new(bytes, layout, position).with_prev(frame.link.prev))
+    }
+
+    fn step(&mut self) -> Result<Option<RecordedEvent>> {
+        let Some(version) = self.next else {
+            return Ok(None);
+        };
+        let (run, position) = match self.at.take() {
+            Some(at) => at,
+            None => self.locate(version)?,
+        };
+        let event = self.read_event(position, version)?;
+        self.remaining -= 1;
+        if self.backwards {
+            self.next = version.checked_sub(1);
+            if self.next.is_some_and(|v| run.contains(v)) {
+                self.at = Some((run, position - u64::from(event.prev())));
+            }
+        } else {
+            self.next = Some(version + 1).filter(|v| *v < self.count);
+            if self.next.is_some_and(|v| run.contains(v)) {
+                self.at = Some((run, event.next_position().as_u64()));
+            }
+        }
+        if self.remaining == 0 {
+            self.next = None;
+        }
+        Ok(Some(event))
+    }
+}
+
+impl Iterator for StreamEvents<'_> {
+    type Item = Result<RecordedEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.step() {
+            Ok(Some(e)) => Some(Ok(e)),
+            Ok(None) => None,
+            Err(e) => {
+                self.next = None;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Events of the whole log in position order; see [`crate::Store::read_all`].
+pub struct AllEvents<'a> {
+    shared: &'a Shared,
+    backwards: bool,
+    /// Position of the next frame to look at, `None` once done.
+    next: Option<u64>,
+    remaining: usize,
+    limit: u64,
+    cursor: Cursor,
+}
+
+impl<'a> AllEvents<'a> {
+    pub(super) fn new(shared: &'a Shared, from: Position, direction: Direction, limit: usize) -> Result<Self> {
+        let committed = shared.index.committed();
+        let backwards = direction == Direction::Backwards;
+        let mut this = AllEvents {
+            shared,
+            backwards,
+            next: None,
+            remaining: limit,
+            limit: committed.end,
+            cursor: Cursor::default(),
+        };
+        if limit == 0 {
+            return Ok(this);
+        }
+        let from = from.as_u64().max(Layout::FIRST);
+        this.next = if backwards {
+            match committed.last_frame {
+                None => None,
+                Some(last) if from >= committed.end || from >= last => Some(last),
+                Some(_) => Some(this.frame_at_or_before(from)?),
+            }
+        } else if from >= committed.end {
+            None
+        } else {
+            Some(this.frame_at_or_after(from)?)
+        };
+        Ok(this)
+    }
+
+    /// Whether a valid frame starts exactly at `position`.
+    fn is_frame(&mut self, position: u64) -> Result<bool> {
+        Ok(position % FRAME_ALIGN == 0
+            && self
+                .shared
+                .reader
+                .try_read(position, self.limit, &mut self.cursor)?
+                .is_ok())
+    }
+
+    /// Walks the frames of `position`'s segment from its start; returns the start of the
+    /// frame holding `position` and the start of the one after it.
+    fn walk_to(&mut self, position: u64) -> Result<(u64, u64)> {
+        let layout = self.shared.reader.layout();
+        let mut at = layout.segment_start(layout.segment_of(position));
+        loop {
+            let (bytes, frame) = self.shared.reader.read(at, self.limit, &mut self.cursor)?;
+            let next = match frame.body {
+                Body::Seal { next } => next,
+                Body::Event(_) => at + bytes.len() as u64,
+            };
+            if next > position || next >= self.limit {
+                return Ok((at, next));
+            }
+            at = next;
+        }
+    }
+
+    fn frame_at_or_after(&mut self, position: u64) -> Result<u64> {
+        if self.is_frame(position)? {
+            return Ok(position);
+        }
+        Ok(self.walk_to(position)?.1)
+    }
+
+    fn frame_at_or_before(&mut self, position: u64) -> Result<u64> {
+        if self.is_frame(position)? {
+            return Ok(position);
+        }
+        Ok(self.walk_to(position)?.0)
+    }
+
+    fn step(&mut self) -> Result<Option<RecordedEvent>> {
+        while let Some(position) = self.next {
+            if position >= self.limit {
+                self.next = None;
+                break;
+            }
+            let (bytes, frame) = self.shared.reader.read(position, self.limit, &mut self.cursor)?;
+            self.next = if self.backwards {
+                position.checked_sub(u64::from(frame.link.prev)).filter(|_| frame.link.prev != 0)
+            } else {
+                Some(match frame.body {
+                    Body::Seal { next } => next,
+                    Body::Event(_) => position + bytes.len() as u64,
+                })
+            };
+            if let Body::Event(layout) = frame.body {
+                self.remaining -= 1;
+                if self.remaining == 0 {
+                    self.next = None;
+                }
+                return Ok(Some(RecordedEvent::new(bytes, layout, position).with_prev(frame.link.prev)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Iterator for AllEvents<'_> {
+    type Item = Result<RecordedEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.step() {
+            Ok(Some(e)) => Some(Ok(e)),
+            Ok(None) => None,
+            Err(e) => {
+                self.next = None;
+                Some(Err(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The values that cross the public API: expected versions, positions, new and recorded events.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::log::format::EventLayout;
+
+/// What an append expects of its stream's current version (optimistic concurrency).
+///
+/// ```
+/// use annals::ExpectedVersion;
+///
+/// assert!(ExpectedVersion::NoStream.matches(None));
+/// assert!(ExpectedVersion::Exact(3).matches(Some(3)));
+/// assert!(!ExpectedVersion::StreamExists.matches(None));
+/// assert!(ExpectedVersion::Any.matches(Some(9)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's state.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must exist (have at least one event).
+    StreamExists,
+    /// The stream's last event must have exactly this version (versions start at 0).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream whose current version is `actual` (`None`: no stream) satisfies this.
+    pub fn matches(self, actual: Option<u64>) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual.is_none(),
+            ExpectedVersion::StreamExists => actual.is_some(),
+            ExpectedVersion::Exact(v) => actual == Some(v),
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => write!(f, "any"),
+            ExpectedVersion::NoStream => write!(f, "no stream"),
+            ExpectedVersion::StreamExists => write!(f, "stream exists"),
+            ExpectedVersion::Exact(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// A place in the global log: the byte offset of an event's frame in the store file. Positions
+/// strictly increase in log order; they are the cursor of [`crate::Store::read_all`] and of
+/// checkpoints.
+///
+/// ```
+/// use annals::Position;
+///
+/// assert!(Position::START < Position::new(4096));
+/// assert_eq!(Position::new(4096).as_u64(), 4096);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Position(u64);
+
+impl Position {
+    /// Before the first event.
+    pub const START: Position = Position(0);
+    /// After the last event.
+    pub const END: Position = Position(u64::MAX);
+
+    /// A position from its number.
+    pub const fn new(n: u64) -> Position {
+        Position(n)
+    }
+
+    /// The position's number.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Which way a read goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Oldest first.
+    Forwards,
+    /// Newest first.
+    Backwards,
+}
+
+/// An event to append.
+///
+/// ```
+/// use annals::NewEvent;
+///
+/// let e = NewEvent::new("OrderPlaced", r#"{"total":42}"#)
+///     .with_metadata("{}")
+///     .with_schema_version(2)
+///     .published(true);
+/// assert_eq!(e.event_type, "OrderPlaced");
+/// assert_eq!(e.schema_version, 2);
+/// assert_eq!(e.id.get_version_num(), 7, "ids are time-ordered UUIDv7");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Unique id (UUIDv7 by default: time-ordered).
+    pub id: Uuid,
+    /// Event type name: non-empty, at most 256 bytes, no control characters.
+    pub event_type: String,
+    /// Schema version of the event type (1 by default).
+    pub schema_version: u32,
+    /// Creation time (now, by default).
+    pub timestamp: SystemTime,
+    /// Id of the conversation this event belongs to.
+    pub correlation_id: Option<Uuid>,
+    /// Id of the message that caused this event.
+    pub causation_id: Option<Uuid>,
+    /// Whether the outbox should publish this event.
+    pub publish: bool,
+    /// User metadata.
+    pub metadata: Bytes,
+    /// The event's data.
+    pub payload: Bytes,
+}
+
+impl NewEvent {
+    /// A new event with a fresh UUIDv7, the current time, schema version 1, no metadata.
+    pub fn new(event_type: impl Into<String>, payload: impl Into<Bytes>) -> NewEvent {
+        NewEvent {
+            id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            timestamp: SystemTime::now(),
+            correlation_id: None,
+            causation_id: None,
+            publish: false,
+            metadata: Bytes::new(),
+            payload: payload.into(),
+        }
+    }
+
+    /// Sets the id.
+    pub fn with_id(mut self, id: Uuid) -> NewEvent {
+        self.id = id;
+        self
+    }
+
+    /// Sets the user metadata.
+    pub fn with_metadata(mut self, metadata: impl Into<Bytes>) -> NewEvent {
+        self.metadata = metadata.into();
+        self
+    }
+
+    /// Sets the schema version.
+    pub fn with_schema_version(mut self, version: u32) -> NewEvent {
+        self.schema_version = version;
+        self
+    }
+
+    /// Sets the creation time.
+    pub fn with_timestamp(mut self, timestamp: SystemTime) -> NewEvent {
+        self.timestamp = timestamp;
+        self
+    }
+
+    /// Sets the correlation id.
+    pub fn with_correlation_id(mut self, id: Uuid) -> NewEvent {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Sets the causation id.
+    pub fn with_causation_id(mut self, id: Uuid) -> NewEvent {
+        self.causation_id = Some(id);
+        self
+    }
+
+    /// Marks the event for publication by the outbox.
+    pub fn published(mut self, publish: bool) -> NewEvent {
+        self.publish = publish;
+        self
+    }
+
+    pub(crate) fn timestamp_nanos(&self) -> u64 {
+        nanos_since_epoch(self.timestamp)
+    }
+}
+
+/// Nanoseconds since the Unix epoch (0 before it, saturating far after it).
+pub(crate) fn nanos_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// An event read back from the store. Cheap to clone: it shares the bytes it was read from.
+#[derive(Clone)]
+pub struct RecordedEvent {
+    frame: Bytes,
+    layout: EventLayout,
+    position: Position,
+    prev: u32,
+}
+
+impl RecordedEvent {
+    pub(crate) fn new(frame: Bytes, layout: EventLayout, position: u64) -> RecordedEvent {
+        RecordedEvent {
+            frame,
+            layout,
+            position: Position(position),
+            prev: 0,
+        }
+    }
+
+    pub(crate) fn with_prev(mut self, prev: u32) -> RecordedEvent {
+        self.prev = prev;
+        self
+    }
+
+    /// Distance back to the previous frame of the log.
+    pub(crate) fn prev(&self) -> u32 {
+        self.prev
+    }
+
+    /// The stream the event belongs to.
+    pub fn stream(&self) -> &str {
+        self.layout.stream(&self.frame)
+    }
+
+    /// The event's version in its stream (from 0).
+    pub fn version(&self) -> u64 {
+        self.layout.version
+    }
+
+    /// The event's position in the global log.
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// The position just after this event: where a reader that has handled this event resumes.
+    pub fn next_position(&self) -> Position {
+        Position(self.position.0 + self.frame.len() as u64)
+    }
+
+    /// The event's id.
+    pub fn id(&self) -> Uuid {
+        Uuid::from_bytes(self.layout.id)
+    }
+
+    /// The event type name.
+    pub fn event_type(&self) -> &str {
+        self.layout.event_type(&self.frame)
+    }
+
+    /// The schema version of the event type.
+    pub fn schema_version(&self) -> u32 {
+        self.layout.schema_version
+    }
+
+    /// Creation time.
+    pub fn timestamp(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.layout.timestamp)
+    }
+
+    /// Creation time in nanoseconds since the Unix epoch.
+    pub fn timestamp_nanos(&self) -> u64 {
+        self.layout.timestamp
+    }
+
+    /// Correlation id.
+    pub fn correlation_id(&self) -> Option<Uuid> {
+        self.layout.correlation_id.map(Uuid::from_bytes)
+    }
+
+    /// Causation id.
+    pub fn causation_id(&self) -> Option<Uuid> {
+        self.layout.causation_id.map(Uuid::from_bytes)
+    }
+
+    /// Whether the event was marked for publication.
+    pub fn is_published(&self) -> bool {
+        self.layout.publish
+    }
+
+    /// User metadata.
+    pub fn metadata(&self) -> &[u8] {
+        &self.frame[self.layout.metadata_range()]
+    }
+
+    /// The event's data.
+    pub fn payload(&self) -> &[u8] {
+        &self.frame[self.layout.payload_range()]
+    }
+
+    /// The event's data as shared bytes (no copy).
+    pub fn payload_bytes(&self) -> Bytes {
+        self.frame.slice(self.layout.payload_range())
+    }
+
+    /// User metadata as shared bytes (no copy).
+    pub fn metadata_bytes(&self) -> Bytes {
+        self.frame.slice(self.layout.metadata_range())
+    }
+}
+
+impl fmt::Debug for RecordedEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordedEvent")
+            .field("stream", &self.stream())
+            .field("version", &self.version())
+            .field("position", &self.position)
+            .field("event_type", &self.event_type())
+            .field("id", &self.id())
+            .field("payload_len", &self.payload().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for RecordedEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.position == other.position && self.frame == other.frame
+    }
+}
+
+impl Eq for RecordedEvent {}
+
+/// What an append wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The stream's version after the append (that of its last new event).
+    pub version: u64,
+    /// Position of the first new event.
+    pub first_position: Position,
+    /// Position of the last new event.
+    pub last_position: Position,
+}
+
+impl AppendResult {
+    /// The expected version for the next append to this stream.
+    pub fn next_expected(&self) -> crate::ExpectedVersion {
+        crate::ExpectedVersion::Exact(self.version)
+    }
+}
