@@ -99,6 +99,8 @@ struct State {
     nodes: HashMap<NodeId, Node>,
     pending: Vec<Pending>,
     fault: Option<Fault>,
+    /// Total bytes the files may occupy; growing past it fails with `StorageFull`.
+    capacity: Option<u64>,
     next_node: NodeId,
 }
 
@@ -124,6 +126,13 @@ struct Fault {
     at: u64,
     mode: FaultMode,
     kind: io::ErrorKind,
+}
+
+impl State {
+    fn used(&self) -> u64 {
+        let live: std::collections::HashSet<_> = self.names.values().collect();
+        live.iter().map(|id| self.nodes[id].current.len() as u64).sum()
+    }
 }
 
 impl fmt::Debug for FaultFs {
@@ -171,6 +180,18 @@ impl FaultFs {
     /// Removes any injected failure.
     pub fn clear_faults(&self) {
         self.inner.state.lock().fault = None;
+    }
+
+    /// Limits the total size of all files (`None`: unlimited). A write or length change that
+    /// would grow the files past it fails with `StorageFull`, as on a full disk.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.inner.state.lock().capacity = bytes;
+    }
+
+    /// Total size of all files.
+    pub fn used_bytes(&self) -> u64 {
+        let state = self.inner.state.lock();
+        state.used()
     }
 
     /// The file system as found after a power cut now: durable state plus the pending changes
@@ -454,6 +475,17 @@ impl FaultFile {
     fn change(&self, op: Pending) -> io::Result<()> {
         let mut state = self.fs.inner.state.lock();
         self.fs.tick(&mut state)?;
+        if let Some(capacity) = state.capacity {
+            let len = state.nodes[&self.node].current.len() as u64;
+            let new_len = match &op {
+                Pending::Write { offset, data, .. } => len.max(offset + data.len() as u64),
+                Pending::SetLen { len, .. } => *len,
+                _ => len,
+            };
+            if new_len > len && state.used() + (new_len - len) > capacity {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device"));
+            }
+        }
         let untracked = self.fs.inner.untracked;
         let node = state.nodes.get_mut(&self.node).expect("node of an open handle");
         match &op {

@@ -34,9 +34,12 @@ impl FileSystem for StdFs {
         if mode == OpenMode::CreateNew {
             options.create_new(true);
         }
-        Ok(Arc::new(StdFile {
-            file: options.open(path)?,
-        }))
+        let file = options.open(path)?;
+        // Maps are made from a second, read-only handle on the same file: a map keeps its handle
+        // alive, and events read from a map may outlive the store, which must not keep the
+        // store's lock (held by `file`) with them.
+        let map_source = File::open(path)?;
+        Ok(Arc::new(StdFile { file, map_source }))
     }
 
     fn exists(&self, path: &Path) -> io::Result<bool> {
@@ -61,6 +64,7 @@ impl FileSystem for StdFs {
 #[derive(Debug)]
 struct StdFile {
     file: File,
+    map_source: File,
 }
 
 impl StorageFile for StdFile {
@@ -125,7 +129,7 @@ impl StorageFile for StdFile {
             memmap2::MmapOptions::new()
                 .offset(offset)
                 .len(len)
-                .map(&self.file)?
+                .map(&self.map_source)?
         };
         Ok(Some(Bytes::from_owner(map)))
     }
