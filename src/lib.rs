@@ -24,6 +24,8 @@
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "bench")]
+pub mod bench;
 mod error;
 mod index;
 pub mod log;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::log::format::EventLayout;
+use crate::log::format::EventRef;
 
 /// What an append expects of its stream's current version (optimistic concurrency).
 ///
@@ -206,20 +206,24 @@ pub(crate) fn nanos_since_epoch(t: SystemTime) -> u64 {
 /// An event read back from the store. Cheap to clone: it shares the bytes it was read from.
 #[derive(Clone)]
 pub struct RecordedEvent {
+    /// The whole checked frame; fields are read from it in place.
     frame: Bytes,
-    layout: EventLayout,
     position: Position,
     prev: u32,
 }
 
 impl RecordedEvent {
-    pub(crate) fn new(frame: Bytes, layout: EventLayout, position: u64) -> RecordedEvent {
+    /// An event from the bytes of a frame that passed its checks as an event.
+    pub(crate) fn new(frame: Bytes, position: u64) -> RecordedEvent {
         RecordedEvent {
             frame,
-            layout,
             position: Position(position),
             prev: 0,
         }
+    }
+
+    fn view(&self) -> EventRef<'_> {
+        EventRef::new(&self.frame)
     }
 
     pub(crate) fn with_prev(mut self, prev: u32) -> RecordedEvent {
@@ -234,12 +238,12 @@ impl RecordedEvent {
 
     /// The stream the event belongs to.
     pub fn stream(&self) -> &str {
-        self.layout.stream(&self.frame)
+        self.view().stream()
     }
 
     /// The event's version in its stream (from 0).
     pub fn version(&self) -> u64 {
-        self.layout.version
+        self.view().version()
     }
 
     /// The event's position in the global log.
@@ -254,62 +258,62 @@ impl RecordedEvent {
 
     /// The event's id.
     pub fn id(&self) -> Uuid {
-        Uuid::from_bytes(self.layout.id)
+        Uuid::from_bytes(self.view().event_id())
     }
 
     /// The event type name.
     pub fn event_type(&self) -> &str {
-        self.layout.event_type(&self.frame)
+        self.view().event_type()
     }
 
     /// The schema version of the event type.
     pub fn schema_version(&self) -> u32 {
-        self.layout.schema_version
+        self.view().schema_version()
     }
 
     /// Creation time.
     pub fn timestamp(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_nanos(self.layout.timestamp)
+        UNIX_EPOCH + Duration::from_nanos(self.view().timestamp())
     }
 
     /// Creation time in nanoseconds since the Unix epoch.
     pub fn timestamp_nanos(&self) -> u64 {
-        self.layout.timestamp
+        self.view().timestamp()
     }
 
     /// Correlation id.
     pub fn correlation_id(&self) -> Option<Uuid> {
-        self.layout.correlation_id.map(Uuid::from_bytes)
+        self.view().correlation_id().map(Uuid::from_bytes)
     }
 
     /// Causation id.
     pub fn causation_id(&self) -> Option<Uuid> {
-        self.layout.causation_id.map(Uuid::from_bytes)
+        self.view().causation_id().map(Uuid::from_bytes)
     }
 
     /// Whether the event was marked for publication.
     pub fn is_published(&self) -> bool {
-        self.layout.publish
+        self.view().publish()
     }
 
     /// User metadata.
     pub fn metadata(&self) -> &[u8] {
-        &self.frame[self.layout.metadata_range()]
+        &self.frame[self.view().metadata_range()]
     }
 
     /// The event's data.
     pub fn payload(&self) -> &[u8] {
-        &self.frame[self.layout.payload_range()]
+        &self.frame[self.view().payload_range()]
     }
 
     /// The event's data as shared bytes (no copy).
     pub fn payload_bytes(&self) -> Bytes {
-        self.frame.slice(self.layout.payload_range())
+        self.frame.slice(self.view().payload_range())
     }
 
     /// User metadata as shared bytes (no copy).
     pub fn metadata_bytes(&self) -> Bytes {
-        self.frame.slice(self.layout.metadata_range())
+        self.frame.slice(self.view().metadata_range())
     }
 }
 

@@ -134,10 +134,6 @@ pub const fn align(n: u64) -> u64 {
     (n + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
@@ -393,7 +389,7 @@ impl std::fmt::Display for FrameError {
 }
 
 /// A checked frame: its header fields and body.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame {
     /// Total length (a multiple of 8).
     pub len: u32,
@@ -404,10 +400,10 @@ pub struct Frame {
 }
 
 /// The body of a checked frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {
-    /// An event; its variable fields are ranges into the frame's bytes.
-    Event(EventLayout),
+    /// An event; read its fields with [`EventRef`].
+    Event,
     /// A seal: the log continues at this position.
     Seal {
         /// Start of the next segment.
@@ -415,57 +411,120 @@ pub enum Body {
     },
 }
 
-/// The decoded fixed fields of an event frame and where its variable fields are. Ranges are
-/// relative to the frame's first byte; UTF-8 of both names has been checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventLayout {
+/// The fields of a checked event frame, read in place. Made from the bytes of a frame that
+/// passed [`decode_frame`] as an event; every accessor stays in bounds (and never panics) even
+/// if handed other bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a>(&'a [u8]);
+
+const BODY: usize = FRAME_HEADER_LEN;
+
+impl<'a> EventRef<'a> {
+    /// A view of an event frame's bytes.
+    pub fn new(frame: &'a [u8]) -> EventRef<'a> {
+        EventRef(frame)
+    }
+
+    fn u16(&self, at: usize) -> u16 {
+        self.0.get(at..at + 2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&self, at: usize) -> u32 {
+        self.0.get(at..at + 4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes)
+    }
+
+    fn u64(&self, at: usize) -> u64 {
+        self.0.get(at..at + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes)
+    }
+
+    fn id(&self, at: usize) -> [u8; 16] {
+        self.0.get(at..at + 16).and_then(|b| b.try_into().ok()).unwrap_or([0; 16])
+    }
+
+    fn flags(&self) -> u8 {
+        self.0.get(29).copied().unwrap_or(0)
+    }
+
     /// Version in its stream.
-    pub version: u64,
+    pub fn version(&self) -> u64 {
+        self.u64(BODY)
+    }
+
     /// Nanoseconds since the Unix epoch.
-    pub timestamp: u64,
+    pub fn timestamp(&self) -> u64 {
+        self.u64(BODY + 8)
+    }
+
     /// Event id.
-    pub id: [u8; 16],
-    /// Schema version.
-    pub schema_version: u32,
+    pub fn event_id(&self) -> [u8; 16] {
+        self.id(BODY + 16)
+    }
+
+    /// Schema version of the event type.
+    pub fn schema_version(&self) -> u32 {
+        self.u32(BODY + 36)
+    }
+
     /// Correlation id.
-    pub correlation_id: Option<[u8; 16]>,
+    pub fn correlation_id(&self) -> Option<[u8; 16]> {
+        (self.flags() & FLAG_CORRELATION != 0).then(|| self.id(BODY + EVENT_FIXED_LEN))
+    }
+
     /// Causation id.
-    pub causation_id: Option<[u8; 16]>,
+    pub fn causation_id(&self) -> Option<[u8; 16]> {
+        let at = BODY + EVENT_FIXED_LEN + 16 * usize::from(self.flags() & FLAG_CORRELATION != 0);
+        (self.flags() & FLAG_CAUSATION != 0).then(|| self.id(at))
+    }
+
     /// Whether the outbox publishes it.
-    pub publish: bool,
-    /// Stream name bytes.
-    pub stream: Range<u32>,
-    /// Event type name bytes.
-    pub event_type: Range<u32>,
-    /// Metadata bytes.
-    pub metadata: Range<u32>,
-    /// Payload bytes.
-    pub payload: Range<u32>,
-}
-
-fn range(r: &Range<u32>) -> Range<usize> {
-    r.start as usize..r.end as usize
-}
-
-impl EventLayout {
-    /// The stream name inside `frame` (the bytes this layout was decoded from).
-    pub fn stream<'a>(&self, frame: &'a [u8]) -> &'a str {
-        std::str::from_utf8(&frame[range(&self.stream)]).unwrap_or_default()
+    pub fn publish(&self) -> bool {
+        self.flags() & FLAG_PUBLISH != 0
     }
 
-    /// The event type inside `frame`.
-    pub fn event_type<'a>(&self, frame: &'a [u8]) -> &'a str {
-        std::str::from_utf8(&frame[range(&self.event_type)]).unwrap_or_default()
+    /// Ranges of stream, type, metadata and payload bytes within the frame.
+    fn ranges(&self) -> [Range<usize>; 4] {
+        let flags = self.flags();
+        let ids = 16 * (usize::from(flags & FLAG_CORRELATION != 0) + usize::from(flags & FLAG_CAUSATION != 0));
+        let lens = [
+            usize::from(self.u16(BODY + 32)),
+            usize::from(self.u16(BODY + 34)),
+            self.u32(BODY + 40) as usize,
+            self.u32(BODY + 44) as usize,
+        ];
+        let mut at = BODY + EVENT_FIXED_LEN + ids;
+        lens.map(|n| {
+            let r = at..at.saturating_add(n);
+            at = r.end;
+            r
+        })
     }
 
-    /// The metadata range as `usize`.
+    fn text(&self, r: Range<usize>) -> &'a str {
+        self.0.get(r).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default()
+    }
+
+    /// Stream name.
+    pub fn stream(&self) -> &'a str {
+        let [r, ..] = self.ranges();
+        self.text(r)
+    }
+
+    /// Event type name.
+    pub fn event_type(&self) -> &'a str {
+        let [_, r, ..] = self.ranges();
+        self.text(r)
+    }
+
+    /// Where the metadata is in the frame.
     pub fn metadata_range(&self) -> Range<usize> {
-        range(&self.metadata)
+        let [_, _, r, _] = self.ranges();
+        if r.end <= self.0.len() { r } else { 0..0 }
     }
 
-    /// The payload range as `usize`.
+    /// Where the payload is in the frame.
     pub fn payload_range(&self) -> Range<usize> {
-        range(&self.payload)
+        let [_, _, _, r] = self.ranges();
+        if r.end <= self.0.len() { r } else { 0..0 }
     }
 }
 
@@ -528,7 +587,8 @@ pub fn decode_frame(bytes: &[u8], position: u64) -> Result<Frame, FrameError> {
             if flags & !EVENT_FLAGS != 0 {
                 return Err(FrameError::BadLayout("unknown event flags"));
             }
-            Body::Event(decode_event(frame, flags)?)
+            check_event(frame)?;
+            Body::Event
         }
         KIND_SEAL => {
             if flags != FLAG_COMMIT_END || ulen != SEAL_FRAME_LEN as usize {
@@ -545,73 +605,34 @@ pub fn decode_frame(bytes: &[u8], position: u64) -> Result<Frame, FrameError> {
     Ok(Frame { len, link, body })
 }
 
-fn decode_event(frame: &[u8], flags: u8) -> Result<EventLayout, FrameError> {
-    let b = &frame[FRAME_HEADER_LEN..];
-    if b.len() < EVENT_FIXED_LEN {
+/// Checks an event body: lengths in range and adding up to the frame, zero padding, UTF-8
+/// names.
+fn check_event(frame: &[u8]) -> Result<(), FrameError> {
+    if frame.len() < FRAME_HEADER_LEN + EVENT_FIXED_LEN {
         return Err(FrameError::BadLayout("event body shorter than its fixed part"));
     }
-    let stream_len = u16_at(b, 32) as usize;
-    let type_len = u16_at(b, 34) as usize;
-    let metadata_len = u32_at(b, 40) as usize;
-    let payload_len = u32_at(b, 44) as usize;
-    if !(1..=MAX_STREAM_NAME_LEN).contains(&stream_len) {
+    let e = EventRef(frame);
+    let [stream, event_type, _, payload] = e.ranges();
+    if !(1..=MAX_STREAM_NAME_LEN).contains(&stream.len()) {
         return Err(FrameError::BadLayout("stream name length out of range"));
     }
-    if !(1..=MAX_EVENT_TYPE_LEN).contains(&type_len) {
+    if !(1..=MAX_EVENT_TYPE_LEN).contains(&event_type.len()) {
         return Err(FrameError::BadLayout("event type length out of range"));
     }
-    let has_correlation = flags & FLAG_CORRELATION != 0;
-    let has_causation = flags & FLAG_CAUSATION != 0;
-    let mut at = FRAME_HEADER_LEN + EVENT_FIXED_LEN;
-    let take_id = |present: bool, at: &mut usize| -> Result<Option<[u8; 16]>, FrameError> {
-        if !present {
-            return Ok(None);
-        }
-        if *at + 16 > frame.len() {
-            return Err(FrameError::BadLayout("event ids run past the frame"));
-        }
-        let id = id_at(frame, *at);
-        *at += 16;
-        Ok(Some(id))
-    };
-    let correlation_id = take_id(has_correlation, &mut at)?;
-    let causation_id = take_id(has_causation, &mut at)?;
-    // Lengths come from disk: add them in u64 so no sum can wrap.
-    let end = at as u64 + stream_len as u64 + type_len as u64 + metadata_len as u64 + payload_len as u64;
-    if align(end) != frame.len() as u64 {
+    // Lengths come from disk: `ranges` adds them with saturation, so no sum wraps.
+    if align(payload.end as u64) != frame.len() as u64 {
         return Err(FrameError::BadLayout("event field lengths do not add up to the frame length"));
     }
-    let mut next = |n: usize| {
-        let r = at as u32..(at + n) as u32;
-        at += n;
-        r
-    };
-    let stream = next(stream_len);
-    let event_type = next(type_len);
-    let metadata = next(metadata_len);
-    let payload = next(payload_len);
-    if frame[at..].iter().any(|&x| x != 0) {
+    if frame[payload.end..].iter().any(|&x| x != 0) {
         return Err(FrameError::BadLayout("padding is not zero"));
     }
-    if std::str::from_utf8(&frame[range(&stream)]).is_err() {
+    if std::str::from_utf8(&frame[stream]).is_err() {
         return Err(FrameError::BadLayout("stream name is not UTF-8"));
     }
-    if std::str::from_utf8(&frame[range(&event_type)]).is_err() {
+    if std::str::from_utf8(&frame[event_type]).is_err() {
         return Err(FrameError::BadLayout("event type is not UTF-8"));
     }
-    Ok(EventLayout {
-        version: u64_at(b, 0),
-        timestamp: u64_at(b, 8),
-        id: id_at(b, 16),
-        schema_version: u32_at(b, 36),
-        correlation_id,
-        causation_id,
-        publish: flags & FLAG_PUBLISH != 0,
-        stream,
-        event_type,
-        metadata,
-        payload,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -699,16 +720,27 @@ mod tests {
         assert_eq!(Some(len), e.frame_len());
         let frame = decode_frame(&buf, 4096).unwrap();
         assert_eq!(frame.link, link(4096));
-        let Body::Event(ev) = frame.body else { panic!("not an event") };
-        assert_eq!(ev.stream(&buf), "order-42");
-        assert_eq!(ev.event_type(&buf), "OrderPlaced");
+        assert_eq!(frame.body, Body::Event);
+        let ev = EventRef::new(&buf);
+        assert_eq!(ev.stream(), "order-42");
+        assert_eq!(ev.event_type(), "OrderPlaced");
         assert_eq!(&buf[ev.payload_range()], b"hello world");
         assert_eq!(&buf[ev.metadata_range()], b"{\"user\":1}");
         assert_eq!(
-            (ev.version, ev.timestamp, ev.id, ev.schema_version),
+            (ev.version(), ev.timestamp(), ev.event_id(), ev.schema_version()),
             (7, 1_700_000_000_123_456_789, [9; 16], 3)
         );
-        assert_eq!((ev.correlation_id, ev.causation_id, ev.publish), (Some([1; 16]), None, true));
+        assert_eq!((ev.correlation_id(), ev.causation_id(), ev.publish()), (Some([1; 16]), None, true));
+        let both = EventRecord {
+            causation_id: Some([2; 16]),
+            ..e
+        };
+        let mut buf = vec![];
+        encode_event(&mut buf, link(4096), &both);
+        assert!(decode_frame(&buf, 4096).is_ok());
+        let ev = EventRef::new(&buf);
+        assert_eq!((ev.correlation_id(), ev.causation_id()), (Some([1; 16]), Some([2; 16])));
+        assert_eq!(&buf[ev.payload_range()], b"hello world");
     }
 
     #[test]

@@ -1,15 +1,18 @@
-//! Reading checked frames at positions.
+//! Reading checked frames at positions: the mmap reader.
 //!
-//! Sealed segments (complete, never written again) are mapped into memory when the file system
-//! can map, and frames are sliced out of the map without copying. The growing segment (and
-//! everything, on file systems that cannot map) is read with positioned reads through a
-//! [`Cursor`]: a chunk that grows while reads stay sequential, so scanning costs one read per
-//! chunk and a random lookup reads only a few KiB.
+//! When the file system can map files, each segment is mapped read-only once, and readers get
+//! *views*: the first `len` bytes of a segment's map, where `len` never reaches past the log's
+//! committed end when the view is made. Frames are sliced out of views without copying.
+//! Elsewhere (in-memory file systems, and recovery, which may rewrite the unacknowledged tail),
+//! frames are read with positioned reads into a chunk that grows while reads stay sequential.
+//!
+//! This module holds the crate's only `unsafe` block: turning a view into a byte slice.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use memmap2::MmapRaw;
 use parking_lot::RwLock;
 
 use super::Layout;
@@ -20,20 +23,43 @@ use crate::storage::StorageFile;
 const FIRST_CHUNK: usize = 8 * 1024;
 const MAX_CHUNK: usize = 1024 * 1024;
 
-/// Reads frames of one log file. Shared by all readers and the writer.
+/// Reads frames of one log file. Shared by all readers.
 #[derive(Debug)]
 pub(crate) struct LogReader {
     file: Arc<dyn StorageFile>,
     layout: Layout,
-    /// Segments with an index below this are sealed.
-    sealed: AtomicU64,
-    maps: RwLock<Vec<Option<Bytes>>>,
+    maps: RwLock<Vec<Option<Arc<MmapRaw>>>>,
     can_map: AtomicBool,
 }
 
-/// Per-reader read buffer for unmapped segments.
+/// The first `len` bytes of a segment's map.
+struct View {
+    map: Arc<MmapRaw>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for View {
+    fn as_ref(&self) -> &[u8] {
+        assert!(self.len <= self.map.len());
+        // SAFETY: the pointer is valid for `len` bytes: the map is alive (we hold an `Arc` to
+        // it), covers a segment whose space was allocated in the file before it was mapped, and
+        // `len` is within it (asserted). The bytes do not change while this slice lives: a view
+        // only ever covers bytes below the log's committed end at the time it was made, and the
+        // engine never writes, zeroes or truncates below the committed end of an open store —
+        // the writer only writes beyond it, and recovery (which may rewrite a torn tail) reads
+        // without maps and finishes before any view exists. The store's exclusive lock keeps
+        // other annals handles from writing the file; a foreign process that ignores the lock
+        // and truncates the file can still make reads fault (SIGBUS), the documented limit of
+        // every mmap-based reader.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len) }
+    }
+}
+
+/// Per-reader state: the view of the segment being read, or a read buffer.
 #[derive(Debug, Default)]
 pub(crate) struct Cursor {
+    /// (segment, view of its first bytes)
+    view: Option<(u64, Bytes)>,
     start: u64,
     data: Bytes,
     next_len: usize,
@@ -60,21 +86,22 @@ impl Cursor {
         Ok(())
     }
 
-    fn slice(&self, position: u64, end: u64) -> Bytes {
+    fn bytes(&self, position: u64, end: u64) -> &[u8] {
         let from = (position - self.start) as usize;
         let to = ((end - self.start) as usize).min(self.data.len());
-        self.data.slice(from..to)
+        &self.data[from..to]
     }
 }
 
 impl LogReader {
-    pub fn new(file: Arc<dyn StorageFile>, layout: Layout, sealed: u64) -> LogReader {
+    /// A reader over `file`; with `map`, segments are read through maps when the file system
+    /// can map (never during recovery).
+    pub fn new(file: Arc<dyn StorageFile>, layout: Layout, map: bool) -> LogReader {
         LogReader {
             file,
             layout,
-            sealed: AtomicU64::new(sealed),
             maps: RwLock::new(Vec::new()),
-            can_map: AtomicBool::new(true),
+            can_map: AtomicBool::new(map),
         }
     }
 
@@ -82,32 +109,40 @@ impl LogReader {
         self.layout
     }
 
-    /// Records that every segment below `count` is sealed (call once the seal is durable).
-    pub fn set_sealed(&self, count: u64) {
-        self.sealed.fetch_max(count, Ordering::Release);
-    }
-
-    fn mapped(&self, segment: u64) -> Result<Option<Bytes>> {
-        if segment >= self.sealed.load(Ordering::Acquire) || !self.can_map.load(Ordering::Relaxed) {
-            return Ok(None);
-        }
+    fn segment_map(&self, segment: u64) -> Result<Option<Arc<MmapRaw>>> {
         let index = segment as usize;
         if let Some(Some(map)) = self.maps.read().get(index) {
             return Ok(Some(map.clone()));
         }
         let start = self.layout.segment_start(segment);
-        let map = match self.file.map(start, self.layout.segment_size as usize)? {
-            Some(map) => map,
-            None => {
-                self.can_map.store(false, Ordering::Relaxed);
-                return Ok(None);
-            }
+        let Some(map) = self.file.map(start, self.layout.segment_size as usize)? else {
+            self.can_map.store(false, Ordering::Relaxed);
+            return Ok(None);
         };
         let mut maps = self.maps.write();
         if maps.len() <= index {
             maps.resize(index + 1, None);
         }
-        Ok(Some(maps[index].get_or_insert(map).clone()))
+        Ok(Some(maps[index].get_or_insert_with(|| Arc::new(map)).clone()))
+    }
+
+    /// Makes the cursor's view cover the segment of `position` up to `end`, if maps are in
+    /// use; returns the view and the segment's start.
+    fn view<'c>(&self, position: u64, end: u64, cursor: &'c mut Cursor) -> Result<Option<(&'c Bytes, u64)>> {
+        if !self.can_map.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let segment = self.layout.segment_of(position);
+        let seg_start = self.layout.segment_start(segment);
+        let need = (end - seg_start) as usize;
+        let fresh = !matches!(&cursor.view, Some((s, view)) if *s == segment && view.len() >= need);
+        if fresh {
+            let Some(map) = self.segment_map(segment)? else {
+                return Ok(None);
+            };
+            cursor.view = Some((segment, Bytes::from_owner(View { map, len: need })));
+        }
+        Ok(cursor.view.as_ref().map(|(_, v)| (v, seg_start)))
     }
 
     /// Reads and checks the frame at `position`. `limit` is the end of the data the caller may
@@ -134,28 +169,27 @@ impl LogReader {
         if position >= end {
             return Ok(Err(FrameError::Truncated));
         }
-        let bytes = match self.mapped(self.layout.segment_of(position))? {
-            Some(map) => {
-                let seg_start = seg_end - self.layout.segment_size;
-                map.slice((position - seg_start) as usize..(end - seg_start) as usize)
-            }
-            None => {
-                let header = FRAME_HEADER_LEN as u64;
-                if !cursor.covers(position, header.min(end - position)) {
-                    cursor.fill(&*self.file, position, end, header)?;
-                }
-                let want = cursor
-                    .slice(position, end)
-                    .get(..FRAME_HEADER_LEN)
-                    .and_then(peek_len)
-                    .map_or(0, u64::from);
-                if want <= end - position && !cursor.covers(position, want) {
-                    cursor.fill(&*self.file, position, end, want)?;
-                }
-                cursor.slice(position, end)
-            }
-        };
-        Ok(decode_frame(&bytes, position).map(|frame| (bytes.slice(..frame.len as usize), frame)))
+        if let Some((view, seg_start)) = self.view(position, end, cursor)? {
+            let from = (position - seg_start) as usize;
+            let to = (end - seg_start) as usize;
+            return Ok(decode_frame(&view[from..to], position)
+                .map(|frame| (view.slice(from..from + frame.len as usize), frame)));
+        }
+        let header = FRAME_HEADER_LEN as u64;
+        if !cursor.covers(position, header.min(end - position)) {
+            cursor.fill(&*self.file, position, end, header)?;
+        }
+        let want = cursor
+            .bytes(position, end)
+            .get(..FRAME_HEADER_LEN)
+            .and_then(peek_len)
+            .map_or(0, u64::from);
+        if want <= end - position && !cursor.covers(position, want) {
+            cursor.fill(&*self.file, position, end, want)?;
+        }
+        let from = (position - cursor.start) as usize;
+        Ok(decode_frame(cursor.bytes(position, end), position)
+            .map(|frame| (cursor.data.slice(from..from + frame.len as usize), frame)))
     }
 
     pub fn file(&self) -> &Arc<dyn StorageFile> {

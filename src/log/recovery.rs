@@ -26,7 +26,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Layout;
-use super::format::{Body, EventLayout, FRAME_ALIGN, align, could_be_frame_at};
+use super::format::{Body, FRAME_ALIGN, align, could_be_frame_at};
 use super::reader::{Cursor, LogReader};
 use crate::error::{Error, Result};
 use crate::storage::StorageFile;
@@ -41,8 +41,8 @@ pub(crate) struct ScanStart {
 /// An event frame of a complete commit, as handed to the caller.
 pub(crate) struct RecoveredEvent {
     pub position: u64,
+    /// The frame's bytes (read its fields with [`super::format::EventRef`]).
     pub bytes: Bytes,
-    pub layout: EventLayout,
 }
 
 /// What recovery found and did.
@@ -79,7 +79,7 @@ pub(crate) fn recover(
     mut on_commit: impl FnMut(&[RecoveredEvent]) -> Result<()>,
 ) -> Result<Recovered> {
     let file_len = file.len()?;
-    let reader = LogReader::new(file.clone(), layout, 0);
+    let reader = LogReader::new(file.clone(), layout, false);
     let mut cursor = Cursor::default();
     check_start(&reader, start, file_len, &mut cursor)?;
 
@@ -101,15 +101,11 @@ pub(crate) fn recover(
             break (pos, format!("frame links back {} bytes, expected {expected_prev}", frame.link.prev));
         }
         match frame.body {
-            Body::Event(layout_) => {
+            Body::Event => {
                 if pos + u64::from(frame.len) > layout.usable_end(pos) {
                     break (pos, "event frame in the space kept for the seal".to_owned());
                 }
-                pending.push(RecoveredEvent {
-                    position: pos,
-                    bytes,
-                    layout: layout_,
-                });
+                pending.push(RecoveredEvent { position: pos, bytes });
                 last = Some(pos);
                 pos += u64::from(frame.len);
                 if frame.link.commit_end {
@@ -209,7 +205,7 @@ fn check_start(reader: &LogReader, start: ScanStart, file_len: u64, cursor: &mut
         .map_err(|e| mismatch(format!("its last frame at {last}: {e}")))?;
     let ends_at = match frame.body {
         Body::Seal { next } => next,
-        Body::Event(_) => last + u64::from(frame.len),
+        Body::Event => last + u64::from(frame.len),
     };
     if ends_at != start.position {
         return Err(mismatch(format!("its last frame at {last} ends at {ends_at}")));

@@ -29,8 +29,6 @@ pub(crate) struct LogWriter {
     last_frame: Option<u64>,
     /// End of the space reserved in the file.
     allocated_end: u64,
-    /// Number of leading segments that are sealed (including staged seals).
-    sealed: u64,
     /// End of the data known durable; shared with a background syncer.
     durable: Arc<AtomicU64>,
     buf: Vec<u8>,
@@ -72,7 +70,6 @@ impl LogWriter {
             end,
             last_frame,
             allocated_end,
-            sealed: layout.segment_of(end),
             durable: Arc::new(AtomicU64::new(end)),
             buf: Vec::with_capacity(1 << 16),
             regions: Vec::new(),
@@ -85,10 +82,6 @@ impl LogWriter {
 
     pub fn last_frame(&self) -> Option<u64> {
         self.last_frame
-    }
-
-    pub fn sealed(&self) -> u64 {
-        self.sealed
     }
 
     pub fn durable(&self) -> &Arc<AtomicU64> {
@@ -134,7 +127,6 @@ impl LogWriter {
         self.stage(|buf| encode_seal(buf, link, next));
         self.regions.push((next, self.buf.len()..self.buf.len()));
         self.end = next;
-        self.sealed = segment + 1;
         Ok(())
     }
 

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{FileSystem, OpenMode, StorageFile};
@@ -588,7 +587,7 @@ impl StorageFile for FaultFile {
         })
     }
 
-    fn map(&self, _offset: u64, _len: usize) -> io::Result<Option<Bytes>> {
+    fn map(&self, _offset: u64, _len: usize) -> io::Result<Option<memmap2::MmapRaw>> {
         Ok(None)
     }
 }

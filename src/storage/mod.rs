@@ -33,8 +33,6 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 pub use fault::{CrashPolicy, FaultFs, FaultMode};
 pub use memory::MemoryFs;
 pub(crate) use redb_backend::RedbBackend;
@@ -89,10 +87,10 @@ pub trait StorageFile: Send + Sync + Debug {
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Takes an exclusive lock for this handle; `Ok(false)` if another handle holds it.
     fn try_lock(&self) -> io::Result<bool>;
-    /// A read-only view of `[offset, offset + len)` that stays valid while the file is not
-    /// shrunk, or `None` if this file system cannot map files (readers then use
-    /// [`read_exact_at`](Self::read_exact_at)).
-    fn map(&self, offset: u64, len: usize) -> io::Result<Option<Bytes>>;
+    /// A read-only map of `[offset, offset + len)`, or `None` if this file system cannot map
+    /// files (readers then use [`read_exact_at`](Self::read_exact_at)). The range must lie
+    /// inside the file. The map holds no lock on the file.
+    fn map(&self, offset: u64, len: usize) -> io::Result<Option<memmap2::MmapRaw>>;
 }
 
 /// Whether the error is the "not found" kind.

@@ -1,15 +1,10 @@
 //! Real files: positioned I/O, `fdatasync`, `fallocate`, `flock`, and read-only maps.
-//!
-//! This is the only module of the crate with `unsafe` code: the one call that maps a file
-//! region into memory.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-
-use bytes::Bytes;
 
 use super::{FileSystem, OpenMode, StorageFile};
 
@@ -116,21 +111,11 @@ impl StorageFile for StdFile {
         }
     }
 
-    fn map(&self, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
-        // SAFETY: a map is undefined behaviour if the mapped bytes change or vanish while a
-        // reference to them lives. annals only maps *sealed* segments of a store file: ranges
-        // that are complete, below the durable end, and that the engine never writes or
-        // truncates again while the store is open (recovery, the only code that shrinks or
-        // rewrites the file, runs before any map is made). The store holds an exclusive lock on
-        // the file for as long as it is open, so no other annals handle writes it either. A
-        // foreign process that ignores the lock and truncates the file can still make reads
-        // fault (SIGBUS), the documented limit of every mmap-based reader.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(offset)
-                .len(len)
-                .map(&self.map_source)?
-        };
-        Ok(Some(Bytes::from_owner(map)))
+    fn map(&self, offset: u64, len: usize) -> io::Result<Option<memmap2::MmapRaw>> {
+        let map = memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map_raw_read_only(&self.map_source)?;
+        Ok(Some(map))
     }
 }

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -39,12 +40,26 @@ pub(crate) struct Part {
 /// An append or transaction waiting for its group.
 pub(crate) struct Request {
     parts: Vec<Part>,
-    result: Mutex<Option<Result<Vec<AppendResult>>>>,
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+enum State {
+    Waiting,
+    /// The previous leader handed leadership to this request's thread.
+    Lead,
+    Done(Result<Vec<AppendResult>>),
 }
 
 impl Request {
     fn finish(&self, result: Result<Vec<AppendResult>>) {
-        *self.result.lock() = Some(result);
+        *self.state.lock() = State::Done(result);
+        self.wake.notify_one();
+    }
+
+    fn lead(&self) {
+        *self.state.lock() = State::Lead;
+        self.wake.notify_one();
     }
 }
 
@@ -52,7 +67,14 @@ impl Request {
 struct Queue {
     pending: Vec<Arc<Request>>,
     leading: bool,
+    /// Whether the leader is waiting for its group to fill up.
+    gathering: bool,
+    /// Size of the last group (the leader waits briefly for as many requests).
+    last_group: usize,
 }
+
+/// Longest a leader waits for its group to fill up before syncing.
+const GATHER_WAIT: Duration = Duration::from_micros(100);
 
 /// The first write or sync failure; once set, the store refuses appends until reopened.
 #[derive(Debug, Default)]
@@ -84,7 +106,7 @@ impl Poison {
 /// The queue and the writer.
 pub(crate) struct Committer {
     queue: Mutex<Queue>,
-    turn: Condvar,
+    arrived: Condvar,
     writer: Mutex<LogWriter>,
 }
 
@@ -92,7 +114,7 @@ impl Committer {
     pub fn new(writer: LogWriter) -> Committer {
         Committer {
             queue: Mutex::new(Queue::default()),
-            turn: Condvar::new(),
+            arrived: Condvar::new(),
             writer: Mutex::new(writer),
         }
     }
@@ -106,26 +128,64 @@ impl Committer {
         shared.poison.check()?;
         let request = Arc::new(Request {
             parts,
-            result: Mutex::new(None),
+            state: Mutex::new(State::Waiting),
+            wake: Condvar::new(),
         });
-        let mut queue = self.queue.lock();
-        queue.pending.push(request.clone());
-        loop {
-            if let Some(result) = request.result.lock().take() {
+        let lead_now = {
+            let mut queue = self.queue.lock();
+            queue.pending.push(request.clone());
+            if queue.gathering {
+                self.arrived.notify_one();
+            }
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if !lead_now {
+            let mut state = request.state.lock();
+            while matches!(*state, State::Waiting) {
+                request.wake.wait(&mut state);
+            }
+            if let State::Done(_) = &*state {
+                let State::Done(result) = std::mem::replace(&mut *state, State::Waiting) else {
+                    unreachable!()
+                };
                 return result;
             }
-            if !queue.leading {
-                queue.leading = true;
-                let group = std::mem::take(&mut queue.pending);
-                drop(queue);
-                self.lead(shared, group);
-                queue = self.queue.lock();
-                queue.leading = false;
-                self.turn.notify_all();
-                continue;
-            }
-            self.turn.wait(&mut queue);
         }
+        // This thread leads: its own request is pending, so it is in the group it commits.
+        let group = self.gather(shared);
+        self.lead(shared, group);
+        {
+            let mut queue = self.queue.lock();
+            match queue.pending.first() {
+                Some(next) => next.lead(),
+                None => queue.leading = false,
+            }
+        }
+        let mut state = request.state.lock();
+        match std::mem::replace(&mut *state, State::Waiting) {
+            State::Done(result) => result,
+            _ => unreachable!("the leader's own request is in its group"),
+        }
+    }
+
+    /// Takes the pending requests as a group. With synced appends, first waits briefly for as
+    /// many requests as the last group had: appenders that were just woken need a moment to
+    /// come back, and one sync for all of them beats one sync each.
+    fn gather(&self, shared: &Shared) -> Vec<Arc<Request>> {
+        let mut queue = self.queue.lock();
+        if shared.durability == Durability::Immediate && queue.pending.len() < queue.last_group {
+            let deadline = Instant::now() + GATHER_WAIT;
+            queue.gathering = true;
+            while queue.pending.len() < queue.last_group {
+                if self.arrived.wait_until(&mut queue, deadline).timed_out() {
+                    break;
+                }
+            }
+            queue.gathering = false;
+        }
+        let group = std::mem::take(&mut queue.pending);
+        queue.last_group = group.len();
+        group
     }
 
     fn lead(&self, shared: &Shared, group: Vec<Arc<Request>>) {
@@ -173,7 +233,6 @@ impl Committer {
             last_frame: writer.last_frame(),
         };
         shared.index.apply(&index_parts, committed);
-        shared.reader.set_sealed(writer.sealed());
         drop(writer);
         for (request, results) in accepted {
             request.finish(Ok(results));

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::index::{Committed, Index, PartIndex, StreamInfo, parent, sidecar_path};
 use crate::index::{Frozen, memtable::Run, memtable::RunAdd};
 use crate::log::Layout;
-use crate::log::format::{EventRecord, FileHeader, HEADER_BLOCK, HEADER_LEN, HeaderError};
+use crate::log::format::{EventRecord, EventRef, FileHeader, HEADER_BLOCK, HEADER_LEN, HeaderError};
 use crate::log::reader::LogReader;
 use crate::log::recovery::{RecoveredEvent, Truncation, recover};
 use crate::log::writer::LogWriter;
@@ -153,10 +153,9 @@ impl Store {
             recovered.allocated_end,
         );
         let durable = writer.durable().clone();
-        let sealed = writer.sealed();
         let index = Arc::new(index);
         let shared = Arc::new(Shared {
-            reader: LogReader::new(file.clone(), layout, sealed),
+            reader: LogReader::new(file.clone(), layout, true),
             committer: Committer::new(writer),
             path,
             header,
@@ -580,23 +579,22 @@ fn replay(index: &Index, events: &[RecoveredEvent]) -> Result<()> {
         end: last.position + last.bytes.len() as u64,
         last_frame: Some(last.position),
     };
+    let view = |i: usize| EventRef::new(&events[i].bytes);
     let mut i = 0;
     while i < events.len() {
-        let stream = events[i].layout.stream(&events[i].bytes);
+        let stream = view(i).stream();
         let mut j = i + 1;
-        while j < events.len() && events[j].layout.stream(&events[j].bytes) == stream {
+        while j < events.len() && view(j).stream() == stream {
             j += 1;
         }
         let before: StreamInfo = index.stream_info(stream)?;
         for (k, e) in events[i..j].iter().enumerate() {
             let expected = before.count + k as u64;
-            if e.layout.version != expected {
+            let version = EventRef::new(&e.bytes).version();
+            if version != expected {
                 return Err(Error::corrupt(
                     e.position,
-                    format!(
-                        "event of stream `{stream}` has version {} where the index expects {expected}",
-                        e.layout.version
-                    ),
+                    format!("event of stream `{stream}` has version {version} where the index expects {expected}"),
                 ));
             }
         }

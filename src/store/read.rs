@@ -94,21 +94,22 @@ impl<'a> StreamEvents<'a> {
     /// event and the distance back to the frame before it.
     fn read_event(&mut self, position: u64, version: u64) -> Result<RecordedEvent> {
         let (bytes, frame) = self.shared.reader.read(position, self.limit, &mut self.cursor)?;
-        let Body::Event(layout) = frame.body else {
+        if frame.body != Body::Event {
             return Err(Error::corrupt(position, "the index points at a seal, not an event"));
-        };
-        if layout.stream(&bytes) != self.stream || layout.version != version {
+        }
+        let event = RecordedEvent::new(bytes, position).with_prev(frame.link.prev);
+        if event.stream() != self.stream || event.version() != version {
             return Err(Error::corrupt(
                 position,
                 format!(
                     "the index points at version {} of `{}`, not version {version} of `{}`",
-                    layout.version,
-                    layout.stream(&bytes),
+                    event.version(),
+                    event.stream(),
                     self.stream
                 ),
             ));
         }
-        Ok(RecordedEvent::new(bytes, layout, position).with_prev(frame.link.prev))
+        Ok(event)
     }
 
     fn step(&mut self) -> Result<Option<RecordedEvent>> {
@@ -214,7 +215,7 @@ impl<'a> AllEvents<'a> {
             let (bytes, frame) = self.shared.reader.read(at, self.limit, &mut self.cursor)?;
             let next = match frame.body {
                 Body::Seal { next } => next,
-                Body::Event(_) => at + bytes.len() as u64,
+                Body::Event => at + bytes.len() as u64,
             };
             if next > position || next >= self.limit {
                 return Ok((at, next));
@@ -249,15 +250,15 @@ impl<'a> AllEvents<'a> {
             } else {
                 Some(match frame.body {
                     Body::Seal { next } => next,
-                    Body::Event(_) => position + bytes.len() as u64,
+                    Body::Event => position + bytes.len() as u64,
                 })
             };
-            if let Body::Event(layout) = frame.body {
+            if frame.body == Body::Event {
                 self.remaining -= 1;
                 if self.remaining == 0 {
                     self.next = None;
                 }
-                return Ok(Some(RecordedEvent::new(bytes, layout, position).with_prev(frame.link.prev)));
+                return Ok(Some(RecordedEvent::new(bytes, position).with_prev(frame.link.prev)));
             }
         }
         Ok(None)

@@ -1,0 +1,190 @@
+//! Side-by-side workloads: annals, SQLite and a plain redb table doing the same work, plus the
+//! disk's own limits. The criterion benches in `benches/` and `annals bench` both run this
+//! code, so their figures never disagree. Enabled by the `bench` feature.
+//!
+//! Every system stores the same events (stream, version, id, type, timestamp, 100-byte payload
+//! by default), checks the stream's current version on every append, and makes every append
+//! durable before returning:
+//!
+//! - **annals**: [`crate::Store`] with [`crate::Durability::Immediate`];
+//! - **SQLite**: WAL, `synchronous=FULL`, one `events` table with a unique `(stream, version)`;
+//!   one `BEGIN IMMEDIATE` transaction per append that reads the stream's last version and
+//!   inserts; one connection per thread;
+//! - **redb**: a `log` table (global sequence → encoded event) and a `streams` table
+//!   ((stream, version) → sequence), one durable write transaction per append.
+//!
+//! ```
+//! use annals::bench::{Event, System, open_annals};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let sys = open_annals(dir.path())?;
+//! sys.append("s", &[Event::new(100)])?;
+//! assert_eq!(sys.read_stream("s")?, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod systems;
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub use systems::{Annals, Redb, Sqlite, open_annals, open_redb, open_sqlite};
+
+/// Result type of the workloads (errors as text: they come from three different engines).
+pub type BenchResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// One event of a workload.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Event id.
+    pub id: uuid::Uuid,
+    /// Event type.
+    pub event_type: &'static str,
+    /// Payload bytes (shared: cloning an event does not copy them).
+    pub payload: bytes::Bytes,
+}
+
+impl Event {
+    /// An event with a fresh id and a payload of `size` bytes.
+    pub fn new(size: usize) -> Event {
+        Event {
+            id: uuid::Uuid::now_v7(),
+            event_type: "Deposited",
+            payload: (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into(),
+        }
+    }
+}
+
+/// An event store under test.
+pub trait System: Send + Sync {
+    /// Short name for tables.
+    fn name(&self) -> &'static str;
+    /// Appends `events` to `stream` durably, after reading the stream's current version.
+    fn append(&self, stream: &str, events: &[Event]) -> BenchResult<()>;
+    /// Reads every event of `stream` (touching type and payload); returns how many.
+    fn read_stream(&self, stream: &str) -> BenchResult<u64>;
+    /// Reads every event in log order (touching stream, type and payload); returns how many.
+    fn read_all(&self) -> BenchResult<u64>;
+}
+
+/// The workloads, as `annals bench` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// One event per durable append, one thread.
+    Append1,
+    /// One event per durable append, eight threads (group commit).
+    Append1Threads8,
+    /// Durable batches of 100 events.
+    Batch100,
+    /// Durable batches of 1000 events.
+    Batch1000,
+    /// Reading one stream of many events.
+    ReadStream,
+    /// Reading the whole log.
+    ReadAll,
+}
+
+/// Appends `total` single-event appends spread over `threads` threads (thread `t` appends to
+/// stream `bench-t`). Returns the elapsed time.
+pub fn appends(sys: &dyn System, threads: usize, total: u64, payload: usize) -> BenchResult<Duration> {
+    let per = total.div_ceil(threads as u64);
+    let event = Event::new(payload);
+    let start = Instant::now();
+    std::thread::scope(|s| -> BenchResult<()> {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let event = event.clone();
+                s.spawn(move || -> BenchResult<()> {
+                    let stream = format!("bench-{t}");
+                    for _ in 0..per {
+                        let e = Event {
+                            id: uuid::Uuid::now_v7(),
+                            ..event.clone()
+                        };
+                        sys.append(&stream, std::slice::from_ref(&e))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| "appender thread panicked")??;
+        }
+        Ok(())
+    })?;
+    Ok(start.elapsed())
+}
+
+/// Appends `batches` durable batches of `batch` events to one stream. Returns the elapsed time.
+pub fn batches(sys: &dyn System, batches: u64, batch: usize, payload: usize) -> BenchResult<Duration> {
+    let template: Vec<Event> = (0..batch).map(|_| Event::new(payload)).collect();
+    let mut elapsed = Duration::ZERO;
+    for _ in 0..batches {
+        let events: Vec<Event> = template
+            .iter()
+            .map(|e| Event {
+                id: uuid::Uuid::now_v7(),
+                ..e.clone()
+            })
+            .collect();
+        let start = Instant::now();
+        sys.append("batches", &events)?;
+        elapsed += start.elapsed();
+    }
+    Ok(elapsed)
+}
+
+/// Fills `sys` with `events` events in `streams` streams (round robin, in batches of 1000 per
+/// stream), for the read workloads. Stream `fill-0` gets `events / streams` events.
+pub fn fill(sys: &dyn System, events: u64, streams: u64, payload: usize) -> BenchResult<()> {
+    let per_stream = events / streams;
+    let mut written = 0;
+    while written < per_stream {
+        let n = (per_stream - written).min(1000) as usize;
+        for s in 0..streams {
+            let batch: Vec<Event> = (0..n).map(|_| Event::new(payload)).collect();
+            sys.append(&format!("fill-{s}"), &batch)?;
+        }
+        written += n as u64;
+    }
+    Ok(())
+}
+
+/// Rate of a raw loop of `write(size bytes)` at the end of a file followed by `fdatasync`, in
+/// operations per second: the physical limit of one durable append per sync.
+pub fn raw_fdatasync(dir: &Path, ops: u64, size: usize) -> io::Result<f64> {
+    let path = dir.join("raw-fdatasync.bin");
+    let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
+    let buf = vec![0x5Au8; size];
+    let start = Instant::now();
+    for i in 0..ops {
+        file.write_all_at(&buf, i * size as u64)?;
+        file.sync_data()?;
+    }
+    let rate = ops as f64 / start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}
+
+/// Sequential write bandwidth of the disk in bytes per second: `total` bytes written in 1 MiB
+/// chunks, then one `fdatasync`.
+pub fn sequential_write(dir: &Path, total: u64) -> io::Result<f64> {
+    let path = dir.join("seq-write.bin");
+    let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+    let chunk = vec![0xA5u8; 1 << 20];
+    let start = Instant::now();
+    let mut at = 0;
+    while at < total {
+        file.write_all_at(&chunk, at)?;
+        at += chunk.len() as u64;
+    }
+    file.sync_data()?;
+    let rate = at as f64 / start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}

@@ -1,0 +1,278 @@
+//! The three systems under test.
+
+use std::path::Path;
+
+use parking_lot::Mutex;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{BenchResult, Event, System};
+use crate::{Direction, ExpectedVersion, NewEvent, Position, Store};
+
+/// annals, default options (durable appends, group commit).
+pub struct Annals {
+    /// The store.
+    pub store: Store,
+}
+
+/// Opens (or creates) an annals store named `annals` in `dir`.
+pub fn open_annals(dir: &Path) -> BenchResult<Annals> {
+    Ok(Annals {
+        store: Store::open(dir.join("annals"))?,
+    })
+}
+
+impl System for Annals {
+    fn name(&self) -> &'static str {
+        "annals"
+    }
+
+    fn append(&self, stream: &str, events: &[Event]) -> BenchResult<()> {
+        let now = std::time::SystemTime::now();
+        let events = events.iter().map(|e| NewEvent {
+            id: e.id,
+            event_type: e.event_type.to_owned(),
+            schema_version: 1,
+            timestamp: now,
+            correlation_id: None,
+            causation_id: None,
+            publish: false,
+            metadata: bytes::Bytes::new(),
+            payload: e.payload.clone(),
+        });
+        self.store.append(stream, ExpectedVersion::Any, events)?;
+        Ok(())
+    }
+
+    fn read_stream(&self, stream: &str) -> BenchResult<u64> {
+        let mut n = 0;
+        for e in self.store.read_stream(stream, 0, Direction::Forwards, usize::MAX)? {
+            let e = e?;
+            std::hint::black_box((e.event_type().len(), e.payload()[0]));
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn read_all(&self) -> BenchResult<u64> {
+        let mut n = 0;
+        for e in self.store.read_all(Position::START, Direction::Forwards, usize::MAX)? {
+            let e = e?;
+            std::hint::black_box((e.stream().len(), e.event_type().len(), e.payload()[0]));
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// SQLite: WAL, `synchronous=FULL`, unique `(stream, version)`; a connection per thread.
+pub struct Sqlite {
+    path: std::path::PathBuf,
+    pool: Mutex<Vec<Connection>>,
+}
+
+/// Opens (or creates) a SQLite database `sqlite.db` in `dir`.
+pub fn open_sqlite(dir: &Path) -> BenchResult<Sqlite> {
+    let sqlite = Sqlite {
+        path: dir.join("sqlite.db"),
+        pool: Mutex::new(Vec::new()),
+    };
+    let conn = sqlite.connect()?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS events (
+            position INTEGER PRIMARY KEY,
+            stream TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            id BLOB NOT NULL,
+            type TEXT NOT NULL,
+            created INTEGER NOT NULL,
+            payload BLOB NOT NULL,
+            UNIQUE (stream, version)
+        );",
+    )?;
+    sqlite.pool.lock().push(conn);
+    Ok(sqlite)
+}
+
+impl Sqlite {
+    fn connect(&self) -> BenchResult<Connection> {
+        let conn = Connection::open(&self.path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(60))?;
+        Ok(conn)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> BenchResult<T>) -> BenchResult<T> {
+        let pooled = self.pool.lock().pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        let result = f(&mut conn);
+        self.pool.lock().push(conn);
+        result
+    }
+}
+
+impl System for Sqlite {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn append(&self, stream: &str, events: &[Event]) -> BenchResult<()> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let last: Option<i64> = tx
+                    .prepare_cached("SELECT MAX(version) FROM events WHERE stream = ?1")?
+                    .query_row(params![stream], |r| r.get(0))
+                    .optional()?
+                    .flatten();
+                let mut next = last.map_or(0, |v| v + 1);
+                let created = crate::types::nanos_since_epoch(std::time::SystemTime::now()) as i64;
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO events (stream, version, id, type, created, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for e in events {
+                    insert.execute(params![stream, next, &e.id.as_bytes()[..], e.event_type, created, &e.payload[..]])?;
+                    next += 1;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn read_stream(&self, stream: &str) -> BenchResult<u64> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT version, id, type, created, payload FROM events WHERE stream = ?1 ORDER BY version",
+            )?;
+            let mut rows = stmt.query(params![stream])?;
+            let mut n = 0;
+            while let Some(row) = rows.next()? {
+                let t = row.get_ref(2)?.as_str()?;
+                let p = row.get_ref(4)?.as_blob()?;
+                std::hint::black_box((t.len(), p[0]));
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
+    fn read_all(&self) -> BenchResult<u64> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT stream, version, id, type, created, payload FROM events ORDER BY position",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut n = 0;
+            while let Some(row) = rows.next()? {
+                let s = row.get_ref(0)?.as_str()?;
+                let t = row.get_ref(3)?.as_str()?;
+                let p = row.get_ref(5)?.as_blob()?;
+                std::hint::black_box((s.len(), t.len(), p[0]));
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+}
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const STREAMS: TableDefinition<(&str, u64), u64> = TableDefinition::new("streams");
+
+/// A plain redb database: `log` (sequence → encoded event) and `streams` ((stream, version) →
+/// sequence), one durable write transaction per append.
+pub struct Redb {
+    db: redb::Database,
+}
+
+/// Opens (or creates) a redb database `redb.db` in `dir`.
+pub fn open_redb(dir: &Path) -> BenchResult<Redb> {
+    let db = redb::Database::create(dir.join("redb.db"))?;
+    let txn = db.begin_write()?;
+    txn.open_table(LOG)?;
+    txn.open_table(STREAMS)?;
+    txn.commit()?;
+    Ok(Redb { db })
+}
+
+/// `[stream_len u16][stream][version u64][id 16][type_len u16][type][created u64][payload]`.
+fn encode(stream: &str, version: u64, e: &Event, created: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(44 + stream.len() + e.event_type.len() + e.payload.len());
+    b.extend_from_slice(&(stream.len() as u16).to_le_bytes());
+    b.extend_from_slice(stream.as_bytes());
+    b.extend_from_slice(&version.to_le_bytes());
+    b.extend_from_slice(e.id.as_bytes());
+    b.extend_from_slice(&(e.event_type.len() as u16).to_le_bytes());
+    b.extend_from_slice(e.event_type.as_bytes());
+    b.extend_from_slice(&created.to_le_bytes());
+    b.extend_from_slice(&e.payload);
+    b
+}
+
+/// Stream length, type length and first payload byte of an encoded event.
+fn touch(b: &[u8]) -> (usize, usize, u8) {
+    let s = u16::from_le_bytes([b[0], b[1]]) as usize;
+    let t_at = 2 + s + 8 + 16;
+    let t = u16::from_le_bytes([b[t_at], b[t_at + 1]]) as usize;
+    (s, t, b.get(t_at + 2 + t + 8).copied().unwrap_or(0))
+}
+
+impl System for Redb {
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+
+    fn append(&self, stream: &str, events: &[Event]) -> BenchResult<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut streams = txn.open_table(STREAMS)?;
+            let mut log = txn.open_table(LOG)?;
+            let mut version = match streams.range((stream, 0)..=(stream, u64::MAX))?.next_back() {
+                Some(entry) => entry?.0.value().1 + 1,
+                None => 0,
+            };
+            let mut seq = match log.last()? {
+                Some((k, _)) => k.value() + 1,
+                None => 0,
+            };
+            let created = crate::types::nanos_since_epoch(std::time::SystemTime::now());
+            for e in events {
+                log.insert(seq, encode(stream, version, e, created).as_slice())?;
+                streams.insert((stream, version), seq)?;
+                seq += 1;
+                version += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn read_stream(&self, stream: &str) -> BenchResult<u64> {
+        let txn = self.db.begin_read()?;
+        let streams = txn.open_table(STREAMS)?;
+        let log = txn.open_table(LOG)?;
+        let mut n = 0;
+        for entry in streams.range((stream, 0)..=(stream, u64::MAX))? {
+            let seq = entry?.1.value();
+            let event = log.get(seq)?.ok_or("dangling stream entry")?;
+            std::hint::black_box(touch(event.value()));
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn read_all(&self) -> BenchResult<u64> {
+        let txn = self.db.begin_read()?;
+        let log = txn.open_table(LOG)?;
+        let mut n = 0;
+        for entry in log.iter()? {
+            std::hint::black_box(touch(entry?.1.value()));
+            n += 1;
+        }
+        Ok(n)
+    }
+}
