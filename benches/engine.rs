@@ -23,9 +23,13 @@ fn systems(dir: &Path) -> Vec<Box<dyn System>> {
 }
 
 fn durable_appends(c: &mut Criterion) {
-    let dir = tempfile::tempdir_in(std::env::var("ANNALS_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let dir =
+        tempfile::tempdir_in(std::env::var("ANNALS_BENCH_DIR").unwrap_or_else(|_| ".".into()))
+            .unwrap();
     let mut g = c.benchmark_group("append_1_event_1_thread");
-    g.sample_size(20).measurement_time(Duration::from_secs(6)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(6))
+        .warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Elements(1));
     {
         let file = OpenOptions::new()
@@ -61,7 +65,9 @@ fn durable_appends(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("append_1_event_8_threads");
-    g.sample_size(20).measurement_time(Duration::from_secs(6)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(6))
+        .warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Elements(1));
     for sys in &systems {
         g.bench_function(sys.name(), |b| {
@@ -76,7 +82,9 @@ fn durable_appends(c: &mut Criterion) {
 
     for batch in [100usize, 1000] {
         let mut g = c.benchmark_group(format!("append_batch_{batch}"));
-        g.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
+        g.sample_size(10)
+            .measurement_time(Duration::from_secs(8))
+            .warm_up_time(Duration::from_secs(1));
         g.throughput(Throughput::Elements(batch as u64));
         for sys in &systems {
             g.bench_with_input(BenchmarkId::new(sys.name(), batch), &batch, |b, &batch| {
@@ -88,7 +96,9 @@ fn durable_appends(c: &mut Criterion) {
 }
 
 fn reads(c: &mut Criterion) {
-    let dir = tempfile::tempdir_in(std::env::var("ANNALS_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let dir =
+        tempfile::tempdir_in(std::env::var("ANNALS_BENCH_DIR").unwrap_or_else(|_| ".".into()))
+            .unwrap();
     let systems = systems(dir.path());
     // 10 streams of 10,000 events, written round robin in batches of 1000.
     for sys in &systems {
@@ -99,7 +109,9 @@ fn reads(c: &mut Criterion) {
     g.throughput(Throughput::Elements(10_000));
     for sys in &systems {
         assert_eq!(sys.read_stream("fill-3").unwrap(), 10_000);
-        g.bench_function(sys.name(), |b| b.iter(|| sys.read_stream("fill-3").unwrap()));
+        g.bench_function(sys.name(), |b| {
+            b.iter(|| sys.read_stream("fill-3").unwrap())
+        });
     }
     g.finish();
 

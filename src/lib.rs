@@ -34,7 +34,9 @@ mod store;
 mod types;
 
 pub use error::{Error, Result};
-pub use store::options::{DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability};
-pub use store::{AllEvents, RecoveryReport, Store, StoreBuilder, StreamEvents, Transaction};
 pub use log::recovery::Truncation;
+pub use store::options::{
+    DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability,
+};
+pub use store::{AllEvents, RecoveryReport, Store, StoreBuilder, StreamEvents, Transaction};
 pub use types::{AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent};

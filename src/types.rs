@@ -1,5 +1,6 @@
 //! The values that cross the public API: expected versions, positions, new and recorded events.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,7 +65,9 @@ impl fmt::Display for ExpectedVersion {
 /// assert!(Position::START < Position::new(4096));
 /// assert_eq!(Position::new(4096).as_u64(), 4096);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Position(u64);
 
 impl Position {
@@ -116,8 +119,9 @@ pub enum Direction {
 pub struct NewEvent {
     /// Unique id (UUIDv7 by default: time-ordered).
     pub id: Uuid,
-    /// Event type name: non-empty, at most 256 bytes, no control characters.
-    pub event_type: String,
+    /// Event type name: non-empty, at most 256 bytes, no control characters (a `&'static str`
+    /// costs no allocation).
+    pub event_type: Cow<'static, str>,
     /// Schema version of the event type (1 by default).
     pub schema_version: u32,
     /// Creation time (now, by default).
@@ -136,7 +140,7 @@ pub struct NewEvent {
 
 impl NewEvent {
     /// A new event with a fresh UUIDv7, the current time, schema version 1, no metadata.
-    pub fn new(event_type: impl Into<String>, payload: impl Into<Bytes>) -> NewEvent {
+    pub fn new(event_type: impl Into<Cow<'static, str>>, payload: impl Into<Bytes>) -> NewEvent {
         NewEvent {
             id: Uuid::now_v7(),
             event_type: event_type.into(),
@@ -222,6 +226,7 @@ impl RecordedEvent {
         }
     }
 
+    #[inline]
     fn view(&self) -> EventRef<'_> {
         EventRef::new(&self.frame)
     }
@@ -232,86 +237,109 @@ impl RecordedEvent {
     }
 
     /// Distance back to the previous frame of the log.
+    #[inline]
     pub(crate) fn prev(&self) -> u32 {
         self.prev
     }
 
     /// The stream the event belongs to.
+    #[inline]
     pub fn stream(&self) -> &str {
         self.view().stream()
     }
 
+    /// Whether the event belongs to `stream` (cheaper than comparing [`stream`](Self::stream)).
+    #[inline]
+    pub(crate) fn is_in(&self, stream: &str) -> bool {
+        self.view().stream_bytes() == stream.as_bytes()
+    }
+
     /// The event's version in its stream (from 0).
+    #[inline]
     pub fn version(&self) -> u64 {
         self.view().version()
     }
 
     /// The event's position in the global log.
+    #[inline]
     pub fn position(&self) -> Position {
         self.position
     }
 
     /// The position just after this event: where a reader that has handled this event resumes.
+    #[inline]
     pub fn next_position(&self) -> Position {
         Position(self.position.0 + self.frame.len() as u64)
     }
 
     /// The event's id.
+    #[inline]
     pub fn id(&self) -> Uuid {
         Uuid::from_bytes(self.view().event_id())
     }
 
     /// The event type name.
+    #[inline]
     pub fn event_type(&self) -> &str {
         self.view().event_type()
     }
 
     /// The schema version of the event type.
+    #[inline]
     pub fn schema_version(&self) -> u32 {
         self.view().schema_version()
     }
 
     /// Creation time.
+    #[inline]
     pub fn timestamp(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_nanos(self.view().timestamp())
     }
 
     /// Creation time in nanoseconds since the Unix epoch.
+    #[inline]
     pub fn timestamp_nanos(&self) -> u64 {
         self.view().timestamp()
     }
 
     /// Correlation id.
+    #[inline]
     pub fn correlation_id(&self) -> Option<Uuid> {
         self.view().correlation_id().map(Uuid::from_bytes)
     }
 
     /// Causation id.
+    #[inline]
     pub fn causation_id(&self) -> Option<Uuid> {
         self.view().causation_id().map(Uuid::from_bytes)
     }
 
     /// Whether the event was marked for publication.
+    #[inline]
     pub fn is_published(&self) -> bool {
         self.view().publish()
     }
 
     /// User metadata.
+    #[inline]
     pub fn metadata(&self) -> &[u8] {
         &self.frame[self.view().metadata_range()]
     }
 
     /// The event's data.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.frame[self.view().payload_range()]
     }
 
     /// The event's data as shared bytes (no copy).
+    #[inline]
     pub fn payload_bytes(&self) -> Bytes {
         self.frame.slice(self.view().payload_range())
     }
 
     /// User metadata as shared bytes (no copy).
+    #[inline]
     pub fn metadata_bytes(&self) -> Bytes {
         self.frame.slice(self.view().metadata_range())
     }

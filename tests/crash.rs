@@ -44,12 +44,25 @@ fn workload(fs: &FaultFs, ledger: &mut Ledger) {
             0 => {
                 let e = event(40);
                 let c = vec![(format!("s-{}", i % 3), vec![e.id])];
-                (c, store.append(&format!("s-{}", i % 3), ExpectedVersion::Any, [e]).map(|_| ()))
+                (
+                    c,
+                    store
+                        .append(&format!("s-{}", i % 3), ExpectedVersion::Any, [e])
+                        .map(|_| ()),
+                )
             }
             1 => {
                 let events: Vec<_> = (0..5).map(|_| event(100)).collect();
-                let c = vec![(format!("b-{}", i % 2), events.iter().map(|e| e.id).collect())];
-                (c, store.append(&format!("b-{}", i % 2), ExpectedVersion::Any, events).map(|_| ()))
+                let c = vec![(
+                    format!("b-{}", i % 2),
+                    events.iter().map(|e| e.id).collect(),
+                )];
+                (
+                    c,
+                    store
+                        .append(&format!("b-{}", i % 2), ExpectedVersion::Any, events)
+                        .map(|_| ()),
+                )
             }
             2 => {
                 let (a, b, c2) = (event(30), event(30), event(30));
@@ -71,7 +84,10 @@ fn workload(fs: &FaultFs, ledger: &mut Ledger) {
             _ => {
                 let e = event(9000);
                 let c = vec![("big".to_owned(), vec![e.id])];
-                (c, store.append("big", ExpectedVersion::Any, [e]).map(|_| ()))
+                (
+                    c,
+                    store.append("big", ExpectedVersion::Any, [e]).map(|_| ()),
+                )
             }
         };
         let commit = Commit { parts: commit };
@@ -87,7 +103,9 @@ fn policies(n: u64, pending: usize) -> Vec<CrashPolicy> {
         CrashPolicy::DropUnsynced,
         CrashPolicy::KeepAll,
         CrashPolicy::Random { seed: n },
-        CrashPolicy::Random { seed: n ^ 0xDEAD_BEEF },
+        CrashPolicy::Random {
+            seed: n ^ 0xDEAD_BEEF,
+        },
     ];
     if pending > 0 {
         p.push(CrashPolicy::TearAt {
@@ -121,7 +139,11 @@ fn total_ops() -> u64 {
     let fs = FaultFs::new();
     let mut ledger = Ledger::default();
     workload(&fs, &mut ledger);
-    assert_eq!(ledger.acked.len(), 40, "the clean run acknowledges everything");
+    assert_eq!(
+        ledger.acked.len(),
+        40,
+        "the clean run acknowledges everything"
+    );
     check_after_crash(fs.crash(CrashPolicy::DropUnsynced), &ledger, "clean run");
     fs.op_count()
 }
@@ -129,7 +151,10 @@ fn total_ops() -> u64 {
 #[test]
 fn a_power_cut_at_every_io_operation_loses_nothing_acknowledged() {
     let total = total_ops();
-    assert!(total > 150, "the workload does enough I/O to be interesting ({total})");
+    assert!(
+        total > 150,
+        "the workload does enough I/O to be interesting ({total})"
+    );
     let mut crashes = 0;
     for n in 0..total {
         let fs = FaultFs::new();
@@ -137,7 +162,11 @@ fn a_power_cut_at_every_io_operation_loses_nothing_acknowledged() {
         let mut ledger = Ledger::default();
         workload(&fs, &mut ledger);
         for policy in policies(n, fs.pending_count()) {
-            check_after_crash(fs.crash(policy), &ledger, &format!("crash at op {n}/{total}, {policy:?}"));
+            check_after_crash(
+                fs.crash(policy),
+                &ledger,
+                &format!("crash at op {n}/{total}, {policy:?}"),
+            );
             crashes += 1;
         }
     }
@@ -153,9 +182,17 @@ fn a_transient_failure_at_every_io_operation_poisons_and_recovers() {
         let mut ledger = Ledger::default();
         workload(&fs, &mut ledger);
         // Reopen the same disk (the process restarted, the machine did not crash) ...
-        check_after_crash(fs.crash(CrashPolicy::KeepAll), &ledger, &format!("failure at op {n}"));
+        check_after_crash(
+            fs.crash(CrashPolicy::KeepAll),
+            &ledger,
+            &format!("failure at op {n}"),
+        );
         // ... and after a power cut too.
-        check_after_crash(fs.crash(CrashPolicy::DropUnsynced), &ledger, &format!("failure at op {n}, then crash"));
+        check_after_crash(
+            fs.crash(CrashPolicy::DropUnsynced),
+            &ledger,
+            &format!("failure at op {n}, then crash"),
+        );
     }
 }
 
@@ -191,7 +228,11 @@ fn concurrent_appenders_cut_by_a_crash_lose_nothing_acknowledged() {
         drop(store);
         let ledger = ledger.lock().unwrap();
         for policy in policies(round, fs.pending_count()) {
-            check_after_crash(fs.crash(policy), &ledger, &format!("round {round}, {policy:?}"));
+            check_after_crash(
+                fs.crash(policy),
+                &ledger,
+                &format!("round {round}, {policy:?}"),
+            );
         }
     }
 }

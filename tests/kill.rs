@@ -43,7 +43,12 @@ fn child_appender() {
                     let stream = format!("k-{t}-{}", i % 5);
                     let n = 1 + (i % 3) as usize;
                     let events: Vec<NewEvent> = (0..n)
-                        .map(|k| NewEvent::new("Tick", vec![(i + k as u64) as u8; 50 + 300 * (i as usize % 4)]))
+                        .map(|k| {
+                            NewEvent::new(
+                                "Tick",
+                                vec![(i + k as u64) as u8; 50 + 300 * (i as usize % 4)],
+                            )
+                        })
                         .collect();
                     let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
                     {
@@ -51,7 +56,9 @@ fn child_appender() {
                         writeln!(out, "T {stream} {}", ids.join(",")).unwrap();
                         out.flush().unwrap();
                     }
-                    store.append(&stream, ExpectedVersion::Any, events).expect("child append");
+                    store
+                        .append(&stream, ExpectedVersion::Any, events)
+                        .expect("child append");
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "A {}", ids[0]).unwrap();
                     out.flush().unwrap();
@@ -75,7 +82,13 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     let mut total_acked = 0;
     for round in 0..rounds {
         let mut child = Command::new(&exe)
-            .args(["--exact", "child_appender", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_appender",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(DIR_VAR, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -95,8 +108,13 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         let started = Instant::now();
         let mut lines = Vec::new();
         loop {
-            let line = rx.recv_timeout(Duration::from_secs(30)).expect("child became ready");
-            assert!(started.elapsed() < Duration::from_secs(60), "the child never became ready");
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("child became ready");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the child never became ready"
+            );
             let ready = line.ends_with("READY");
             lines.push(line);
             if ready {
@@ -137,11 +155,16 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
             .filter(|(id, _)| !ack_set.contains(id))
             .map(|(_, c)| c.clone())
             .collect();
-        let store = open(dir.path()).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        let store =
+            open(dir.path()).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
         verify(&store, &acked_commits, &maybe).unwrap_or_else(|e| panic!("round {round}: {e}"));
         // What recovery kept is now durable and must stay; what it dropped must never return.
         let present: std::collections::HashSet<Uuid> = store
-            .read_all(annals::Position::START, annals::Direction::Forwards, usize::MAX)
+            .read_all(
+                annals::Position::START,
+                annals::Direction::Forwards,
+                usize::MAX,
+            )
             .unwrap()
             .map(|e| e.unwrap().id())
             .collect();
@@ -155,6 +178,11 @@ fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         }
         drop(store);
     }
-    assert!(total_acked > rounds, "the children acknowledged appends ({total_acked})");
-    println!("{rounds} SIGKILLs, {total_acked} acknowledged appends, all present after each reopen");
+    assert!(
+        total_acked > rounds,
+        "the children acknowledged appends ({total_acked})"
+    );
+    println!(
+        "{rounds} SIGKILLs, {total_acked} acknowledged appends, all present after each reopen"
+    );
 }

@@ -24,8 +24,17 @@ enum Exp {
 enum Op {
     Append(u8, Exp, Vec<u16>),
     Transaction(Vec<(u8, Exp, Vec<u16>)>),
-    ReadStream { stream: u8, from: u8, backwards: bool, limit: u8 },
-    ReadAll { from: u8, backwards: bool, limit: u8 },
+    ReadStream {
+        stream: u8,
+        from: u8,
+        backwards: bool,
+        limit: u8,
+    },
+    ReadAll {
+        from: u8,
+        backwards: bool,
+        limit: u8,
+    },
     FlushIndex,
     Reopen,
     Crash(u8, u64),
@@ -86,7 +95,10 @@ fn name(s: u8) -> String {
 }
 
 fn events(sizes: &[u16]) -> Vec<NewEvent> {
-    sizes.iter().map(|&n| NewEvent::new("E", vec![n as u8; n as usize])).collect()
+    sizes
+        .iter()
+        .map(|&n| NewEvent::new("E", vec![n as u8; n as usize]))
+        .collect()
 }
 
 fn ids(events: &[RecordedEvent]) -> Vec<Uuid> {
@@ -150,13 +162,17 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
                         None => model.version(&stream),
                     };
                     let expected = match e {
-                        Exp::Current => current.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact),
+                        Exp::Current => {
+                            current.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact)
+                        }
                         Exp::Wrong => ExpectedVersion::Exact(current.map_or(0, |v| v + 1)),
                         _ => model.expected(&stream, *e),
                     };
                     ok &= expected.matches(current);
                     let evs = events(sizes);
-                    *shadow.entry(stream.clone()).or_insert(current.map_or(0, |v| v + 1)) += evs.len() as u64;
+                    *shadow
+                        .entry(stream.clone())
+                        .or_insert(current.map_or(0, |v| v + 1)) += evs.len() as u64;
                     staged.push((stream.clone(), evs.iter().map(|e| e.id).collect::<Vec<_>>()));
                     tx = tx.append(&stream, expected, evs);
                 }
@@ -173,9 +189,18 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
                     Err(e) => return Err(TestCaseError::fail(format!("transaction: {e}"))),
                 }
             }
-            Op::ReadStream { stream, from, backwards, limit } => {
+            Op::ReadStream {
+                stream,
+                from,
+                backwards,
+                limit,
+            } => {
                 let stream = name(stream);
-                let dir = if backwards { Direction::Backwards } else { Direction::Forwards };
+                let dir = if backwards {
+                    Direction::Backwards
+                } else {
+                    Direction::Forwards
+                };
                 let got: Vec<RecordedEvent> = store
                     .read_stream(&stream, u64::from(from), dir, usize::from(limit))
                     .unwrap()
@@ -185,27 +210,49 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
                 let from = usize::from(from);
                 let want: Vec<Uuid> = if backwards {
                     let top = from.min(all.len().saturating_sub(1));
-                    if all.is_empty() { vec![] } else { all[..=top].iter().rev().take(limit.into()).copied().collect() }
+                    if all.is_empty() {
+                        vec![]
+                    } else {
+                        all[..=top]
+                            .iter()
+                            .rev()
+                            .take(limit.into())
+                            .copied()
+                            .collect()
+                    }
                 } else {
                     all.iter().skip(from).take(limit.into()).copied().collect()
                 };
                 prop_assert_eq!(ids(&got), want);
             }
-            Op::ReadAll { from, backwards, limit } => {
+            Op::ReadAll {
+                from,
+                backwards,
+                limit,
+            } => {
                 let everything = read_all(&store);
                 prop_assert_eq!(ids(&everything), model.log.clone());
                 if everything.is_empty() {
                     continue;
                 }
                 let i = usize::from(from) % everything.len();
-                let dir = if backwards { Direction::Backwards } else { Direction::Forwards };
+                let dir = if backwards {
+                    Direction::Backwards
+                } else {
+                    Direction::Forwards
+                };
                 let got: Vec<RecordedEvent> = store
                     .read_all(everything[i].position(), dir, usize::from(limit))
                     .unwrap()
                     .collect::<Result<_, _>>()
                     .map_err(|e| TestCaseError::fail(format!("read_all: {e}")))?;
                 let want: Vec<Uuid> = if backwards {
-                    model.log[..=i].iter().rev().take(limit.into()).copied().collect()
+                    model.log[..=i]
+                        .iter()
+                        .rev()
+                        .take(limit.into())
+                        .copied()
+                        .collect()
                 } else {
                     model.log[i..].iter().take(limit.into()).copied().collect()
                 };
@@ -234,10 +281,17 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
         }
         // After every step: versions agree, and the whole log and every stream read back.
         for (stream, ids_) in &model.streams {
-            prop_assert_eq!(store.stream_version(stream).unwrap(), Some(ids_.len() as u64 - 1));
+            prop_assert_eq!(
+                store.stream_version(stream).unwrap(),
+                Some(ids_.len() as u64 - 1)
+            );
         }
         let acked = vec![common::Commit {
-            parts: model.streams.iter().map(|(s, i)| (s.clone(), i.clone())).collect(),
+            parts: model
+                .streams
+                .iter()
+                .map(|(s, i)| (s.clone(), i.clone()))
+                .collect(),
         }];
         common::verify(&store, &acked, &[]).map_err(TestCaseError::fail)?;
         prop_assert_eq!(ids(&read_all(&store)), model.log.clone());

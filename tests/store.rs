@@ -6,7 +6,7 @@ use std::sync::Arc;
 use annals::storage::{FaultFs, FaultMode, MemoryFs};
 use annals::{Direction, Error, ExpectedVersion, NewEvent, Position, RecordedEvent, Store};
 
-fn ev(t: &str, payload: impl Into<Vec<u8>>) -> NewEvent {
+fn ev(t: &'static str, payload: impl Into<Vec<u8>>) -> NewEvent {
     NewEvent::new(t, payload.into())
 }
 
@@ -46,17 +46,33 @@ fn appended_events_read_back_with_all_their_fields() {
         .published(true);
     let id = e.id;
     let ts = e.timestamp;
-    let r = store.append("order-1", ExpectedVersion::NoStream, [e]).unwrap();
+    let r = store
+        .append("order-1", ExpectedVersion::NoStream, [e])
+        .unwrap();
     assert_eq!(r.version, 0);
     assert_eq!(r.first_position, r.last_position);
     let got = stream(&store, "order-1");
     assert_eq!(got.len(), 1);
     let g = &got[0];
     assert_eq!(
-        (g.stream(), g.version(), g.event_type(), g.payload(), g.metadata()),
+        (
+            g.stream(),
+            g.version(),
+            g.event_type(),
+            g.payload(),
+            g.metadata()
+        ),
         ("order-1", 0, "OrderPlaced", &b"payload"[..], &b"meta"[..])
     );
-    assert_eq!((g.id(), g.schema_version(), g.correlation_id(), g.causation_id()), (id, 3, Some(corr), None));
+    assert_eq!(
+        (
+            g.id(),
+            g.schema_version(),
+            g.correlation_id(),
+            g.causation_id()
+        ),
+        (id, 3, Some(corr), None)
+    );
     assert!(g.is_published());
     assert_eq!(g.timestamp(), ts);
     assert_eq!(g.position(), r.first_position);
@@ -64,28 +80,59 @@ fn appended_events_read_back_with_all_their_fields() {
 
 #[test]
 fn expected_versions_are_enforced_and_a_mismatch_writes_nothing() {
-    let store = Store::builder().file_system(MemoryFs::new()).open("/m/s").unwrap();
+    let store = Store::builder()
+        .file_system(MemoryFs::new())
+        .open("/m/s")
+        .unwrap();
     let conflict = |r: Result<_, Error>, expected_actual: Option<u64>| match r {
         Err(Error::WrongExpectedVersion { actual, .. }) => assert_eq!(actual, expected_actual),
         other => panic!("expected a conflict, got {other:?}"),
     };
-    conflict(store.append("a", ExpectedVersion::StreamExists, [ev("E", "x")]), None);
-    conflict(store.append("a", ExpectedVersion::Exact(0), [ev("E", "x")]), None);
-    store.append("a", ExpectedVersion::NoStream, [ev("E", "0"), ev("E", "1")]).unwrap();
-    conflict(store.append("a", ExpectedVersion::NoStream, [ev("E", "x")]), Some(1));
-    conflict(store.append("a", ExpectedVersion::Exact(0), [ev("E", "x")]), Some(1));
-    store.append("a", ExpectedVersion::Exact(1), [ev("E", "2")]).unwrap();
-    store.append("a", ExpectedVersion::StreamExists, [ev("E", "3")]).unwrap();
-    store.append("a", ExpectedVersion::Any, [ev("E", "4")]).unwrap();
+    conflict(
+        store.append("a", ExpectedVersion::StreamExists, [ev("E", "x")]),
+        None,
+    );
+    conflict(
+        store.append("a", ExpectedVersion::Exact(0), [ev("E", "x")]),
+        None,
+    );
+    store
+        .append("a", ExpectedVersion::NoStream, [ev("E", "0"), ev("E", "1")])
+        .unwrap();
+    conflict(
+        store.append("a", ExpectedVersion::NoStream, [ev("E", "x")]),
+        Some(1),
+    );
+    conflict(
+        store.append("a", ExpectedVersion::Exact(0), [ev("E", "x")]),
+        Some(1),
+    );
+    store
+        .append("a", ExpectedVersion::Exact(1), [ev("E", "2")])
+        .unwrap();
+    store
+        .append("a", ExpectedVersion::StreamExists, [ev("E", "3")])
+        .unwrap();
+    store
+        .append("a", ExpectedVersion::Any, [ev("E", "4")])
+        .unwrap();
     assert_eq!(store.stream_version("a").unwrap(), Some(4));
-    assert_eq!(payloads(&stream(&store, "a")), [b"0", b"1", b"2", b"3", b"4"]);
+    assert_eq!(
+        payloads(&stream(&store, "a")),
+        [b"0", b"1", b"2", b"3", b"4"]
+    );
     assert_eq!(all(&store).len(), 5, "failed appends wrote nothing");
 }
 
 #[test]
 fn a_transaction_is_all_or_nothing() {
-    let store = Store::builder().file_system(MemoryFs::new()).open("/m/s").unwrap();
-    store.append("b", ExpectedVersion::NoStream, [ev("E", "b0")]).unwrap();
+    let store = Store::builder()
+        .file_system(MemoryFs::new())
+        .open("/m/s")
+        .unwrap();
+    store
+        .append("b", ExpectedVersion::NoStream, [ev("E", "b0")])
+        .unwrap();
     let failed = store
         .transaction()
         .append("a", ExpectedVersion::NoStream, [ev("E", "a0")])
@@ -97,7 +144,11 @@ fn a_transaction_is_all_or_nothing() {
 
     let ok = store
         .transaction()
-        .append("a", ExpectedVersion::NoStream, [ev("E", "a0"), ev("E", "a1")])
+        .append(
+            "a",
+            ExpectedVersion::NoStream,
+            [ev("E", "a0"), ev("E", "a1")],
+        )
         .append("b", ExpectedVersion::Exact(0), [ev("E", "b1")])
         .append("a", ExpectedVersion::Exact(1), [ev("E", "a2")])
         .commit()
@@ -109,10 +160,17 @@ fn a_transaction_is_all_or_nothing() {
 
 #[test]
 fn stream_reads_go_both_ways_with_limits() {
-    let store = Store::builder().file_system(MemoryFs::new()).open("/m/s").unwrap();
+    let store = Store::builder()
+        .file_system(MemoryFs::new())
+        .open("/m/s")
+        .unwrap();
     for i in 0..20u8 {
-        store.append("s", ExpectedVersion::Any, [ev("E", vec![i])]).unwrap();
-        store.append("other", ExpectedVersion::Any, [ev("E", vec![100 + i])]).unwrap();
+        store
+            .append("s", ExpectedVersion::Any, [ev("E", vec![i])])
+            .unwrap();
+        store
+            .append("other", ExpectedVersion::Any, [ev("E", vec![100 + i])])
+            .unwrap();
     }
     let read = |from, dir, limit| -> Vec<u8> {
         store
@@ -127,20 +185,43 @@ fn stream_reads_go_both_ways_with_limits() {
     assert_eq!(read(u64::MAX, Direction::Backwards, 3), [19, 18, 17]);
     assert_eq!(read(2, Direction::Backwards, 10), [2, 1, 0]);
     assert_eq!(read(5, Direction::Forwards, 0), Vec::<u8>::new());
-    assert!(store.read_stream("missing", 0, Direction::Forwards, 10).unwrap().next().is_none());
+    assert!(
+        store
+            .read_stream("missing", 0, Direction::Forwards, 10)
+            .unwrap()
+            .next()
+            .is_none()
+    );
     assert_eq!(store.stream_version("missing").unwrap(), None);
 }
 
 #[test]
 fn read_all_resumes_from_any_position() {
-    let store = Store::builder().file_system(MemoryFs::new()).open("/m/s").unwrap();
+    let store = Store::builder()
+        .file_system(MemoryFs::new())
+        .open("/m/s")
+        .unwrap();
     for i in 0..10u8 {
-        store.append(&format!("s-{}", i % 3), ExpectedVersion::Any, [ev("E", vec![i])]).unwrap();
+        store
+            .append(
+                &format!("s-{}", i % 3),
+                ExpectedVersion::Any,
+                [ev("E", vec![i])],
+            )
+            .unwrap();
     }
     let everything = all(&store);
     assert_eq!(everything.len(), 10);
-    assert!(everything.windows(2).all(|w| w[0].position() < w[1].position()));
-    assert!(everything.windows(2).all(|w| w[0].next_position() == w[1].position()));
+    assert!(
+        everything
+            .windows(2)
+            .all(|w| w[0].position() < w[1].position())
+    );
+    assert!(
+        everything
+            .windows(2)
+            .all(|w| w[0].next_position() == w[1].position())
+    );
     let from = |p: Position, d| -> Vec<u8> {
         store
             .read_all(p, d, usize::MAX)
@@ -148,13 +229,22 @@ fn read_all_resumes_from_any_position() {
             .map(|e| e.unwrap().payload()[0])
             .collect()
     };
-    assert_eq!(from(everything[4].next_position(), Direction::Forwards), [5, 6, 7, 8, 9]);
+    assert_eq!(
+        from(everything[4].next_position(), Direction::Forwards),
+        [5, 6, 7, 8, 9]
+    );
     // A position inside a frame starts at the next frame forwards, at that frame backwards.
     let inside = Position::new(everything[4].position().as_u64() + 8);
     assert_eq!(from(inside, Direction::Forwards), [5, 6, 7, 8, 9]);
     assert_eq!(from(inside, Direction::Backwards), [4, 3, 2, 1, 0]);
-    assert_eq!(from(Position::END, Direction::Backwards), [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
-    assert_eq!(from(store.end_position(), Direction::Forwards), Vec::<u8>::new());
+    assert_eq!(
+        from(Position::END, Direction::Backwards),
+        [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
+    );
+    assert_eq!(
+        from(store.end_position(), Direction::Forwards),
+        Vec::<u8>::new()
+    );
 }
 
 #[test]
@@ -166,7 +256,10 @@ fn names_and_sizes_are_checked_before_anything_is_written() {
         .unwrap();
     for bad in ["", " x", "x\n", "$reserved"] {
         assert!(
-            matches!(store.append(bad, ExpectedVersion::Any, [ev("E", "x")]), Err(Error::InvalidStreamName { .. })),
+            matches!(
+                store.append(bad, ExpectedVersion::Any, [ev("E", "x")]),
+                Err(Error::InvalidStreamName { .. })
+            ),
             "{bad:?}"
         );
     }
@@ -176,13 +269,19 @@ fn names_and_sizes_are_checked_before_anything_is_written() {
     ));
     assert!(matches!(
         store.append("s", ExpectedVersion::Any, [ev("E", vec![0; 1001])]),
-        Err(Error::TooLarge { size: 1001, limit: 1000, .. })
+        Err(Error::TooLarge {
+            size: 1001,
+            limit: 1000,
+            ..
+        })
     ));
     assert!(matches!(
         store.append("s", ExpectedVersion::Any, Vec::new()),
         Err(Error::InvalidArgument(_))
     ));
-    store.append("s", ExpectedVersion::NoStream, [ev("E", vec![0; 1000])]).unwrap();
+    store
+        .append("s", ExpectedVersion::NoStream, [ev("E", vec![0; 1000])])
+        .unwrap();
     assert_eq!(all(&store).len(), 1);
 }
 
@@ -219,10 +318,16 @@ fn foreign_files_and_newer_versions_are_refused_untouched() {
     let path = store_file(dir.path());
     std::fs::write(&path, b"SQLite format 3\0 but not really").unwrap();
     assert!(matches!(Store::open(&path), Err(Error::NotAStore { .. })));
-    assert_eq!(std::fs::read(&path).unwrap(), b"SQLite format 3\0 but not really");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"SQLite format 3\0 but not really"
+    );
     std::fs::write(&path, b"").unwrap();
     assert!(matches!(Store::open(&path), Err(Error::NotAStore { .. })));
-    assert!(!dir.path().join("s.annals.index").exists(), "no sidecar made for a foreign file");
+    assert!(
+        !dir.path().join("s.annals.index").exists(),
+        "no sidecar made for a foreign file"
+    );
 
     std::fs::remove_file(&path).unwrap();
     Store::open(&path).unwrap().close().unwrap();
@@ -230,7 +335,10 @@ fn foreign_files_and_newer_versions_are_refused_untouched() {
     bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
     std::fs::write(&path, &bytes).unwrap();
     match Store::open(&path) {
-        Err(Error::UnsupportedVersion { found: 2, supported: 1 }) => {}
+        Err(Error::UnsupportedVersion {
+            found: 2,
+            supported: 1,
+        }) => {}
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
@@ -248,16 +356,29 @@ fn everything_survives_a_reopen_across_many_segments_and_index_flushes() {
     };
     let store = open();
     for i in 0..600u32 {
-        let events: Vec<_> = (0..(i % 4 + 1)).map(|k| ev("E", format!("{i}.{k}:{}", "x".repeat(200)))).collect();
-        store.append(&format!("s-{}", i % 7), ExpectedVersion::Any, events).unwrap();
+        let events: Vec<_> = (0..(i % 4 + 1))
+            .map(|k| ev("E", format!("{i}.{k}:{}", "x".repeat(200))))
+            .collect();
+        store
+            .append(&format!("s-{}", i % 7), ExpectedVersion::Any, events)
+            .unwrap();
     }
     let before = all(&store);
-    assert!(before.last().unwrap().position().as_u64() > 5 * 64 * 1024, "spans many segments");
-    let per_stream: Vec<_> = (0..7).map(|s| payloads(&stream(&store, &format!("s-{s}")))).collect();
+    assert!(
+        before.last().unwrap().position().as_u64() > 5 * 64 * 1024,
+        "spans many segments"
+    );
+    let per_stream: Vec<_> = (0..7)
+        .map(|s| payloads(&stream(&store, &format!("s-{s}"))))
+        .collect();
     store.close().unwrap();
 
     let store = open();
-    assert_eq!(store.recovery_report().commits_replayed, 0, "a clean close leaves nothing to replay");
+    assert_eq!(
+        store.recovery_report().commits_replayed,
+        0,
+        "a clean close leaves nothing to replay"
+    );
     assert_eq!(all(&store), before);
     for (s, expected) in per_stream.iter().enumerate() {
         assert_eq!(&payloads(&stream(&store, &format!("s-{s}"))), expected);
@@ -273,7 +394,10 @@ fn everything_survives_a_reopen_across_many_segments_and_index_flushes() {
     // Without its sidecar, the store rebuilds the index from the log.
     std::fs::remove_file(dir.path().join("s.annals.index")).unwrap();
     let store = open();
-    assert_eq!(store.recovery_report().index_rebuilt.as_deref(), Some("missing"));
+    assert_eq!(
+        store.recovery_report().index_rebuilt.as_deref(),
+        Some("missing")
+    );
     for (s, expected) in per_stream.iter().enumerate() {
         assert_eq!(&payloads(&stream(&store, &format!("s-{s}"))), expected);
     }
@@ -285,13 +409,22 @@ fn a_foreign_or_garbage_sidecar_is_rebuilt() {
     let s = dir.path().join("s");
     let t = dir.path().join("t");
     let store = Store::open(&s).unwrap();
-    store.append("a", ExpectedVersion::Any, [ev("E", "1")]).unwrap();
+    store
+        .append("a", ExpectedVersion::Any, [ev("E", "1")])
+        .unwrap();
     store.close().unwrap();
     Store::open(&t).unwrap().close().unwrap();
 
-    std::fs::copy(dir.path().join("t.annals.index"), dir.path().join("s.annals.index")).unwrap();
+    std::fs::copy(
+        dir.path().join("t.annals.index"),
+        dir.path().join("s.annals.index"),
+    )
+    .unwrap();
     let store = Store::open(&s).unwrap();
-    assert_eq!(store.recovery_report().index_rebuilt.as_deref(), Some("belongs to another store"));
+    assert_eq!(
+        store.recovery_report().index_rebuilt.as_deref(),
+        Some("belongs to another store")
+    );
     assert_eq!(store.stream_version("a").unwrap(), Some(0));
     store.close().unwrap();
 
@@ -305,7 +438,9 @@ fn a_foreign_or_garbage_sidecar_is_rebuilt() {
 fn a_torn_tail_is_truncated_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("s")).unwrap();
-    store.append("a", ExpectedVersion::Any, [ev("E", "kept")]).unwrap();
+    store
+        .append("a", ExpectedVersion::Any, [ev("E", "kept")])
+        .unwrap();
     let end = store.end_position().as_u64();
     store.close().unwrap();
     // Garbage where the next commit would have gone: an unacknowledged, torn write.
@@ -315,13 +450,22 @@ fn a_torn_tail_is_truncated_and_reported() {
     std::fs::write(&path, &bytes).unwrap();
 
     let store = Store::open(dir.path().join("s")).unwrap();
-    let t = store.recovery_report().truncated.clone().expect("a truncation");
+    let t = store
+        .recovery_report()
+        .truncated
+        .clone()
+        .expect("a truncation");
     assert_eq!((t.at, t.stopped_at), (end, end));
     assert_eq!(payloads(&all(&store)), [b"kept"]);
-    store.append("a", ExpectedVersion::Exact(0), [ev("E", "next")]).unwrap();
+    store
+        .append("a", ExpectedVersion::Exact(0), [ev("E", "next")])
+        .unwrap();
     store.close().unwrap();
     let bytes = std::fs::read(&path).unwrap();
-    assert!(!bytes[end as usize + 200..end as usize + 300].contains(&0x5A), "garbage zeroed");
+    assert!(
+        !bytes[end as usize + 200..end as usize + 300].contains(&0x5A),
+        "garbage zeroed"
+    );
     let store = Store::open(dir.path().join("s")).unwrap();
     assert!(store.recovery_report().truncated.is_none());
     assert_eq!(payloads(&all(&store)), [b"kept", b"next"]);
@@ -333,7 +477,12 @@ fn corruption_of_acknowledged_data_is_reported_never_truncated() {
     let store = Store::open(dir.path().join("s")).unwrap();
     let mut positions = vec![];
     for i in 0..5u8 {
-        positions.push(store.append("a", ExpectedVersion::Any, [ev("E", vec![i; 50])]).unwrap().first_position);
+        positions.push(
+            store
+                .append("a", ExpectedVersion::Any, [ev("E", vec![i; 50])])
+                .unwrap()
+                .first_position,
+        );
     }
     store.close().unwrap();
     let path = store_file(dir.path());
@@ -344,7 +493,10 @@ fn corruption_of_acknowledged_data_is_reported_never_truncated() {
 
     // With the sidecar, open succeeds and the read of the damaged event fails, naming it.
     let store = Store::open(dir.path().join("s")).unwrap();
-    let results: Vec<_> = store.read_stream("a", 0, Direction::Forwards, 10).unwrap().collect();
+    let results: Vec<_> = store
+        .read_stream("a", 0, Direction::Forwards, 10)
+        .unwrap()
+        .collect();
     assert!(results[0].is_ok() && results[1].is_ok());
     match &results[2] {
         Err(Error::Corrupt { position, .. }) => assert_eq!(*position, positions[2].as_u64()),
@@ -361,13 +513,22 @@ fn corruption_of_acknowledged_data_is_reported_never_truncated() {
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
-    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file was not changed");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the file was not changed"
+    );
 }
 
 #[test]
 fn concurrent_appenders_all_land_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::builder().index_flush_events(500).open(dir.path().join("s")).unwrap());
+    let store = Arc::new(
+        Store::builder()
+            .index_flush_events(500)
+            .open(dir.path().join("s"))
+            .unwrap(),
+    );
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let store = store.clone();
@@ -375,12 +536,18 @@ fn concurrent_appenders_all_land_in_order() {
                 let mut expected = ExpectedVersion::NoStream;
                 for i in 0..200u32 {
                     let r = store
-                        .append(&format!("t-{t}"), expected, [ev("E", i.to_le_bytes().to_vec())])
+                        .append(
+                            &format!("t-{t}"),
+                            expected,
+                            [ev("E", i.to_le_bytes().to_vec())],
+                        )
                         .unwrap();
                     assert_eq!(r.version, u64::from(i));
                     expected = r.next_expected();
                     // Everyone also appends to one shared stream without a version check.
-                    store.append("shared", ExpectedVersion::Any, [ev("E", vec![t as u8])]).unwrap();
+                    store
+                        .append("shared", ExpectedVersion::Any, [ev("E", vec![t as u8])])
+                        .unwrap();
                 }
             })
         })
@@ -395,16 +562,30 @@ fn concurrent_appenders_all_land_in_order() {
     }
     let shared = stream(&store, "shared");
     assert_eq!(shared.len(), 1600);
-    assert!(shared.iter().enumerate().all(|(i, e)| e.version() == i as u64));
+    assert!(
+        shared
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.version() == i as u64)
+    );
     assert_eq!(all(&store).len(), 3200);
 }
 
 #[test]
 fn a_failed_sync_poisons_until_reopen() {
     let fs = FaultFs::new();
-    let store = Store::builder().file_system(fs.clone()).open("/d/s").unwrap();
-    store.append("a", ExpectedVersion::Any, [ev("E", "1")]).unwrap();
-    fs.fail_at(fs.op_count() + 1, FaultMode::Once, std::io::ErrorKind::Other);
+    let store = Store::builder()
+        .file_system(fs.clone())
+        .open("/d/s")
+        .unwrap();
+    store
+        .append("a", ExpectedVersion::Any, [ev("E", "1")])
+        .unwrap();
+    fs.fail_at(
+        fs.op_count() + 1,
+        FaultMode::Once,
+        std::io::ErrorKind::Other,
+    );
     assert!(matches!(
         store.append("a", ExpectedVersion::Any, [ev("E", "2")]),
         Err(Error::Poisoned { .. })
@@ -417,8 +598,13 @@ fn a_failed_sync_poisons_until_reopen() {
     drop(store);
     let store = Store::builder().file_system(fs).open("/d/s").unwrap();
     let got = payloads(&all(&store));
-    assert!(got == [b"1".to_vec()] || got == [b"1".to_vec(), b"2".to_vec()], "{got:?}");
-    store.append("a", ExpectedVersion::Any, [ev("E", "3")]).unwrap();
+    assert!(
+        got == [b"1".to_vec()] || got == [b"1".to_vec(), b"2".to_vec()],
+        "{got:?}"
+    );
+    store
+        .append("a", ExpectedVersion::Any, [ev("E", "3")])
+        .unwrap();
 }
 
 #[test]
@@ -439,14 +625,19 @@ fn a_full_disk_at_a_segment_start_is_an_error_that_loses_nothing() {
     };
     // Appends fill the space the segment reserved, then the next segment cannot be reserved.
     assert!(acknowledged > 20, "{acknowledged}");
-    assert!(matches!(err, Error::Io(ref e) if e.kind() == std::io::ErrorKind::StorageFull), "{err:?}");
+    assert!(
+        matches!(err, Error::Io(ref e) if e.kind() == std::io::ErrorKind::StorageFull),
+        "{err:?}"
+    );
     // Not poisoned: nothing was written, and once there is space again appends go on.
     assert!(matches!(
         store.append("a", ExpectedVersion::Any, [ev("E", vec![1; 2000])]),
         Err(Error::Io(_))
     ));
     fs.set_capacity(None);
-    store.append("a", ExpectedVersion::Any, [ev("E", vec![2; 2000])]).unwrap();
+    store
+        .append("a", ExpectedVersion::Any, [ev("E", vec![2; 2000])])
+        .unwrap();
     drop(store);
     let store = Store::builder().file_system(fs).open("/d/s").unwrap();
     let got = stream(&store, "a");

@@ -53,7 +53,10 @@ impl Event {
         Event {
             id: uuid::Uuid::now_v7(),
             event_type: "Deposited",
-            payload: (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into(),
+            payload: (0..size)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<u8>>()
+                .into(),
         }
     }
 }
@@ -89,7 +92,12 @@ pub enum Workload {
 
 /// Appends `total` single-event appends spread over `threads` threads (thread `t` appends to
 /// stream `bench-t`). Returns the elapsed time.
-pub fn appends(sys: &dyn System, threads: usize, total: u64, payload: usize) -> BenchResult<Duration> {
+pub fn appends(
+    sys: &dyn System,
+    threads: usize,
+    total: u64,
+    payload: usize,
+) -> BenchResult<Duration> {
     let per = total.div_ceil(threads as u64);
     let event = Event::new(payload);
     let start = Instant::now();
@@ -119,7 +127,12 @@ pub fn appends(sys: &dyn System, threads: usize, total: u64, payload: usize) -> 
 }
 
 /// Appends `batches` durable batches of `batch` events to one stream. Returns the elapsed time.
-pub fn batches(sys: &dyn System, batches: u64, batch: usize, payload: usize) -> BenchResult<Duration> {
+pub fn batches(
+    sys: &dyn System,
+    batches: u64,
+    batch: usize,
+    payload: usize,
+) -> BenchResult<Duration> {
     let template: Vec<Event> = (0..batch).map(|_| Event::new(payload)).collect();
     let mut elapsed = Duration::ZERO;
     for _ in 0..batches {
@@ -157,7 +170,12 @@ pub fn fill(sys: &dyn System, events: u64, streams: u64, payload: usize) -> Benc
 /// operations per second: the physical limit of one durable append per sync.
 pub fn raw_fdatasync(dir: &Path, ops: u64, size: usize) -> io::Result<f64> {
     let path = dir.join("raw-fdatasync.bin");
-    let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
     let buf = vec![0x5Au8; size];
     let start = Instant::now();
     for i in 0..ops {
@@ -174,7 +192,11 @@ pub fn raw_fdatasync(dir: &Path, ops: u64, size: usize) -> io::Result<f64> {
 /// chunks, then one `fdatasync`.
 pub fn sequential_write(dir: &Path, total: u64) -> io::Result<f64> {
     let path = dir.join("seq-write.bin");
-    let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
     let chunk = vec![0xA5u8; 1 << 20];
     let start = Instant::now();
     let mut at = 0;

@@ -31,7 +31,7 @@ impl System for Annals {
         let now = std::time::SystemTime::now();
         let events = events.iter().map(|e| NewEvent {
             id: e.id,
-            event_type: e.event_type.to_owned(),
+            event_type: e.event_type.into(),
             schema_version: 1,
             timestamp: now,
             correlation_id: None,
@@ -46,7 +46,10 @@ impl System for Annals {
 
     fn read_stream(&self, stream: &str) -> BenchResult<u64> {
         let mut n = 0;
-        for e in self.store.read_stream(stream, 0, Direction::Forwards, usize::MAX)? {
+        for e in self
+            .store
+            .read_stream(stream, 0, Direction::Forwards, usize::MAX)?
+        {
             let e = e?;
             std::hint::black_box((e.event_type().len(), e.payload()[0]));
             n += 1;
@@ -56,7 +59,10 @@ impl System for Annals {
 
     fn read_all(&self) -> BenchResult<u64> {
         let mut n = 0;
-        for e in self.store.read_all(Position::START, Direction::Forwards, usize::MAX)? {
+        for e in self
+            .store
+            .read_all(Position::START, Direction::Forwards, usize::MAX)?
+        {
             let e = e?;
             std::hint::black_box((e.stream().len(), e.event_type().len(), e.payload()[0]));
             n += 1;
@@ -129,14 +135,13 @@ impl System for Sqlite {
                     .query_row(params![stream], |r| r.get(0))
                     .optional()?
                     .flatten();
-                let mut next = last.map_or(0, |v| v + 1);
+                let first = last.map_or(0, |v| v + 1);
                 let created = crate::types::nanos_since_epoch(std::time::SystemTime::now()) as i64;
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO events (stream, version, id, type, created, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
-                for e in events {
-                    insert.execute(params![stream, next, &e.id.as_bytes()[..], e.event_type, created, &e.payload[..]])?;
-                    next += 1;
+                for (version, e) in (first..).zip(events) {
+                    insert.execute(params![stream, version, &e.id.as_bytes()[..], e.event_type, created, &e.payload[..]])?;
                 }
             }
             tx.commit()?;
@@ -231,20 +236,18 @@ impl System for Redb {
         {
             let mut streams = txn.open_table(STREAMS)?;
             let mut log = txn.open_table(LOG)?;
-            let mut version = match streams.range((stream, 0)..=(stream, u64::MAX))?.next_back() {
+            let version = match streams.range((stream, 0)..=(stream, u64::MAX))?.next_back() {
                 Some(entry) => entry?.0.value().1 + 1,
                 None => 0,
             };
-            let mut seq = match log.last()? {
+            let seq = match log.last()? {
                 Some((k, _)) => k.value() + 1,
                 None => 0,
             };
             let created = crate::types::nanos_since_epoch(std::time::SystemTime::now());
-            for e in events {
-                log.insert(seq, encode(stream, version, e, created).as_slice())?;
-                streams.insert((stream, version), seq)?;
-                seq += 1;
-                version += 1;
+            for (i, e) in (0u64..).zip(events) {
+                log.insert(seq + i, encode(stream, version + i, e, created).as_slice())?;
+                streams.insert((stream, version + i), seq + i)?;
             }
         }
         txn.commit()?;

@@ -57,7 +57,10 @@ pub(crate) struct MemTable {
 impl MemTable {
     /// Records a run for a stream that is already in this table.
     pub fn add_run(stream: &mut MemStream, add: RunAdd) {
-        assert_eq!(add.run.first_version, stream.count, "runs are added in version order");
+        assert_eq!(
+            add.run.first_version, stream.count,
+            "runs are added in version order"
+        );
         stream.count = add.run.end_version();
         match stream.runs.last_mut() {
             Some(last)

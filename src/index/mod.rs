@@ -131,7 +131,10 @@ impl Index {
         let txn = self.sidecar.begin_read()?;
         drop(layers);
         Ok(match self.sidecar.stream(&txn, name)? {
-            Some((id, count)) => StreamInfo { id: Some(id), count },
+            Some((id, count)) => StreamInfo {
+                id: Some(id),
+                count,
+            },
             None => StreamInfo::default(),
         })
     }
@@ -150,12 +153,16 @@ impl Index {
                         layers.next_stream_id += 1;
                         id
                     });
-                    layers.active.streams.entry(part.stream.clone()).or_insert(MemStream {
-                        id,
-                        count: part.before.count,
-                        runs: Vec::new(),
-                        runs_end: 0,
-                    })
+                    layers
+                        .active
+                        .streams
+                        .entry(part.stream.clone())
+                        .or_insert(MemStream {
+                            id,
+                            count: part.before.count,
+                            runs: Vec::new(),
+                            runs_end: 0,
+                        })
                 }
             };
             MemTable::add_run(stream, part.add);
@@ -166,7 +173,13 @@ impl Index {
 
     /// Up to `max` runs of a stream from version `from` (forwards or backwards), with the
     /// stream's count and the committed end, all as of one moment.
-    pub fn stream_snapshot(&self, name: &str, from: u64, backwards: bool, max: usize) -> Result<StreamSnapshot> {
+    pub fn stream_snapshot(
+        &self,
+        name: &str,
+        from: u64,
+        backwards: bool,
+        max: usize,
+    ) -> Result<StreamSnapshot> {
         let layers = self.layers.read();
         let mut runs = Vec::new();
         let mut known: Option<(u64, u64)> = None;
@@ -199,7 +212,11 @@ impl Index {
             runs.reverse();
         }
         runs.truncate(max);
-        Ok(StreamSnapshot { count, runs, committed })
+        Ok(StreamSnapshot {
+            count,
+            runs,
+            committed,
+        })
     }
 
     /// Events in the active memtable.
@@ -265,22 +282,27 @@ impl Index {
     pub fn threshold(&self) -> u64 {
         self.threshold
     }
-
-    /// Number of streams and runs in the sidecar.
-    pub fn sidecar_counts(&self) -> Result<(u64, u64)> {
-        self.sidecar.counts()
-    }
 }
 
 /// The runs of a memtable stream that a read from `from` needs, at most `max`.
 fn select(runs: &[Run], from: u64, backwards: bool, max: usize) -> impl Iterator<Item = Run> + '_ {
     let (slice, rev) = if backwards {
-        (&runs[..runs.partition_point(|r| r.first_version <= from)], true)
+        (
+            &runs[..runs.partition_point(|r| r.first_version <= from)],
+            true,
+        )
     } else {
-        (&runs[runs.partition_point(|r| r.end_version() <= from)..], false)
+        (
+            &runs[runs.partition_point(|r| r.end_version() <= from)..],
+            false,
+        )
     };
     let take = max.min(slice.len());
-    let picked = if rev { &slice[slice.len() - take..] } else { &slice[..take] };
+    let picked = if rev {
+        &slice[slice.len() - take..]
+    } else {
+        &slice[..take]
+    };
     picked.iter().copied()
 }
 

@@ -15,7 +15,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition};
 
 use super::memtable::{MemTable, Run};
 use crate::error::Result;
@@ -25,6 +25,14 @@ use crate::storage::{FileSystem, OpenMode, RedbBackend, is_not_found};
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const STREAMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("streams");
 const RUNS: TableDefinition<(u64, u64), (u64, u32)> = TableDefinition::new("runs");
+
+type RunEntry<'a> = std::result::Result<
+    (
+        redb::AccessGuard<'a, (u64, u64)>,
+        redb::AccessGuard<'a, (u64, u32)>,
+    ),
+    redb::StorageError,
+>;
 
 /// Bumped whenever the sidecar's tables change meaning; an older sidecar is rebuilt.
 const INDEX_VERSION: u64 = 1;
@@ -125,7 +133,8 @@ impl Sidecar {
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
-            let get = |k: &str| -> Result<Option<Vec<u8>>> { Ok(t.get(k)?.map(|v| v.value().to_vec())) };
+            let get =
+                |k: &str| -> Result<Option<Vec<u8>>> { Ok(t.get(k)?.map(|v| v.value().to_vec())) };
             Ok(Some((
                 get("index_version")?,
                 get("store_id")?,
@@ -170,9 +179,16 @@ impl Sidecar {
 
     /// Up to `max` runs of stream `id`, starting with the one holding version `from` (or the
     /// first after it), in version order; or, `backwards`, from the one holding `from` down.
-    pub fn runs(&self, txn: &ReadTransaction, id: u64, from: u64, backwards: bool, max: usize) -> Result<Vec<Run>> {
+    pub fn runs(
+        &self,
+        txn: &ReadTransaction,
+        id: u64,
+        from: u64,
+        backwards: bool,
+        max: usize,
+    ) -> Result<Vec<Run>> {
         let t = txn.open_table(RUNS)?;
-        let run = |entry: std::result::Result<(redb::AccessGuard<(u64, u64)>, redb::AccessGuard<(u64, u32)>), redb::StorageError>| -> Result<Run> {
+        let run = |entry: RunEntry<'_>| -> Result<Run> {
             let (k, v) = entry?;
             let ((_, first_version), (position, count)) = (k.value(), v.value());
             Ok(Run {
@@ -196,7 +212,10 @@ impl Sidecar {
             }
         }
         if from < u64::MAX {
-            for entry in t.range((id, from + 1)..=(id, u64::MAX))?.take(max.saturating_sub(out.len())) {
+            for entry in t
+                .range((id, from + 1)..=(id, u64::MAX))?
+                .take(max.saturating_sub(out.len()))
+            {
                 out.push(run(entry)?);
             }
         }
@@ -205,13 +224,20 @@ impl Sidecar {
 
     /// Writes a frozen memtable and the metadata it brings the sidecar to, in one transaction.
     pub fn write(&self, table: &MemTable, meta: &SidecarMeta) -> Result<()> {
-        let mut streams: Vec<(&str, (u64, u64))> =
-            table.streams.iter().map(|(name, s)| (&**name, (s.id, s.count))).collect();
+        let mut streams: Vec<(&str, (u64, u64))> = table
+            .streams
+            .iter()
+            .map(|(name, s)| (&**name, (s.id, s.count)))
+            .collect();
         streams.sort_unstable();
         let mut runs: Vec<((u64, u64), (u64, u32))> = table
             .streams
             .values()
-            .flat_map(|s| s.runs.iter().map(|r| ((s.id, r.first_version), (r.position, r.count))))
+            .flat_map(|s| {
+                s.runs
+                    .iter()
+                    .map(|r| ((s.id, r.first_version), (r.position, r.count)))
+            })
             .collect();
         runs.sort_unstable();
         let txn = self.db.begin_write()?;
@@ -229,17 +255,14 @@ impl Sidecar {
         txn.commit()?;
         Ok(())
     }
-
-    /// Number of streams and runs stored.
-    pub fn counts(&self) -> Result<(u64, u64)> {
-        let txn = self.db.begin_read()?;
-        Ok((txn.open_table(STREAMS)?.len()?, txn.open_table(RUNS)?.len()?))
-    }
 }
 
 fn write_meta(t: &mut redb::Table<&str, &[u8]>, meta: &SidecarMeta) -> Result<()> {
     t.insert("covered", &meta.covered.to_le_bytes()[..])?;
-    t.insert("last_frame", &meta.last_frame.unwrap_or(0).to_le_bytes()[..])?;
+    t.insert(
+        "last_frame",
+        &meta.last_frame.unwrap_or(0).to_le_bytes()[..],
+    )?;
     t.insert("next_stream_id", &meta.next_stream_id.to_le_bytes()[..])?;
     Ok(())
 }

@@ -191,7 +191,9 @@ impl FileHeader {
     /// Decodes and checks a header from the first bytes of a file (at most 64 are looked at).
     pub fn decode(b: &[u8]) -> Result<FileHeader, HeaderError> {
         if b.len() < MAGIC.len() || b[..8] != MAGIC {
-            return Err(HeaderError::NotAStore("the file does not start with the annals magic".into()));
+            return Err(HeaderError::NotAStore(
+                "the file does not start with the annals magic".into(),
+            ));
         }
         if b.len() < HEADER_LEN {
             return Err(HeaderError::Corrupt(format!(
@@ -223,7 +225,8 @@ impl FileHeader {
 
 /// Checks that a segment size is within bounds and aligned.
 pub fn check_segment_size(size: u64) -> Result<(), String> {
-    if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size) || size % SEGMENT_ALIGN != 0 {
+    if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&size) || !size.is_multiple_of(SEGMENT_ALIGN)
+    {
         return Err(format!(
             "segment size {size} must be a multiple of {SEGMENT_ALIGN} between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE}"
         ));
@@ -294,10 +297,12 @@ impl EventRecord<'_> {
 ///
 /// The caller has checked names and sizes (see [`EventRecord::frame_len`]); this is asserted.
 pub fn encode_event(buf: &mut Vec<u8>, link: FrameLink, e: &EventRecord<'_>) -> u64 {
-    let len = e.frame_len().expect("event frame length checked by the caller");
+    let len = e
+        .frame_len()
+        .expect("event frame length checked by the caller");
     assert!(!e.stream.is_empty() && e.stream.len() <= MAX_STREAM_NAME_LEN);
     assert!(!e.event_type.is_empty() && e.event_type.len() <= MAX_EVENT_TYPE_LEN);
-    assert!(link.durable <= link.position && link.position % FRAME_ALIGN == 0);
+    assert!(link.durable <= link.position && link.position.is_multiple_of(FRAME_ALIGN));
     let start = buf.len();
     let mut flags = 0;
     if link.commit_end {
@@ -425,66 +430,92 @@ impl<'a> EventRef<'a> {
         EventRef(frame)
     }
 
+    #[inline]
     fn u16(&self, at: usize) -> u16 {
-        self.0.get(at..at + 2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
+        self.0
+            .get(at..at + 2)
+            .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
     }
 
+    #[inline]
     fn u32(&self, at: usize) -> u32 {
-        self.0.get(at..at + 4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes)
+        self.0
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes)
     }
 
+    #[inline]
     fn u64(&self, at: usize) -> u64 {
-        self.0.get(at..at + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes)
+        self.0
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
     }
 
+    #[inline]
     fn id(&self, at: usize) -> [u8; 16] {
-        self.0.get(at..at + 16).and_then(|b| b.try_into().ok()).unwrap_or([0; 16])
+        self.0
+            .get(at..at + 16)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or([0; 16])
     }
 
+    #[inline]
     fn flags(&self) -> u8 {
         self.0.get(29).copied().unwrap_or(0)
     }
 
     /// Version in its stream.
+    #[inline]
     pub fn version(&self) -> u64 {
         self.u64(BODY)
     }
 
     /// Nanoseconds since the Unix epoch.
+    #[inline]
     pub fn timestamp(&self) -> u64 {
         self.u64(BODY + 8)
     }
 
     /// Event id.
+    #[inline]
     pub fn event_id(&self) -> [u8; 16] {
         self.id(BODY + 16)
     }
 
     /// Schema version of the event type.
+    #[inline]
     pub fn schema_version(&self) -> u32 {
         self.u32(BODY + 36)
     }
 
     /// Correlation id.
+    #[inline]
     pub fn correlation_id(&self) -> Option<[u8; 16]> {
         (self.flags() & FLAG_CORRELATION != 0).then(|| self.id(BODY + EVENT_FIXED_LEN))
     }
 
     /// Causation id.
+    #[inline]
     pub fn causation_id(&self) -> Option<[u8; 16]> {
         let at = BODY + EVENT_FIXED_LEN + 16 * usize::from(self.flags() & FLAG_CORRELATION != 0);
         (self.flags() & FLAG_CAUSATION != 0).then(|| self.id(at))
     }
 
     /// Whether the outbox publishes it.
+    #[inline]
     pub fn publish(&self) -> bool {
         self.flags() & FLAG_PUBLISH != 0
     }
 
     /// Ranges of stream, type, metadata and payload bytes within the frame.
+    #[inline]
     fn ranges(&self) -> [Range<usize>; 4] {
         let flags = self.flags();
-        let ids = 16 * (usize::from(flags & FLAG_CORRELATION != 0) + usize::from(flags & FLAG_CAUSATION != 0));
+        let ids = 16
+            * (usize::from(flags & FLAG_CORRELATION != 0)
+                + usize::from(flags & FLAG_CAUSATION != 0));
         let lens = [
             usize::from(self.u16(BODY + 32)),
             usize::from(self.u16(BODY + 34)),
@@ -499,29 +530,64 @@ impl<'a> EventRef<'a> {
         })
     }
 
+    /// Checks that both names are UTF-8 (the writer only writes `&str`, and the checksum keeps
+    /// them as written; recovery and verification check anyway, and the name accessors return
+    /// `""` rather than invalid text).
+    #[inline]
+    pub fn check_names(&self) -> Result<(), FrameError> {
+        let [stream, event_type, ..] = self.ranges();
+        let ok = |r: Range<usize>| {
+            self.0
+                .get(r)
+                .is_some_and(|b| std::str::from_utf8(b).is_ok())
+        };
+        if !ok(stream) {
+            return Err(FrameError::BadLayout("stream name is not UTF-8"));
+        }
+        if !ok(event_type) {
+            return Err(FrameError::BadLayout("event type is not UTF-8"));
+        }
+        Ok(())
+    }
+
+    #[inline]
     fn text(&self, r: Range<usize>) -> &'a str {
-        self.0.get(r).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default()
+        self.0
+            .get(r)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Stream name, as bytes (no UTF-8 check).
+    #[inline]
+    pub fn stream_bytes(&self) -> &'a [u8] {
+        let [r, ..] = self.ranges();
+        self.0.get(r).unwrap_or_default()
     }
 
     /// Stream name.
+    #[inline]
     pub fn stream(&self) -> &'a str {
         let [r, ..] = self.ranges();
         self.text(r)
     }
 
     /// Event type name.
+    #[inline]
     pub fn event_type(&self) -> &'a str {
         let [_, r, ..] = self.ranges();
         self.text(r)
     }
 
     /// Where the metadata is in the frame.
+    #[inline]
     pub fn metadata_range(&self) -> Range<usize> {
         let [_, _, r, _] = self.ranges();
         if r.end <= self.0.len() { r } else { 0..0 }
     }
 
     /// Where the payload is in the frame.
+    #[inline]
     pub fn payload_range(&self) -> Range<usize> {
         let [_, _, _, r] = self.ranges();
         if r.end <= self.0.len() { r } else { 0..0 }
@@ -548,12 +614,12 @@ pub fn decode_frame(bytes: &[u8], position: u64) -> Result<Frame, FrameError> {
         return Err(FrameError::Truncated);
     }
     let header = &bytes[..FRAME_HEADER_LEN];
-    if header.iter().all(|&b| b == 0) {
+    let len = u32_at(header, 4);
+    if len == 0 && header.iter().all(|&b| b == 0) {
         return Err(FrameError::Empty);
     }
-    let len = u32_at(header, 4);
     let ulen = len as usize;
-    if ulen < MIN_FRAME_LEN || ulen % FRAME_ALIGN as usize != 0 || ulen > bytes.len() {
+    if ulen < MIN_FRAME_LEN || !ulen.is_multiple_of(FRAME_ALIGN as usize) || ulen > bytes.len() {
         return Err(FrameError::BadLength(len));
     }
     // The position is checked before the checksum: it is cheap, and it makes probing every
@@ -576,7 +642,9 @@ pub fn decode_frame(bytes: &[u8], position: u64) -> Result<Frame, FrameError> {
         return Err(FrameError::BadLayout("durable end beyond the frame"));
     }
     if u64::from(link.prev) > position {
-        return Err(FrameError::BadLayout("previous frame before the file start"));
+        return Err(FrameError::BadLayout(
+            "previous frame before the file start",
+        ));
     }
     if header[30] != 0 || header[31] != 0 {
         return Err(FrameError::BadLayout("reserved header bytes are not zero"));
@@ -605,11 +673,13 @@ pub fn decode_frame(bytes: &[u8], position: u64) -> Result<Frame, FrameError> {
     Ok(Frame { len, link, body })
 }
 
-/// Checks an event body: lengths in range and adding up to the frame, zero padding, UTF-8
-/// names.
+/// Checks an event body: lengths in range and adding up to the frame, zero padding. (Whether
+/// the names are UTF-8 is checked where they are read: [`EventRef::check_names`].)
 fn check_event(frame: &[u8]) -> Result<(), FrameError> {
     if frame.len() < FRAME_HEADER_LEN + EVENT_FIXED_LEN {
-        return Err(FrameError::BadLayout("event body shorter than its fixed part"));
+        return Err(FrameError::BadLayout(
+            "event body shorter than its fixed part",
+        ));
     }
     let e = EventRef(frame);
     let [stream, event_type, _, payload] = e.ranges();
@@ -621,16 +691,12 @@ fn check_event(frame: &[u8]) -> Result<(), FrameError> {
     }
     // Lengths come from disk: `ranges` adds them with saturation, so no sum wraps.
     if align(payload.end as u64) != frame.len() as u64 {
-        return Err(FrameError::BadLayout("event field lengths do not add up to the frame length"));
+        return Err(FrameError::BadLayout(
+            "event field lengths do not add up to the frame length",
+        ));
     }
     if frame[payload.end..].iter().any(|&x| x != 0) {
         return Err(FrameError::BadLayout("padding is not zero"));
-    }
-    if std::str::from_utf8(&frame[stream]).is_err() {
-        return Err(FrameError::BadLayout("stream name is not UTF-8"));
-    }
-    if std::str::from_utf8(&frame[event_type]).is_err() {
-        return Err(FrameError::BadLayout("event type is not UTF-8"));
     }
     Ok(())
 }
@@ -688,7 +754,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = good;
                 bad[i] ^= 1 << bit;
-                assert!(FileHeader::decode(&bad).is_err(), "byte {i} bit {bit} went unnoticed");
+                assert!(
+                    FileHeader::decode(&bad).is_err(),
+                    "byte {i} bit {bit} went unnoticed"
+                );
             }
         }
     }
@@ -707,7 +776,10 @@ mod tests {
         }
         .encode();
         newer[8..12].copy_from_slice(&2u32.to_le_bytes());
-        assert_eq!(FileHeader::decode(&newer), Err(HeaderError::UnsupportedVersion(2)));
+        assert_eq!(
+            FileHeader::decode(&newer),
+            Err(HeaderError::UnsupportedVersion(2))
+        );
     }
 
     #[test]
@@ -727,10 +799,18 @@ mod tests {
         assert_eq!(&buf[ev.payload_range()], b"hello world");
         assert_eq!(&buf[ev.metadata_range()], b"{\"user\":1}");
         assert_eq!(
-            (ev.version(), ev.timestamp(), ev.event_id(), ev.schema_version()),
+            (
+                ev.version(),
+                ev.timestamp(),
+                ev.event_id(),
+                ev.schema_version()
+            ),
             (7, 1_700_000_000_123_456_789, [9; 16], 3)
         );
-        assert_eq!((ev.correlation_id(), ev.causation_id(), ev.publish()), (Some([1; 16]), None, true));
+        assert_eq!(
+            (ev.correlation_id(), ev.causation_id(), ev.publish()),
+            (Some([1; 16]), None, true)
+        );
         let both = EventRecord {
             causation_id: Some([2; 16]),
             ..e
@@ -739,7 +819,10 @@ mod tests {
         encode_event(&mut buf, link(4096), &both);
         assert!(decode_frame(&buf, 4096).is_ok());
         let ev = EventRef::new(&buf);
-        assert_eq!((ev.correlation_id(), ev.causation_id()), (Some([1; 16]), Some([2; 16])));
+        assert_eq!(
+            (ev.correlation_id(), ev.causation_id()),
+            (Some([1; 16]), Some([2; 16]))
+        );
         assert_eq!(&buf[ev.payload_range()], b"hello world");
     }
 
@@ -780,7 +863,10 @@ mod tests {
         let mut buf = vec![];
         encode_event(&mut buf, link(4096), &sample(b"p"));
         assert_eq!(decode_frame(&buf, 4104), Err(FrameError::BadPosition(4096)));
-        assert_eq!(decode_frame(&buf[..buf.len() - 8], 4096), Err(FrameError::BadLength(buf.len() as u32)));
+        assert_eq!(
+            decode_frame(&buf[..buf.len() - 8], 4096),
+            Err(FrameError::BadLength(buf.len() as u32))
+        );
         assert_eq!(decode_frame(&[0; 64], 4096), Err(FrameError::Empty));
         assert_eq!(decode_frame(&[0; 16], 4096), Err(FrameError::Truncated));
     }
@@ -790,6 +876,9 @@ mod tests {
         let mut buf = vec![];
         encode_event(&mut buf, link(4096), &sample(b"p"));
         buf[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(decode_frame(&buf, 4096), Err(FrameError::BadLength(u32::MAX)));
+        assert_eq!(
+            decode_frame(&buf, 4096),
+            Err(FrameError::BadLength(u32::MAX))
+        );
     }
 }

@@ -58,7 +58,7 @@ impl AsRef<[u8]> for View {
 /// Per-reader state: the view of the segment being read, or a read buffer.
 #[derive(Debug, Default)]
 pub(crate) struct Cursor {
-    /// (segment, view of its first bytes)
+    /// (segment start, view of the segment's first bytes)
     view: Option<(u64, Bytes)>,
     start: u64,
     data: Bytes,
@@ -70,7 +70,13 @@ impl Cursor {
         position >= self.start && position + len <= self.start + self.data.len() as u64
     }
 
-    fn fill(&mut self, file: &dyn StorageFile, position: u64, end: u64, at_least: u64) -> Result<()> {
+    fn fill(
+        &mut self,
+        file: &dyn StorageFile,
+        position: u64,
+        end: u64,
+        at_least: u64,
+    ) -> Result<()> {
         let sequential = position == self.start + self.data.len() as u64 && !self.data.is_empty();
         self.next_len = if sequential {
             (self.next_len * 2).min(MAX_CHUNK)
@@ -123,26 +129,42 @@ impl LogReader {
         if maps.len() <= index {
             maps.resize(index + 1, None);
         }
-        Ok(Some(maps[index].get_or_insert_with(|| Arc::new(map)).clone()))
+        Ok(Some(
+            maps[index].get_or_insert_with(|| Arc::new(map)).clone(),
+        ))
     }
 
-    /// Makes the cursor's view cover the segment of `position` up to `end`, if maps are in
-    /// use; returns the view and the segment's start.
-    fn view<'c>(&self, position: u64, end: u64, cursor: &'c mut Cursor) -> Result<Option<(&'c Bytes, u64)>> {
+    /// Makes the cursor's view cover `position`'s segment up to `limit` (or its end), if maps
+    /// are in use; returns the view and the segment's start.
+    fn view<'c>(
+        &self,
+        position: u64,
+        limit: u64,
+        cursor: &'c mut Cursor,
+    ) -> Result<Option<(&'c Bytes, u64)>> {
         if !self.can_map.load(Ordering::Relaxed) {
             return Ok(None);
         }
+        // Fast path: the cursor's view already covers the position (no division).
+        let size = self.layout.segment_size;
+        let covered = cursor.view.as_ref().is_some_and(|(seg_start, view)| {
+            (*seg_start..seg_start + size).contains(&position)
+                && view.len() as u64 >= limit.min(seg_start + size) - seg_start
+        });
+        if !covered {
+            self.remap(position, limit, cursor)?;
+        }
+        Ok(cursor.view.as_ref().map(|(start, v)| (v, *start)))
+    }
+
+    fn remap(&self, position: u64, limit: u64, cursor: &mut Cursor) -> Result<()> {
         let segment = self.layout.segment_of(position);
         let seg_start = self.layout.segment_start(segment);
-        let need = (end - seg_start) as usize;
-        let fresh = !matches!(&cursor.view, Some((s, view)) if *s == segment && view.len() >= need);
-        if fresh {
-            let Some(map) = self.segment_map(segment)? else {
-                return Ok(None);
-            };
-            cursor.view = Some((segment, Bytes::from_owner(View { map, len: need })));
-        }
-        Ok(cursor.view.as_ref().map(|(_, v)| (v, seg_start)))
+        let need = (limit.min(seg_start + self.layout.segment_size) - seg_start) as usize;
+        cursor.view = self
+            .segment_map(segment)?
+            .map(|map| (seg_start, Bytes::from_owner(View { map, len: need })));
+        Ok(())
     }
 
     /// Reads and checks the frame at `position`. `limit` is the end of the data the caller may
@@ -164,17 +186,16 @@ impl LogReader {
         limit: u64,
         cursor: &mut Cursor,
     ) -> Result<Result<(Bytes, Frame), FrameError>> {
-        let seg_end = self.layout.segment_end(position);
-        let end = limit.min(seg_end);
-        if position >= end {
+        if position >= limit {
             return Ok(Err(FrameError::Truncated));
         }
-        if let Some((view, seg_start)) = self.view(position, end, cursor)? {
+        if let Some((view, seg_start)) = self.view(position, limit, cursor)? {
+            // The view ends at `limit` or at the segment's end, whichever comes first.
             let from = (position - seg_start) as usize;
-            let to = (end - seg_start) as usize;
-            return Ok(decode_frame(&view[from..to], position)
+            return Ok(decode_frame(&view[from..], position)
                 .map(|frame| (view.slice(from..from + frame.len as usize), frame)));
         }
+        let end = limit.min(self.layout.segment_end(position));
         let header = FRAME_HEADER_LEN as u64;
         if !cursor.covers(position, header.min(end - position)) {
             cursor.fill(&*self.file, position, end, header)?;

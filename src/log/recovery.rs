@@ -26,7 +26,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Layout;
-use super::format::{Body, FRAME_ALIGN, align, could_be_frame_at};
+use super::format::{Body, EventRef, FRAME_ALIGN, align, could_be_frame_at};
 use super::reader::{Cursor, LogReader};
 use crate::error::{Error, Result};
 use crate::storage::StorageFile;
@@ -98,14 +98,26 @@ pub(crate) fn recover(
         };
         let expected_prev = last.map_or(0, |l| pos - l);
         if u64::from(frame.link.prev) != expected_prev {
-            break (pos, format!("frame links back {} bytes, expected {expected_prev}", frame.link.prev));
+            break (
+                pos,
+                format!(
+                    "frame links back {} bytes, expected {expected_prev}",
+                    frame.link.prev
+                ),
+            );
         }
         match frame.body {
             Body::Event => {
                 if pos + u64::from(frame.len) > layout.usable_end(pos) {
                     break (pos, "event frame in the space kept for the seal".to_owned());
                 }
-                pending.push(RecoveredEvent { position: pos, bytes });
+                if let Err(e) = EventRef::new(&bytes).check_names() {
+                    break (pos, e.to_string());
+                }
+                pending.push(RecoveredEvent {
+                    position: pos,
+                    bytes,
+                });
                 last = Some(pos);
                 pos += u64::from(frame.len);
                 if frame.link.commit_end {
@@ -117,7 +129,10 @@ pub(crate) fn recover(
             }
             Body::Seal { next } => {
                 if !pending.is_empty() || next != layout.segment_end(pos) {
-                    break (pos, "seal in the middle of a commit or pointing elsewhere".to_owned());
+                    break (
+                        pos,
+                        "seal in the middle of a commit or pointing elsewhere".to_owned(),
+                    );
                 }
                 last = Some(pos);
                 pos = next;
@@ -141,9 +156,9 @@ pub(crate) fn recover(
 
     let seg_end = layout.segment_end(valid_end);
     let mut truncated = None;
-    if probe.nonzero_end > valid_end || file_len > seg_end {
+    if probe.nonzero_end > valid_end || probe.nonzero_beyond {
         zero(file, valid_end, probe.nonzero_end.min(seg_end))?;
-        if file_len > seg_end {
+        if probe.nonzero_beyond {
             file.set_len(seg_end)?;
         }
         tracing::warn!(
@@ -177,7 +192,12 @@ pub(crate) fn recover(
 }
 
 /// Checks that the frame the caller says precedes `start` ends exactly at `start`.
-fn check_start(reader: &LogReader, start: ScanStart, file_len: u64, cursor: &mut Cursor) -> Result<()> {
+fn check_start(
+    reader: &LogReader,
+    start: ScanStart,
+    file_len: u64,
+    cursor: &mut Cursor,
+) -> Result<()> {
     let mismatch = |why: String| {
         Error::corrupt(
             start.position,
@@ -187,7 +207,7 @@ fn check_start(reader: &LogReader, start: ScanStart, file_len: u64, cursor: &mut
             ),
         )
     };
-    if start.position % FRAME_ALIGN != 0 || start.position < Layout::FIRST {
+    if !start.position.is_multiple_of(FRAME_ALIGN) || start.position < Layout::FIRST {
         return Err(mismatch("misaligned position".into()));
     }
     let Some(last) = start.last_frame else {
@@ -208,7 +228,9 @@ fn check_start(reader: &LogReader, start: ScanStart, file_len: u64, cursor: &mut
         Body::Event => last + u64::from(frame.len),
     };
     if ends_at != start.position {
-        return Err(mismatch(format!("its last frame at {last} ends at {ends_at}")));
+        return Err(mismatch(format!(
+            "its last frame at {last} ends at {ends_at}"
+        )));
     }
     Ok(())
 }
@@ -218,6 +240,9 @@ struct Probe {
     claim: Option<(u64, u64)>,
     /// End of the last non-zero 8-byte word between the scan's end and the end of its segment.
     nonzero_end: u64,
+    /// Whether any byte after that segment is non-zero (later segments hold only zeros when
+    /// they were prepared ahead and never used).
+    nonzero_beyond: bool,
 }
 
 const PROBE_CHUNK: u64 = 1 << 20;
@@ -227,6 +252,7 @@ fn probe(reader: &LogReader, layout: Layout, from: u64, file_len: u64) -> Result
     let mut result = Probe {
         claim: None,
         nonzero_end: from,
+        nonzero_beyond: false,
     };
     let mut cursor = Cursor::default();
     let seg_end = layout.segment_end(from);
@@ -239,8 +265,12 @@ fn probe(reader: &LogReader, layout: Layout, from: u64, file_len: u64) -> Result
         let mut i = 0usize;
         while i + 8 <= buf.len() {
             let q = chunk_start + i as u64;
-            if q < seg_end && buf[i..i + 8].iter().any(|&b| b != 0) {
-                result.nonzero_end = result.nonzero_end.max(q + 8);
+            if buf[i..i + 8].iter().any(|&b| b != 0) {
+                if q < seg_end {
+                    result.nonzero_end = result.nonzero_end.max(q + 8);
+                } else {
+                    result.nonzero_beyond = true;
+                }
             }
             if could_be_frame_at(&buf[i..], q)
                 && let Ok((_, frame)) = reader.try_read(q, file_len, &mut cursor)?

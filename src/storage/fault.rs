@@ -114,10 +114,22 @@ struct Node {
 
 #[derive(Clone)]
 enum Pending {
-    Write { node: NodeId, offset: u64, data: Vec<u8> },
-    SetLen { node: NodeId, len: u64 },
-    Create { path: PathBuf, node: NodeId },
-    Remove { path: PathBuf },
+    Write {
+        node: NodeId,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    SetLen {
+        node: NodeId,
+        len: u64,
+    },
+    Create {
+        path: PathBuf,
+        node: NodeId,
+    },
+    Remove {
+        path: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -130,7 +142,9 @@ struct Fault {
 impl State {
     fn used(&self) -> u64 {
         let live: std::collections::HashSet<_> = self.names.values().collect();
-        live.iter().map(|id| self.nodes[id].current.len() as u64).sum()
+        live.iter()
+            .map(|id| self.nodes[id].current.len() as u64)
+            .sum()
     }
 }
 
@@ -466,7 +480,10 @@ impl fmt::Debug for FaultFile {
 impl FaultFile {
     fn with_node<T>(&self, f: impl FnOnce(&mut Node) -> T) -> T {
         let mut state = self.fs.inner.state.lock();
-        let node = state.nodes.get_mut(&self.node).expect("node of an open handle");
+        let node = state
+            .nodes
+            .get_mut(&self.node)
+            .expect("node of an open handle");
         f(node)
     }
 
@@ -482,11 +499,17 @@ impl FaultFile {
                 _ => len,
             };
             if new_len > len && state.used() + (new_len - len) > capacity {
-                return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device"));
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "no space left on device",
+                ));
             }
         }
         let untracked = self.fs.inner.untracked;
-        let node = state.nodes.get_mut(&self.node).expect("node of an open handle");
+        let node = state
+            .nodes
+            .get_mut(&self.node)
+            .expect("node of an open handle");
         match &op {
             Pending::Write { offset, data, .. } => {
                 write_into(&mut node.current, *offset, data);
@@ -692,6 +715,10 @@ mod tests {
         let b = contents(&fs.crash(CrashPolicy::Random { seed: 7 }), "/d/a");
         assert_eq!(a, b);
         let all = contents(&fs.crash(CrashPolicy::KeepAll), "/d/a").unwrap();
-        assert_ne!(a.unwrap(), all, "seed 7 drops or tears at least one of 20 writes");
+        assert_ne!(
+            a.unwrap(),
+            all,
+            "seed 7 drops or tears at least one of 20 writes"
+        );
     }
 }

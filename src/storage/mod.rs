@@ -85,6 +85,12 @@ pub trait StorageFile: Send + Sync + Debug {
     /// Reserves disk space for `[offset, offset + len)` (growing the file if needed) so that
     /// later writes there do not fail for lack of space. New bytes read as zero.
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Whether the log should fill the segment after the current one with written (and synced)
+    /// zeros in the background: on real file systems, syncing data written over zeros is much
+    /// cheaper than syncing data written into freshly allocated space. Default: no.
+    fn zero_fill_ahead(&self) -> bool {
+        false
+    }
     /// Takes an exclusive lock for this handle; `Ok(false)` if another handle holds it.
     fn try_lock(&self) -> io::Result<bool>;
     /// A read-only map of `[offset, offset + len)`, or `None` if this file system cannot map

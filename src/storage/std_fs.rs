@@ -88,8 +88,7 @@ impl StorageFile for StdFile {
     }
 
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
-        match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), offset, len)
-        {
+        match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), offset, len) {
             Ok(()) => Ok(()),
             // File systems without fallocate: grow the file sparsely instead.
             Err(e) if e == rustix::io::Errno::OPNOTSUPP => {
@@ -101,6 +100,10 @@ impl StorageFile for StdFile {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn zero_fill_ahead(&self) -> bool {
+        true
     }
 
     fn try_lock(&self) -> io::Result<bool> {

@@ -205,7 +205,9 @@ impl Committer {
                 }
                 Err(StageError::Refused(e)) => request.finish(Err(e)),
                 Err(StageError::Fatal(e)) => {
-                    shared.poison.set(format!("sync after allocating a segment failed: {e}"));
+                    shared
+                        .poison
+                        .set(format!("sync after allocating a segment failed: {e}"));
                     let err = shared.poison.check().expect_err("just poisoned");
                     group.iter().for_each(|r| r.finish(Err(clone_poison(&err))));
                     return;
@@ -215,17 +217,22 @@ impl Committer {
         if accepted.is_empty() {
             return;
         }
-        let written = writer.write_staged().map_err(|e| format!("write failed: {e}")).and_then(|()| {
-            if shared.durability == Durability::Immediate {
-                writer.sync().map_err(|e| format!("fdatasync failed: {e}"))
-            } else {
-                Ok(())
-            }
-        });
+        let written = writer
+            .write_staged()
+            .map_err(|e| format!("write failed: {e}"))
+            .and_then(|()| {
+                if shared.durability == Durability::Immediate {
+                    writer.sync().map_err(|e| format!("fdatasync failed: {e}"))
+                } else {
+                    Ok(())
+                }
+            });
         if let Err(cause) = written {
             shared.poison.set(cause);
             let err = shared.poison.check().expect_err("just poisoned");
-            accepted.iter().for_each(|(r, _)| r.finish(Err(clone_poison(&err))));
+            accepted
+                .iter()
+                .for_each(|(r, _)| r.finish(Err(clone_poison(&err))));
             return;
         }
         let committed = Committed {
@@ -243,7 +250,9 @@ impl Committer {
 
 fn clone_poison(e: &Error) -> Error {
     match e {
-        Error::Poisoned { cause } => Error::Poisoned { cause: cause.clone() },
+        Error::Poisoned { cause } => Error::Poisoned {
+            cause: cause.clone(),
+        },
         other => Error::Poisoned {
             cause: other.to_string(),
         },
@@ -274,7 +283,10 @@ fn stage(
             .or_else(|| overlay.get(&part.stream).copied());
         let info = match known {
             Some(info) => info,
-            None => shared.index.stream_info(&part.stream).map_err(StageError::Refused)?,
+            None => shared
+                .index
+                .stream_info(&part.stream)
+                .map_err(StageError::Refused)?,
         };
         let actual = info.count.checked_sub(1);
         if !part.expected.matches(actual) {

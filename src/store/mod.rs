@@ -17,7 +17,9 @@ use crate::error::{Error, Result};
 use crate::index::{Committed, Index, PartIndex, StreamInfo, parent, sidecar_path};
 use crate::index::{Frozen, memtable::Run, memtable::RunAdd};
 use crate::log::Layout;
-use crate::log::format::{EventRecord, EventRef, FileHeader, HEADER_BLOCK, HEADER_LEN, HeaderError};
+use crate::log::format::{
+    EventRecord, EventRef, FileHeader, HEADER_BLOCK, HEADER_LEN, HeaderError,
+};
 use crate::log::reader::LogReader;
 use crate::log::recovery::{RecoveredEvent, Truncation, recover};
 use crate::log::writer::LogWriter;
@@ -119,7 +121,9 @@ impl Store {
         let path = store_path(path);
         let file = match fs.open(&path, OpenMode::Existing) {
             Ok(f) => f,
-            Err(e) if is_not_found(&e) && options.create => create(&*fs, &path, options.segment_size)?,
+            Err(e) if is_not_found(&e) && options.create => {
+                create(&*fs, &path, options.segment_size)?
+            }
             Err(e) => return Err(e.into()),
         };
         if !file.try_lock()? {
@@ -145,13 +149,14 @@ impl Store {
             last_frame: recovered.last_frame,
         };
         index.apply(&[], committed);
-        let writer = LogWriter::new(
+        let mut writer = LogWriter::new(
             file.clone(),
             layout,
             recovered.end,
             recovered.last_frame,
             recovered.allocated_end,
         );
+        writer.prepare_next();
         let durable = writer.durable().clone();
         let index = Arc::new(index);
         let shared = Arc::new(Shared {
@@ -243,11 +248,17 @@ impl Store {
 
     fn part(&self, stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Result<Part> {
         if events.is_empty() {
-            return Err(Error::InvalidArgument(format!("no events to append to `{stream}`")));
+            return Err(Error::InvalidArgument(format!(
+                "no events to append to `{stream}`"
+            )));
         }
         let mut frames_len = 0u64;
+        let mut checked: Option<&str> = None;
         for e in &events {
-            check_event_type(&e.event_type)?;
+            if checked != Some(&*e.event_type) {
+                check_event_type(&e.event_type)?;
+                checked = Some(&e.event_type);
+            }
             let size = (e.payload.len() + e.metadata.len()) as u64;
             if size > self.shared.max_event_size {
                 return Err(Error::TooLarge {
@@ -294,7 +305,13 @@ impl Store {
     /// Reads a stream from version `from`, forwards or backwards, at most `limit` events.
     /// Backwards, a `from` beyond the last version starts at the last one (use `u64::MAX`).
     /// A stream that does not exist reads as empty.
-    pub fn read_stream(&self, stream: &str, from: u64, direction: Direction, limit: usize) -> Result<StreamEvents<'_>> {
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<StreamEvents<'_>> {
         check_stream_name(stream, true)?;
         StreamEvents::new(&self.shared, stream, from, direction, limit)
     }
@@ -302,7 +319,12 @@ impl Store {
     /// Reads the whole log from `from` (inclusive; [`Position::START`] or [`Position::END`]
     /// work in either direction), at most `limit` events. Only events acknowledged when the
     /// read starts are returned.
-    pub fn read_all(&self, from: Position, direction: Direction, limit: usize) -> Result<AllEvents<'_>> {
+    pub fn read_all(
+        &self,
+        from: Position,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<AllEvents<'_>> {
         AllEvents::new(&self.shared, from, direction, limit)
     }
 
@@ -368,8 +390,9 @@ impl Store {
         if let Some(handle) = bg.flusher.take() {
             let _ = handle.join();
         }
+        let mut writer = self.shared.committer.writer().lock();
+        writer.quiesce();
         self.shared.poison.check()?;
-        let _writer = self.shared.committer.writer().lock();
         self.shared.sync_unsynced()?;
         while let Some(job) = self.shared.index.freeze(true) {
             self.shared.index.write_frozen(job)?;
@@ -405,9 +428,16 @@ pub struct Transaction<'a> {
 impl Transaction<'_> {
     /// Adds events for one stream, to be checked against `expected` at commit. The same stream
     /// may appear in several parts; each part's check sees the parts before it.
-    pub fn append(mut self, stream: &str, expected: ExpectedVersion, events: impl IntoIterator<Item = NewEvent>) -> Self {
-        let part = check_stream_name(stream, false)
-            .and_then(|()| self.store.part(stream, expected, events.into_iter().collect()));
+    pub fn append(
+        mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: impl IntoIterator<Item = NewEvent>,
+    ) -> Self {
+        let part = check_stream_name(stream, false).and_then(|()| {
+            self.store
+                .part(stream, expected, events.into_iter().collect())
+        });
         self.parts.push(part);
         self
     }
@@ -428,7 +458,10 @@ impl Transaction<'_> {
                 limit,
             });
         }
-        self.store.shared.committer.commit(&self.store.shared, parts)
+        self.store
+            .shared
+            .committer
+            .commit(&self.store.shared, parts)
     }
 }
 
@@ -594,7 +627,9 @@ fn replay(index: &Index, events: &[RecoveredEvent]) -> Result<()> {
             if version != expected {
                 return Err(Error::corrupt(
                     e.position,
-                    format!("event of stream `{stream}` has version {version} where the index expects {expected}"),
+                    format!(
+                        "event of stream `{stream}` has version {version} where the index expects {expected}"
+                    ),
                 ));
             }
         }

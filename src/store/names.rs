@@ -35,7 +35,9 @@ pub(crate) fn check_stream_name(name: &str, allow_reserved: bool) -> Result<()> 
     };
     common(name, MAX_STREAM_NAME_LEN).map_err(invalid)?;
     if !allow_reserved && name.starts_with(RESERVED_PREFIX) {
-        return Err(invalid("names starting with `$` are reserved for the engine"));
+        return Err(invalid(
+            "names starting with `$` are reserved for the engine",
+        ));
     }
     Ok(())
 }
@@ -60,10 +62,15 @@ mod tests {
             ("a\nb", "contains control characters"),
             ("nul\0", "contains control characters"),
             (" padded", "starts or ends with whitespace"),
-            ("$system", "names starting with `$` are reserved for the engine"),
+            (
+                "$system",
+                "names starting with `$` are reserved for the engine",
+            ),
         ] {
             match check_stream_name(name, false) {
-                Err(Error::InvalidStreamName { reason: r, .. }) => assert_eq!(r, reason, "{name:?}"),
+                Err(Error::InvalidStreamName { reason: r, .. }) => {
+                    assert_eq!(r, reason, "{name:?}")
+                }
                 other => panic!("{name:?}: {other:?}"),
             }
         }

@@ -139,12 +139,16 @@ impl StoreBuilder {
             )));
         }
         if self.index_flush_events == 0 {
-            return Err(Error::InvalidArgument("index flush interval must be at least 1 event".into()));
+            return Err(Error::InvalidArgument(
+                "index flush interval must be at least 1 event".into(),
+            ));
         }
         if let Durability::Periodic(d) = self.durability
             && d.is_zero()
         {
-            return Err(Error::InvalidArgument("periodic sync interval must not be zero".into()));
+            return Err(Error::InvalidArgument(
+                "periodic sync interval must not be zero".into(),
+            ));
         }
         Ok(())
     }

@@ -37,9 +37,17 @@ pub struct StreamEvents<'a> {
 }
 
 impl<'a> StreamEvents<'a> {
-    pub(super) fn new(shared: &'a Shared, stream: &str, from: u64, direction: Direction, limit: usize) -> Result<Self> {
+    pub(super) fn new(
+        shared: &'a Shared,
+        stream: &str,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Self> {
         let backwards = direction == Direction::Backwards;
-        let snapshot = shared.index.stream_snapshot(stream, from, backwards, RUN_BATCH)?;
+        let snapshot = shared
+            .index
+            .stream_snapshot(stream, from, backwards, RUN_BATCH)?;
         let next = match (snapshot.count, backwards) {
             (0, _) => None,
             (count, false) => (from < count).then_some(from),
@@ -76,10 +84,12 @@ impl<'a> StreamEvents<'a> {
                 }
                 return Ok((run, position));
             }
-            let snapshot = self
-                .shared
-                .index
-                .stream_snapshot(&self.stream, version, self.backwards, RUN_BATCH)?;
+            let snapshot = self.shared.index.stream_snapshot(
+                &self.stream,
+                version,
+                self.backwards,
+                RUN_BATCH,
+            )?;
             if !snapshot.runs.iter().any(|r| r.contains(version)) {
                 return Err(Error::Index(format!(
                     "no index entry for version {version} of stream `{}`",
@@ -93,12 +103,18 @@ impl<'a> StreamEvents<'a> {
     /// Reads the frame at `position`, which must be event `version` of this stream. Returns the
     /// event and the distance back to the frame before it.
     fn read_event(&mut self, position: u64, version: u64) -> Result<RecordedEvent> {
-        let (bytes, frame) = self.shared.reader.read(position, self.limit, &mut self.cursor)?;
+        let (bytes, frame) = self
+            .shared
+            .reader
+            .read(position, self.limit, &mut self.cursor)?;
         if frame.body != Body::Event {
-            return Err(Error::corrupt(position, "the index points at a seal, not an event"));
+            return Err(Error::corrupt(
+                position,
+                "the index points at a seal, not an event",
+            ));
         }
         let event = RecordedEvent::new(bytes, position).with_prev(frame.link.prev);
-        if event.stream() != self.stream || event.version() != version {
+        if !event.is_in(&self.stream) || event.version() != version {
             return Err(Error::corrupt(
                 position,
                 format!(
@@ -167,7 +183,12 @@ pub struct AllEvents<'a> {
 }
 
 impl<'a> AllEvents<'a> {
-    pub(super) fn new(shared: &'a Shared, from: Position, direction: Direction, limit: usize) -> Result<Self> {
+    pub(super) fn new(
+        shared: &'a Shared,
+        from: Position,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Self> {
         let committed = shared.index.committed();
         let backwards = direction == Direction::Backwards;
         let mut this = AllEvents {
@@ -198,7 +219,7 @@ impl<'a> AllEvents<'a> {
 
     /// Whether a valid frame starts exactly at `position`.
     fn is_frame(&mut self, position: u64) -> Result<bool> {
-        Ok(position % FRAME_ALIGN == 0
+        Ok(position.is_multiple_of(FRAME_ALIGN)
             && self
                 .shared
                 .reader
@@ -244,9 +265,14 @@ impl<'a> AllEvents<'a> {
                 self.next = None;
                 break;
             }
-            let (bytes, frame) = self.shared.reader.read(position, self.limit, &mut self.cursor)?;
+            let (bytes, frame) = self
+                .shared
+                .reader
+                .read(position, self.limit, &mut self.cursor)?;
             self.next = if self.backwards {
-                position.checked_sub(u64::from(frame.link.prev)).filter(|_| frame.link.prev != 0)
+                position
+                    .checked_sub(u64::from(frame.link.prev))
+                    .filter(|_| frame.link.prev != 0)
             } else {
                 Some(match frame.body {
                     Body::Seal { next } => next,
@@ -258,7 +284,9 @@ impl<'a> AllEvents<'a> {
                 if self.remaining == 0 {
                     self.next = None;
                 }
-                return Ok(Some(RecordedEvent::new(bytes, position).with_prev(frame.link.prev)));
+                return Ok(Some(
+                    RecordedEvent::new(bytes, position).with_prev(frame.link.prev),
+                ));
             }
         }
         Ok(None)

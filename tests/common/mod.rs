@@ -57,7 +57,9 @@ pub fn verify(store: &Store, acked: &[Commit], maybe: &[Commit]) -> Result<(), S
                 return Err(format!("an event of {stream} landed in another stream"));
             }
             if got.windows(2).any(|w| w[1].version() != w[0].version() + 1) {
-                return Err(format!("events of one part of {stream} are not consecutive"));
+                return Err(format!(
+                    "events of one part of {stream} are not consecutive"
+                ));
             }
         }
     }
@@ -66,7 +68,11 @@ pub fn verify(store: &Store, acked: &[Commit], maybe: &[Commit]) -> Result<(), S
         streams.entry(e.stream()).or_default().push(e);
     }
     for (name, events) in &streams {
-        if events.iter().enumerate().any(|(i, e)| e.version() != i as u64) {
+        if events
+            .iter()
+            .enumerate()
+            .any(|(i, e)| e.version() != i as u64)
+        {
             return Err(format!("versions of {name} do not count up from 0"));
         }
         let read: Vec<RecordedEvent> = store
@@ -74,12 +80,19 @@ pub fn verify(store: &Store, acked: &[Commit], maybe: &[Commit]) -> Result<(), S
             .map_err(|e| format!("read_stream {name}: {e}"))?
             .collect::<Result<_, _>>()
             .map_err(|e| format!("read_stream {name}: {e}"))?;
-        if read.iter().map(RecordedEvent::id).ne(events.iter().map(|e| e.id())) {
+        if read
+            .iter()
+            .map(RecordedEvent::id)
+            .ne(events.iter().map(|e| e.id()))
+        {
             return Err(format!("the index of {name} disagrees with the log"));
         }
         let version = store.stream_version(name).map_err(|e| e.to_string())?;
         if version != Some(events.len() as u64 - 1) {
-            return Err(format!("{name}: index version {version:?}, log has {}", events.len()));
+            return Err(format!(
+                "{name}: index version {version:?}, log has {}",
+                events.len()
+            ));
         }
     }
     Ok(())
