@@ -38,5 +38,7 @@ pub use log::recovery::Truncation;
 pub use store::options::{
     DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability,
 };
-pub use store::{AllEvents, RecoveryReport, Store, StoreBuilder, StreamEvents, Transaction};
+pub use store::{
+    AllEvents, RecoveryReport, Store, StoreBuilder, StoreStats, StreamEvents, Transaction,
+};
 pub use types::{AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent};

@@ -644,3 +644,48 @@ fn a_full_disk_at_a_segment_start_is_an_error_that_loses_nothing() {
     assert_eq!(got.len(), acknowledged + 1);
     assert_eq!(got.last().unwrap().payload(), vec![2; 2000]);
 }
+
+#[test]
+fn concurrent_new_streams_with_constant_index_flushes_keep_the_index_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Store::builder()
+            .index_flush_events(1)
+            .open(dir.path().join("s"))
+            .unwrap()
+    };
+    let store = Arc::new(open());
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..60u32 {
+                    // Each thread keeps creating streams and appending to the previous ones.
+                    let stream = format!("n-{t}-{}", i / 3);
+                    store
+                        .append(
+                            &stream,
+                            ExpectedVersion::Any,
+                            [ev("E", i.to_le_bytes().to_vec())],
+                        )
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let check = |store: &Store| {
+        for t in 0..6 {
+            for s in 0..20 {
+                let got: Vec<u32> = stream(store, &format!("n-{t}-{s}"))
+                    .iter()
+                    .map(|e| u32::from_le_bytes(e.payload().try_into().unwrap()))
+                    .collect();
+                assert_eq!(got, [s * 3, s * 3 + 1, s * 3 + 2], "stream n-{t}-{s}");
+            }
+        }
+    };
+    check(&store);
+    drop(store);
+    check(&open());
+}

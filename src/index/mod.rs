@@ -140,15 +140,25 @@ impl Index {
     }
 
     /// Records a commit's parts and moves the committed end. Called by the one writer, after the
-    /// commit is durable.
-    pub fn apply(&self, parts: &[PartIndex], committed: Committed) {
+    /// commit is durable. Fails only if the sidecar cannot be read to find a stream's id.
+    pub fn apply(&self, parts: &[PartIndex], committed: Committed) -> Result<()> {
         let mut layers = self.layers.write();
         let layers = &mut *layers;
         for part in parts {
             let stream = match layers.active.streams.get_mut(&part.stream) {
                 Some(s) => s,
                 None => {
-                    let id = part.before.id.unwrap_or_else(|| {
+                    // A stream the writer saw as new may have been given an id by an earlier
+                    // commit since (and flushed); only a stream no layer knows gets a new id.
+                    let known = part.before.id.or_else(|| {
+                        let frozen = layers.frozen.as_ref()?.table.streams.get(&part.stream)?;
+                        Some(frozen.id)
+                    });
+                    let known = match known {
+                        Some(id) => Some(id),
+                        None => self.sidecar_id(&part.stream)?,
+                    };
+                    let id = known.unwrap_or_else(|| {
                         let id = layers.next_stream_id;
                         layers.next_stream_id += 1;
                         id
@@ -169,6 +179,13 @@ impl Index {
             layers.active.events += u64::from(part.add.run.count);
         }
         layers.committed = committed;
+        Ok(())
+    }
+
+    /// The sidecar's id for a stream, if it has one.
+    fn sidecar_id(&self, name: &str) -> Result<Option<u64>> {
+        let txn = self.sidecar.begin_read()?;
+        Ok(self.sidecar.stream(&txn, name)?.map(|(id, _)| id))
     }
 
     /// Up to `max` runs of a stream from version `from` (forwards or backwards), with the

@@ -625,7 +625,7 @@ pub fn decode_frame(bytes: &[u8], position: u64) -> Result<Frame, FrameError> {
     // The position is checked before the checksum: it is cheap, and it makes probing every
     // 8-byte boundary of garbage (recovery) cost a compare instead of a checksum each.
     let claimed = u64_at(header, 8);
-    if claimed != position {
+    if claimed != position || !position.is_multiple_of(FRAME_ALIGN) {
         return Err(FrameError::BadPosition(claimed));
     }
     let frame = &bytes[..ulen];

@@ -247,13 +247,6 @@ impl LogWriter {
     pub fn quiesce(&mut self) {
         self.finish_preparation();
     }
-
-    /// `fdatasync`s the file; everything written so far becomes durable.
-    pub fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()?;
-        self.durable.fetch_max(self.end, Ordering::AcqRel);
-        Ok(())
-    }
 }
 
 impl Drop for LogWriter {

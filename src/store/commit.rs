@@ -222,7 +222,10 @@ impl Committer {
             .map_err(|e| format!("write failed: {e}"))
             .and_then(|()| {
                 if shared.durability == Durability::Immediate {
-                    writer.sync().map_err(|e| format!("fdatasync failed: {e}"))
+                    shared
+                        .file
+                        .sync_data()
+                        .map_err(|e| format!("fdatasync failed: {e}"))
                 } else {
                     Ok(())
                 }
@@ -239,8 +242,21 @@ impl Committer {
             end: writer.end(),
             last_frame: writer.last_frame(),
         };
-        shared.index.apply(&index_parts, committed);
+        if shared.durability == Durability::Immediate {
+            shared.durable.fetch_max(committed.end, Ordering::AcqRel);
+        }
+        if let Err(e) = shared.index.apply(&index_parts, committed) {
+            // The group is in the log; reopening replays it into a sound index.
+            shared.poison.set(format!("index update failed: {e}"));
+        }
         drop(writer);
+        let events: u64 = index_parts.iter().map(|p| u64::from(p.add.run.count)).sum();
+        shared.counters.groups.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .commits
+            .fetch_add(accepted.len() as u64, Ordering::Relaxed);
+        shared.counters.events.fetch_add(events, Ordering::Relaxed);
         for (request, results) in accepted {
             request.finish(Ok(results));
         }

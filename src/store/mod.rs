@@ -87,6 +87,27 @@ pub(crate) struct Shared {
     durable: Arc<AtomicU64>,
     flush_jobs: Mutex<Option<mpsc::Sender<Arc<Frozen>>>>,
     recovery: RecoveryReport,
+    pub(crate) counters: Counters,
+}
+
+/// Activity counters since the store was opened.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub commits: AtomicU64,
+    pub events: AtomicU64,
+    pub groups: AtomicU64,
+}
+
+/// What a store has done since it was opened; see [`Store::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Appends and transactions committed.
+    pub commits: u64,
+    /// Events written by them.
+    pub events: u64,
+    /// Write-and-sync rounds: with concurrent appenders, one round commits several appends
+    /// (group commit), so this is at most `commits`.
+    pub groups: u64,
 }
 
 /// What happened when the store was opened.
@@ -148,7 +169,7 @@ impl Store {
             end: recovered.end,
             last_frame: recovered.last_frame,
         };
-        index.apply(&[], committed);
+        index.apply(&[], committed)?;
         let mut writer = LogWriter::new(
             file.clone(),
             layout,
@@ -177,6 +198,7 @@ impl Store {
                 commits_replayed: recovered.commits,
                 truncated: recovered.truncated,
             },
+            counters: Counters::default(),
         });
         let mut background = Background::default();
         let (tx, rx) = mpsc::channel::<Arc<Frozen>>();
@@ -352,6 +374,27 @@ impl Store {
     /// The segment size chosen when the store was created.
     pub fn segment_size(&self) -> u64 {
         self.shared.layout.segment_size
+    }
+
+    /// Counters of what the store has done since it was opened.
+    ///
+    /// ```
+    /// use annals::{ExpectedVersion, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// store.append("a", ExpectedVersion::Any, [NewEvent::new("E", "1"), NewEvent::new("E", "2")])?;
+    /// let stats = store.stats();
+    /// assert_eq!((stats.commits, stats.events, stats.groups), (1, 2, 1));
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.shared.counters;
+        StoreStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            events: c.events.load(Ordering::Relaxed),
+            groups: c.groups.load(Ordering::Relaxed),
+        }
     }
 
     /// What recovery did when the store was opened.
@@ -645,7 +688,7 @@ fn replay(index: &Index, events: &[RecoveredEvent]) -> Result<()> {
                 end: events[j - 1].position + events[j - 1].bytes.len() as u64,
             },
         };
-        index.apply(&[part], committed);
+        index.apply(&[part], committed)?;
         i = j;
     }
     if let Some(job) = index.freeze(false) {
