@@ -689,3 +689,34 @@ fn concurrent_new_streams_with_constant_index_flushes_keep_the_index_right() {
     drop(store);
     check(&open());
 }
+
+#[test]
+fn after_a_clean_close_a_later_crash_still_gets_the_full_corruption_check() {
+    use annals::storage::{CrashPolicy, FileSystem, OpenMode};
+    let fs = FaultFs::new();
+    let open = |fs: &FaultFs| Store::builder().file_system(fs.clone()).open("/d/s");
+    let store = open(&fs).unwrap();
+    store
+        .append("a", ExpectedVersion::Any, [ev("E", "x")])
+        .unwrap();
+    store.close().unwrap();
+    let store = open(&fs).unwrap();
+    let a = store
+        .append("a", ExpectedVersion::Any, [ev("E", vec![7; 300])])
+        .unwrap();
+    store
+        .append("a", ExpectedVersion::Any, [ev("E", "b")])
+        .unwrap();
+    // Power cut without a close; then the first of the two synced events is zeroed.
+    let crashed = fs.crash(CrashPolicy::DropUnsynced);
+    drop(store);
+    let f = crashed
+        .open(Path::new("/d/s.annals"), OpenMode::Existing)
+        .unwrap();
+    f.write_all_at(&[0; 64], a.first_position.as_u64()).unwrap();
+    drop(f);
+    match open(&crashed) {
+        Err(Error::Corrupt { position, .. }) => assert_eq!(position, a.first_position.as_u64()),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}

@@ -93,6 +93,7 @@ impl Index {
         let start = ScanStart {
             position: meta.covered,
             last_frame: meta.last_frame,
+            clean: meta.clean,
         };
         let index = Index {
             sidecar,
@@ -265,6 +266,7 @@ impl Index {
                 covered: layers.committed.end,
                 last_frame: layers.committed.last_frame,
                 next_stream_id: layers.next_stream_id,
+                clean: false,
             },
         });
         layers.frozen = Some(frozen.clone());
@@ -284,6 +286,12 @@ impl Index {
         *flushing = false;
         self.flushed.notify_all();
         result
+    }
+
+    /// Records in the sidecar that the store is closed cleanly at the position it covers (call
+    /// after the last flush), or, at open, that it no longer is.
+    pub fn set_clean(&self, clean: bool) -> Result<()> {
+        self.sidecar.set_clean(clean)
     }
 
     /// Blocks while a flush is under way and the active memtable has grown past `limit` events

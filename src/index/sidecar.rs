@@ -4,7 +4,8 @@
 //!
 //! - `meta`: `index_version`, `store_id` (must equal the log's), `covered` (every frame before
 //!   this log position is indexed), `last_frame` (the frame just before `covered`; 0 for none),
-//!   `next_stream_id`;
+//!   `next_stream_id`, `clean` (1 only between a clean close and the next open: nothing was
+//!   written after `covered`);
 //! - `streams`: stream name → (internal id, event count);
 //! - `runs`: (stream id, first version) → (position of the first frame, event count).
 //!
@@ -43,6 +44,8 @@ pub(crate) struct SidecarMeta {
     pub covered: u64,
     pub last_frame: Option<u64>,
     pub next_stream_id: u64,
+    /// The store was closed cleanly at `covered` and not opened since.
+    pub clean: bool,
 }
 
 impl SidecarMeta {
@@ -51,6 +54,7 @@ impl SidecarMeta {
             covered: Layout::FIRST,
             last_frame: None,
             next_stream_id: 1,
+            clean: false,
         }
     }
 }
@@ -141,9 +145,10 @@ impl Sidecar {
                 get("covered")?,
                 get("last_frame")?,
                 get("next_stream_id")?,
+                get("clean")?,
             )))
         }));
-        let Ok(Ok(Some((version, id, covered, last, next)))) = read else {
+        let Ok(Ok(Some((version, id, covered, last, next, clean)))) = read else {
             return Ok(Err("has no readable metadata".into()));
         };
         if version.as_deref().and_then(u64_of) != Some(INDEX_VERSION) {
@@ -163,6 +168,7 @@ impl Sidecar {
             covered,
             last_frame: (last != 0).then_some(last),
             next_stream_id: next,
+            clean: clean.as_deref().and_then(u64_of) == Some(1),
         };
         Ok(Ok((Sidecar { db }, meta)))
     }
@@ -222,6 +228,15 @@ impl Sidecar {
         Ok(out)
     }
 
+    /// Records whether the store is closed cleanly at the sidecar's `covered` position.
+    pub fn set_clean(&self, clean: bool) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?
+            .insert("clean", &u64::from(clean).to_le_bytes()[..])?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Writes a frozen memtable and the metadata it brings the sidecar to, in one transaction.
     pub fn write(&self, table: &MemTable, meta: &SidecarMeta) -> Result<()> {
         let mut streams: Vec<(&str, (u64, u64))> = table
@@ -258,6 +273,7 @@ impl Sidecar {
 }
 
 fn write_meta(t: &mut redb::Table<&str, &[u8]>, meta: &SidecarMeta) -> Result<()> {
+    t.insert("clean", &u64::from(meta.clean).to_le_bytes()[..])?;
     t.insert("covered", &meta.covered.to_le_bytes()[..])?;
     t.insert(
         "last_frame",

@@ -36,6 +36,9 @@ use crate::storage::StorageFile;
 pub(crate) struct ScanStart {
     pub position: u64,
     pub last_frame: Option<u64>,
+    /// The store was closed cleanly at `position` and not opened since: if nothing follows
+    /// `position`, nothing after it was ever written, and the probe can be skipped.
+    pub clean: bool,
 }
 
 /// An event frame of a complete commit, as handed to the caller.
@@ -88,13 +91,18 @@ pub(crate) fn recover(
     let (mut valid_end, mut valid_last) = (pos, last);
     let mut commits = 0;
     let mut pending: Vec<RecoveredEvent> = Vec::new();
+    let mut at_zeros = false;
     let (stopped_at, reason) = loop {
         if pos >= file_len {
+            at_zeros = true;
             break (pos, "end of file".to_owned());
         }
         let (bytes, frame) = match reader.try_read(pos, file_len, &mut cursor)? {
             Ok(found) => found,
-            Err(e) => break (pos, e.to_string()),
+            Err(e) => {
+                at_zeros = e == super::format::FrameError::Empty;
+                break (pos, e.to_string());
+            }
         };
         let expected_prev = last.map_or(0, |l| pos - l);
         if u64::from(frame.link.prev) != expected_prev {
@@ -141,9 +149,19 @@ pub(crate) fn recover(
             }
         }
     };
+    let pending_empty = pending.is_empty();
     drop(pending);
 
-    let probe = probe(&reader, layout, valid_end, file_len)?;
+    let clean_end = start.clean && at_zeros && stopped_at == start.position && pending_empty;
+    let probe = if clean_end {
+        Probe {
+            claim: None,
+            nonzero_end: valid_end,
+            nonzero_beyond: false,
+        }
+    } else {
+        probe(&reader, layout, valid_end, file_len)?
+    };
     if let Some((claim_at, durable)) = probe.claim {
         return Err(Error::corrupt(
             stopped_at,

@@ -107,11 +107,15 @@ impl LogWriter {
     }
 
     /// Starts preparing the segment after the current one in the background, if the file
-    /// system wants it and that segment is not allocated yet.
+    /// system wants it, the current segment is half full, and the next one is not allocated.
     pub fn prepare_next(&mut self) {
+        if self.prepared.is_some() || !self.file.zero_fill_ahead() {
+            return;
+        }
         let next = self.layout.segment_of(self.end) + 1;
         let start = self.layout.segment_start(next);
-        if !self.file.zero_fill_ahead() || self.allocated_end > start || self.prepared.is_some() {
+        let half_full = start - self.end <= self.layout.segment_size / 2;
+        if !half_full || self.allocated_end > start {
             return;
         }
         let file = self.file.clone();
@@ -189,7 +193,6 @@ impl LogWriter {
         self.stage(|buf| encode_seal(buf, link, next));
         self.regions.push((next, self.buf.len()..self.buf.len()));
         self.end = next;
-        self.prepare_next();
         Ok(())
     }
 
@@ -240,6 +243,9 @@ impl LogWriter {
             .try_for_each(|(pos, r)| self.file.write_all_at(&self.buf[r.clone()], *pos));
         self.buf.clear();
         self.regions.clear();
+        if result.is_ok() {
+            self.prepare_next();
+        }
         result
     }
 

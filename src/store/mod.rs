@@ -170,6 +170,10 @@ impl Store {
             last_frame: recovered.last_frame,
         };
         index.apply(&[], committed)?;
+        if start.clean {
+            // From now on, appends may follow the covered position.
+            index.set_clean(false)?;
+        }
         let mut writer = LogWriter::new(
             file.clone(),
             layout,
@@ -440,7 +444,7 @@ impl Store {
         while let Some(job) = self.shared.index.freeze(true) {
             self.shared.index.write_frozen(job)?;
         }
-        Ok(())
+        self.shared.index.set_clean(true)
     }
 }
 
