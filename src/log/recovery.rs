@@ -26,7 +26,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Layout;
-use super::format::{Body, EventRef, FRAME_ALIGN, align, could_be_frame_at};
+use super::format::{Body, EventRef, FRAME_ALIGN, POSITION_FIELD};
 use super::reader::{Cursor, LogReader};
 use crate::error::{Error, Result};
 use crate::storage::StorageFile;
@@ -277,31 +277,33 @@ fn probe(reader: &LogReader, layout: Layout, from: u64, file_len: u64) -> Result
     let mut chunk_start = from;
     let mut buf = Vec::new();
     while chunk_start + FRAME_ALIGN < file_len {
-        let len = PROBE_CHUNK.min(file_len - chunk_start);
+        let len = PROBE_CHUNK.min(file_len - chunk_start) & !(FRAME_ALIGN - 1);
         buf.resize(len as usize, 0);
         reader.file().read_exact_at(&mut buf, chunk_start)?;
-        let mut i = 0usize;
-        while i + 8 <= buf.len() {
-            let q = chunk_start + i as u64;
-            if buf[i..i + 8].iter().any(|&b| b != 0) {
-                if q < seg_end {
-                    result.nonzero_end = result.nonzero_end.max(q + 8);
-                } else {
-                    result.nonzero_beyond = true;
-                }
+        for (k, word) in buf.chunks_exact(8).enumerate() {
+            let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            if w == 0 {
+                continue;
             }
-            if could_be_frame_at(&buf[i..], q)
-                && let Ok((_, frame)) = reader.try_read(q, file_len, &mut cursor)?
+            let q = chunk_start + 8 * k as u64;
+            if q < seg_end {
+                result.nonzero_end = result.nonzero_end.max(q + 8);
+            } else {
+                result.nonzero_beyond = true;
+            }
+            // A frame at `at` holds `at` in its position field: test that cheaply first.
+            let at = q.wrapping_sub(POSITION_FIELD as u64);
+            if w == at
+                && at >= from
+                && let Ok((_, frame)) = reader.try_read(at, file_len, &mut cursor)?
                 && frame.link.durable > from
             {
-                result.claim = Some((q, frame.link.durable));
+                result.claim = Some((at, frame.link.durable));
                 return Ok(result);
             }
-            i += FRAME_ALIGN as usize;
         }
-        // Step back so a header cut by the chunk's end is seen whole in the next chunk.
-        let step = (len.saturating_sub(32)).max(FRAME_ALIGN);
-        chunk_start = align(chunk_start + step);
+        // Overlap by one word, so a frame start in the last word pairs with its position field.
+        chunk_start += (len - FRAME_ALIGN).max(FRAME_ALIGN);
     }
     Ok(result)
 }

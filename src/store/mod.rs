@@ -21,7 +21,7 @@ use crate::log::format::{
     EventRecord, EventRef, FileHeader, HEADER_BLOCK, HEADER_LEN, HeaderError,
 };
 use crate::log::reader::LogReader;
-use crate::log::recovery::{RecoveredEvent, Truncation, recover};
+use crate::log::recovery::{RecoveredEvent, ScanStart, Truncation, recover};
 use crate::log::writer::LogWriter;
 use crate::storage::{FileSystem, OpenMode, StorageFile, is_not_found};
 use crate::types::{AppendResult, Direction, ExpectedVersion, NewEvent, Position};
@@ -140,8 +140,8 @@ impl Store {
     pub(crate) fn open_with(options: StoreBuilder, path: &Path) -> Result<Store> {
         let fs = options.fs.clone();
         let path = store_path(path);
-        let file = match fs.open(&path, OpenMode::Existing) {
-            Ok(f) => f,
+        let (file, created) = match fs.open(&path, OpenMode::Existing) {
+            Ok(f) => (f, false),
             Err(e) if is_not_found(&e) && options.create => {
                 create(&*fs, &path, options.segment_size)?
             }
@@ -164,7 +164,12 @@ impl Store {
         if let Some(reason) = &index_rebuilt {
             tracing::info!(path = %path.display(), reason = %reason, "annals: rebuilding the index sidecar from the log");
         }
-        let recovered = recover(&file, layout, start, |events| replay(&index, events))?;
+        // A store this open created holds nothing but zeros after its header.
+        let scan = ScanStart {
+            clean: start.clean || (created && start.position == Layout::FIRST),
+            ..start
+        };
+        let recovered = recover(&file, layout, scan, |events| replay(&index, events))?;
         let committed = Committed {
             end: recovered.end,
             last_frame: recovered.last_frame,
@@ -606,7 +611,12 @@ fn store_path(path: &Path) -> PathBuf {
 
 /// Creates a store file: written and synced under a temporary name, then linked into place
 /// without replacing anything (a concurrent creator wins cleanly), then the directory is synced.
-fn create(fs: &dyn FileSystem, path: &Path, segment_size: u64) -> Result<Arc<dyn StorageFile>> {
+/// Returns the file and whether this call created it.
+fn create(
+    fs: &dyn FileSystem,
+    path: &Path,
+    segment_size: u64,
+) -> Result<(Arc<dyn StorageFile>, bool)> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".creating-{}", uuid::Uuid::new_v4().simple()));
     let tmp = PathBuf::from(tmp);
@@ -626,13 +636,13 @@ fn create(fs: &dyn FileSystem, path: &Path, segment_size: u64) -> Result<Arc<dyn
     drop(file);
     let linked = written.and_then(|()| fs.rename_no_replace(&tmp, path));
     let _ = fs.remove_file(&tmp);
-    match linked {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+    let created = match linked {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
         Err(e) => return Err(e.into()),
-    }
+    };
     fs.sync_dir(parent(path))?;
-    Ok(fs.open(path, OpenMode::Existing)?)
+    Ok((fs.open(path, OpenMode::Existing)?, created))
 }
 
 fn read_header(file: &dyn StorageFile, path: &Path) -> Result<FileHeader> {
