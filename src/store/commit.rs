@@ -134,7 +134,9 @@ impl Committer {
         let lead_now = {
             let mut queue = self.queue.lock();
             queue.pending.push(request.clone());
-            if queue.gathering {
+            // Wake a gathering leader only once its group is full (one wake-up, not one per
+            // arrival); otherwise it wakes at its deadline.
+            if queue.gathering && queue.pending.len() >= queue.last_group {
                 self.arrived.notify_one();
             }
             !std::mem::replace(&mut queue.leading, true)
