@@ -42,3 +42,8 @@ pub use store::{
     AllEvents, RecoveryReport, Store, StoreBuilder, StoreStats, StreamEvents, Transaction,
 };
 pub use types::{AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent};
+
+/// The README's code blocks run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

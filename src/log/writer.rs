@@ -234,13 +234,21 @@ impl LogWriter {
         self.end += len;
     }
 
-    /// Writes everything staged, one positioned write per region.
-    pub fn write_staged(&mut self) -> io::Result<()> {
+    /// Writes everything staged, one positioned write per region; with `durable`, each write
+    /// is durable when this returns.
+    pub fn write_staged(&mut self, durable: bool) -> io::Result<()> {
         let result = self
             .regions
             .iter()
             .filter(|(_, r)| !r.is_empty())
-            .try_for_each(|(pos, r)| self.file.write_all_at(&self.buf[r.clone()], *pos));
+            .try_for_each(|(pos, r)| {
+                let bytes = &self.buf[r.clone()];
+                if durable {
+                    self.file.write_all_at_durable(bytes, *pos)
+                } else {
+                    self.file.write_all_at(bytes, *pos)
+                }
+            });
         self.buf.clear();
         self.regions.clear();
         if result.is_ok() {

@@ -74,6 +74,13 @@ pub trait StorageFile: Send + Sync + Debug {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes all of `buf` at `offset`, growing the file if needed.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset` and makes it durable, like
+    /// [`write_all_at`](Self::write_all_at) followed by [`sync_data`](Self::sync_data) (which
+    /// is what it does by default; real files use one `pwritev2(RWF_DSYNC)` instead).
+    fn write_all_at_durable(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_all_at(buf, offset)?;
+        self.sync_data()
+    }
     /// Makes written data (and the length) durable: `fdatasync`.
     fn sync_data(&self) -> io::Result<()>;
     /// Makes data and all metadata durable: `fsync`.

@@ -75,6 +75,34 @@ impl StorageFile for StdFile {
         self.file.write_all_at(buf, offset)
     }
 
+    fn write_all_at_durable(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        use rustix::io::{Errno, ReadWriteFlags, pwritev2};
+        // One system call that writes and syncs (the device can be asked for a forced-unit
+        // access write instead of a write and a cache flush).
+        while !buf.is_empty() {
+            match pwritev2(
+                &self.file,
+                &[io::IoSlice::new(buf)],
+                offset,
+                ReadWriteFlags::DSYNC,
+            ) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
+                Err(Errno::INTR) => {}
+                // Kernels before 4.7 and some file systems: write, then sync.
+                Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
+                    self.file.write_all_at(buf, offset)?;
+                    return self.file.sync_data();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }

@@ -220,18 +220,8 @@ impl Committer {
             return;
         }
         let written = writer
-            .write_staged()
-            .map_err(|e| format!("write failed: {e}"))
-            .and_then(|()| {
-                if shared.durability == Durability::Immediate {
-                    shared
-                        .file
-                        .sync_data()
-                        .map_err(|e| format!("fdatasync failed: {e}"))
-                } else {
-                    Ok(())
-                }
-            });
+            .write_staged(shared.durability == Durability::Immediate)
+            .map_err(|e| format!("durable write failed: {e}"));
         if let Err(cause) = written {
             shared.poison.set(cause);
             let err = shared.poison.check().expect_err("just poisoned");
