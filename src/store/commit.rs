@@ -106,6 +106,8 @@ impl Poison {
 /// The queue and the writer.
 pub(crate) struct Committer {
     queue: Mutex<Queue>,
+    /// Length of `queue.pending`, readable without the lock (for the spinning leader).
+    queued: std::sync::atomic::AtomicUsize,
     arrived: Condvar,
     writer: Mutex<LogWriter>,
 }
@@ -114,6 +116,7 @@ impl Committer {
     pub fn new(writer: LogWriter) -> Committer {
         Committer {
             queue: Mutex::new(Queue::default()),
+            queued: std::sync::atomic::AtomicUsize::new(0),
             arrived: Condvar::new(),
             writer: Mutex::new(writer),
         }
@@ -134,6 +137,7 @@ impl Committer {
         let lead_now = {
             let mut queue = self.queue.lock();
             queue.pending.push(request.clone());
+            self.queued.store(queue.pending.len(), Ordering::Release);
             // Wake a gathering leader only once its group is full (one wake-up, not one per
             // arrival); otherwise it wakes at its deadline.
             if queue.gathering && queue.pending.len() >= queue.last_group {
@@ -177,6 +181,15 @@ impl Committer {
         let mut queue = self.queue.lock();
         if shared.durability == Durability::Immediate && queue.pending.len() < queue.last_group {
             let deadline = Instant::now() + GATHER_WAIT;
+            // Spin first: the others are on their way back, and a sleeping leader would need
+            // waking (slow on virtual machines); then sleep until the deadline.
+            let target = queue.last_group;
+            drop(queue);
+            let spin_until = Instant::now() + GATHER_SPIN;
+            while self.queued.load(Ordering::Acquire) < target && Instant::now() < spin_until {
+                std::hint::spin_loop();
+            }
+            queue = self.queue.lock();
             queue.gathering = true;
             while queue.pending.len() < queue.last_group {
                 if self.arrived.wait_until(&mut queue, deadline).timed_out() {
@@ -186,6 +199,7 @@ impl Committer {
             queue.gathering = false;
         }
         let group = std::mem::take(&mut queue.pending);
+        self.queued.store(0, Ordering::Release);
         queue.last_group = group.len();
         group
     }
