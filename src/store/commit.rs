@@ -76,6 +76,9 @@ struct Queue {
 /// Longest a leader waits for its group to fill up before syncing.
 const GATHER_WAIT: Duration = Duration::from_micros(100);
 
+/// How long of [`GATHER_WAIT`] a leader spins before it sleeps.
+const GATHER_SPIN: Duration = Duration::from_micros(40);
+
 /// The first write or sync failure; once set, the store refuses appends until reopened.
 #[derive(Debug, Default)]
 pub(crate) struct Poison {
