@@ -1,7 +1,9 @@
 //! The [`Store`]: open, append, read, close.
 
+mod background;
 mod commit;
 pub(crate) mod names;
+mod open;
 pub(crate) mod options;
 mod read;
 
@@ -9,22 +11,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::index::{Committed, Index, PartIndex, StreamInfo, parent, sidecar_path};
-use crate::index::{Frozen, memtable::Run, memtable::RunAdd};
+use crate::index::{Frozen, Index};
 use crate::log::Layout;
-use crate::log::format::{
-    EventRecord, EventRef, FileHeader, HEADER_BLOCK, HEADER_LEN, HeaderError,
-};
+use crate::log::format::{EventRecord, FileHeader};
 use crate::log::reader::LogReader;
-use crate::log::recovery::{RecoveredEvent, ScanStart, Truncation, recover};
-use crate::log::writer::LogWriter;
-use crate::storage::{FileSystem, OpenMode, StorageFile, is_not_found};
+use crate::log::recovery::Truncation;
+use crate::storage::StorageFile;
 use crate::types::{AppendResult, Direction, ExpectedVersion, NewEvent, Position};
+use background::Background;
 use commit::{Committer, Part, Poison};
 use names::{check_event_type, check_stream_name};
 use options::Durability;
@@ -63,13 +61,6 @@ pub use read::{AllEvents, StreamEvents};
 pub struct Store {
     shared: Arc<Shared>,
     background: Mutex<Background>,
-}
-
-#[derive(Default)]
-struct Background {
-    flusher: Option<JoinHandle<()>>,
-    syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
-    closed: bool,
 }
 
 /// State shared by the store and its commit path.
@@ -135,105 +126,6 @@ impl Store {
     /// Options for opening a store.
     pub fn builder() -> StoreBuilder {
         StoreBuilder::default()
-    }
-
-    pub(crate) fn open_with(options: StoreBuilder, path: &Path) -> Result<Store> {
-        let fs = options.fs.clone();
-        let path = store_path(path);
-        let (file, created) = match fs.open(&path, OpenMode::Existing) {
-            Ok(f) => (f, false),
-            Err(e) if is_not_found(&e) && options.create => {
-                create(&*fs, &path, options.segment_size)?
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if !file.try_lock()? {
-            return Err(Error::Locked { path });
-        }
-        let header = read_header(&*file, &path)?;
-        let layout = Layout {
-            segment_size: header.segment_size,
-        };
-        let (index, start, index_rebuilt) = Index::open(
-            &fs,
-            &sidecar_path(&path),
-            header.store_id,
-            options.index_cache_bytes,
-            options.index_flush_events,
-        )?;
-        if let Some(reason) = &index_rebuilt {
-            tracing::info!(path = %path.display(), reason = %reason, "annals: rebuilding the index sidecar from the log");
-        }
-        // A store this open created holds nothing but zeros after its header.
-        let scan = ScanStart {
-            clean: start.clean || (created && start.position == Layout::FIRST),
-            ..start
-        };
-        let recovered = recover(&file, layout, scan, |events| replay(&index, events))?;
-        let committed = Committed {
-            end: recovered.end,
-            last_frame: recovered.last_frame,
-        };
-        index.apply(&[], committed)?;
-        if start.clean {
-            // From now on, appends may follow the covered position.
-            index.set_clean(false)?;
-        }
-        let mut writer = LogWriter::new(
-            file.clone(),
-            layout,
-            recovered.end,
-            recovered.last_frame,
-            recovered.allocated_end,
-        );
-        writer.prepare_next();
-        let durable = writer.durable().clone();
-        let index = Arc::new(index);
-        let shared = Arc::new(Shared {
-            reader: LogReader::new(file.clone(), layout, true),
-            committer: Committer::new(writer),
-            path,
-            header,
-            layout,
-            file,
-            index,
-            poison: Arc::new(Poison::default()),
-            durability: options.durability,
-            max_event_size: options.max_event_size,
-            durable,
-            flush_jobs: Mutex::new(None),
-            recovery: RecoveryReport {
-                index_rebuilt,
-                commits_replayed: recovered.commits,
-                truncated: recovered.truncated,
-            },
-            counters: Counters::default(),
-        });
-        let mut background = Background::default();
-        let (tx, rx) = mpsc::channel::<Arc<Frozen>>();
-        *shared.flush_jobs.lock() = Some(tx);
-        let flusher = FlushContext::new(&shared);
-        background.flusher = Some(spawn("annals-index-flush", move || {
-            for job in rx {
-                flusher.flush(job);
-            }
-        })?);
-        if let Durability::Periodic(interval) = options.durability {
-            let (stop, stopped) = mpsc::channel::<()>();
-            let ctx = FlushContext::new(&shared);
-            let handle = spawn("annals-sync", move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    if !ctx.sync_log() {
-                        break;
-                    }
-                }
-            })?;
-            background.syncer = Some((stop, handle));
-        }
-        Ok(Store {
-            shared,
-            background: Mutex::new(background),
-        })
     }
 
     /// Appends `events` to `stream` if its version matches `expected`; all or nothing.
@@ -434,14 +326,7 @@ impl Store {
             return Ok(());
         }
         bg.closed = true;
-        if let Some((stop, handle)) = bg.syncer.take() {
-            let _ = stop.send(());
-            let _ = handle.join();
-        }
-        self.shared.flush_jobs.lock().take();
-        if let Some(handle) = bg.flusher.take() {
-            let _ = handle.join();
-        }
+        bg.stop(&self.shared);
         let mut writer = self.shared.committer.writer().lock();
         writer.quiesce();
         self.shared.poison.check()?;
@@ -547,166 +432,4 @@ impl Shared {
         }
         Ok(())
     }
-}
-
-/// What the background threads need (never the whole store, so they cannot keep it open).
-struct FlushContext {
-    index: Arc<Index>,
-    file: Arc<dyn StorageFile>,
-    durable: Arc<AtomicU64>,
-    poison: Arc<Poison>,
-    sync_first: bool,
-}
-
-impl FlushContext {
-    fn new(shared: &Shared) -> FlushContext {
-        FlushContext {
-            index: shared.index.clone(),
-            file: shared.file.clone(),
-            durable: shared.durable.clone(),
-            poison: shared.poison.clone(),
-            sync_first: shared.durability != Durability::Immediate,
-        }
-    }
-
-    /// Syncs the log; false (and the store poisoned) if that fails.
-    fn sync_log(&self) -> bool {
-        let end = self.index.committed().end;
-        match self.file.sync_data() {
-            Ok(()) => {
-                self.durable.fetch_max(end, Ordering::AcqRel);
-                true
-            }
-            Err(e) => {
-                self.poison.set(format!("fdatasync failed: {e}"));
-                false
-            }
-        }
-    }
-
-    fn flush(&self, job: Arc<Frozen>) {
-        // The sidecar must never cover log bytes that are not durable.
-        if self.sync_first && !self.sync_log() {
-            return;
-        }
-        if let Err(e) = self.index.write_frozen(job) {
-            self.poison.set(format!("index flush failed: {e}"));
-        }
-    }
-}
-
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
-    Ok(std::thread::Builder::new().name(name.into()).spawn(f)?)
-}
-
-/// `PATH.annals`, unless `path` already ends in `.annals`.
-fn store_path(path: &Path) -> PathBuf {
-    if path.extension().is_some_and(|e| e == "annals") {
-        return path.to_owned();
-    }
-    let mut s = path.as_os_str().to_owned();
-    s.push(".annals");
-    PathBuf::from(s)
-}
-
-/// Creates a store file: written and synced under a temporary name, then linked into place
-/// without replacing anything (a concurrent creator wins cleanly), then the directory is synced.
-/// Returns the file and whether this call created it.
-fn create(
-    fs: &dyn FileSystem,
-    path: &Path,
-    segment_size: u64,
-) -> Result<(Arc<dyn StorageFile>, bool)> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".creating-{}", uuid::Uuid::new_v4().simple()));
-    let tmp = PathBuf::from(tmp);
-    let file = fs.open(&tmp, OpenMode::CreateNew)?;
-    let header = FileHeader {
-        format_version: crate::log::format::FORMAT_VERSION,
-        store_id: uuid::Uuid::new_v4().into_bytes(),
-        segment_size,
-        created_at: crate::types::nanos_since_epoch(std::time::SystemTime::now()),
-    };
-    let mut block = vec![0u8; HEADER_BLOCK as usize];
-    block[..HEADER_LEN].copy_from_slice(&header.encode());
-    let written = file
-        .write_all_at(&block, 0)
-        .and_then(|()| file.allocate(HEADER_BLOCK, segment_size))
-        .and_then(|()| file.sync_all());
-    drop(file);
-    let linked = written.and_then(|()| fs.rename_no_replace(&tmp, path));
-    let _ = fs.remove_file(&tmp);
-    let created = match linked {
-        Ok(()) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-        Err(e) => return Err(e.into()),
-    };
-    fs.sync_dir(parent(path))?;
-    Ok((fs.open(path, OpenMode::Existing)?, created))
-}
-
-fn read_header(file: &dyn StorageFile, path: &Path) -> Result<FileHeader> {
-    let len = file.len()?.min(HEADER_LEN as u64) as usize;
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, 0)?;
-    FileHeader::decode(&buf).map_err(|e| match e {
-        HeaderError::NotAStore(reason) => Error::NotAStore {
-            path: path.to_owned(),
-            reason,
-        },
-        HeaderError::UnsupportedVersion(found) => Error::UnsupportedVersion {
-            found,
-            supported: crate::log::format::FORMAT_VERSION,
-        },
-        HeaderError::Corrupt(reason) => Error::corrupt(0, reason),
-    })
-}
-
-/// Indexes one recovered commit, checking that its versions follow the index's.
-fn replay(index: &Index, events: &[RecoveredEvent]) -> Result<()> {
-    let last = events.last().expect("a commit has frames");
-    let committed = Committed {
-        end: last.position + last.bytes.len() as u64,
-        last_frame: Some(last.position),
-    };
-    let view = |i: usize| EventRef::new(&events[i].bytes);
-    let mut i = 0;
-    while i < events.len() {
-        let stream = view(i).stream();
-        let mut j = i + 1;
-        while j < events.len() && view(j).stream() == stream {
-            j += 1;
-        }
-        let before: StreamInfo = index.stream_info(stream)?;
-        for (k, e) in events[i..j].iter().enumerate() {
-            let expected = before.count + k as u64;
-            let version = EventRef::new(&e.bytes).version();
-            if version != expected {
-                return Err(Error::corrupt(
-                    e.position,
-                    format!(
-                        "event of stream `{stream}` has version {version} where the index expects {expected}"
-                    ),
-                ));
-            }
-        }
-        let part = PartIndex {
-            stream: Arc::from(stream),
-            before,
-            add: RunAdd {
-                run: Run {
-                    first_version: before.count,
-                    position: events[i].position,
-                    count: (j - i) as u32,
-                },
-                end: events[j - 1].position + events[j - 1].bytes.len() as u64,
-            },
-        };
-        index.apply(&[part], committed)?;
-        i = j;
-    }
-    if let Some(job) = index.freeze(false) {
-        index.write_frozen(job)?;
-    }
-    Ok(())
 }

@@ -160,15 +160,21 @@ impl Iterator for StreamEvents<'_> {
     type Item = Result<RecordedEvent>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.step() {
-            Ok(Some(e)) => Some(Ok(e)),
-            Ok(None) => None,
-            Err(e) => {
-                self.next = None;
-                Some(Err(e))
-            }
-        }
+        let step = self.step();
+        fuse(step, &mut self.next)
     }
+}
+
+/// Turns a step into an iterator item; after an error the iterator is done.
+fn fuse<T>(
+    step: Result<Option<RecordedEvent>>,
+    next: &mut Option<T>,
+) -> Option<Result<RecordedEvent>> {
+    let item = step.transpose();
+    if let Some(Err(_)) = item {
+        *next = None;
+    }
+    item
 }
 
 /// Events of the whole log in position order; see [`crate::Store::read_all`].
@@ -297,13 +303,7 @@ impl Iterator for AllEvents<'_> {
     type Item = Result<RecordedEvent>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.step() {
-            Ok(Some(e)) => Some(Ok(e)),
-            Ok(None) => None,
-            Err(e) => {
-                self.next = None;
-                Some(Err(e))
-            }
-        }
+        let step = self.step();
+        fuse(step, &mut self.next)
     }
 }

@@ -1,0 +1,113 @@
+//! The store's background threads: the index flusher (writes frozen memtables to the sidecar)
+//! and, with [`Durability::Periodic`], the syncer. They hold only what they need, never the
+//! store itself, so they cannot keep it open.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use super::Shared;
+use super::commit::Poison;
+use crate::error::Result;
+use crate::index::{Frozen, Index};
+use crate::storage::StorageFile;
+use crate::store::options::Durability;
+
+/// The running background threads.
+#[derive(Default)]
+pub(super) struct Background {
+    flusher: Option<JoinHandle<()>>,
+    syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    pub closed: bool,
+}
+
+impl Background {
+    /// Starts the flusher (and the syncer, for periodic durability).
+    pub fn start(shared: &Arc<Shared>) -> Result<Background> {
+        let mut background = Background::default();
+        let (tx, rx) = mpsc::channel::<Arc<Frozen>>();
+        *shared.flush_jobs.lock() = Some(tx);
+        let flusher = FlushContext::new(shared);
+        background.flusher = Some(spawn("annals-index-flush", move || {
+            for job in rx {
+                flusher.flush(job);
+            }
+        })?);
+        if let Durability::Periodic(interval) = shared.durability {
+            let (stop, stopped) = mpsc::channel::<()>();
+            let ctx = FlushContext::new(shared);
+            let handle = spawn("annals-sync", move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    if !ctx.sync_log() {
+                        break;
+                    }
+                }
+            })?;
+            background.syncer = Some((stop, handle));
+        }
+        Ok(background)
+    }
+
+    /// Stops the threads and waits for them (the flusher finishes its queued jobs first).
+    pub fn stop(&mut self, shared: &Shared) {
+        if let Some((stop, handle)) = self.syncer.take() {
+            let _ = stop.send(());
+            let _ = handle.join();
+        }
+        shared.flush_jobs.lock().take();
+        if let Some(handle) = self.flusher.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// What the background threads need (never the whole store, so they cannot keep it open).
+struct FlushContext {
+    index: Arc<Index>,
+    file: Arc<dyn StorageFile>,
+    durable: Arc<AtomicU64>,
+    poison: Arc<Poison>,
+    sync_first: bool,
+}
+
+impl FlushContext {
+    fn new(shared: &Shared) -> FlushContext {
+        FlushContext {
+            index: shared.index.clone(),
+            file: shared.file.clone(),
+            durable: shared.durable.clone(),
+            poison: shared.poison.clone(),
+            sync_first: shared.durability != Durability::Immediate,
+        }
+    }
+
+    /// Syncs the log; false (and the store poisoned) if that fails.
+    fn sync_log(&self) -> bool {
+        let end = self.index.committed().end;
+        match self.file.sync_data() {
+            Ok(()) => {
+                self.durable.fetch_max(end, Ordering::AcqRel);
+                true
+            }
+            Err(e) => {
+                self.poison.set(format!("fdatasync failed: {e}"));
+                false
+            }
+        }
+    }
+
+    fn flush(&self, job: Arc<Frozen>) {
+        // The sidecar must never cover log bytes that are not durable.
+        if self.sync_first && !self.sync_log() {
+            return;
+        }
+        if let Err(e) = self.index.write_frozen(job) {
+            self.poison.set(format!("index flush failed: {e}"));
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    Ok(std::thread::Builder::new().name(name.into()).spawn(f)?)
+}
