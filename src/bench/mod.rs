@@ -20,7 +20,7 @@
 //! let sys = open_annals(dir.path())?;
 //! sys.append("s", &[Event::new(100)])?;
 //! assert_eq!(sys.read_stream("s")?, 1);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # Ok::<(), annals::bench::BenchError>(())
 //! ```
 
 mod systems;
@@ -33,8 +33,11 @@ use std::time::{Duration, Instant};
 
 pub use systems::{Annals, Redb, Sqlite, open_annals, open_redb, open_sqlite};
 
-/// Result type of the workloads (errors as text: they come from three different engines).
-pub type BenchResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+/// Error of the workloads (they come from three different engines).
+pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Result type of the workloads.
+pub type BenchResult<T> = std::result::Result<T, BenchError>;
 
 /// One event of a workload.
 #[derive(Debug, Clone)]
