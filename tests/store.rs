@@ -720,3 +720,69 @@ fn after_a_clean_close_a_later_crash_still_gets_the_full_corruption_check() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
+
+#[test]
+fn readers_see_consistent_prefixes_while_writers_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::builder()
+            .segment_size(256 * 1024)
+            .index_flush_events(300)
+            .open(dir.path().join("s"))
+            .unwrap(),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..400u32 {
+                    let events: Vec<_> = (0..(i % 3 + 1))
+                        .map(|_| ev("E", vec![t as u8; 100 + (i as usize % 700)]))
+                        .collect();
+                    store
+                        .append(&format!("w-{t}"), ExpectedVersion::Any, events)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut last_len = 0;
+                let mut rounds = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let log = all(&store);
+                    assert!(log.len() >= last_len, "a later snapshot is never shorter");
+                    assert!(log.windows(2).all(|w| w[0].position() < w[1].position()));
+                    let mut next: std::collections::HashMap<&str, u64> = Default::default();
+                    for e in &log {
+                        let v = next.entry(e.stream()).or_default();
+                        assert_eq!(e.version(), *v, "versions of {} in log order", e.stream());
+                        *v += 1;
+                    }
+                    for (s, n) in &next {
+                        let read = store
+                            .read_stream(s, 0, Direction::Forwards, usize::MAX)
+                            .unwrap();
+                        assert!(
+                            read.count() as u64 >= *n,
+                            "the stream has at least what the log had"
+                        );
+                    }
+                    last_len = log.len();
+                    rounds += 1;
+                }
+                rounds
+            })
+        })
+        .collect();
+    writers.into_iter().for_each(|w| w.join().unwrap());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    assert_eq!(all(&store).len(), 3 * (134 + 133 * 2 + 133 * 3));
+}

@@ -464,7 +464,6 @@ impl<'a> EventRef<'a> {
         self.1
     }
 
-
     #[inline]
     fn u32(&self, at: usize) -> u32 {
         self.0
