@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::log::format::{EventBounds, EventRef};
+use crate::log::format::EventRef;
 
 /// What an append expects of its stream's current version (optimistic concurrency).
 ///
@@ -212,31 +212,28 @@ pub(crate) fn nanos_since_epoch(t: SystemTime) -> u64 {
 pub struct RecordedEvent {
     /// The whole checked frame; fields are read from it in place.
     frame: Bytes,
-    bounds: EventBounds,
     position: Position,
     prev: u32,
 }
 
 impl RecordedEvent {
-    /// An event from the bytes of a frame that passed its checks as an event, with the field
-    /// bounds the decoder found and the frame's distance back to the previous one.
-    pub(crate) fn new(
-        frame: Bytes,
-        bounds: EventBounds,
-        position: u64,
-        prev: u32,
-    ) -> RecordedEvent {
+    /// An event from the bytes of a frame that passed its checks as an event.
+    pub(crate) fn new(frame: Bytes, position: u64) -> RecordedEvent {
         RecordedEvent {
             frame,
-            bounds,
             position: Position(position),
-            prev,
+            prev: 0,
         }
     }
 
     #[inline]
     fn view(&self) -> EventRef<'_> {
-        EventRef::with_bounds(&self.frame, self.bounds)
+        EventRef::new(&self.frame)
+    }
+
+    pub(crate) fn with_prev(mut self, prev: u32) -> RecordedEvent {
+        self.prev = prev;
+        self
     }
 
     /// Distance back to the previous frame of the log.

@@ -419,8 +419,8 @@ pub struct Frame {
 /// The body of a checked frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {
-    /// An event; read its fields with [`EventRef::with_bounds`].
-    Event(EventBounds),
+    /// An event; read its fields with [`EventRef`].
+    Event,
     /// A seal: the log continues at this position.
     Seal {
         /// Start of the next segment.
@@ -428,40 +428,25 @@ pub enum Body {
     },
 }
 
-/// Where an event frame's variable fields are: byte offsets from the frame's first byte. The
-/// decoder computes them once; [`EventRef`] reads through them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventBounds {
-    start: u32,
-    stream_end: u32,
-    type_end: u32,
-    metadata_end: u32,
-    payload_end: u32,
-}
-
 /// The fields of a checked event frame, read in place. Made from the bytes of a frame that
 /// passed [`decode_frame`] as an event; every accessor stays in bounds (and never panics) even
 /// if handed other bytes.
 #[derive(Debug, Clone, Copy)]
-pub struct EventRef<'a>(&'a [u8], EventBounds);
+pub struct EventRef<'a>(&'a [u8]);
 
 const BODY: usize = FRAME_HEADER_LEN;
 
 impl<'a> EventRef<'a> {
     /// A view of an event frame's bytes.
     pub fn new(frame: &'a [u8]) -> EventRef<'a> {
-        EventRef(frame, bounds_of(frame))
+        EventRef(frame)
     }
 
-    /// A view of an event frame whose bounds [`decode_frame`] returned (no recomputation).
     #[inline]
-    pub fn with_bounds(frame: &'a [u8], bounds: EventBounds) -> EventRef<'a> {
-        EventRef(frame, bounds)
-    }
-
-    /// The frame's field bounds.
-    pub fn bounds(&self) -> EventBounds {
-        self.1
+    fn u16(&self, at: usize) -> u16 {
+        self.0
+            .get(at..at + 2)
+            .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]))
     }
 
     #[inline]
@@ -539,13 +524,22 @@ impl<'a> EventRef<'a> {
     /// Ranges of stream, type, metadata and payload bytes within the frame.
     #[inline]
     fn ranges(&self) -> [Range<usize>; 4] {
-        let b = self.1;
-        [
-            b.start as usize..b.stream_end as usize,
-            b.stream_end as usize..b.type_end as usize,
-            b.type_end as usize..b.metadata_end as usize,
-            b.metadata_end as usize..b.payload_end as usize,
-        ]
+        let flags = self.flags();
+        let ids = 16
+            * (usize::from(flags & FLAG_CORRELATION != 0)
+                + usize::from(flags & FLAG_CAUSATION != 0));
+        let lens = [
+            usize::from(self.u16(BODY + 32)),
+            usize::from(self.u16(BODY + 34)),
+            self.u32(BODY + 40) as usize,
+            self.u32(BODY + 44) as usize,
+        ];
+        let mut at = BODY + EVENT_FIXED_LEN + ids;
+        lens.map(|n| {
+            let r = at..at.saturating_add(n);
+            at = r.end;
+            r
+        })
     }
 
     /// Checks that both names are UTF-8 (the writer only writes `&str`, and the checksum keeps
@@ -667,7 +661,8 @@ pub fn decode_frame(bytes: &[u8], position: u64) -> Result<Frame, FrameError> {
             if flags & !EVENT_FLAGS != 0 {
                 return Err(FrameError::BadLayout("unknown event flags"));
             }
-            Body::Event(check_event(frame)?)
+            check_event(frame)?;
+            Body::Event
         }
         KIND_SEAL => {
             if flags != FLAG_COMMIT_END || ulen != SEAL_FRAME_LEN as usize {
@@ -684,57 +679,23 @@ pub fn decode_frame(bytes: &[u8], position: u64) -> Result<Frame, FrameError> {
     Ok(Frame { len, link, body })
 }
 
-/// Computes where an event frame's variable fields are, from its flags and length fields. Sums
-/// are made in u64 and clamped (lengths come from disk); whether the result fits the frame is
-/// for the caller to check (the decoder does).
-fn bounds_of(frame: &[u8]) -> EventBounds {
-    let u16_at = |at: usize| {
-        frame
-            .get(at..at + 2)
-            .map_or(0, |b| u64::from(u16::from_le_bytes([b[0], b[1]])))
-    };
-    let u32_at = |at: usize| {
-        frame
-            .get(at..at + 4)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, |b| u64::from(u32::from_le_bytes(b)))
-    };
-    let flags = frame.get(29).copied().unwrap_or(0);
-    let ids =
-        16 * (u64::from(flags & FLAG_CORRELATION != 0) + u64::from(flags & FLAG_CAUSATION != 0));
-    let start = (BODY + EVENT_FIXED_LEN) as u64 + ids;
-    let stream_end = start + u16_at(BODY + 32);
-    let type_end = stream_end + u16_at(BODY + 34);
-    let metadata_end = type_end + u32_at(BODY + 40);
-    let payload_end = metadata_end + u32_at(BODY + 44);
-    let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-    EventBounds {
-        start: clamp(start),
-        stream_end: clamp(stream_end),
-        type_end: clamp(type_end),
-        metadata_end: clamp(metadata_end),
-        payload_end: clamp(payload_end),
-    }
-}
-
 /// Checks an event body: lengths in range and adding up to the frame, zero padding. (Whether
-/// the names are UTF-8 is checked where they are read: [`EventRef::check_names`].) Returns
-/// where the fields are.
-fn check_event(frame: &[u8]) -> Result<EventBounds, FrameError> {
+/// the names are UTF-8 is checked where they are read: [`EventRef::check_names`].)
+fn check_event(frame: &[u8]) -> Result<(), FrameError> {
     if frame.len() < FRAME_HEADER_LEN + EVENT_FIXED_LEN {
         return Err(FrameError::BadLayout(
             "event body shorter than its fixed part",
         ));
     }
-    let bounds = bounds_of(frame);
-    let [stream, event_type, _, payload] = EventRef(frame, bounds).ranges();
+    let e = EventRef(frame);
+    let [stream, event_type, _, payload] = e.ranges();
     if !(1..=MAX_STREAM_NAME_LEN).contains(&stream.len()) {
         return Err(FrameError::BadLayout("stream name length out of range"));
     }
     if !(1..=MAX_EVENT_TYPE_LEN).contains(&event_type.len()) {
         return Err(FrameError::BadLayout("event type length out of range"));
     }
-    // `bounds_of` adds in u64 and clamps, so no sum wraps; a clamped bound never fits.
+    // Lengths come from disk: `ranges` adds them with saturation, so no sum wraps.
     if align(payload.end as u64) != frame.len() as u64 {
         return Err(FrameError::BadLayout(
             "event field lengths do not add up to the frame length",
@@ -746,7 +707,7 @@ fn check_event(frame: &[u8]) -> Result<EventBounds, FrameError> {
     if tail > 0 && last_word >> (64 - 8 * tail) != 0 {
         return Err(FrameError::BadLayout("padding is not zero"));
     }
-    Ok(bounds)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -840,11 +801,8 @@ mod tests {
         assert_eq!(Some(len), e.frame_len());
         let frame = decode_frame(&buf, 4096).unwrap();
         assert_eq!(frame.link, link(4096));
-        let Body::Event(bounds) = frame.body else {
-            panic!("not an event")
-        };
+        assert_eq!(frame.body, Body::Event);
         let ev = EventRef::new(&buf);
-        assert_eq!(ev.bounds(), bounds);
         assert_eq!(ev.stream(), "order-42");
         assert_eq!(ev.event_type(), "OrderPlaced");
         assert_eq!(&buf[ev.payload_range()], b"hello world");

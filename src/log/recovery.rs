@@ -115,7 +115,7 @@ pub(crate) fn recover(
             );
         }
         match frame.body {
-            Body::Event(_) => {
+            Body::Event => {
                 if pos + u64::from(frame.len) > layout.usable_end(pos) {
                     break (pos, "event frame in the space kept for the seal".to_owned());
                 }
@@ -243,7 +243,7 @@ fn check_start(
         .map_err(|e| mismatch(format!("its last frame at {last}: {e}")))?;
     let ends_at = match frame.body {
         Body::Seal { next } => next,
-        Body::Event(_) => last + u64::from(frame.len),
+        Body::Event => last + u64::from(frame.len),
     };
     if ends_at != start.position {
         return Err(mismatch(format!(

@@ -107,13 +107,13 @@ impl<'a> StreamEvents<'a> {
             .shared
             .reader
             .read(position, self.limit, &mut self.cursor)?;
-        let Body::Event(bounds) = frame.body else {
+        if frame.body != Body::Event {
             return Err(Error::corrupt(
                 position,
                 "the index points at a seal, not an event",
             ));
-        };
-        let event = RecordedEvent::new(bytes, bounds, position, frame.link.prev);
+        }
+        let event = RecordedEvent::new(bytes, position).with_prev(frame.link.prev);
         if !event.is_in(&self.stream) || event.version() != version {
             return Err(Error::corrupt(
                 position,
@@ -242,7 +242,7 @@ impl<'a> AllEvents<'a> {
             let (bytes, frame) = self.shared.reader.read(at, self.limit, &mut self.cursor)?;
             let next = match frame.body {
                 Body::Seal { next } => next,
-                Body::Event(_) => at + bytes.len() as u64,
+                Body::Event => at + bytes.len() as u64,
             };
             if next > position || next >= self.limit {
                 return Ok((at, next));
@@ -282,20 +282,17 @@ impl<'a> AllEvents<'a> {
             } else {
                 Some(match frame.body {
                     Body::Seal { next } => next,
-                    Body::Event(_) => position + bytes.len() as u64,
+                    Body::Event => position + bytes.len() as u64,
                 })
             };
-            if let Body::Event(bounds) = frame.body {
+            if frame.body == Body::Event {
                 self.remaining -= 1;
                 if self.remaining == 0 {
                     self.next = None;
                 }
-                return Ok(Some(RecordedEvent::new(
-                    bytes,
-                    bounds,
-                    position,
-                    frame.link.prev,
-                )));
+                return Ok(Some(
+                    RecordedEvent::new(bytes, position).with_prev(frame.link.prev),
+                ));
             }
         }
         Ok(None)
