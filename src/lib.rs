@@ -34,6 +34,7 @@ mod store;
 mod types;
 
 pub use error::{Error, Result};
+pub use log::format::PayloadEncoding;
 pub use log::recovery::Truncation;
 pub use store::options::{
     DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability,

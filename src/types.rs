@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::log::format::EventRef;
+use crate::log::format::{EventRef, PayloadEncoding};
 
 /// What an append expects of its stream's current version (optimistic concurrency).
 ///
@@ -132,6 +132,8 @@ pub struct NewEvent {
     pub causation_id: Option<Uuid>,
     /// Whether the outbox should publish this event.
     pub publish: bool,
+    /// How the payload is encoded (the typed layer sets it; raw bytes by default).
+    pub encoding: PayloadEncoding,
     /// User metadata.
     pub metadata: Bytes,
     /// The event's data.
@@ -149,6 +151,7 @@ impl NewEvent {
             correlation_id: None,
             causation_id: None,
             publish: false,
+            encoding: PayloadEncoding::Raw,
             metadata: Bytes::new(),
             payload: payload.into(),
         }
@@ -312,6 +315,12 @@ impl RecordedEvent {
     #[inline]
     pub fn causation_id(&self) -> Option<Uuid> {
         self.view().causation_id().map(Uuid::from_bytes)
+    }
+
+    /// How the payload is encoded.
+    #[inline]
+    pub fn encoding(&self) -> PayloadEncoding {
+        self.view().encoding()
     }
 
     /// Whether the event was marked for publication.

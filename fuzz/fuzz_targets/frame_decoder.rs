@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
                 correlation_id: e.correlation_id(),
                 causation_id: e.causation_id(),
                 publish: e.publish(),
+                encoding: e.encoding(),
                 metadata: &frame_bytes[meta],
                 payload: &frame_bytes[payload],
             };

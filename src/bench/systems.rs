@@ -37,6 +37,7 @@ impl System for Annals {
             correlation_id: None,
             causation_id: None,
             publish: false,
+            encoding: crate::PayloadEncoding::Raw,
             metadata: bytes::Bytes::new(),
             payload: e.payload.clone(),
         });

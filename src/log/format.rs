@@ -75,7 +75,9 @@
 //! | ..     | 16   | causation_id   | only if flag bit 2 is set                            |
 //! | ..     | ..   | stream, event type (UTF-8), metadata, payload, in this order          |
 //!
-//! Flag bit 3 marks an event to be published (delivered by the outbox).
+//! Flag bit 3 marks an event to be published (delivered by the outbox). Flag bits 4–5 say how
+//! the payload is encoded: 0 opaque bytes, 1 bincode 2 (standard configuration), 2 JSON; 3 is
+//! invalid.
 //!
 //! **Seal body** (kind 2): 8 bytes, the position where the log continues (the start of the next
 //! segment). A seal is a commit of its own; it is the last frame of a segment, and the writer
@@ -128,7 +130,42 @@ const FLAG_COMMIT_END: u8 = 1;
 const FLAG_CORRELATION: u8 = 1 << 1;
 const FLAG_CAUSATION: u8 = 1 << 2;
 const FLAG_PUBLISH: u8 = 1 << 3;
-const EVENT_FLAGS: u8 = FLAG_COMMIT_END | FLAG_CORRELATION | FLAG_CAUSATION | FLAG_PUBLISH;
+/// Bits 4–5 of an event's flags: how its payload is encoded.
+const ENCODING_SHIFT: u8 = 4;
+const ENCODING_MASK: u8 = 0b11 << ENCODING_SHIFT;
+const EVENT_FLAGS: u8 = FLAG_COMMIT_END | FLAG_CORRELATION | FLAG_CAUSATION | FLAG_PUBLISH | ENCODING_MASK;
+
+/// How an event's payload is encoded (flag bits 4–5). The engine stores it and never looks
+/// inside the payload; the typed layer uses it to decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PayloadEncoding {
+    /// Opaque bytes (0).
+    #[default]
+    Raw,
+    /// bincode 2, standard configuration (1).
+    Bincode,
+    /// JSON (2).
+    Json,
+}
+
+impl PayloadEncoding {
+    fn bits(self) -> u8 {
+        (match self {
+            PayloadEncoding::Raw => 0,
+            PayloadEncoding::Bincode => 1,
+            PayloadEncoding::Json => 2,
+        }) << ENCODING_SHIFT
+    }
+
+    fn from_flags(flags: u8) -> Option<PayloadEncoding> {
+        match (flags & ENCODING_MASK) >> ENCODING_SHIFT {
+            0 => Some(PayloadEncoding::Raw),
+            1 => Some(PayloadEncoding::Bincode),
+            2 => Some(PayloadEncoding::Json),
+            _ => None,
+        }
+    }
+}
 const MIN_FRAME_LEN: usize = FRAME_HEADER_LEN + 8;
 
 /// CRC-32 of `bytes`. (`crc32fast::hash` detects the CPU's features on every call; cloning a
@@ -270,6 +307,8 @@ pub struct EventRecord<'a> {
     pub causation_id: Option<[u8; 16]>,
     /// Whether the outbox should publish it.
     pub publish: bool,
+    /// How the payload is encoded.
+    pub encoding: PayloadEncoding,
     /// User metadata.
     pub metadata: &'a [u8],
     /// Payload.
@@ -329,6 +368,7 @@ pub fn encode_event(buf: &mut Vec<u8>, link: FrameLink, e: &EventRecord<'_>) -> 
     if e.publish {
         flags |= FLAG_PUBLISH;
     }
+    flags |= e.encoding.bits();
     put_header(buf, len as u32, link, KIND_EVENT, flags);
     buf.extend_from_slice(&e.version.to_le_bytes());
     buf.extend_from_slice(&e.timestamp.to_le_bytes());
@@ -521,6 +561,12 @@ impl<'a> EventRef<'a> {
         self.flags() & FLAG_PUBLISH != 0
     }
 
+    /// How the payload is encoded.
+    #[inline]
+    pub fn encoding(&self) -> PayloadEncoding {
+        PayloadEncoding::from_flags(self.flags()).unwrap_or_default()
+    }
+
     /// Ranges of stream, type, metadata and payload bytes within the frame.
     #[inline]
     fn ranges(&self) -> [Range<usize>; 4] {
@@ -658,7 +704,7 @@ pub fn decode_frame(bytes: &[u8], position: u64) -> Result<Frame, FrameError> {
     let (kind, flags) = (header[28], header[29]);
     let body = match kind {
         KIND_EVENT => {
-            if flags & !EVENT_FLAGS != 0 {
+            if flags & !EVENT_FLAGS != 0 || PayloadEncoding::from_flags(flags).is_none() {
                 return Err(FrameError::BadLayout("unknown event flags"));
             }
             check_event(frame)?;
@@ -725,6 +771,7 @@ mod tests {
             correlation_id: Some([1; 16]),
             causation_id: None,
             publish: true,
+            encoding: PayloadEncoding::Json,
             metadata: b"{\"user\":1}",
             payload,
         }

@@ -350,6 +350,7 @@ fn stage(
             correlation_id: e.correlation_id.map(uuid::Uuid::into_bytes),
             causation_id: e.causation_id.map(uuid::Uuid::into_bytes),
             publish: e.publish,
+            encoding: e.encoding,
             metadata: &e.metadata,
             payload: &e.payload,
         });

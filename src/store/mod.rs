@@ -200,6 +200,7 @@ impl Store {
                 correlation_id: e.correlation_id.map(|_| [0; 16]),
                 causation_id: e.causation_id.map(|_| [0; 16]),
                 publish: false,
+                encoding: e.encoding,
                 metadata: &e.metadata,
                 payload: &e.payload,
             };
