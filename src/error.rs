@@ -39,6 +39,16 @@ pub enum Error {
         actual: Option<u64>,
     },
 
+    /// An event id is already stored somewhere this append does not put it (re-appending
+    /// events already stored exactly where the append puts them succeeds and writes nothing).
+    #[error("event id {id} {detail}")]
+    DuplicateEventId {
+        /// The id.
+        id: uuid::Uuid,
+        /// Where it is, or what else is wrong.
+        detail: String,
+    },
+
     /// Stored bytes failed a check (checksum, position, length, layout).
     #[error("corrupt store at position {position}: {reason}")]
     Corrupt {

@@ -34,13 +34,15 @@ mod store;
 mod types;
 
 pub use error::{Error, Result};
+pub use index::category_of;
 pub use log::format::PayloadEncoding;
 pub use log::recovery::Truncation;
 pub use store::options::{
     DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability,
 };
 pub use store::{
-    AllEvents, RecoveryReport, Store, StoreBuilder, StoreStats, StreamEvents, Transaction,
+    AllEvents, IndexedEvents, RecoveryReport, Store, StoreBuilder, StoreStats, StreamEvents,
+    Transaction,
 };
 pub use types::{AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent};
 

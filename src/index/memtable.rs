@@ -46,15 +46,78 @@ pub(crate) struct RunAdd {
     pub end: u64,
 }
 
-/// Streams touched since the last flush.
+/// A run of consecutive frames that share a category or an event type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PosRun {
+    /// Position of the run's first frame.
+    pub position: u64,
+    /// Number of frames.
+    pub count: u32,
+}
+
+/// What a commit adds to a category's or a type's runs: `count` frames from `position`,
+/// ending just before `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PosRunAdd {
+    pub position: u64,
+    pub count: u32,
+    pub end: u64,
+}
+
+/// The recent runs of one category or event type.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PosRuns {
+    /// In position order.
+    pub runs: Vec<PosRun>,
+    /// Position just after the last run's last frame (to merge a touching run).
+    pub end: u64,
+}
+
+impl PosRuns {
+    pub fn add(&mut self, add: PosRunAdd) {
+        match self.runs.last_mut() {
+            Some(last)
+                if self.end == add.position
+                    && u64::from(last.count) + u64::from(add.count) <= u64::from(u32::MAX) =>
+            {
+                last.count += add.count;
+            }
+            _ => self.runs.push(PosRun {
+                position: add.position,
+                count: add.count,
+            }),
+        }
+        self.end = add.end;
+    }
+}
+
+/// Everything committed since the last flush.
 #[derive(Debug, Default)]
 pub(crate) struct MemTable {
     pub streams: HashMap<Arc<str>, MemStream>,
+    /// Runs by category (the stream-name prefix before the first `-`).
+    pub categories: HashMap<Arc<str>, PosRuns>,
+    /// Runs by event type.
+    pub types: HashMap<Arc<str>, PosRuns>,
+    /// Event id (as a big-endian integer) → position.
+    pub ids: HashMap<u128, u64>,
     /// Events recorded (to decide when to flush).
     pub events: u64,
 }
 
 impl MemTable {
+    /// Adds a run to the runs of `name` in `map`.
+    pub fn add_pos_run(map: &mut HashMap<Arc<str>, PosRuns>, name: &str, add: PosRunAdd) {
+        match map.get_mut(name) {
+            Some(runs) => runs.add(add),
+            None => {
+                let mut runs = PosRuns::default();
+                runs.add(add);
+                map.insert(Arc::from(name), runs);
+            }
+        }
+    }
+
     /// Records a run for a stream that is already in this table.
     pub fn add_run(stream: &mut MemStream, add: RunAdd) {
         assert_eq!(
@@ -116,5 +179,31 @@ mod tests {
             ]
         );
         assert!(s.runs[0].contains(4) && !s.runs[0].contains(5));
+    }
+
+    #[test]
+    fn touching_position_runs_merge() {
+        let mut runs = PosRuns::default();
+        let add = |position, count, end| PosRunAdd {
+            position,
+            count,
+            end,
+        };
+        runs.add(add(4096, 2, 4496));
+        runs.add(add(4496, 1, 4696));
+        runs.add(add(5000, 3, 5600));
+        assert_eq!(
+            runs.runs,
+            vec![
+                PosRun {
+                    position: 4096,
+                    count: 3
+                },
+                PosRun {
+                    position: 5000,
+                    count: 3
+                }
+            ]
+        );
     }
 }

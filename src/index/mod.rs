@@ -1,5 +1,7 @@
-//! The per-stream version index: for every stream its current version, and for every version
-//! the position of its frame (recorded as *runs*: consecutive versions in consecutive frames).
+//! The index: for every stream its current version, and for every version the position of its
+//! frame (recorded as *runs*: consecutive versions in consecutive frames); the positions of each
+//! category's and each event type's frames (also as runs of consecutive frames); and the
+//! position of every event id.
 //!
 //! Three layers, newest first: the *active* memtable (commits since the last freeze), a *frozen*
 //! memtable being written to the sidecar, and the redb [sidecar]. A lookup asks them in that
@@ -20,7 +22,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::Result;
 use crate::log::recovery::ScanStart;
-use memtable::{MemStream, MemTable, Run, RunAdd};
+use memtable::{MemStream, MemTable, PosRun, PosRunAdd, Run, RunAdd};
 use sidecar::{Sidecar, SidecarMeta};
 
 pub(crate) use sidecar::{parent, sidecar_path};
@@ -45,6 +47,77 @@ pub(crate) struct PartIndex {
     pub stream: Arc<str>,
     pub before: StreamInfo,
     pub add: RunAdd,
+    /// The part's frames by event type, as runs of consecutive frames.
+    pub types: Vec<(std::borrow::Cow<'static, str>, PosRunAdd)>,
+    /// Each event's id (big-endian integer) and position.
+    pub ids: Vec<(u128, u64)>,
+}
+
+impl PartIndex {
+    /// The index entries of one stream's consecutive frames: their event types and ids, given
+    /// each frame's position (`end` is just after the last frame).
+    pub fn new(
+        stream: Arc<str>,
+        before: StreamInfo,
+        frames: impl ExactSizeIterator<Item = (u64, std::borrow::Cow<'static, str>, u128)>,
+        end: u64,
+    ) -> PartIndex {
+        let count = frames.len();
+        let mut types: Vec<(std::borrow::Cow<'static, str>, PosRunAdd)> = Vec::with_capacity(1);
+        let mut ids = Vec::with_capacity(count);
+        let mut first_position = None;
+        for (position, event_type, id) in frames {
+            first_position.get_or_insert(position);
+            ids.push((id, position));
+            match types.last_mut() {
+                Some((t, run)) if *t == event_type => {
+                    run.count += 1;
+                }
+                _ => {
+                    if let Some((_, run)) = types.last_mut() {
+                        run.end = position;
+                    }
+                    types.push((
+                        event_type,
+                        PosRunAdd {
+                            position,
+                            count: 1,
+                            end,
+                        },
+                    ));
+                }
+            }
+        }
+        let first = first_position.expect("a part has at least one event");
+        PartIndex {
+            stream,
+            before,
+            add: RunAdd {
+                run: Run {
+                    first_version: before.count,
+                    position: first,
+                    count: u32::try_from(count).expect("a part fits in a segment"),
+                },
+                end,
+            },
+            types,
+            ids,
+        }
+    }
+}
+
+/// What the by-category and by-type indexes are keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PosIndex {
+    Category,
+    EventType,
+}
+
+/// The category of a stream: its name up to the first `-` (the whole name if it has none).
+pub fn category_of(stream: &str) -> &str {
+    stream
+        .split_once('-')
+        .map_or(stream, |(category, _)| category)
 }
 
 /// A stream's runs around a version, with the stream's count and the log's committed end at the
@@ -63,6 +136,8 @@ struct Layers {
     committed: Committed,
     /// The `covered` position the sidecar holds.
     sidecar_covered: u64,
+    /// The largest event id in the sidecar: a larger id cannot be there.
+    sidecar_max_id: Option<u128>,
 }
 
 /// A memtable on its way to the sidecar, and the metadata it brings the sidecar to.
@@ -90,6 +165,7 @@ impl Index {
         threshold: u64,
     ) -> Result<(Index, ScanStart, Option<String>)> {
         let (sidecar, meta, rebuilt) = Sidecar::open(fs, path, store_id, cache_size)?;
+        let sidecar_max_id = sidecar.max_id()?;
         let start = ScanStart {
             position: meta.covered,
             last_frame: meta.last_frame,
@@ -106,6 +182,7 @@ impl Index {
                     last_frame: meta.last_frame,
                 },
                 sidecar_covered: meta.covered,
+                sidecar_max_id,
             }),
             flushing: Mutex::new(false),
             flushed: Condvar::new(),
@@ -177,7 +254,18 @@ impl Index {
                 }
             };
             MemTable::add_run(stream, part.add);
-            layers.active.events += u64::from(part.add.run.count);
+            let table = &mut layers.active;
+            table.events += u64::from(part.add.run.count);
+            let category = PosRunAdd {
+                position: part.add.run.position,
+                count: part.add.run.count,
+                end: part.add.end,
+            };
+            MemTable::add_pos_run(&mut table.categories, category_of(&part.stream), category);
+            for (event_type, run) in &part.types {
+                MemTable::add_pos_run(&mut table.types, event_type, *run);
+            }
+            table.ids.extend(part.ids.iter().copied());
         }
         layers.committed = committed;
         Ok(())
@@ -237,6 +325,69 @@ impl Index {
         })
     }
 
+    /// The position of the event with this id, if one is stored.
+    pub fn find_id(&self, id: u128) -> Result<Option<u64>> {
+        let layers = self.layers.read();
+        for table in layers.tables() {
+            if let Some(&position) = table.ids.get(&id) {
+                return Ok(Some(position));
+            }
+        }
+        if layers.sidecar_max_id.is_none_or(|max| id > max) {
+            return Ok(None);
+        }
+        let txn = self.sidecar.begin_read()?;
+        drop(layers);
+        self.sidecar.find_id(&txn, id)
+    }
+
+    /// Up to `max` runs of a category or event type that hold positions at or after `from`, in
+    /// position order, and the committed end as of the same moment.
+    pub fn pos_snapshot(
+        &self,
+        index: PosIndex,
+        name: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<PosRun>, Committed)> {
+        let layers = self.layers.read();
+        let mut runs = Vec::new();
+        // Each layer gives its runs in order, at most `max` past `from`; where a layer held
+        // more, nothing past its last given run may be returned (another layer's later runs
+        // would skip the ones it did not give).
+        let mut frontier = u64::MAX;
+        for table in layers.tables() {
+            let map = match index {
+                PosIndex::Category => &table.categories,
+                PosIndex::EventType => &table.types,
+            };
+            if let Some(r) = map.get(name) {
+                // The run before the first one at or after `from` may hold `from`.
+                let at = r
+                    .runs
+                    .partition_point(|run| run.position < from)
+                    .saturating_sub(1);
+                let given = &r.runs[at..r.runs.len().min(at + max + 1)];
+                if at + given.len() < r.runs.len() {
+                    frontier = frontier.min(given.last().map_or(0, |g| g.position));
+                }
+                runs.extend_from_slice(given);
+            }
+        }
+        let committed = layers.committed;
+        let txn = self.sidecar.begin_read()?;
+        drop(layers);
+        let (stored, more) = self.sidecar.pos_runs(&txn, index, name, from, max)?;
+        if more {
+            frontier = frontier.min(stored.last().map_or(0, |g| g.position));
+        }
+        runs.extend(stored);
+        runs.sort_unstable_by_key(|r| r.position);
+        runs.dedup_by_key(|r| r.position);
+        runs.retain(|r| r.position <= frontier);
+        Ok((runs, committed))
+    }
+
     /// Events in the active memtable.
     pub fn active_events(&self) -> u64 {
         self.layers.read().active.events
@@ -282,6 +433,8 @@ impl Index {
             let mut layers = self.layers.write();
             layers.frozen = None;
             layers.sidecar_covered = frozen.meta.covered;
+            let frozen_max = frozen.table.ids.keys().max().copied();
+            layers.sidecar_max_id = layers.sidecar_max_id.max(frozen_max);
         }
         *flushing = false;
         self.flushed.notify_all();

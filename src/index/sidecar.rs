@@ -7,7 +7,9 @@
 //!   `next_stream_id`, `clean` (1 only between a clean close and the next open: nothing was
 //!   written after `covered`);
 //! - `streams`: stream name → (internal id, event count);
-//! - `runs`: (stream id, first version) → (position of the first frame, event count).
+//! - `runs`: (stream id, first version) → (position of the first frame, event count);
+//! - `categories`, `types`: (name, position of a run's first frame) → frames in the run;
+//! - `ids`: event id (big-endian integer) → position.
 //!
 //! The sidecar is derived from the log: a missing, foreign, outdated or unreadable one is
 //! deleted and rebuilt.
@@ -16,9 +18,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::memtable::{MemTable, Run};
+use super::PosIndex;
+use super::memtable::{MemTable, PosRun, Run};
 use crate::error::Result;
 use crate::log::Layout;
 use crate::storage::{FileSystem, OpenMode, RedbBackend, is_not_found};
@@ -26,6 +29,16 @@ use crate::storage::{FileSystem, OpenMode, RedbBackend, is_not_found};
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const STREAMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("streams");
 const RUNS: TableDefinition<(u64, u64), (u64, u32)> = TableDefinition::new("runs");
+const CATEGORIES: TableDefinition<(&str, u64), u32> = TableDefinition::new("categories");
+const TYPES: TableDefinition<(&str, u64), u32> = TableDefinition::new("types");
+const IDS: TableDefinition<u128, u64> = TableDefinition::new("ids");
+
+fn pos_table(index: PosIndex) -> TableDefinition<'static, (&'static str, u64), u32> {
+    match index {
+        PosIndex::Category => CATEGORIES,
+        PosIndex::EventType => TYPES,
+    }
+}
 
 type RunEntry<'a> = std::result::Result<
     (
@@ -36,7 +49,7 @@ type RunEntry<'a> = std::result::Result<
 >;
 
 /// Bumped whenever the sidecar's tables change meaning; an older sidecar is rebuilt.
-const INDEX_VERSION: u64 = 1;
+const INDEX_VERSION: u64 = 2;
 
 /// What the sidecar's `meta` table says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +107,9 @@ impl Sidecar {
         {
             txn.open_table(STREAMS)?;
             txn.open_table(RUNS)?;
+            txn.open_table(CATEGORIES)?;
+            txn.open_table(TYPES)?;
+            txn.open_table(IDS)?;
             let mut t = txn.open_table(META)?;
             t.insert("index_version", &INDEX_VERSION.to_le_bytes()[..])?;
             t.insert("store_id", &store_id[..])?;
@@ -237,6 +253,46 @@ impl Sidecar {
         Ok(())
     }
 
+    /// The largest event id stored.
+    pub fn max_id(&self) -> Result<Option<u128>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(IDS)?;
+        Ok(t.last()?.map(|(k, _)| k.value()))
+    }
+
+    /// The position of an event id.
+    pub fn find_id(&self, txn: &ReadTransaction, id: u128) -> Result<Option<u64>> {
+        Ok(txn.open_table(IDS)?.get(id)?.map(|v| v.value()))
+    }
+
+    /// Runs of a category or type: the last one starting before `from` (it may hold `from`),
+    /// then up to `max` starting at or after it; and whether there are more after those.
+    pub fn pos_runs(
+        &self,
+        txn: &ReadTransaction,
+        index: PosIndex,
+        name: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<PosRun>, bool)> {
+        let t = txn.open_table(pos_table(index))?;
+        let mut out = Vec::new();
+        let run = |(k, v): (redb::AccessGuard<(&str, u64)>, redb::AccessGuard<u32>)| PosRun {
+            position: k.value().1,
+            count: v.value(),
+        };
+        if from > 0
+            && let Some(entry) = t.range((name, 0)..(name, from))?.next_back()
+        {
+            out.push(run(entry?));
+        }
+        let mut rest = t.range((name, from)..=(name, u64::MAX))?;
+        for entry in rest.by_ref().take(max) {
+            out.push(run(entry?));
+        }
+        Ok((out, rest.next().is_some()))
+    }
+
     /// Writes a frozen memtable and the metadata it brings the sidecar to, in one transaction.
     pub fn write(&self, table: &MemTable, meta: &SidecarMeta) -> Result<()> {
         let mut streams: Vec<(&str, (u64, u64))> = table
@@ -264,6 +320,30 @@ impl Sidecar {
             let mut t = txn.open_table(RUNS)?;
             for (key, value) in runs {
                 t.insert(key, value)?;
+            }
+            for (index, map) in [
+                (PosIndex::Category, &table.categories),
+                (PosIndex::EventType, &table.types),
+            ] {
+                let mut t = txn.open_table(pos_table(index))?;
+                let mut entries: Vec<(&str, u64, u32)> = map
+                    .iter()
+                    .flat_map(|(name, r)| {
+                        r.runs
+                            .iter()
+                            .map(move |run| (&**name, run.position, run.count))
+                    })
+                    .collect();
+                entries.sort_unstable();
+                for (name, position, count) in entries {
+                    t.insert((name, position), count)?;
+                }
+            }
+            let mut ids: Vec<(u128, u64)> = table.ids.iter().map(|(k, v)| (*k, *v)).collect();
+            ids.sort_unstable();
+            let mut t = txn.open_table(IDS)?;
+            for (id, position) in ids {
+                t.insert(id, position)?;
             }
             write_meta(&mut txn.open_table(META)?, meta)?;
         }

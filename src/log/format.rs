@@ -133,7 +133,8 @@ const FLAG_PUBLISH: u8 = 1 << 3;
 /// Bits 4–5 of an event's flags: how its payload is encoded.
 const ENCODING_SHIFT: u8 = 4;
 const ENCODING_MASK: u8 = 0b11 << ENCODING_SHIFT;
-const EVENT_FLAGS: u8 = FLAG_COMMIT_END | FLAG_CORRELATION | FLAG_CAUSATION | FLAG_PUBLISH | ENCODING_MASK;
+const EVENT_FLAGS: u8 =
+    FLAG_COMMIT_END | FLAG_CORRELATION | FLAG_CAUSATION | FLAG_PUBLISH | ENCODING_MASK;
 
 /// How an event's payload is encoded (flag bits 4–5). The engine stores it and never looks
 /// inside the payload; the typed layer uses it to decode.
@@ -614,6 +615,12 @@ impl<'a> EventRef<'a> {
             .get(r)
             .and_then(|b| std::str::from_utf8(b).ok())
             .unwrap_or_default()
+    }
+
+    /// Whether the event belongs to one of the engine's own `$` streams.
+    #[inline]
+    pub fn is_system(&self) -> bool {
+        self.stream_bytes().first() == Some(&b'$')
     }
 
     /// Stream name, as bytes (no UTF-8 check).

@@ -196,19 +196,21 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Stages consecutive frames (one stream's part of a commit). The last frame gets the commit
-    /// end flag if `ends_commit`. [`reserve`](Self::reserve) must have made room for the whole
+    /// Stages consecutive frames (one stream's part of a commit), pushing each frame's position
+    /// onto `positions`. The last frame gets the commit end flag if `ends_commit`. [`reserve`](Self::reserve) must have made room for the whole
     /// commit first.
     pub fn stage_frames<'a>(
         &mut self,
         events: impl ExactSizeIterator<Item = EventRecord<'a>>,
         ends_commit: bool,
+        positions: &mut Vec<u64>,
     ) -> Staged {
         let count = events.len();
         assert!(count > 0, "a part has at least one event");
         let first = self.end;
         for (i, event) in events.enumerate() {
             let link = self.link(ends_commit && i + 1 == count);
+            positions.push(self.end);
             self.stage(|buf| encode_event(buf, link, &event));
         }
         assert!(

@@ -21,7 +21,6 @@ use parking_lot::{Condvar, Mutex};
 
 use super::Shared;
 use crate::error::{Error, Result};
-use crate::index::memtable::{Run, RunAdd};
 use crate::index::{Committed, PartIndex, StreamInfo};
 use crate::log::format::EventRecord;
 use crate::log::writer::{LogWriter, ReserveError};
@@ -213,7 +212,7 @@ impl Committer {
             group.iter().for_each(|r| r.finish(Err(clone_poison(&e))));
             return;
         }
-        let mut overlay: HashMap<Arc<str>, StreamInfo> = HashMap::new();
+        let mut overlay = Overlay::default();
         let mut accepted: Vec<(&Arc<Request>, Vec<AppendResult>)> = Vec::new();
         let mut index_parts: Vec<PartIndex> = Vec::new();
         for request in &group {
@@ -233,7 +232,11 @@ impl Committer {
                 }
             }
         }
-        if accepted.is_empty() {
+        if index_parts.is_empty() {
+            // Nothing new to write (every accepted request was a retry of stored events).
+            accepted
+                .into_iter()
+                .for_each(|(r, results)| r.finish(Ok(results)));
             return;
         }
         let written = writer
@@ -289,14 +292,139 @@ enum StageError {
     Fatal(std::io::Error),
 }
 
-/// Checks a request's expected versions and stages its frames. On success the overlay holds the
+/// What the requests before the current one in a group have staged.
+#[derive(Default)]
+struct Overlay {
+    streams: HashMap<Arc<str>, StreamInfo>,
+    /// Event id → (stream, version, position) of events staged in this group.
+    ids: HashMap<u128, (Arc<str>, u64, u64)>,
+}
+
+/// Where an already-stored event is.
+struct Stored {
+    stream: String,
+    version: u64,
+    position: u64,
+}
+
+/// Looks for the request's event ids among stored events (and those staged earlier in the
+/// group). Returns, per part, where each of its events already is, or `None` if no event of the
+/// request is stored; a request with only some of its events stored, or with an id twice, is
+/// refused.
+fn find_stored(
+    shared: &Shared,
+    overlay: &Overlay,
+    parts: &[Part],
+) -> Result<Option<Vec<Vec<Stored>>>> {
+    let mut found: Vec<Vec<Stored>> = Vec::with_capacity(parts.len());
+    let mut seen = std::collections::HashSet::new();
+    let (mut any, mut all) = (false, true);
+    let mut first_found = None;
+    let mut cursor = crate::log::reader::Cursor::default();
+    let limit = shared.index.committed().end;
+    for part in parts {
+        let mut stored = Vec::new();
+        for e in &part.events {
+            let id = e.id.as_u128();
+            if !seen.insert(id) {
+                return Err(Error::DuplicateEventId {
+                    id: e.id,
+                    detail: "appears twice in one append".into(),
+                });
+            }
+            let at = match overlay.ids.get(&id) {
+                Some((stream, version, position)) => Some(Stored {
+                    stream: stream.to_string(),
+                    version: *version,
+                    position: *position,
+                }),
+                None => match shared.index.find_id(id)? {
+                    Some(position) => {
+                        let (bytes, _) = shared.reader.read(position, limit, &mut cursor)?;
+                        let stored = crate::log::format::EventRef::new(&bytes);
+                        Some(Stored {
+                            stream: stored.stream().to_owned(),
+                            version: stored.version(),
+                            position,
+                        })
+                    }
+                    None => None,
+                },
+            };
+            match at {
+                Some(at) => {
+                    any = true;
+                    first_found.get_or_insert((e.id, at.stream.clone(), at.version));
+                    stored.push(at);
+                }
+                None => all = false,
+            }
+        }
+        found.push(stored);
+    }
+    match (any, all) {
+        (false, _) => Ok(None),
+        (true, true) => Ok(Some(found)),
+        (true, false) => {
+            let (id, stream, version) = first_found.expect("found one");
+            Err(Error::DuplicateEventId {
+                id,
+                detail: format!(
+                    "already stored as version {version} of `{stream}`, and other events of this append are not"
+                ),
+            })
+        }
+    }
+}
+
+/// If every event of the request is already stored exactly where this append would have put
+/// it, the results of that earlier append; otherwise the error that refuses it.
+fn already_appended(parts: &[Part], found: Vec<Vec<Stored>>) -> Result<Vec<AppendResult>> {
+    let mut results = Vec::with_capacity(parts.len());
+    for (part, stored) in parts.iter().zip(found) {
+        let first = &stored[0];
+        let in_place = stored
+            .iter()
+            .enumerate()
+            .all(|(k, s)| s.stream == *part.stream && s.version == first.version + k as u64)
+            && match part.expected {
+                ExpectedVersion::Any => true,
+                ExpectedVersion::NoStream => first.version == 0,
+                ExpectedVersion::StreamExists => first.version > 0,
+                ExpectedVersion::Exact(v) => first.version == v + 1,
+            };
+        if !in_place {
+            return Err(Error::DuplicateEventId {
+                id: part.events[0].id,
+                detail: format!(
+                    "already stored as version {} of `{}`, not where this append ({} {}) puts it",
+                    first.version, first.stream, part.stream, part.expected
+                ),
+            });
+        }
+        let last = stored.last().expect("a part has events");
+        results.push(AppendResult {
+            version: last.version,
+            first_position: crate::Position::new(first.position),
+            last_position: crate::Position::new(last.position),
+        });
+    }
+    Ok(results)
+}
+
+/// Checks a request's expected versions and stages its frames, or recognises a retry of an
+/// append that is already stored (then nothing is staged). On success the overlay holds the
 /// streams' new states; on refusal nothing changed.
 fn stage(
     writer: &mut LogWriter,
     shared: &Shared,
-    overlay: &mut HashMap<Arc<str>, StreamInfo>,
+    overlay: &mut Overlay,
     parts: &[Part],
 ) -> Result<(Vec<AppendResult>, Vec<PartIndex>), StageError> {
+    if let Some(found) = find_stored(shared, overlay, parts).map_err(StageError::Refused)? {
+        let results = already_appended(parts, found).map_err(StageError::Refused)?;
+        return Ok((results, Vec::new()));
+    }
     let mut before: Vec<StreamInfo> = Vec::with_capacity(parts.len());
     let mut after: Vec<(Arc<str>, StreamInfo)> = Vec::with_capacity(parts.len());
     for part in parts {
@@ -305,7 +433,7 @@ fn stage(
             .rev()
             .find(|(s, _)| *s == part.stream)
             .map(|(_, info)| *info)
-            .or_else(|| overlay.get(&part.stream).copied());
+            .or_else(|| overlay.streams.get(&part.stream).copied());
         let info = match known {
             Some(info) => info,
             None => shared
@@ -338,6 +466,7 @@ fn stage(
 
     let mut results = Vec::with_capacity(parts.len());
     let mut index_parts = Vec::with_capacity(parts.len());
+    let mut positions = Vec::new();
     for (i, (part, info)) in parts.iter().zip(&before).enumerate() {
         let stream: &str = &part.stream;
         let records = part.events.iter().enumerate().map(|(k, e)| EventRecord {
@@ -354,26 +483,32 @@ fn stage(
             metadata: &e.metadata,
             payload: &e.payload,
         });
-        let staged = writer.stage_frames(records, i + 1 == parts.len());
+        positions.clear();
+        let staged = writer.stage_frames(records, i + 1 == parts.len(), &mut positions);
         let count = part.events.len() as u64;
         results.push(AppendResult {
             version: info.count + count - 1,
             first_position: crate::Position::new(staged.first),
             last_position: crate::Position::new(staged.last),
         });
-        index_parts.push(PartIndex {
-            stream: part.stream.clone(),
-            before: *info,
-            add: RunAdd {
-                run: Run {
-                    first_version: info.count,
-                    position: staged.first,
-                    count: u32::try_from(count).expect("a part fits in a segment"),
-                },
-                end: staged.end,
-            },
-        });
+        for (k, (e, position)) in part.events.iter().zip(&positions).enumerate() {
+            let version = info.count + k as u64;
+            overlay
+                .ids
+                .insert(e.id.as_u128(), (part.stream.clone(), version, *position));
+        }
+        let frames = part
+            .events
+            .iter()
+            .zip(&positions)
+            .map(|(e, p)| (*p, e.event_type.clone(), e.id.as_u128()));
+        index_parts.push(PartIndex::new(
+            part.stream.clone(),
+            *info,
+            frames,
+            staged.end,
+        ));
     }
-    overlay.extend(after);
+    overlay.streams.extend(after);
     Ok((results, index_parts))
 }

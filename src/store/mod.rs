@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::index::{Frozen, Index};
+use crate::index::{Frozen, Index, PosIndex};
 use crate::log::Layout;
 use crate::log::format::{EventRecord, FileHeader};
 use crate::log::reader::LogReader;
@@ -27,7 +27,7 @@ use commit::{Committer, Part, Poison};
 use names::{check_event_type, check_stream_name};
 use options::Durability;
 pub use options::StoreBuilder;
-pub use read::{AllEvents, StreamEvents};
+pub use read::{AllEvents, IndexedEvents, StreamEvents};
 
 /// An annals store: one append-only log file plus its derived index.
 ///
@@ -242,14 +242,64 @@ impl Store {
 
     /// Reads the whole log from `from` (inclusive; [`Position::START`] or [`Position::END`]
     /// work in either direction), at most `limit` events. Only events acknowledged when the
-    /// read starts are returned.
+    /// read starts are returned. The engine's own records (`$` streams: checkpoints, outbox
+    /// progress) are left out; [`read_log`](Self::read_log) includes them.
     pub fn read_all(
         &self,
         from: Position,
         direction: Direction,
         limit: usize,
     ) -> Result<AllEvents<'_>> {
-        AllEvents::new(&self.shared, from, direction, limit)
+        AllEvents::new(&self.shared, from, direction, limit, false)
+    }
+
+    /// Like [`read_all`](Self::read_all), including the events of the engine's own `$` streams.
+    pub fn read_log(
+        &self,
+        from: Position,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<AllEvents<'_>> {
+        AllEvents::new(&self.shared, from, direction, limit, true)
+    }
+
+    /// Reads the events of a category (streams named `CATEGORY` or `CATEGORY-…`) in log order,
+    /// from position `from` (inclusive), at most `limit`. Uses an index: it does not scan the
+    /// log for other streams' events.
+    ///
+    /// ```
+    /// use annals::{ExpectedVersion, NewEvent, Position, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("shop"))?;
+    /// store.append("order-1", ExpectedVersion::Any, [NewEvent::new("Placed", "1")])?;
+    /// store.append("cart-9", ExpectedVersion::Any, [NewEvent::new("ItemAdded", "x")])?;
+    /// store.append("order-2", ExpectedVersion::Any, [NewEvent::new("Placed", "2")])?;
+    /// let orders: Vec<_> = store
+    ///     .read_category("order", Position::START, usize::MAX)?
+    ///     .map(|e| e.map(|e| e.stream().to_owned()))
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(orders, ["order-1", "order-2"]);
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn read_category(
+        &self,
+        category: &str,
+        from: Position,
+        limit: usize,
+    ) -> Result<IndexedEvents<'_>> {
+        IndexedEvents::new(&self.shared, PosIndex::Category, category, from, limit)
+    }
+
+    /// Reads the events of one event type in log order, from position `from` (inclusive), at
+    /// most `limit`. Uses an index: a rare type is found without scanning the log.
+    pub fn read_event_type(
+        &self,
+        event_type: &str,
+        from: Position,
+        limit: usize,
+    ) -> Result<IndexedEvents<'_>> {
+        IndexedEvents::new(&self.shared, PosIndex::EventType, event_type, from, limit)
     }
 
     /// The version of the stream's last event, or `None` if the stream does not exist.

@@ -10,7 +10,6 @@ use super::background::Background;
 use super::commit::{Committer, Poison};
 use super::{Counters, RecoveryReport, Shared, Store, StoreBuilder};
 use crate::error::{Error, Result};
-use crate::index::memtable::{Run, RunAdd};
 use crate::index::{Committed, Index, PartIndex, StreamInfo, parent, sidecar_path};
 use crate::log::Layout;
 use crate::log::format::{EventRef, FileHeader, HEADER_BLOCK, HEADER_LEN, HeaderError};
@@ -191,18 +190,17 @@ fn replay(index: &Index, events: &[RecoveredEvent]) -> Result<()> {
                 ));
             }
         }
-        let part = PartIndex {
-            stream: Arc::from(stream),
-            before,
-            add: RunAdd {
-                run: Run {
-                    first_version: before.count,
-                    position: events[i].position,
-                    count: (j - i) as u32,
-                },
-                end: events[j - 1].position + events[j - 1].bytes.len() as u64,
-            },
-        };
+        let frames = events[i..j].iter().map(|e| {
+            let v = EventRef::new(&e.bytes);
+            let id = u128::from_be_bytes(v.event_id());
+            (
+                e.position,
+                std::borrow::Cow::Owned(v.event_type().to_owned()),
+                id,
+            )
+        });
+        let end = events[j - 1].position + events[j - 1].bytes.len() as u64;
+        let part = PartIndex::new(Arc::from(stream), before, frames, end);
         index.apply(&[part], committed)?;
         i = j;
     }

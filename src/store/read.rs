@@ -9,9 +9,10 @@ use std::collections::VecDeque;
 
 use super::Shared;
 use crate::error::{Error, Result};
-use crate::index::memtable::Run;
+use crate::index::memtable::{PosRun, Run};
+use crate::index::{PosIndex, category_of};
 use crate::log::Layout;
-use crate::log::format::{Body, FRAME_ALIGN};
+use crate::log::format::{Body, EventRef, FRAME_ALIGN};
 use crate::log::reader::Cursor;
 use crate::types::{Direction, Position, RecordedEvent};
 
@@ -181,6 +182,8 @@ fn fuse<T>(
 pub struct AllEvents<'a> {
     shared: &'a Shared,
     backwards: bool,
+    /// Whether events of `$` streams (the engine's own records) are returned.
+    include_system: bool,
     /// Position of the next frame to look at, `None` once done.
     next: Option<u64>,
     remaining: usize,
@@ -194,12 +197,14 @@ impl<'a> AllEvents<'a> {
         from: Position,
         direction: Direction,
         limit: usize,
+        include_system: bool,
     ) -> Result<Self> {
         let committed = shared.index.committed();
         let backwards = direction == Direction::Backwards;
         let mut this = AllEvents {
             shared,
             backwards,
+            include_system,
             next: None,
             remaining: limit,
             limit: committed.end,
@@ -285,7 +290,9 @@ impl<'a> AllEvents<'a> {
                     Body::Event => position + bytes.len() as u64,
                 })
             };
-            if frame.body == Body::Event {
+            if frame.body == Body::Event
+                && (self.include_system || !EventRef::new(&bytes).is_system())
+            {
                 self.remaining -= 1;
                 if self.remaining == 0 {
                     self.next = None;
@@ -305,5 +312,132 @@ impl Iterator for AllEvents<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         let step = self.step();
         fuse(step, &mut self.next)
+    }
+}
+
+/// How many index runs a category or type read fetches at a time.
+const POS_BATCH: usize = 256;
+
+/// Events of one category or one event type in log order; see
+/// [`crate::Store::read_category`] and [`crate::Store::read_event_type`].
+pub struct IndexedEvents<'a> {
+    shared: &'a Shared,
+    index: PosIndex,
+    name: String,
+    /// Events before this position are skipped.
+    from: u64,
+    remaining: usize,
+    limit: u64,
+    runs: VecDeque<PosRun>,
+    /// Start of the last run taken from `runs` (later refills skip it and those before).
+    taken_through: Option<u64>,
+    /// The frame to read next and how many frames of its run are left.
+    at: Option<(u64, u32)>,
+    done: bool,
+    cursor: Cursor,
+}
+
+impl<'a> IndexedEvents<'a> {
+    pub(super) fn new(
+        shared: &'a Shared,
+        index: PosIndex,
+        name: &str,
+        from: Position,
+        limit: usize,
+    ) -> Result<Self> {
+        let from = from.as_u64().max(Layout::FIRST);
+        let (runs, committed) = shared.index.pos_snapshot(index, name, from, POS_BATCH)?;
+        Ok(IndexedEvents {
+            shared,
+            index,
+            name: name.to_owned(),
+            from,
+            remaining: limit,
+            limit: committed.end,
+            runs: runs.into(),
+            taken_through: None,
+            at: None,
+            done: limit == 0,
+            cursor: Cursor::default(),
+        })
+    }
+
+    fn step(&mut self) -> Result<Option<RecordedEvent>> {
+        while !self.done {
+            let Some((position, left)) = self.at.take() else {
+                if self.runs.is_empty() {
+                    let (runs, _) = self
+                        .shared
+                        .index
+                        .pos_snapshot(self.index, &self.name, self.from, POS_BATCH)?;
+                    self.runs = runs.into();
+                }
+                let taken = self.taken_through;
+                while self
+                    .runs
+                    .front()
+                    .is_some_and(|r| taken.is_some_and(|t| r.position <= t))
+                {
+                    self.runs.pop_front();
+                }
+                match self.runs.pop_front() {
+                    Some(run) if run.position < self.limit => {
+                        self.taken_through = Some(run.position);
+                        self.at = Some((run.position, run.count));
+                    }
+                    _ => self.done = true,
+                }
+                continue;
+            };
+            let (bytes, frame) = self
+                .shared
+                .reader
+                .read(position, self.limit, &mut self.cursor)?;
+            let Body::Event = frame.body else {
+                return Err(Error::corrupt(
+                    position,
+                    "the index points at a seal, not an event",
+                ));
+            };
+            let next = position + bytes.len() as u64;
+            if left > 1 && next < self.limit {
+                self.at = Some((next, left - 1));
+            }
+            let event = RecordedEvent::new(bytes, position).with_prev(frame.link.prev);
+            let key = match self.index {
+                PosIndex::Category => category_of(event.stream()),
+                PosIndex::EventType => event.event_type(),
+            };
+            if key != self.name {
+                return Err(Error::corrupt(
+                    position,
+                    format!(
+                        "the index lists this frame under `{}`, but it is `{key}`",
+                        self.name
+                    ),
+                ));
+            }
+            if position < self.from {
+                continue;
+            }
+            self.from = next;
+            self.remaining -= 1;
+            self.done = self.remaining == 0;
+            return Ok(Some(event));
+        }
+        Ok(None)
+    }
+}
+
+impl Iterator for IndexedEvents<'_> {
+    type Item = Result<RecordedEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let step = self.step();
+        let item = step.transpose();
+        if let Some(Err(_)) = item {
+            self.done = true;
+        }
+        item
     }
 }
