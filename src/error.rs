@@ -128,6 +128,27 @@ pub enum Error {
     #[error("index sidecar: {0}")]
     Index(String),
 
+    /// A typed event could not be encoded.
+    #[error("cannot encode a `{event_type}` event: {reason}")]
+    Encode {
+        /// Its type name.
+        event_type: String,
+        /// What the codec said.
+        reason: String,
+    },
+
+    /// A stored event could not be decoded as the type asked for (unknown type, undecodable
+    /// payload, missing upcaster, newer schema).
+    #[error("cannot decode the `{event_type}` event at position {position}: {reason}")]
+    Decode {
+        /// Where the event is.
+        position: u64,
+        /// Its stored type name.
+        event_type: String,
+        /// What was wrong.
+        reason: String,
+    },
+
     /// An operating-system I/O error.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),

@@ -37,14 +37,21 @@ pub use error::{Error, Result};
 pub use index::category_of;
 pub use log::format::PayloadEncoding;
 pub use log::recovery::Truncation;
+pub use store::codec::{Codec, to_json_string};
 pub use store::options::{
     DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability,
 };
+pub use store::typed::{EventMeta, EventType, Events, TypedEvent, TypedEvents};
 pub use store::{
     AllEvents, IndexedEvents, RecoveryReport, Store, StoreBuilder, StoreStats, StreamEvents,
     Transaction,
 };
 pub use types::{AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use serde_json;
+}
 
 /// The README's code blocks run as doc tests.
 #[doc = include_str!("../README.md")]

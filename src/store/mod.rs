@@ -1,11 +1,13 @@
 //! The [`Store`]: open, append, read, close.
 
 mod background;
+pub(crate) mod codec;
 mod commit;
 pub(crate) mod names;
 mod open;
 pub(crate) mod options;
 mod read;
+pub(crate) mod typed;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use crate::log::format::{EventRecord, FileHeader};
 use crate::log::reader::LogReader;
 use crate::log::recovery::Truncation;
 use crate::storage::StorageFile;
-use crate::types::{AppendResult, Direction, ExpectedVersion, NewEvent, Position};
+use crate::types::{AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent};
 use background::Background;
 use commit::{Committer, Part, Poison};
 use names::{check_event_type, check_stream_name};
@@ -79,6 +81,8 @@ pub(crate) struct Shared {
     flush_jobs: Mutex<Option<mpsc::Sender<Arc<Frozen>>>>,
     recovery: RecoveryReport,
     pub(crate) counters: Counters,
+    codec: codec::Codec,
+    upcasters: parking_lot::RwLock<typed::Upcasters>,
 }
 
 /// Activity counters since the store was opened.
@@ -326,6 +330,145 @@ impl Store {
     /// The segment size chosen when the store was created.
     pub fn segment_size(&self) -> u64 {
         self.shared.layout.segment_size
+    }
+
+    /// The codec typed events are written with.
+    pub fn codec(&self) -> codec::Codec {
+        self.shared.codec
+    }
+
+    /// Registers an upcaster: events of type `event_type` stored at schema version
+    /// `from_version` are decoded as `Old`, passed through `upcast`, and read on as version
+    /// `from_version + 1`, on every typed read path. Chains of upcasters take old events all
+    /// the way to the current version.
+    ///
+    /// ```
+    /// use annals::{EventType, ExpectedVersion, NewEvent, PayloadEncoding, Store};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct RenamedV1 { name: String }
+    /// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    /// struct Renamed { first: String, last: String }
+    /// impl EventType for Renamed {
+    ///     const NAME: &'static str = "Renamed";
+    ///     const SCHEMA_VERSION: u32 = 2;
+    /// }
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("people"))?;
+    /// // An event written by an older program, at schema version 1:
+    /// let old = serde_json::to_vec(&RenamedV1 { name: "Ada Lovelace".into() }).unwrap();
+    /// let mut e = NewEvent::new("Renamed", old);
+    /// e.encoding = PayloadEncoding::Json;
+    /// store.append("person-1", ExpectedVersion::Any, [e])?;
+    ///
+    /// store.register_upcaster("Renamed", 1, |v1: RenamedV1| {
+    ///     let (first, last) = v1.name.split_once(' ').unwrap_or((&v1.name, ""));
+    ///     Renamed { first: first.into(), last: last.into() }
+    /// });
+    /// let read = store.read_stream_as::<Renamed>("person-1", 0, annals::Direction::Forwards, 1)?
+    ///     .next().unwrap()?;
+    /// assert_eq!(read.event, Renamed { first: "Ada".into(), last: "Lovelace".into() });
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn register_upcaster<Old, New>(
+        &self,
+        event_type: &str,
+        from_version: u32,
+        upcast: impl Fn(Old) -> New + Send + Sync + 'static,
+    ) where
+        Old: serde::de::DeserializeOwned,
+        New: serde::Serialize,
+    {
+        self.shared
+            .upcasters
+            .write()
+            .register(event_type, from_version, upcast);
+    }
+
+    /// The [`NewEvent`] for a typed event, encoded with the store's codec, with its type's
+    /// name, schema version and published flag; add tracing ids or metadata before appending.
+    pub fn new_event<E: typed::Events>(&self, event: &E) -> Result<NewEvent> {
+        typed::new_event(event, self.shared.codec)
+    }
+
+    /// Appends typed events (see [`append`](Self::append)).
+    ///
+    /// ```
+    /// use annals::{EventType, ExpectedVersion, Store};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    /// struct Deposited { cents: u64 }
+    /// impl EventType for Deposited {
+    ///     const NAME: &'static str = "Deposited";
+    /// }
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("bank"))?;
+    /// store.append_events("account-1", ExpectedVersion::NoStream, [Deposited { cents: 500 }])?;
+    /// let e = store.read_stream_as::<Deposited>("account-1", 0, annals::Direction::Forwards, 1)?
+    ///     .next().unwrap()?;
+    /// assert_eq!((e.event.cents, e.version(), e.event_type()), (500, 0, "Deposited"));
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn append_events<E: typed::Events>(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: impl IntoIterator<Item = E>,
+    ) -> Result<AppendResult> {
+        let events = events
+            .into_iter()
+            .map(|e| self.new_event(&e))
+            .collect::<Result<Vec<_>>>()?;
+        self.append(stream, expected, events)
+    }
+
+    /// Decodes a recorded event as one of `E`'s types, upcast to the type's current schema
+    /// version. An event of another type or a payload that does not decode is
+    /// [`Error::Decode`], naming the position.
+    pub fn decode<E: typed::Events>(&self, event: &RecordedEvent) -> Result<E> {
+        typed::decode(&self.shared.upcasters.read(), event)
+    }
+
+    /// Reads a stream as typed events (see [`read_stream`](Self::read_stream)); an event of a
+    /// type not in `E` is an error.
+    pub fn read_stream_as<E: typed::Events>(
+        &self,
+        stream: &str,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<typed::TypedEvents<'_, StreamEvents<'_>, E>> {
+        Ok(self.typed(self.read_stream(stream, from, direction, limit)?, false))
+    }
+
+    /// Reads the whole log as typed events (see [`read_all`](Self::read_all)), passing over
+    /// events of types not in `E`.
+    pub fn read_all_as<E: typed::Events>(
+        &self,
+        from: Position,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<typed::TypedEvents<'_, AllEvents<'_>, E>> {
+        Ok(self.typed(self.read_all(from, direction, limit)?, true))
+    }
+
+    /// Decodes any iterator of records as typed events: with `skip_others`, records of types
+    /// not in `E` are passed over, otherwise they are errors.
+    pub fn typed<I, E>(&self, records: I, skip_others: bool) -> typed::TypedEvents<'_, I, E>
+    where
+        I: Iterator<Item = Result<RecordedEvent>>,
+        E: typed::Events,
+    {
+        typed::TypedEvents {
+            inner: records,
+            upcasters: &self.shared.upcasters,
+            skip_others,
+            _events: std::marker::PhantomData,
+        }
     }
 
     /// Counters of what the store has done since it was opened.

@@ -90,6 +90,8 @@ impl Store {
                 truncated: recovered.truncated,
             },
             counters: Counters::default(),
+            codec: options.codec,
+            upcasters: parking_lot::RwLock::new(options.upcasters.clone()),
         });
         let background = Background::start(&shared)?;
         Ok(Store {

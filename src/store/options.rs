@@ -8,6 +8,8 @@ use crate::error::{Error, Result};
 use crate::log::format::{MAX_SEGMENT_SIZE, check_segment_size};
 use crate::storage::{FileSystem, StdFs};
 use crate::store::Store;
+use crate::store::codec::Codec;
+use crate::store::typed::Upcasters;
 
 /// When an append's data reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +41,7 @@ pub enum Durability {
 /// assert_eq!(store.segment_size(), 8 << 20);
 /// # Ok::<(), annals::Error>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreBuilder {
     pub(crate) durability: Durability,
     pub(crate) segment_size: u64,
@@ -48,6 +50,8 @@ pub struct StoreBuilder {
     pub(crate) index_cache_bytes: usize,
     pub(crate) create: bool,
     pub(crate) fs: Arc<dyn FileSystem>,
+    pub(crate) codec: Codec,
+    pub(crate) upcasters: Upcasters,
 }
 
 /// Default segment size: 64 MiB.
@@ -56,6 +60,19 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 pub const DEFAULT_MAX_EVENT_SIZE: u64 = 4 << 20;
 /// Default number of events between index flushes.
 pub const DEFAULT_INDEX_FLUSH_EVENTS: u64 = 100_000;
+
+impl std::fmt::Debug for StoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreBuilder")
+            .field("durability", &self.durability)
+            .field("segment_size", &self.segment_size)
+            .field("max_event_size", &self.max_event_size)
+            .field("index_flush_events", &self.index_flush_events)
+            .field("codec", &self.codec)
+            .field("fs", &self.fs)
+            .finish_non_exhaustive()
+    }
+}
 
 impl Default for StoreBuilder {
     fn default() -> Self {
@@ -67,6 +84,8 @@ impl Default for StoreBuilder {
             index_cache_bytes: 32 << 20,
             create: true,
             fs: Arc::new(StdFs),
+            codec: Codec::default(),
+            upcasters: Upcasters::default(),
         }
     }
 }
@@ -109,6 +128,30 @@ impl StoreBuilder {
     /// Whether a missing store is created (default) or reported as `NotFound`.
     pub fn create_if_missing(mut self, create: bool) -> Self {
         self.create = create;
+        self
+    }
+
+    /// The codec typed events are written with (default: bincode). Every event records its
+    /// encoding, so a store holds events of both codecs and reads each right.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Registers an upcaster: events of type `event_type` stored at schema version
+    /// `from_version` are decoded as `Old`, passed through `upcast`, and read on as version
+    /// `from_version + 1`. Same as [`Store::register_upcaster`], before opening.
+    pub fn upcaster<Old, New>(
+        mut self,
+        event_type: &str,
+        from_version: u32,
+        upcast: impl Fn(Old) -> New + Send + Sync + 'static,
+    ) -> Self
+    where
+        Old: serde::de::DeserializeOwned,
+        New: serde::Serialize,
+    {
+        self.upcasters.register(event_type, from_version, upcast);
         self
     }
 

@@ -1,0 +1,353 @@
+//! Typed events: serde types with a name, a schema version and a published flag (the
+//! `Metadata(name, schema_version, published)` of the `messagebus` library), sets of them
+//! ([`events!`](crate::events)), upcasting of old schema versions, and typed appends and reads.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::codec::{self, Codec};
+use crate::error::{Error, Result};
+use crate::log::format::PayloadEncoding;
+use crate::types::{NewEvent, RecordedEvent};
+
+/// The name, schema version and published flag of an event type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventMeta {
+    /// Type name, stored with every event.
+    pub name: &'static str,
+    /// Current schema version.
+    pub schema_version: u32,
+    /// Whether the outbox publishes events of this type.
+    pub published: bool,
+}
+
+/// An event type: a serde type with a name, a schema version and a published flag.
+///
+/// ```
+/// use annals::EventType;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// struct BookRegistered {
+///     isbn: String,
+///     title: String,
+/// }
+///
+/// impl EventType for BookRegistered {
+///     const NAME: &'static str = "register_book";
+///     const SCHEMA_VERSION: u32 = 1;
+///     const PUBLISHED: bool = true;
+/// }
+/// assert_eq!(BookRegistered::META.name, "register_book");
+/// ```
+pub trait EventType: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Type name, stored with every event: keep it stable.
+    const NAME: &'static str;
+    /// Current schema version (1 by default). Raise it when the type changes, and register an
+    /// upcaster from the old version ([`crate::Store::register_upcaster`]).
+    const SCHEMA_VERSION: u32 = 1;
+    /// Whether the outbox publishes events of this type (no by default).
+    const PUBLISHED: bool = false;
+    /// All three.
+    const META: EventMeta = EventMeta {
+        name: Self::NAME,
+        schema_version: Self::SCHEMA_VERSION,
+        published: Self::PUBLISHED,
+    };
+}
+
+/// A set of event types a value can be one of: every [`EventType`] on its own, or an enum made
+/// with [`events!`](crate::events) whose variants each hold one event type.
+pub trait Events: Sized + Send + 'static {
+    /// The member types, at their current schema versions.
+    fn types() -> &'static [EventMeta];
+    /// This value's type.
+    fn meta(&self) -> EventMeta;
+    /// Encodes this value's payload.
+    fn encode(&self, encoding: PayloadEncoding) -> std::result::Result<Vec<u8>, String>;
+    /// This value as JSON text (the outbox's payload).
+    fn to_json(&self) -> serde_json::Result<String>;
+    /// Decodes a payload of member type `name` at its current schema version; `None` if `name`
+    /// is not a member type.
+    fn decode(
+        name: &str,
+        payload: &[u8],
+        encoding: PayloadEncoding,
+    ) -> Option<std::result::Result<Self, String>>;
+}
+
+impl<T: EventType> Events for T {
+    fn types() -> &'static [EventMeta] {
+        const { &[T::META] }
+    }
+
+    fn meta(&self) -> EventMeta {
+        T::META
+    }
+
+    fn encode(&self, encoding: PayloadEncoding) -> std::result::Result<Vec<u8>, String> {
+        codec::encode(self, encoding)
+    }
+
+    fn to_json(&self) -> serde_json::Result<String> {
+        codec::to_json_string(self)
+    }
+
+    fn decode(
+        name: &str,
+        payload: &[u8],
+        encoding: PayloadEncoding,
+    ) -> Option<std::result::Result<Self, String>> {
+        (name == T::NAME).then(|| codec::decode(payload, encoding))
+    }
+}
+
+/// Declares an enum whose variants each hold one [`EventType`], and implements [`Events`] (and
+/// `From` each type) for it.
+///
+/// ```
+/// use annals::{EventType, Events, events};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// pub struct TurnedOn;
+/// impl EventType for TurnedOn {
+///     const NAME: &'static str = "TurnedOn";
+/// }
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// pub struct TurnedOff;
+/// impl EventType for TurnedOff {
+///     const NAME: &'static str = "TurnedOff";
+/// }
+///
+/// events! {
+///     #[derive(Debug, Clone, PartialEq)]
+///     pub enum LightEvent {
+///         On(TurnedOn),
+///         Off(TurnedOff),
+///     }
+/// }
+///
+/// assert_eq!(LightEvent::from(TurnedOff).meta().name, "TurnedOff");
+/// assert_eq!(LightEvent::types().len(), 2);
+/// ```
+#[macro_export]
+macro_rules! events {
+    ($(#[$attr:meta])* $vis:vis enum $name:ident { $($variant:ident($ty:ty)),+ $(,)? }) => {
+        $(#[$attr])*
+        $vis enum $name {
+            $(
+                #[doc = concat!("A `", stringify!($ty), "` event.")]
+                $variant($ty),
+            )+
+        }
+
+        impl $crate::Events for $name {
+            fn types() -> &'static [$crate::EventMeta] {
+                const { &[$(<$ty as $crate::EventType>::META),+] }
+            }
+
+            fn meta(&self) -> $crate::EventMeta {
+                match self {
+                    $(Self::$variant(_) => <$ty as $crate::EventType>::META,)+
+                }
+            }
+
+            fn encode(&self, encoding: $crate::PayloadEncoding) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                match self {
+                    $(Self::$variant(e) => $crate::Events::encode(e, encoding),)+
+                }
+            }
+
+            fn to_json(&self) -> $crate::__private::serde_json::Result<::std::string::String> {
+                match self {
+                    $(Self::$variant(e) => $crate::Events::to_json(e),)+
+                }
+            }
+
+            fn decode(
+                name: &str,
+                payload: &[u8],
+                encoding: $crate::PayloadEncoding,
+            ) -> ::std::option::Option<::std::result::Result<Self, ::std::string::String>> {
+                $(
+                    if name == <$ty as $crate::EventType>::NAME {
+                        return <$ty as $crate::Events>::decode(name, payload, encoding)
+                            .map(|r| r.map(Self::$variant));
+                    }
+                )+
+                None
+            }
+        }
+
+        $(
+            impl ::std::convert::From<$ty> for $name {
+                fn from(e: $ty) -> Self {
+                    Self::$variant(e)
+                }
+            }
+        )+
+    };
+}
+
+/// A decoded event and the record it came from.
+#[derive(Debug, Clone)]
+pub struct TypedEvent<E> {
+    /// The event, upcast to its type's current schema version.
+    pub event: E,
+    /// The stored record (stream, version, position, id, timestamps, tracing ids, metadata).
+    pub record: RecordedEvent,
+}
+
+impl<E> std::ops::Deref for TypedEvent<E> {
+    type Target = RecordedEvent;
+
+    fn deref(&self) -> &RecordedEvent {
+        &self.record
+    }
+}
+
+/// One step of an upcast: old payload bytes (in their encoding) to the next version's.
+type Step =
+    Arc<dyn Fn(&[u8], PayloadEncoding) -> std::result::Result<Vec<u8>, String> + Send + Sync>;
+
+/// Registered schema migrations, by (type name, version they migrate from).
+#[derive(Default, Clone)]
+pub(crate) struct Upcasters {
+    steps: HashMap<(String, u32), Step>,
+}
+
+impl Upcasters {
+    pub fn register<Old, New>(
+        &mut self,
+        name: &str,
+        from: u32,
+        upcast: impl Fn(Old) -> New + Send + Sync + 'static,
+    ) where
+        Old: DeserializeOwned,
+        New: Serialize,
+    {
+        let step: Step = Arc::new(move |bytes, encoding| {
+            let old: Old = codec::decode(bytes, encoding)?;
+            codec::encode(&upcast(old), encoding)
+        });
+        self.steps.insert((name.to_owned(), from), step);
+    }
+
+    /// Brings a payload from schema version `version` to `target`, one registered step at a
+    /// time.
+    pub fn upcast<'a>(
+        &self,
+        name: &str,
+        mut version: u32,
+        target: u32,
+        payload: &'a [u8],
+        encoding: PayloadEncoding,
+    ) -> std::result::Result<Cow<'a, [u8]>, String> {
+        if version > target {
+            return Err(format!(
+                "schema version {version} is newer than this program's ({target})"
+            ));
+        }
+        let mut bytes = Cow::Borrowed(payload);
+        while version < target {
+            let step = self.steps.get(&(name.to_owned(), version)).ok_or_else(|| {
+                format!("schema version {version} is old and no upcaster from it is registered")
+            })?;
+            bytes = Cow::Owned(
+                step(&bytes, encoding)
+                    .map_err(|e| format!("upcasting from version {version}: {e}"))?,
+            );
+            version += 1;
+        }
+        Ok(bytes)
+    }
+}
+
+/// Decodes `event` as one of `E`'s types, upcast to the current schema version.
+pub(crate) fn decode<E: Events>(upcasters: &Upcasters, event: &RecordedEvent) -> Result<E> {
+    let name = event.event_type();
+    let fail = |reason: String| Error::Decode {
+        position: event.position().as_u64(),
+        event_type: name.to_owned(),
+        reason,
+    };
+    let Some(meta) = E::types().iter().find(|m| m.name == name) else {
+        return Err(fail(format!(
+            "not one of the event types of {} ({})",
+            std::any::type_name::<E>(),
+            E::types()
+                .iter()
+                .map(|m| m.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let payload = upcasters
+        .upcast(
+            name,
+            event.schema_version(),
+            meta.schema_version,
+            event.payload(),
+            event.encoding(),
+        )
+        .map_err(fail)?;
+    match E::decode(name, &payload, event.encoding()) {
+        Some(result) => result.map_err(fail),
+        None => Err(fail("not a member type".into())),
+    }
+}
+
+/// Makes the [`NewEvent`] for a typed event, encoded with `codec`.
+pub(crate) fn new_event<E: Events>(event: &E, codec: Codec) -> Result<NewEvent> {
+    let meta = event.meta();
+    let encoding = codec.encoding();
+    let payload = event.encode(encoding).map_err(|reason| Error::Encode {
+        event_type: meta.name.to_owned(),
+        reason,
+    })?;
+    Ok(NewEvent {
+        schema_version: meta.schema_version,
+        publish: meta.published,
+        encoding,
+        ..NewEvent::new(meta.name, payload)
+    })
+}
+
+/// An iterator of typed events over an iterator of records. With `skip_others`, records of
+/// types not in `E` are passed over (reading the whole log); otherwise they are errors
+/// (reading a stream that should hold only `E`).
+pub struct TypedEvents<'s, I, E> {
+    pub(crate) inner: I,
+    pub(crate) upcasters: &'s parking_lot::RwLock<Upcasters>,
+    pub(crate) skip_others: bool,
+    pub(crate) _events: PhantomData<fn() -> E>,
+}
+
+impl<I, E> Iterator for TypedEvents<'_, I, E>
+where
+    I: Iterator<Item = Result<RecordedEvent>>,
+    E: Events,
+{
+    type Item = Result<TypedEvent<E>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let record = match self.inner.next()? {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
+            if self.skip_others && !E::types().iter().any(|m| m.name == record.event_type()) {
+                continue;
+            }
+            let upcasters = self.upcasters.read();
+            return Some(decode(&upcasters, &record).map(|event| TypedEvent { event, record }));
+        }
+    }
+}
