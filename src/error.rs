@@ -149,6 +149,35 @@ pub enum Error {
         reason: String,
     },
 
+    /// The append is durable, but synchronous subscription callbacks failed (or panicked).
+    /// Retrying the same events is safe: an append of events already stored where it puts them
+    /// writes nothing.
+    #[error(
+        "the append is durable, but {} subscription callback(s) failed; first: `{}` at position {}: {}",
+        failures.len(),
+        failures[0].subscription,
+        failures[0].position,
+        failures[0].error
+    )]
+    SubscribersFailed {
+        /// What the append wrote.
+        committed: Vec<crate::AppendResult>,
+        /// Each failed callback, in the order they ran.
+        failures: Vec<crate::SubscriberFailure>,
+    },
+
+    /// A projection's apply function failed; it stopped there and resumes from its last
+    /// checkpoint when run again.
+    #[error("projection `{name}` failed at position {position}: {reason}")]
+    Projection {
+        /// The projection's name.
+        name: String,
+        /// The event it failed on.
+        position: u64,
+        /// What it returned.
+        reason: String,
+    },
+
     /// An operating-system I/O error.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),

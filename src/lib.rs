@@ -37,10 +37,12 @@ pub use error::{Error, Result};
 pub use index::category_of;
 pub use log::format::PayloadEncoding;
 pub use log::recovery::Truncation;
+pub use store::catch_up::{CatchUp, ProjectionHandle, ProjectionOptions, Start};
 pub use store::codec::{Codec, to_json_string};
 pub use store::options::{
     DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability,
 };
+pub use store::subscriptions::{BoxError, Filter, SubscriberFailure, SubscriptionId};
 pub use store::typed::{EventMeta, EventType, Events, TypedEvent, TypedEvents};
 pub use store::{
     AllEvents, IndexedEvents, RecoveryReport, Store, StoreBuilder, StoreStats, StreamEvents,

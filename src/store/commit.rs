@@ -36,9 +36,18 @@ pub(crate) struct Part {
     pub frames_len: u64,
 }
 
+/// What a committed request gets back: its results, and its ticket for running subscription
+/// callbacks in log order (none if it wrote nothing, made no callbacks wait, or is nested).
+pub(crate) struct Outcome {
+    pub results: Vec<AppendResult>,
+    pub ticket: Option<u64>,
+}
+
 /// An append or transaction waiting for its group.
 pub(crate) struct Request {
     parts: Vec<Part>,
+    /// Made from inside a subscription callback: gets no ticket.
+    nested: bool,
     state: Mutex<State>,
     wake: Condvar,
 }
@@ -47,11 +56,11 @@ enum State {
     Waiting,
     /// The previous leader handed leadership to this request's thread.
     Lead,
-    Done(Result<Vec<AppendResult>>),
+    Done(Result<Outcome>),
 }
 
 impl Request {
-    fn finish(&self, result: Result<Vec<AppendResult>>) {
+    fn finish(&self, result: Result<Outcome>) {
         *self.state.lock() = State::Done(result);
         self.wake.notify_one();
     }
@@ -129,10 +138,11 @@ impl Committer {
     }
 
     /// Commits `parts` as one atomic unit, sharing the write and sync with concurrent callers.
-    pub fn commit(&self, shared: &Shared, parts: Vec<Part>) -> Result<Vec<AppendResult>> {
+    pub fn commit(&self, shared: &Shared, parts: Vec<Part>) -> Result<Outcome> {
         shared.poison.check()?;
         let request = Arc::new(Request {
             parts,
+            nested: super::subscriptions::nested(),
             state: Mutex::new(State::Waiting),
             wake: Condvar::new(),
         });
@@ -213,12 +223,12 @@ impl Committer {
             return;
         }
         let mut overlay = Overlay::default();
-        let mut accepted: Vec<(&Arc<Request>, Vec<AppendResult>)> = Vec::new();
+        let mut accepted: Vec<(&Arc<Request>, Vec<AppendResult>, bool)> = Vec::new();
         let mut index_parts: Vec<PartIndex> = Vec::new();
         for request in &group {
             match stage(&mut writer, shared, &mut overlay, &request.parts) {
                 Ok((results, parts)) => {
-                    accepted.push((request, results));
+                    accepted.push((request, results, !parts.is_empty()));
                     index_parts.extend(parts);
                 }
                 Err(StageError::Refused(e)) => request.finish(Err(e)),
@@ -234,9 +244,12 @@ impl Committer {
         }
         if index_parts.is_empty() {
             // Nothing new to write (every accepted request was a retry of stored events).
-            accepted
-                .into_iter()
-                .for_each(|(r, results)| r.finish(Ok(results)));
+            accepted.into_iter().for_each(|(r, results, _)| {
+                r.finish(Ok(Outcome {
+                    results,
+                    ticket: None,
+                }))
+            });
             return;
         }
         let written = writer
@@ -247,7 +260,7 @@ impl Committer {
             let err = shared.poison.check().expect_err("just poisoned");
             accepted
                 .iter()
-                .for_each(|(r, _)| r.finish(Err(clone_poison(&err))));
+                .for_each(|(r, _, _)| r.finish(Err(clone_poison(&err))));
             return;
         }
         let committed = Committed {
@@ -269,9 +282,13 @@ impl Committer {
             .commits
             .fetch_add(accepted.len() as u64, Ordering::Relaxed);
         shared.counters.events.fetch_add(events, Ordering::Relaxed);
-        for (request, results) in accepted {
-            request.finish(Ok(results));
+        let subscribed = shared.subscribers.any();
+        for (request, results, wrote) in accepted {
+            let ticket =
+                (subscribed && wrote && !request.nested).then(|| shared.subscribers.ticket());
+            request.finish(Ok(Outcome { results, ticket }));
         }
+        shared.notify_appended();
         shared.after_commit();
     }
 }

@@ -1,12 +1,14 @@
 //! The [`Store`]: open, append, read, close.
 
 mod background;
+pub(crate) mod catch_up;
 pub(crate) mod codec;
 mod commit;
 pub(crate) mod names;
 mod open;
 pub(crate) mod options;
 mod read;
+pub(crate) mod subscriptions;
 pub(crate) mod typed;
 
 use std::path::{Path, PathBuf};
@@ -83,6 +85,10 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     codec: codec::Codec,
     upcasters: parking_lot::RwLock<typed::Upcasters>,
+    pub(crate) subscribers: subscriptions::Subscribers,
+    /// Signalled after each published group, for waiting readers.
+    appended: (Mutex<()>, parking_lot::Condvar),
+    appended_waiters: std::sync::atomic::AtomicUsize,
 }
 
 /// Activity counters since the store was opened.
@@ -145,7 +151,20 @@ impl Store {
     ) -> Result<AppendResult> {
         check_stream_name(stream, false)?;
         let part = self.part(stream, expected, events.into_iter().collect())?;
-        let mut results = self.shared.committer.commit(&self.shared, vec![part])?;
+        let mut results = self.shared.commit(vec![part])?;
+        Ok(results.pop().expect("one result per part"))
+    }
+
+    /// Appends to one of the engine's own `$` streams (checkpoints, outbox progress).
+    pub(crate) fn append_system(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        check_stream_name(stream, true)?;
+        let part = self.part(stream, expected, events)?;
+        let mut results = self.shared.commit(vec![part])?;
         Ok(results.pop().expect("one result per part"))
     }
 
@@ -471,6 +490,75 @@ impl Store {
         }
     }
 
+    /// Registers a synchronous subscription: `callback` runs for every event `filter` passes,
+    /// after the event is durable and before the `append` that wrote it returns, on the
+    /// appending thread, in global log order. A callback that fails or panics does not undo the
+    /// append or stop the other callbacks; the append returns
+    /// [`Error::SubscribersFailed`](crate::Error::SubscribersFailed).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use annals::{ExpectedVersion, Filter, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("users"))?;
+    /// let sent = Arc::new(Mutex::new(Vec::new()));
+    /// let outbox = sent.clone();
+    /// store.subscribe("welcome-mail", Filter::EventType("UserRegistered".into()), move |e| {
+    ///     outbox.lock().unwrap().push(String::from_utf8_lossy(e.payload()).into_owned());
+    ///     Ok(())
+    /// });
+    /// store.append("user-1", ExpectedVersion::NoStream, [NewEvent::new("UserRegistered", "test@example.com")])?;
+    /// assert_eq!(*sent.lock().unwrap(), ["test@example.com"]);
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn subscribe(
+        &self,
+        name: &str,
+        filter: subscriptions::Filter,
+        callback: impl Fn(&RecordedEvent) -> std::result::Result<(), subscriptions::BoxError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> subscriptions::SubscriptionId {
+        let callback: Arc<subscriptions::Callback> =
+            Arc::new(move |_: &Shared, e: &RecordedEvent| callback(e));
+        self.shared
+            .subscribers
+            .add(name.to_owned(), filter, callback)
+    }
+
+    /// Registers a synchronous subscription to the event types of `E`, decoded (and upcast):
+    /// see [`subscribe`](Self::subscribe).
+    pub fn subscribe_to<E: typed::Events>(
+        &self,
+        name: &str,
+        callback: impl Fn(&typed::TypedEvent<E>) -> std::result::Result<(), subscriptions::BoxError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> subscriptions::SubscriptionId {
+        let filter = subscriptions::Filter::EventTypes(
+            E::types().iter().map(|m| m.name.to_owned()).collect(),
+        );
+        let callback: Arc<subscriptions::Callback> =
+            Arc::new(move |shared: &Shared, record: &RecordedEvent| {
+                let event = typed::decode::<E>(&shared.upcasters.read(), record)?;
+                callback(&typed::TypedEvent {
+                    event,
+                    record: record.clone(),
+                })
+            });
+        self.shared
+            .subscribers
+            .add(name.to_owned(), filter, callback)
+    }
+
+    /// Removes a synchronous subscription; false if it was not registered.
+    pub fn unsubscribe(&self, id: subscriptions::SubscriptionId) -> bool {
+        self.shared.subscribers.remove(id)
+    }
+
     /// Counters of what the store has done since it was opened.
     ///
     /// ```
@@ -589,14 +677,58 @@ impl Transaction<'_> {
                 limit,
             });
         }
-        self.store
-            .shared
-            .committer
-            .commit(&self.store.shared, parts)
+        self.store.shared.commit(parts)
     }
 }
 
 impl Shared {
+    /// Commits parts (group commit), then runs the synchronous subscriptions for them.
+    pub(crate) fn commit(&self, parts: Vec<Part>) -> Result<Vec<AppendResult>> {
+        let outcome = self.committer.commit(self, parts)?;
+        let run = outcome.ticket.is_some() || (subscriptions::nested() && self.subscribers.any());
+        if !run {
+            return Ok(outcome.results);
+        }
+        let failures = self
+            .subscribers
+            .dispatch(self, &outcome.results, outcome.ticket);
+        if failures.is_empty() {
+            Ok(outcome.results)
+        } else {
+            Err(Error::SubscribersFailed {
+                committed: outcome.results,
+                failures,
+            })
+        }
+    }
+
+    /// Wakes readers waiting for new events (catch-up subscriptions).
+    pub(crate) fn notify_appended(&self) {
+        if self.appended_waiters.load(Ordering::Acquire) > 0 {
+            let _guard = self.appended.0.lock();
+            self.appended.1.notify_all();
+        }
+    }
+
+    /// Waits until the committed end is past `position`, or `timeout` passes; returns whether it
+    /// is.
+    pub(crate) fn wait_past(&self, position: u64, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        self.appended_waiters.fetch_add(1, Ordering::AcqRel);
+        let mut guard = self.appended.0.lock();
+        let past = loop {
+            if self.index.committed().end > position {
+                break true;
+            }
+            if self.appended.1.wait_until(&mut guard, deadline).timed_out() {
+                break self.index.committed().end > position;
+            }
+        };
+        drop(guard);
+        self.appended_waiters.fetch_sub(1, Ordering::AcqRel);
+        past
+    }
+
     /// Hands a full memtable to the flusher, with back-pressure if it falls behind.
     fn after_commit(&self) {
         if let Some(job) = self.index.freeze(false) {

@@ -92,6 +92,9 @@ impl Store {
             counters: Counters::default(),
             codec: options.codec,
             upcasters: parking_lot::RwLock::new(options.upcasters.clone()),
+            subscribers: Default::default(),
+            appended: Default::default(),
+            appended_waiters: Default::default(),
         });
         let background = Background::start(&shared)?;
         Ok(Store {

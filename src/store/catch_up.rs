@@ -1,0 +1,410 @@
+//! Catch-up subscriptions: a named reader that goes through history and then follows live
+//! appends, keeping a durable checkpoint in the log (stream `$checkpoint-NAME`), so that after a
+//! restart it resumes where it was (at least once: events after the last checkpoint are
+//! delivered again). And projections (read models) run on one in the background
+//! ([`Store::run_projection`]).
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::Store;
+use super::names::check_stream_name;
+use super::subscriptions::{BoxError, Filter};
+use crate::error::{Error, Result};
+use crate::types::{Direction, ExpectedVersion, NewEvent, Position, RecordedEvent};
+
+/// Where a catch-up subscription without a checkpoint starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// With the first event of the log.
+    Beginning,
+    /// After the last event acknowledged now.
+    Now,
+    /// At this position (inclusive).
+    At(Position),
+}
+
+const CHECKPOINT_TYPE: &str = "Checkpoint";
+
+/// The stream holding a subscription's checkpoints.
+fn checkpoint_stream(name: &str) -> Result<String> {
+    let stream = format!("$checkpoint-{name}");
+    check_stream_name(&stream, true).map_err(|_| {
+        Error::InvalidArgument(format!("{name:?} is not a usable subscription name"))
+    })?;
+    Ok(stream)
+}
+
+/// A catch-up subscription; see [`Store::catch_up`].
+pub struct CatchUp<'s> {
+    store: &'s Store,
+    name: String,
+    stream: String,
+    filter: Filter,
+    /// Where the next read starts: every event before it has been handed out.
+    next: Position,
+    /// The position of the last durable checkpoint.
+    checkpointed: Option<Position>,
+}
+
+impl Store {
+    /// Opens the catch-up subscription `name`: from its last checkpoint if it has one,
+    /// otherwise from `start`. [`poll`](CatchUp::poll) hands out the events `filter` passes, in
+    /// log order, history first and then live appends, without gaps;
+    /// [`checkpoint`](CatchUp::checkpoint) records progress durably.
+    ///
+    /// ```
+    /// use annals::{ExpectedVersion, Filter, NewEvent, Start, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// store.append("order-1", ExpectedVersion::Any, [NewEvent::new("Placed", "1")])?;
+    ///
+    /// let mut sub = store.catch_up("mailer", Start::Beginning, Filter::All)?;
+    /// assert_eq!(sub.poll(10)?.len(), 1);
+    /// sub.checkpoint()?;
+    /// store.append("order-2", ExpectedVersion::Any, [NewEvent::new("Placed", "2")])?;
+    /// drop(sub);
+    ///
+    /// // Reopened, it resumes after its checkpoint.
+    /// let mut sub = store.catch_up("mailer", Start::Beginning, Filter::All)?;
+    /// let next = sub.poll(10)?;
+    /// assert_eq!(next.len(), 1);
+    /// assert_eq!(next[0].stream(), "order-2");
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn catch_up(&self, name: &str, start: Start, filter: Filter) -> Result<CatchUp<'_>> {
+        let stream = checkpoint_stream(name)?;
+        let checkpointed = self
+            .read_stream(&stream, u64::MAX, Direction::Backwards, 1)?
+            .next()
+            .transpose()?
+            .map(|e| decode_checkpoint(&e))
+            .transpose()?;
+        let next = match (checkpointed, start) {
+            (Some(p), _) => p,
+            (None, Start::Beginning) => Position::START,
+            (None, Start::Now) => self.end_position(),
+            (None, Start::At(p)) => p,
+        };
+        Ok(CatchUp {
+            store: self,
+            name: name.to_owned(),
+            stream,
+            filter,
+            next,
+            checkpointed,
+        })
+    }
+}
+
+fn decode_checkpoint(e: &RecordedEvent) -> Result<Position> {
+    let bytes: [u8; 8] = e.payload().try_into().map_err(|_| Error::Decode {
+        position: e.position().as_u64(),
+        event_type: e.event_type().to_owned(),
+        reason: "a checkpoint holds 8 bytes".into(),
+    })?;
+    Ok(Position::new(u64::from_le_bytes(bytes)))
+}
+
+impl CatchUp<'_> {
+    /// The subscription's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the next [`poll`](Self::poll) starts: every event before it has been handed out.
+    pub fn position(&self) -> Position {
+        self.next
+    }
+
+    /// The position recorded by the last durable checkpoint, if any.
+    pub fn checkpointed(&self) -> Option<Position> {
+        self.checkpointed
+    }
+
+    /// The next events (at most `max`) that pass the filter, in log order; empty when it has
+    /// caught up. Does not wait; see [`wait`](Self::wait).
+    pub fn poll(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        for event in self
+            .store
+            .read_all(self.next, Direction::Forwards, usize::MAX)?
+        {
+            let event = event?;
+            self.next = event.next_position();
+            if self.filter.matches(&event) {
+                out.push(event);
+                if out.len() == max {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Blocks until events past [`position`](Self::position) are acknowledged, or `timeout`
+    /// passes; returns whether there are.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.store.shared.wait_past(self.next.as_u64(), timeout)
+    }
+
+    /// Durably records [`position`](Self::position) as this subscription's checkpoint.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.checkpoint_at(self.next)
+    }
+
+    /// Durably records `position` as this subscription's checkpoint (where it resumes after a
+    /// restart): use it to checkpoint in the middle of a batch.
+    pub fn checkpoint_at(&mut self, position: Position) -> Result<()> {
+        if self.checkpointed == Some(position) {
+            return Ok(());
+        }
+        let event = NewEvent::new(CHECKPOINT_TYPE, position.as_u64().to_le_bytes().to_vec());
+        self.store
+            .append_system(&self.stream, ExpectedVersion::Any, vec![event])?;
+        self.checkpointed = Some(position);
+        Ok(())
+    }
+}
+
+/// How a projection runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectionOptions {
+    /// Checkpoint after this many events (default 1,000).
+    pub checkpoint_every: usize,
+    /// Checkpoint at least this often while events flow (default 1 s).
+    pub checkpoint_interval: Duration,
+    /// Events read per poll (default 1,000).
+    pub batch: usize,
+}
+
+impl Default for ProjectionOptions {
+    fn default() -> Self {
+        ProjectionOptions {
+            checkpoint_every: 1_000,
+            checkpoint_interval: Duration::from_secs(1),
+            batch: 1_000,
+        }
+    }
+}
+
+struct Progress {
+    /// Every event before this has been applied (or did not pass the filter).
+    processed: Position,
+    failed: Option<String>,
+    stopped: bool,
+}
+
+struct Shared<P> {
+    projection: Mutex<P>,
+    progress: Mutex<Progress>,
+    moved: Condvar,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+/// A projection running in the background; see [`Store::run_projection`].
+pub struct ProjectionHandle<P> {
+    shared: Arc<Shared<P>>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl Store {
+    /// Runs `projection` in a background thread on the catch-up subscription `name`: it applies
+    /// every event `filter` passes, in log order, history first then live, checkpointing as
+    /// `options` say, until stopped. Use [`ProjectionHandle::wait_for`] to read your own writes.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use annals::{ExpectedVersion, Filter, NewEvent, ProjectionOptions, Start, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Arc::new(Store::open(dir.path().join("s"))?);
+    /// let orders = store.run_projection(
+    ///     "order-count",
+    ///     Start::Beginning,
+    ///     Filter::Category("order".into()),
+    ///     0u64,
+    ///     |count, _event, _store| {
+    ///         *count += 1;
+    ///         Ok(())
+    ///     },
+    ///     ProjectionOptions::default(),
+    /// )?;
+    /// let r = store.append("order-1", ExpectedVersion::Any, [NewEvent::new("Placed", "1")])?;
+    /// assert!(orders.wait_for(r.last_position, Duration::from_secs(5))?);
+    /// assert_eq!(orders.with(|count| *count), 1);
+    /// assert_eq!(orders.stop()?, 1);
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn run_projection<P, F>(
+        self: &Arc<Self>,
+        name: &str,
+        start: Start,
+        filter: Filter,
+        state: P,
+        apply: F,
+        options: ProjectionOptions,
+    ) -> Result<ProjectionHandle<P>>
+    where
+        P: Send + 'static,
+        F: FnMut(&mut P, &RecordedEvent, &Store) -> std::result::Result<(), BoxError>
+            + Send
+            + 'static,
+    {
+        let processed = self.catch_up(name, start, filter.clone())?.position();
+        let shared = Arc::new(Shared {
+            projection: Mutex::new(state),
+            progress: Mutex::new(Progress {
+                processed,
+                failed: None,
+                stopped: false,
+            }),
+            moved: Condvar::new(),
+            stop: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (store, ctx, name) = (self.clone(), shared.clone(), name.to_owned());
+        let thread = std::thread::Builder::new()
+            .name(format!("annals-projection-{name}"))
+            .spawn(move || {
+                let result = run(&store, &ctx, &name, start, filter, apply, options);
+                let mut progress = ctx.progress.lock();
+                progress.stopped = true;
+                if let Err(e) = &result {
+                    progress.failed = Some(e.to_string());
+                }
+                ctx.moved.notify_all();
+                result
+            })?;
+        Ok(ProjectionHandle {
+            shared,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn run<P, F>(
+    store: &Store,
+    ctx: &Shared<P>,
+    name: &str,
+    start: Start,
+    filter: Filter,
+    mut apply: F,
+    options: ProjectionOptions,
+) -> Result<()>
+where
+    F: FnMut(&mut P, &RecordedEvent, &Store) -> std::result::Result<(), BoxError>,
+{
+    let mut sub = store.catch_up(name, start, filter)?;
+    let mut since_checkpoint = 0usize;
+    let mut last_checkpoint = Instant::now();
+    let advance = |to: Position| {
+        ctx.progress.lock().processed = to;
+        ctx.moved.notify_all();
+    };
+    while !ctx.stop.load(std::sync::atomic::Ordering::Acquire) {
+        let batch = sub.poll(options.batch.max(1))?;
+        for event in &batch {
+            apply(&mut ctx.projection.lock(), event, store).map_err(|e| Error::Projection {
+                name: name.to_owned(),
+                position: event.position().as_u64(),
+                reason: e.to_string(),
+            })?;
+            since_checkpoint += 1;
+            advance(event.next_position());
+            if since_checkpoint >= options.checkpoint_every {
+                sub.checkpoint_at(event.next_position())?;
+                since_checkpoint = 0;
+                last_checkpoint = Instant::now();
+            }
+        }
+        // Everything scanned is processed, matching or not.
+        advance(sub.position());
+        if since_checkpoint > 0 && last_checkpoint.elapsed() >= options.checkpoint_interval {
+            sub.checkpoint()?;
+            since_checkpoint = 0;
+            last_checkpoint = Instant::now();
+        }
+        if batch.is_empty() {
+            sub.wait(Duration::from_millis(50));
+        }
+    }
+    sub.checkpoint()
+}
+
+impl<P> ProjectionHandle<P> {
+    /// Blocks until every event before `position`, and the one at it, is applied (read your
+    /// own writes: pass the `last_position` of an append), or `timeout` passes; returns whether
+    /// it was. Fails if the projection stopped on an error.
+    pub fn wait_for(&self, position: Position, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut progress = self.shared.progress.lock();
+        loop {
+            if let Some(e) = &progress.failed {
+                return Err(Error::Projection {
+                    name: String::new(),
+                    position: progress.processed.as_u64(),
+                    reason: e.clone(),
+                });
+            }
+            if progress.processed > position {
+                return Ok(true);
+            }
+            if progress.stopped
+                || self
+                    .shared
+                    .moved
+                    .wait_until(&mut progress, deadline)
+                    .timed_out()
+            {
+                return Ok(progress.processed > position);
+            }
+        }
+    }
+
+    /// Every event before this position has been applied.
+    pub fn position(&self) -> Position {
+        self.shared.progress.lock().processed
+    }
+
+    /// Runs `f` on the projection's state (the read model).
+    pub fn with<R>(&self, f: impl FnOnce(&P) -> R) -> R {
+        f(&self.shared.projection.lock())
+    }
+
+    /// Stops the projection, checkpoints, and returns its state.
+    pub fn stop(mut self) -> Result<P> {
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::Release);
+        let thread = self.thread.take().expect("joined once");
+        let result = thread
+            .join()
+            .map_err(|_| Error::InvalidArgument("the projection thread panicked".into()))?;
+        result?;
+        let shared = self.shared.clone();
+        drop(self);
+        match Arc::try_unwrap(shared) {
+            Ok(shared) => Ok(shared.projection.into_inner()),
+            Err(_) => unreachable!("the thread is joined and the handle dropped"),
+        }
+    }
+}
+
+impl<P> Drop for ProjectionHandle<P> {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.shared
+                .stop
+                .store(true, std::sync::atomic::Ordering::Release);
+            let _ = thread.join();
+        }
+    }
+}
