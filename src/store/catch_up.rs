@@ -133,19 +133,23 @@ impl CatchUp<'_> {
         if max == 0 {
             return Ok(out);
         }
-        for event in self
+        // The engine's own events are read too (and filtered out), so that the position moves
+        // past them.
+        let mut events = self
             .store
-            .read_all(self.next, Direction::Forwards, usize::MAX)?
-        {
+            .read_log(self.next, Direction::Forwards, usize::MAX)?;
+        for event in events.by_ref() {
             let event = event?;
             self.next = event.next_position();
             if self.filter.matches(&event) {
                 out.push(event);
                 if out.len() == max {
-                    break;
+                    return Ok(out);
                 }
             }
         }
+        // Scanned to the end the read saw (past any trailing seal, too).
+        self.next = self.next.max(events.end());
         Ok(out)
     }
 

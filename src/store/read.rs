@@ -228,6 +228,11 @@ impl<'a> AllEvents<'a> {
         Ok(this)
     }
 
+    /// The end of the log this read sees (it returns nothing at or after it).
+    pub(crate) fn end(&self) -> Position {
+        Position::new(self.limit)
+    }
+
     /// Whether a valid frame starts exactly at `position`.
     fn is_frame(&mut self, position: u64) -> Result<bool> {
         Ok(position.is_multiple_of(FRAME_ALIGN)
