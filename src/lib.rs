@@ -42,6 +42,7 @@ pub use store::codec::{Codec, to_json_string};
 pub use store::options::{
     DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability,
 };
+pub use store::outbox;
 pub use store::subscriptions::{BoxError, Filter, SubscriberFailure, SubscriptionId};
 pub use store::typed::{EventMeta, EventType, Events, TypedEvent, TypedEvents};
 pub use store::{

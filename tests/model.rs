@@ -1,13 +1,19 @@
 //! Model test: random sequences of appends (with expected versions, several streams,
-//! multi-stream transactions), reads, index flushes, reopens and simulated power cuts, compared
-//! after every step with a plain in-memory model.
+//! multi-stream transactions), reads, index flushes, reopens and simulated power cuts, a
+//! catch-up subscription polled and checkpointed, an outbox run, and a synchronous
+//! subscription, compared after every step with a plain in-memory model.
 
 mod common;
 
 use std::collections::BTreeMap;
 
+use std::sync::{Arc, Mutex};
+
+use annals::outbox::{Outbox, OutboxMessage, OutboxOptions};
 use annals::storage::{CrashPolicy, FaultFs};
-use annals::{Direction, Error, ExpectedVersion, NewEvent, Position, RecordedEvent, Store};
+use annals::{
+    Direction, Error, ExpectedVersion, Filter, NewEvent, Position, RecordedEvent, Start, Store,
+};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -38,6 +44,12 @@ enum Op {
     FlushIndex,
     Reopen,
     Crash(u8, u64),
+    /// Poll the catch-up subscription for at most this many events.
+    Poll(u8),
+    /// Checkpoint the catch-up subscription where it is.
+    Checkpoint,
+    /// One round of the outbox.
+    RunOutbox,
 }
 
 fn exp() -> impl Strategy<Value = Exp> {
@@ -64,6 +76,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::FlushIndex),
         1 => Just(Op::Reopen),
         1 => (0u8..4, any::<u64>()).prop_map(|(k, seed)| Op::Crash(k, seed)),
+        2 => (0u8..10).prop_map(Op::Poll),
+        1 => Just(Op::Checkpoint),
+        1 => Just(Op::RunOutbox),
     ]
 }
 
@@ -71,6 +86,21 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     streams: BTreeMap<String, Vec<Uuid>>,
     log: Vec<Uuid>,
+    /// Ids of published events, in log order.
+    published: Vec<Uuid>,
+    /// Events of the log the catch-up subscription has handed out, and where its checkpoint is.
+    cursor: usize,
+    checkpoint: usize,
+    /// Published events the outbox has delivered.
+    delivered: usize,
+}
+
+impl Model {
+    fn add(&mut self, events: &[NewEvent]) {
+        self.log.extend(events.iter().map(|e| e.id));
+        self.published
+            .extend(events.iter().filter(|e| e.publish).map(|e| e.id));
+    }
 }
 
 impl Model {
@@ -97,7 +127,10 @@ fn name(s: u8) -> String {
 fn events(sizes: &[u16]) -> Vec<NewEvent> {
     sizes
         .iter()
-        .map(|&n| NewEvent::new("E", vec![n as u8; n as usize]))
+        .map(|&n| {
+            let payload = format!("{{\"n\": {n}, \"pad\": \"{}\"}}", "x".repeat(n.into()));
+            NewEvent::new("E", payload).published(n % 3 == 0)
+        })
         .collect()
 }
 
@@ -122,10 +155,30 @@ fn read_all(store: &Store) -> Vec<RecordedEvent> {
         .unwrap()
 }
 
+/// Registers the synchronous subscription that records every event it is handed.
+fn record(store: &Store, seen: &Arc<Mutex<Vec<Uuid>>>) {
+    let sink = seen.clone();
+    store.subscribe("model", Filter::All, move |e| {
+        sink.lock().unwrap().push(e.id());
+        Ok(())
+    });
+}
+
 fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
     let mut fs = FaultFs::new();
     let mut store = open(&fs, flush_every);
     let mut model = Model::default();
+    let seen: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+    record(&store, &seen);
+    let mut cursor = Position::START;
+    let reopened = |store: &Store, model: &mut Model| -> Position {
+        // The catch-up subscription restarts from its checkpoint.
+        model.cursor = model.checkpoint;
+        store
+            .catch_up("model", Start::Beginning, Filter::All)
+            .unwrap()
+            .position()
+    };
     for op in ops {
         match op {
             Op::Append(s, e, sizes) => {
@@ -133,6 +186,7 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
                 let expected = model.expected(&stream, e);
                 let evs = events(&sizes);
                 let new_ids: Vec<Uuid> = evs.iter().map(|e| e.id).collect();
+                let kept = evs.clone();
                 let ok = expected.matches(model.version(&stream));
                 match store.append(&stream, expected, evs) {
                     Ok(r) => {
@@ -140,7 +194,7 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
                         let ids = model.streams.entry(stream.clone()).or_default();
                         ids.extend(&new_ids);
                         prop_assert_eq!(r.version, ids.len() as u64 - 1);
-                        model.log.extend(new_ids);
+                        model.add(&kept);
                     }
                     Err(Error::WrongExpectedVersion { actual, .. }) => {
                         prop_assert!(!ok);
@@ -173,16 +227,20 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
                     *shadow
                         .entry(stream.clone())
                         .or_insert(current.map_or(0, |v| v + 1)) += evs.len() as u64;
-                    staged.push((stream.clone(), evs.iter().map(|e| e.id).collect::<Vec<_>>()));
+                    staged.push((stream.clone(), evs.clone()));
                     tx = tx.append(&stream, expected, evs);
                 }
                 match tx.commit() {
                     Ok(results) => {
                         prop_assert!(ok, "transaction should have failed");
                         prop_assert_eq!(results.len(), parts.len());
-                        for (stream, new_ids) in staged {
-                            model.streams.entry(stream).or_default().extend(&new_ids);
-                            model.log.extend(new_ids);
+                        for (stream, evs) in staged {
+                            model
+                                .streams
+                                .entry(stream)
+                                .or_default()
+                                .extend(evs.iter().map(|e| e.id));
+                            model.add(&evs);
                         }
                     }
                     Err(Error::WrongExpectedVersion { .. }) => prop_assert!(!ok),
@@ -259,9 +317,55 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
                 prop_assert_eq!(ids(&got), want);
             }
             Op::FlushIndex => store.flush_index().unwrap(),
+            Op::Poll(max) => {
+                let mut sub = store
+                    .catch_up("model", Start::Beginning, Filter::All)
+                    .unwrap();
+                sub.seek(cursor);
+                let got = sub
+                    .poll(usize::from(max))
+                    .map_err(|e| TestCaseError::fail(format!("poll: {e}")))?;
+                let want: Vec<Uuid> = model
+                    .log
+                    .iter()
+                    .skip(model.cursor)
+                    .take(max.into())
+                    .copied()
+                    .collect();
+                prop_assert_eq!(ids(&got), want);
+                model.cursor += got.len();
+                cursor = sub.position();
+            }
+            Op::Checkpoint => {
+                let mut sub = store
+                    .catch_up("model", Start::Beginning, Filter::All)
+                    .unwrap();
+                sub.checkpoint_at(cursor).unwrap();
+                model.checkpoint = model.cursor;
+            }
+            Op::RunOutbox => {
+                let mut got = Vec::new();
+                let mut outbox = Outbox::new(
+                    &store,
+                    "model",
+                    |m: &OutboxMessage| {
+                        got.push(m.event.id());
+                        Ok(())
+                    },
+                    OutboxOptions::default(),
+                )
+                .unwrap();
+                let report = outbox.run_once().unwrap();
+                drop(outbox);
+                prop_assert!(report.caught_up);
+                prop_assert_eq!(&got[..], &model.published[model.delivered..]);
+                model.delivered = model.published.len();
+            }
             Op::Reopen => {
                 drop(store);
                 store = open(&fs, flush_every);
+                record(&store, &seen);
+                cursor = reopened(&store, &mut model);
             }
             Op::Crash(kind, seed) => {
                 let policy = match kind {
@@ -277,6 +381,8 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
                 drop(store);
                 fs = crashed;
                 store = open(&fs, flush_every);
+                record(&store, &seen);
+                cursor = reopened(&store, &mut model);
             }
         }
         // After every step: versions agree, and the whole log and every stream read back.
@@ -295,6 +401,8 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
         }];
         common::verify(&store, &acked, &[]).map_err(TestCaseError::fail)?;
         prop_assert_eq!(ids(&read_all(&store)), model.log.clone());
+        // The synchronous subscription saw every event, once, in log order.
+        prop_assert_eq!(&*seen.lock().unwrap(), &model.log);
     }
     Ok(())
 }

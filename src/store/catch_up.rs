@@ -121,6 +121,12 @@ impl CatchUp<'_> {
         self.next
     }
 
+    /// Moves the subscription: the next [`poll`](Self::poll) starts at `position` (the
+    /// checkpoint does not move until the next [`checkpoint`](Self::checkpoint)).
+    pub fn seek(&mut self, position: Position) {
+        self.next = position;
+    }
+
     /// The position recorded by the last durable checkpoint, if any.
     pub fn checkpointed(&self) -> Option<Position> {
         self.checkpointed

@@ -7,6 +7,7 @@ mod commit;
 pub(crate) mod names;
 mod open;
 pub(crate) mod options;
+pub mod outbox;
 mod read;
 pub(crate) mod subscriptions;
 pub(crate) mod typed;
@@ -85,6 +86,7 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     codec: codec::Codec,
     upcasters: parking_lot::RwLock<typed::Upcasters>,
+    registry: parking_lot::RwLock<typed::Registry>,
     pub(crate) subscribers: subscriptions::Subscribers,
     /// Signalled after each published group, for waiting readers.
     appended: (Mutex<()>, parking_lot::Condvar),
@@ -404,6 +406,21 @@ impl Store {
             .upcasters
             .write()
             .register(event_type, from_version, upcast);
+    }
+
+    /// Registers the event types of `E` with the store, so that their events have a JSON form
+    /// ([`to_json`](Self::to_json)): the outbox publishes it, whatever codec stored them.
+    pub fn register_events<E: typed::Events>(&self) {
+        self.shared.registry.write().register::<E>();
+    }
+
+    /// The JSON form of an event and the schema version it is at: through its registered type
+    /// if it has one (upcast to the current version), else its payload if that is JSON.
+    pub fn to_json(&self, event: &RecordedEvent) -> Result<(String, u32)> {
+        self.shared
+            .registry
+            .read()
+            .to_json(&self.shared.upcasters.read(), event)
     }
 
     /// The [`NewEvent`] for a typed event, encoded with the store's codec, with its type's

@@ -92,6 +92,7 @@ impl Store {
             counters: Counters::default(),
             codec: options.codec,
             upcasters: parking_lot::RwLock::new(options.upcasters.clone()),
+            registry: parking_lot::RwLock::new(options.registry.clone()),
             subscribers: Default::default(),
             appended: Default::default(),
             appended_waiters: Default::default(),

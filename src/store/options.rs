@@ -9,7 +9,7 @@ use crate::log::format::{MAX_SEGMENT_SIZE, check_segment_size};
 use crate::storage::{FileSystem, StdFs};
 use crate::store::Store;
 use crate::store::codec::Codec;
-use crate::store::typed::Upcasters;
+use crate::store::typed::{Registry, Upcasters};
 
 /// When an append's data reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,7 @@ pub struct StoreBuilder {
     pub(crate) fs: Arc<dyn FileSystem>,
     pub(crate) codec: Codec,
     pub(crate) upcasters: Upcasters,
+    pub(crate) registry: Registry,
 }
 
 /// Default segment size: 64 MiB.
@@ -86,6 +87,7 @@ impl Default for StoreBuilder {
             fs: Arc::new(StdFs),
             codec: Codec::default(),
             upcasters: Upcasters::default(),
+            registry: Registry::default(),
         }
     }
 }
@@ -152,6 +154,12 @@ impl StoreBuilder {
         New: serde::Serialize,
     {
         self.upcasters.register(event_type, from_version, upcast);
+        self
+    }
+
+    /// Registers the event types of `E`; same as [`Store::register_events`], before opening.
+    pub fn register_events<E: crate::Events>(mut self) -> Self {
+        self.registry.register::<E>();
         self
     }
 

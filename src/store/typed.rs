@@ -351,3 +351,55 @@ where
         }
     }
 }
+
+/// How a known event type turns into JSON: decoded (and upcast) as its Rust type, then
+/// serialized; with the schema version it is then at.
+type JsonForm = Arc<dyn Fn(&Upcasters, &RecordedEvent) -> Result<(String, u32)> + Send + Sync>;
+
+/// Event types registered with a store ([`crate::Store::register_events`]).
+#[derive(Default, Clone)]
+pub(crate) struct Registry {
+    json: HashMap<&'static str, JsonForm>,
+}
+
+impl Registry {
+    pub fn register<E: Events>(&mut self) {
+        for meta in E::types() {
+            let version = meta.schema_version;
+            let form: JsonForm = Arc::new(move |upcasters: &Upcasters, record: &RecordedEvent| {
+                let event: E = decode(upcasters, record)?;
+                let json = event.to_json().map_err(|e| Error::Encode {
+                    event_type: record.event_type().to_owned(),
+                    reason: e.to_string(),
+                })?;
+                Ok((json, version))
+            });
+            self.json.insert(meta.name, form);
+        }
+    }
+
+    /// The JSON form of a record and the schema version it is at: through its registered type
+    /// if it has one (upcast to the current version), else its payload if that is JSON.
+    pub fn to_json(&self, upcasters: &Upcasters, record: &RecordedEvent) -> Result<(String, u32)> {
+        if let Some(form) = self.json.get(record.event_type()) {
+            return form(upcasters, record);
+        }
+        let fail = |reason: &str| Error::Decode {
+            position: record.position().as_u64(),
+            event_type: record.event_type().to_owned(),
+            reason: reason.to_owned(),
+        };
+        match record.encoding() {
+            PayloadEncoding::Bincode => Err(fail(
+                "a bincode payload has no JSON form until its type is registered (Store::register_events)",
+            )),
+            PayloadEncoding::Json | PayloadEncoding::Raw => {
+                let text = std::str::from_utf8(record.payload())
+                    .map_err(|_| fail("the payload is not UTF-8 JSON"))?;
+                serde_json::from_str::<serde::de::IgnoredAny>(text)
+                    .map_err(|e| fail(&format!("the payload is not JSON: {e}")))?;
+                Ok((text.to_owned(), record.schema_version()))
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Upcasting: events stored at old schema versions come out at the current one on every read
+//! path (stream, all, category, synchronous and catch-up subscriptions, outbox).
+
+use std::sync::{Arc, Mutex};
+
+use annals::outbox::{Outbox, OutboxMessage, OutboxOptions};
+use annals::storage::MemoryFs;
+use annals::{
+    Direction, EventType, ExpectedVersion, Filter, NewEvent, PayloadEncoding, Position, Start,
+    Store,
+};
+use serde::{Deserialize, Serialize};
+
+/// Version 1: a single name.
+#[derive(Serialize, Deserialize)]
+struct RenamedV1 {
+    name: String,
+}
+
+/// Version 2: first and last name.
+#[derive(Serialize, Deserialize)]
+struct RenamedV2 {
+    first: String,
+    last: String,
+}
+
+/// Version 3 (current): adds how the name was changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Renamed {
+    first: String,
+    last: String,
+    reason: String,
+}
+
+impl EventType for Renamed {
+    const NAME: &'static str = "Renamed";
+    const SCHEMA_VERSION: u32 = 3;
+    const PUBLISHED: bool = true;
+}
+
+fn old_event(version: u32, encoding: PayloadEncoding) -> NewEvent {
+    let payload = match (version, encoding) {
+        (1, PayloadEncoding::Json) => serde_json::to_vec(&RenamedV1 {
+            name: "Ada Lovelace".into(),
+        })
+        .unwrap(),
+        (1, _) => bincode::serde::encode_to_vec(
+            RenamedV1 {
+                name: "Ada Lovelace".into(),
+            },
+            bincode::config::standard(),
+        )
+        .unwrap(),
+        (2, PayloadEncoding::Json) => serde_json::to_vec(&RenamedV2 {
+            first: "Ada".into(),
+            last: "Lovelace".into(),
+        })
+        .unwrap(),
+        _ => bincode::serde::encode_to_vec(
+            RenamedV2 {
+                first: "Ada".into(),
+                last: "Lovelace".into(),
+            },
+            bincode::config::standard(),
+        )
+        .unwrap(),
+    };
+    let mut e = NewEvent::new("Renamed", payload)
+        .with_schema_version(version)
+        .published(true);
+    e.encoding = encoding;
+    e
+}
+
+fn current() -> Renamed {
+    Renamed {
+        first: "Ada".into(),
+        last: "Lovelace".into(),
+        reason: "unknown".into(),
+    }
+}
+
+fn upcasting_store() -> Store {
+    Store::builder()
+        .file_system(MemoryFs::new())
+        .upcaster("Renamed", 1, |v1: RenamedV1| {
+            let (first, last) = v1.name.split_once(' ').unwrap_or((&v1.name, ""));
+            RenamedV2 {
+                first: first.into(),
+                last: last.into(),
+            }
+        })
+        .upcaster("Renamed", 2, |v2: RenamedV2| Renamed {
+            first: v2.first,
+            last: v2.last,
+            reason: "unknown".into(),
+        })
+        .register_events::<Renamed>()
+        .open("/u/s")
+        .unwrap()
+}
+
+#[test]
+fn old_versions_come_out_current_on_every_read_path() {
+    let store = upcasting_store();
+    let sync_seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = sync_seen.clone();
+    store.subscribe_to::<Renamed>("sync", move |e| {
+        sink.lock().unwrap().push(e.event.clone());
+        Ok(())
+    });
+    let olds = [
+        old_event(1, PayloadEncoding::Json),
+        old_event(1, PayloadEncoding::Bincode),
+        old_event(2, PayloadEncoding::Json),
+        old_event(2, PayloadEncoding::Bincode),
+    ];
+    store
+        .append("person-1", ExpectedVersion::NoStream, olds)
+        .unwrap();
+    store
+        .append_events("person-1", ExpectedVersion::Exact(3), [current()])
+        .unwrap();
+    let want = vec![current(); 5];
+
+    let stream: Vec<Renamed> = store
+        .read_stream_as::<Renamed>("person-1", 0, Direction::Forwards, usize::MAX)
+        .unwrap()
+        .map(|e| e.unwrap().event)
+        .collect();
+    assert_eq!(stream, want, "read_stream");
+    let all: Vec<Renamed> = store
+        .read_all_as::<Renamed>(Position::END, Direction::Backwards, usize::MAX)
+        .unwrap()
+        .map(|e| e.unwrap().event)
+        .collect();
+    assert_eq!(all, want, "read_all");
+    let category: Vec<Renamed> = store
+        .typed::<_, Renamed>(
+            store
+                .read_category("person", Position::START, usize::MAX)
+                .unwrap(),
+            false,
+        )
+        .map(|e| e.unwrap().event)
+        .collect();
+    assert_eq!(category, want, "read_category");
+    assert_eq!(*sync_seen.lock().unwrap(), want, "synchronous subscription");
+    let mut sub = store
+        .catch_up("people", Start::Beginning, Filter::All)
+        .unwrap();
+    let caught: Vec<Renamed> = sub
+        .poll(100)
+        .unwrap()
+        .iter()
+        .map(|e| store.decode::<Renamed>(e).unwrap())
+        .collect();
+    assert_eq!(caught, want, "catch-up subscription");
+
+    let mut sent = Vec::new();
+    let mut outbox = Outbox::new(
+        &store,
+        "people",
+        |m: &OutboxMessage| {
+            sent.push(m.envelope.clone());
+            Ok(())
+        },
+        OutboxOptions::default(),
+    )
+    .unwrap();
+    outbox.run_once().unwrap();
+    drop(outbox);
+    assert_eq!(sent.len(), 5);
+    for e in &sent {
+        assert_eq!(e.message_type, "Renamed_v3");
+        assert_eq!(
+            e.payload,
+            r#"{"first": "Ada", "last": "Lovelace", "reason": "unknown"}"#
+        );
+    }
+}
+
+#[test]
+fn a_missing_upcaster_or_a_newer_version_is_a_clear_error() {
+    let store = Store::builder()
+        .file_system(MemoryFs::new())
+        .open("/u/s")
+        .unwrap();
+    store
+        .append(
+            "p",
+            ExpectedVersion::Any,
+            [old_event(1, PayloadEncoding::Json)],
+        )
+        .unwrap();
+    let mut newer = NewEvent::new("Renamed", b"{}".to_vec()).with_schema_version(9);
+    newer.encoding = PayloadEncoding::Json;
+    store.append("p", ExpectedVersion::Any, [newer]).unwrap();
+    store
+        .append("p", ExpectedVersion::Any, [NewEvent::new("Other", "x")])
+        .unwrap();
+    let errors: Vec<String> = store
+        .read_stream_as::<Renamed>("p", 0, Direction::Forwards, usize::MAX)
+        .unwrap()
+        .map(|e| match e {
+            Err(annals::Error::Decode {
+                position, reason, ..
+            }) => format!("{position}: {reason}"),
+            other => panic!("expected a decode error, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(errors.len(), 3);
+    assert!(errors[0].contains("no upcaster from it"), "{}", errors[0]);
+    assert!(errors[1].contains("newer"), "{}", errors[1]);
+    assert!(
+        errors[2].contains("not one of the event types"),
+        "{}",
+        errors[2]
+    );
+    // Reading everything as `Renamed` passes over other types but not undecodable ones.
+    assert_eq!(
+        store
+            .read_all_as::<Renamed>(Position::START, Direction::Forwards, usize::MAX)
+            .unwrap()
+            .count(),
+        2
+    );
+}
