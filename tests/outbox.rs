@@ -128,7 +128,7 @@ fn an_intermittently_failing_publisher_gets_everything_in_order_duplicates_only_
         "flaky",
         move |m: &OutboxMessage| {
             calls += 1;
-            let fail = calls % 3 == 0;
+            let fail = calls.is_multiple_of(3);
             sink.lock()
                 .unwrap()
                 .push((m.envelope.payload.clone(), fail));
