@@ -178,6 +178,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// A transport refused a message.
+    #[error("publishing failed: {0}")]
+    Publish(String),
+
     /// An operating-system I/O error.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),

@@ -44,7 +44,9 @@ pub use store::options::{
 };
 pub use store::outbox;
 pub use store::subscriptions::{BoxError, Filter, SubscriberFailure, SubscriptionId};
-pub use store::typed::{EventMeta, EventType, Events, TypedEvent, TypedEvents};
+pub use store::typed::{
+    EventMeta, EventType, Events, TypedEvent, TypedEvents, Upcasters, decode_with, new_event,
+};
 pub use store::{
     AllEvents, IndexedEvents, RecoveryReport, Store, StoreBuilder, StoreStats, StreamEvents,
     Transaction,

@@ -239,6 +239,62 @@ impl RecordedEvent {
         self
     }
 
+    /// An event that is not in a store's log: `event` as it would read back as `version` of
+    /// `stream` at `position`. For event stores other than annals (in memory, sink-hole) and
+    /// for tests; the bytes are laid out and checked exactly as in a log.
+    ///
+    /// ```
+    /// use annals::{NewEvent, Position, RecordedEvent};
+    ///
+    /// let e = RecordedEvent::detached("order-1", 3, Position::new(77 * 8), &NewEvent::new("Placed", "x"))?;
+    /// assert_eq!((e.stream(), e.version(), e.event_type(), e.payload()), ("order-1", 3, "Placed", &b"x"[..]));
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn detached(
+        stream: &str,
+        version: u64,
+        position: Position,
+        event: &NewEvent,
+    ) -> crate::Result<RecordedEvent> {
+        use crate::log::format::{Body, EventRecord, FrameLink, decode_frame, encode_event};
+        crate::store::names::check_stream_name(stream, true)?;
+        crate::store::names::check_event_type(&event.event_type)?;
+        let record = EventRecord {
+            stream,
+            version,
+            timestamp: event.timestamp_nanos(),
+            id: event.id.into_bytes(),
+            event_type: &event.event_type,
+            schema_version: event.schema_version,
+            correlation_id: event.correlation_id.map(Uuid::into_bytes),
+            causation_id: event.causation_id.map(Uuid::into_bytes),
+            publish: event.publish,
+            encoding: event.encoding,
+            metadata: &event.metadata,
+            payload: &event.payload,
+        };
+        if record.frame_len().is_none() {
+            return Err(crate::Error::TooLarge {
+                what: "event",
+                size: (event.payload.len() + event.metadata.len()) as u64,
+                limit: u64::from(u32::MAX),
+            });
+        }
+        let position = position.0 & !7;
+        let mut buf = Vec::new();
+        let link = FrameLink {
+            position,
+            durable: 0,
+            prev: 0,
+            commit_end: true,
+        };
+        encode_event(&mut buf, link, &record);
+        let frame = decode_frame(&buf, position)
+            .map_err(|e| crate::Error::corrupt(position, e.to_string()))?;
+        debug_assert_eq!(frame.body, Body::Event);
+        Ok(RecordedEvent::new(Bytes::from(buf), position))
+    }
+
     /// Distance back to the previous frame of the log.
     #[inline]
     pub(crate) fn prev(&self) -> u32 {

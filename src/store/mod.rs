@@ -408,6 +408,50 @@ impl Store {
             .register(event_type, from_version, upcast);
     }
 
+    /// Stores a snapshot of the state of `stream` at `version` (in the log, in the reserved
+    /// stream `$snapshot-STREAM`): `state` is its encoding, `schema` the version of that
+    /// encoding. Snapshots are an optimisation for the domain floor, never a source of truth.
+    pub fn save_snapshot(
+        &self,
+        stream: &str,
+        version: u64,
+        schema: u32,
+        state: Vec<u8>,
+    ) -> Result<AppendResult> {
+        let event = NewEvent::new("Snapshot", state)
+            .with_schema_version(schema)
+            .with_metadata(version.to_le_bytes().to_vec());
+        self.append_system(
+            &format!("$snapshot-{stream}"),
+            ExpectedVersion::Any,
+            vec![event],
+        )
+    }
+
+    /// The latest snapshot of `stream`: (version it covers, schema, state), if any.
+    pub fn load_snapshot(&self, stream: &str) -> Result<Option<(u64, u32, bytes::Bytes)>> {
+        let Some(e) = self
+            .read_stream(
+                &format!("$snapshot-{stream}"),
+                u64::MAX,
+                Direction::Backwards,
+                1,
+            )?
+            .next()
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let Ok(version) = <[u8; 8]>::try_from(e.metadata()) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            u64::from_le_bytes(version),
+            e.schema_version(),
+            e.payload_bytes(),
+        )))
+    }
+
     /// Registers the event types of `E` with the store, so that their events have a JSON form
     /// ([`to_json`](Self::to_json)): the outbox publishes it, whatever codec stored them.
     pub fn register_events<E: typed::Events>(&self) {
@@ -460,6 +504,11 @@ impl Store {
             .map(|e| self.new_event(&e))
             .collect::<Result<Vec<_>>>()?;
         self.append(stream, expected, events)
+    }
+
+    /// The upcasters registered so far (a copy).
+    pub fn upcasters(&self) -> typed::Upcasters {
+        self.shared.upcasters.read().clone()
     }
 
     /// Decodes a recorded event as one of `E`'s types, upcast to the type's current schema
@@ -671,6 +720,22 @@ impl Transaction<'_> {
         events: impl IntoIterator<Item = NewEvent>,
     ) -> Self {
         let part = check_stream_name(stream, false).and_then(|()| {
+            self.store
+                .part(stream, expected, events.into_iter().collect())
+        });
+        self.parts.push(part);
+        self
+    }
+
+    /// Adds events for one of the `$` streams reserved for the layers built on the store (the
+    /// domain floor keeps its command-relay records there). Applications should not write them.
+    pub fn append_reserved(
+        mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: impl IntoIterator<Item = NewEvent>,
+    ) -> Self {
+        let part = check_stream_name(stream, true).and_then(|()| {
             self.store
                 .part(stream, expected, events.into_iter().collect())
         });

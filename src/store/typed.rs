@@ -72,6 +72,9 @@ pub trait Events: Sized + Send + 'static {
     fn encode(&self, encoding: PayloadEncoding) -> std::result::Result<Vec<u8>, String>;
     /// This value as JSON text (the outbox's payload).
     fn to_json(&self) -> serde_json::Result<String>;
+    /// The event type value itself (the variant's content, for an enum), to hand to code that
+    /// wants one concrete type (the message bus's listeners).
+    fn inner(&self) -> &(dyn std::any::Any + Send);
     /// Decodes a payload of member type `name` at its current schema version; `None` if `name`
     /// is not a member type.
     fn decode(
@@ -96,6 +99,10 @@ impl<T: EventType> Events for T {
 
     fn to_json(&self) -> serde_json::Result<String> {
         codec::to_json_string(self)
+    }
+
+    fn inner(&self) -> &(dyn std::any::Any + Send) {
+        self
     }
 
     fn decode(
@@ -171,6 +178,12 @@ macro_rules! events {
                 }
             }
 
+            fn inner(&self) -> &(dyn ::std::any::Any + ::std::marker::Send) {
+                match self {
+                    $(Self::$variant(e) => e,)+
+                }
+            }
+
             fn decode(
                 name: &str,
                 payload: &[u8],
@@ -217,13 +230,16 @@ impl<E> std::ops::Deref for TypedEvent<E> {
 type Step =
     Arc<dyn Fn(&[u8], PayloadEncoding) -> std::result::Result<Vec<u8>, String> + Send + Sync>;
 
-/// Registered schema migrations, by (type name, version they migrate from).
+/// Schema migrations of event types, by (type name, version they migrate from). A store keeps
+/// its own ([`crate::Store::register_upcaster`]); other event stores (the domain floor's
+/// in-memory one) use this directly with [`decode_with`].
 #[derive(Default, Clone)]
-pub(crate) struct Upcasters {
+pub struct Upcasters {
     steps: HashMap<(String, u32), Step>,
 }
 
 impl Upcasters {
+    /// Registers the migration of `name` from version `from` to `from + 1`.
     pub fn register<Old, New>(
         &mut self,
         name: &str,
@@ -242,7 +258,7 @@ impl Upcasters {
 
     /// Brings a payload from schema version `version` to `target`, one registered step at a
     /// time.
-    pub fn upcast<'a>(
+    pub(crate) fn upcast<'a>(
         &self,
         name: &str,
         mut version: u32,
@@ -270,7 +286,12 @@ impl Upcasters {
     }
 }
 
-/// Decodes `event` as one of `E`'s types, upcast to the current schema version.
+/// Decodes `event` as one of `E`'s types, upcast to the current schema version with
+/// `upcasters`.
+pub fn decode_with<E: Events>(upcasters: &Upcasters, event: &RecordedEvent) -> Result<E> {
+    decode(upcasters, event)
+}
+
 pub(crate) fn decode<E: Events>(upcasters: &Upcasters, event: &RecordedEvent) -> Result<E> {
     let name = event.event_type();
     let fail = |reason: String| Error::Decode {
@@ -304,8 +325,9 @@ pub(crate) fn decode<E: Events>(upcasters: &Upcasters, event: &RecordedEvent) ->
     }
 }
 
-/// Makes the [`NewEvent`] for a typed event, encoded with `codec`.
-pub(crate) fn new_event<E: Events>(event: &E, codec: Codec) -> Result<NewEvent> {
+/// Makes the [`NewEvent`] for a typed event, encoded with `codec`, with its type's name,
+/// schema version and published flag.
+pub fn new_event<E: Events>(event: &E, codec: Codec) -> Result<NewEvent> {
     let meta = event.meta();
     let encoding = codec.encoding();
     let payload = event.encode(encoding).map_err(|reason| Error::Encode {
