@@ -26,6 +26,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod domain;
 mod error;
 mod index;
 pub mod log;
