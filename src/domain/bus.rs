@@ -198,6 +198,10 @@ impl<'s, S: EventStore> UnitOfWork<'s, S> {
 
     /// Appends everything recorded, atomically, each stream expecting the version it was
     /// loaded at; then lets the store publish. Returns one result per stream.
+    ///
+    /// An error means nothing was saved, except [`Error::Publish`] from a
+    /// [`SinkholeEventStore`](super::SinkholeEventStore): the transport refused what was
+    /// committed.
     pub fn commit(mut self) -> Result<Vec<AppendResult>> {
         self.drain()?;
         // One part per stream: the events of later drains follow those of earlier ones.

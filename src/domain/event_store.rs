@@ -73,7 +73,9 @@ pub trait EventStore: Send + Sync {
         Ok(None)
     }
 
-    /// Called after a unit of work committed: a store with an outbox publishes here.
+    /// Called after a unit of work committed: a store with an outbox publishes here. An error
+    /// means the events were saved but not published (only [`SinkholeEventStore`], which keeps
+    /// nothing to retry from, returns one).
     fn committed(&self) -> Result<()> {
         Ok(())
     }
@@ -173,9 +175,22 @@ impl<T: Transport + 'static> PublishingStore<T> {
         &self.store
     }
 
-    /// Runs the outbox now; returns how many events it delivered.
+    /// Runs the outbox until it has caught up (or the transport fails: the outbox retries with
+    /// backoff on later runs, and parks what keeps failing); returns how many events it
+    /// delivered.
     pub fn publish(&self) -> Result<usize> {
-        Ok(self.outbox.lock().run_once()?.delivered)
+        let mut outbox = self.outbox.lock();
+        let mut delivered = 0;
+        loop {
+            let report = outbox.run_once()?;
+            delivered += report.delivered;
+            if report.caught_up
+                || report.last_error.is_some()
+                || report.delivered + report.parked == 0
+            {
+                return Ok(delivered);
+            }
+        }
     }
 
     /// Runs `f` on the transport.
@@ -232,7 +247,11 @@ impl<T: Transport + 'static> EventStore for PublishingStore<T> {
     }
 
     fn committed(&self) -> Result<()> {
-        self.publish().map(drop)
+        // The events are durable: what this run cannot deliver, a later one will.
+        if let Err(e) = self.publish() {
+            tracing::warn!(error = %e, "annals: publishing after a commit failed; the outbox will retry");
+        }
+        Ok(())
     }
 }
 

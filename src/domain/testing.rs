@@ -147,6 +147,8 @@ impl<A: Aggregate> AggregateTest<A> {
         &mut self,
         events: impl IntoIterator<Item = E>,
     ) -> Result<&mut Self> {
+        self.store.register_events::<A::Event>();
+        self.store.register_events::<A::Event>();
         let events = events
             .into_iter()
             .map(|e| self.store.new_event(&e.into()))
@@ -327,6 +329,7 @@ impl BusTest {
         id: &str,
         events: impl IntoIterator<Item = E>,
     ) -> Result<&mut Self> {
+        self.store.register_events::<A::Event>();
         let events = events
             .into_iter()
             .map(|e| self.store.new_event(&e.into()))

@@ -278,6 +278,10 @@ impl CommandRelay {
                     return Ok(Handled::Overtaken);
                 }
                 Err(BusError::Store(e @ Error::WrongExpectedVersion { .. })) => {
+                    // Whichever stream the store named, a relay that moved on makes ours stale.
+                    if self.progress(store)?.0 != expected {
+                        return Ok(Handled::Overtaken);
+                    }
                     conflicts += 1;
                     if conflicts >= self.attempts {
                         return Ok(Handled::Failed(e.to_string()));

@@ -146,11 +146,12 @@ impl<T: EventType> Events for T {
 /// ```
 #[macro_export]
 macro_rules! events {
-    ($(#[$attr:meta])* $vis:vis enum $name:ident { $($variant:ident($ty:ty)),+ $(,)? }) => {
+    ($(#[$attr:meta])* $vis:vis enum $name:ident { $($(#[$vattr:meta])* $variant:ident($ty:ty)),+ $(,)? }) => {
         $(#[$attr])*
         $vis enum $name {
             $(
                 #[doc = concat!("A `", stringify!($ty), "` event.")]
+                $(#[$vattr])*
                 $variant($ty),
             )+
         }
