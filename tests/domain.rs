@@ -1143,3 +1143,31 @@ fn the_relay_works_through_the_bus_test_helper() {
     assert_eq!(relayed.event_types(), ["Shipped"]);
     assert_eq!(relayed.published[0].message_type, "Shipped_v1");
 }
+
+#[test]
+fn a_listener_loop_is_stopped_and_saves_nothing() {
+    let store = TempStore::new().unwrap();
+    let mut bus = MessageBus::<Store>::new();
+    // A listener that records the very event it listens to, forever.
+    bus.listen(
+        |_: &Added, uow: &mut UnitOfWork<'_, Store>| -> annals::Result<()> {
+            uow.get_or_create::<Counter>("loop")?.record(Added { n: 1 });
+            Ok(())
+        },
+    );
+    bus.handle_with(
+        |b: Bump, uow: &mut UnitOfWork<'_, Store>| -> annals::Result<()> {
+            uow.get_or_create::<Counter>(&b.id)?.record(Added { n: 1 });
+            Ok(())
+        },
+    )
+    .unwrap();
+    let err = bus
+        .execute::<_, ()>(Bump { id: "x".into() }, &*store)
+        .unwrap_err();
+    assert!(err.to_string().contains("listener loop"), "{err}");
+    assert_eq!(
+        store.end_position(),
+        TempStore::new().unwrap().end_position()
+    );
+}

@@ -67,6 +67,9 @@ impl<A: Aggregate, S: EventStore> Tracked<S> for TrackedAggregate<A> {
     }
 }
 
+/// The most events and commands one [`MessageBus::settle`] hands on (a bound on listener loops).
+pub const MAX_SETTLE_STEPS: usize = 100_000;
+
 /// The event type of a [`UnitOfWork::claim_unique`] claim.
 pub const UNIQUE_CLAIMED: &str = "annals.UniqueClaimed";
 
@@ -485,8 +488,11 @@ impl<S: EventStore> MessageBus<S> {
     /// Hands the events recorded in `uow` to their listeners and runs the queued commands,
     /// until none are left (what [`handle`](Self::handle) does after the handler; call it
     /// after recording events on aggregates of a unit of work directly).
+    ///
+    /// At most [`MAX_SETTLE_STEPS`] events and commands are handed on per call: more is taken
+    /// for a loop (a listener recording the event it listens to) and is an error.
     pub fn settle(&self, uow: &mut UnitOfWork<'_, S>) -> std::result::Result<(), BusError> {
-        loop {
+        for _ in 0..MAX_SETTLE_STEPS {
             uow.drain()?;
             if let Some(event) = uow.undispatched.pop_front() {
                 for listener in self.listeners.get(event.name()).into_iter().flatten() {
@@ -500,5 +506,12 @@ impl<S: EventStore> MessageBus<S> {
             }
             return Ok(());
         }
+        Err(BusError::Handler(
+            format!(
+                "a unit of work handed on more than {MAX_SETTLE_STEPS} events and commands: \
+                 a listener loop?"
+            )
+            .into(),
+        ))
     }
 }

@@ -80,7 +80,7 @@ mod workflow;
 use std::convert::Infallible;
 
 pub use aggregate::{Aggregate, Command, Dispatched, Recorder, Snapshot};
-pub use bus::{BusError, MessageBus, UNIQUE_CLAIMED, UnitOfWork};
+pub use bus::{BusError, MAX_SETTLE_STEPS, MessageBus, UNIQUE_CLAIMED, UnitOfWork};
 pub use event_store::{EventStore, InMemoryEventStore, Part, PublishingStore, SinkholeEventStore};
 pub use repository::Repository;
 pub use transport::{EventstreamPublisher, InMemoryTransport, Transport};
