@@ -257,7 +257,7 @@ fn bus_round_trip(_: &mut Criterion) {
             i += 1;
             // A new account each time: the same work on both sides (no history to load).
             let account = format!("acc-{i}");
-            let bus_first = i % 2 == 0;
+            let bus_first = i.is_multiple_of(2);
             for side in [bus_first, !bus_first] {
                 let start = Instant::now();
                 if side {

@@ -35,11 +35,14 @@ impl<E: Events> AnyEvent for E {
     }
 }
 
+/// What a tracked aggregate recorded: the part that saves it, and its events for listeners.
+type Drained = (Part, Vec<Box<dyn AnyEvent>>);
+
 /// An aggregate loaded or created by a unit of work, without its type.
 trait Tracked<S: EventStore>: Send {
     fn as_any(&mut self) -> &mut dyn Any;
     /// Takes what was recorded: the part that saves it, and the events for listeners.
-    fn drain(&mut self, store: &S) -> Result<Option<(Part, Vec<Box<dyn AnyEvent>>)>>;
+    fn drain(&mut self, store: &S) -> Result<Option<Drained>>;
     fn saved(&mut self, version: u64);
 }
 
@@ -50,7 +53,7 @@ impl<A: Aggregate, S: EventStore> Tracked<S> for TrackedAggregate<A> {
         &mut self.0
     }
 
-    fn drain(&mut self, store: &S) -> Result<Option<(Part, Vec<Box<dyn AnyEvent>>)>> {
+    fn drain(&mut self, store: &S) -> Result<Option<Drained>> {
         let Some((part, changes, _)) = Repository::<A, S>::unregistered(store).part(&mut self.0)?
         else {
             return Ok(None);

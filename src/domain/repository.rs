@@ -9,6 +9,10 @@ use super::event_store::{EventStore, Part};
 use super::{COMMAND_EVENT_TYPE, DomainError};
 use crate::{AppendResult, Error, ExpectedVersion, NewEvent, PayloadEncoding, Result};
 
+/// What [`Repository::part`] takes off an aggregate: the part of the append that saves it, and
+/// the events and commands it holds (to put back if the append fails).
+pub(crate) type Taken<A> = (Part, Vec<<A as Aggregate>::Event>, Vec<Dispatched>);
+
 /// How snapshots of `A` are taken and read (built where `A: Snapshot` is known).
 struct Snapshotting<A> {
     every: u64,
@@ -142,10 +146,7 @@ impl<'s, A: Aggregate, S: EventStore> Repository<'s, A, S> {
 
     /// The events and commands recorded on `aggregate`, as the part of an append that saves them
     /// at the version it was loaded at. Takes them off the aggregate.
-    pub(crate) fn part(
-        &self,
-        aggregate: &mut A,
-    ) -> Result<Option<(Part, Vec<A::Event>, Vec<Dispatched>)>> {
+    pub(crate) fn part(&self, aggregate: &mut A) -> Result<Option<Taken<A>>> {
         let (changes, dispatched) = aggregate.recorder_mut().take();
         if changes.is_empty() && dispatched.is_empty() {
             return Ok(None);
