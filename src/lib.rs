@@ -40,6 +40,7 @@ pub use log::format::PayloadEncoding;
 pub use log::recovery::Truncation;
 pub use store::catch_up::{CatchUp, ProjectionHandle, ProjectionOptions, Start};
 pub use store::codec::{Codec, to_json_string};
+pub use store::maintenance::{StoreInfo, TruncateReport, VerifyReport};
 pub use store::options::{
     DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability,
 };

@@ -4,6 +4,7 @@ mod background;
 pub(crate) mod catch_up;
 pub(crate) mod codec;
 mod commit;
+pub(crate) mod maintenance;
 pub(crate) mod names;
 mod open;
 pub(crate) mod options;
@@ -116,6 +117,8 @@ pub struct StoreStats {
 /// What happened when the store was opened.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RecoveryReport {
+    /// How far the index sidecar covered the log (what was replayed started there).
+    pub index_covered: Position,
     /// Why the index sidecar was rebuilt from the log, if it was.
     pub index_rebuilt: Option<String>,
     /// Commits read from the log to bring the index up to date.

@@ -33,6 +33,13 @@ impl Store {
             return Err(Error::Locked { path });
         }
         let header = read_header(&*file, &path)?;
+        if options.rebuild_index {
+            match fs.remove_file(&sidecar_path(&path)) {
+                Ok(()) => fs.sync_dir(crate::index::parent(&path))?,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let layout = Layout {
             segment_size: header.segment_size,
         };
@@ -85,6 +92,7 @@ impl Store {
             durable,
             flush_jobs: Mutex::new(None),
             recovery: RecoveryReport {
+                index_covered: crate::Position::new(start.position),
                 index_rebuilt,
                 commits_replayed: recovered.commits,
                 truncated: recovered.truncated,
@@ -106,7 +114,7 @@ impl Store {
 }
 
 /// `PATH.annals`, unless `path` already ends in `.annals`.
-fn store_path(path: &Path) -> PathBuf {
+pub(crate) fn store_path(path: &Path) -> PathBuf {
     if path.extension().is_some_and(|e| e == "annals") {
         return path.to_owned();
     }
@@ -151,7 +159,7 @@ fn create(
     Ok((fs.open(path, OpenMode::Existing)?, created))
 }
 
-fn read_header(file: &dyn StorageFile, path: &Path) -> Result<FileHeader> {
+pub(crate) fn read_header(file: &dyn StorageFile, path: &Path) -> Result<FileHeader> {
     let len = file.len()?.min(HEADER_LEN as u64) as usize;
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, 0)?;

@@ -49,6 +49,7 @@ pub struct StoreBuilder {
     pub(crate) index_flush_events: u64,
     pub(crate) index_cache_bytes: usize,
     pub(crate) create: bool,
+    pub(crate) rebuild_index: bool,
     pub(crate) fs: Arc<dyn FileSystem>,
     pub(crate) codec: Codec,
     pub(crate) upcasters: Upcasters,
@@ -84,6 +85,7 @@ impl Default for StoreBuilder {
             index_flush_events: DEFAULT_INDEX_FLUSH_EVENTS,
             index_cache_bytes: 32 << 20,
             create: true,
+            rebuild_index: false,
             fs: Arc::new(StdFs),
             codec: Codec::default(),
             upcasters: Upcasters::default(),
@@ -124,6 +126,13 @@ impl StoreBuilder {
     /// Memory redb may use to cache the sidecar; default 32 MiB.
     pub fn index_cache_bytes(mut self, bytes: usize) -> Self {
         self.index_cache_bytes = bytes;
+        self
+    }
+
+    /// Discards the index sidecar at open (after taking the store's lock) and rebuilds it from
+    /// the log. Default: no (a sidecar that is missing, foreign or damaged is rebuilt anyway).
+    pub fn rebuild_index(mut self, rebuild: bool) -> Self {
+        self.rebuild_index = rebuild;
         self
     }
 

@@ -3,6 +3,9 @@
 
 mod bench;
 mod exit;
+mod inspect;
+mod maintenance;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -29,6 +32,20 @@ Exit codes: 0 success; 1 error; 2 usage; 3 not found or not a store; 4 locked by
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Shows a store's format, size, counts, last position and index coverage.
+    Info(inspect::InfoArgs),
+    /// Checks every frame, stream version and index entry; exit code 5 at the first problem.
+    Verify(inspect::VerifyArgs),
+    /// Prints events as JSON lines (a stream, a category, a type, or the whole log).
+    Dump(inspect::DumpArgs),
+    /// Writes every event to a portable JSON-lines file (gzip when it ends in .gz).
+    Export(transfer::ExportArgs),
+    /// Loads an export into a new or existing store (idempotent; checks stream versions).
+    Import(transfer::ImportArgs),
+    /// Discards the index sidecar and rebuilds it from the log.
+    RebuildIndex(maintenance::RebuildIndexArgs),
+    /// Cuts a damaged log at a position, saving the removed bytes first.
+    Repair(maintenance::RepairArgs),
     /// Measures annals, SQLite and redb side by side on the standard workloads.
     Bench(bench::BenchArgs),
 }
@@ -36,6 +53,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Info(args) => inspect::info(args),
+        Command::Verify(args) => inspect::verify(args),
+        Command::Dump(args) => inspect::dump(args),
+        Command::Export(args) => transfer::export(args),
+        Command::Import(args) => transfer::import(args),
+        Command::RebuildIndex(args) => maintenance::rebuild_index(args),
+        Command::Repair(args) => maintenance::repair(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -1,0 +1,271 @@
+//! `annals info`, `annals verify` and `annals dump`: looking inside a store.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use annals::{Direction, Position, RecordedEvent, Store};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Map, Value, json};
+
+use crate::exit::{CORRUPT, CliError, CliResult, NOT_A_STORE};
+
+/// Opens an existing store (never creates one): a missing file is exit code 3.
+pub fn open_existing(path: &Path) -> CliResult<Store> {
+    open_with(path, Store::builder())
+}
+
+/// Opens an existing store with `builder`'s options.
+pub fn open_with(path: &Path, builder: annals::StoreBuilder) -> CliResult<Store> {
+    match builder.create_if_missing(false).open(path) {
+        Ok(store) => Ok(store),
+        Err(annals::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(
+            CliError::new(NOT_A_STORE, format!("no store at {}", path.display())),
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Options of `annals info`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  annals info shop.annals\n  annals info shop --json")]
+pub struct InfoArgs {
+    /// The store (`NAME.annals`; the extension may be left out).
+    pub store: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `annals info`.
+pub fn info(args: InfoArgs) -> CliResult {
+    let store = open_existing(&args.store)?;
+    let info = store.info()?;
+    let created = humantime::format_rfc3339_seconds(info.created_at).to_string();
+    let covered = info.index_covered.as_u64();
+    let end = info.end.as_u64();
+    let doc = json!({
+        "path": info.path.display().to_string(),
+        "format_version": info.format_version,
+        "store_id": info.store_id.to_string(),
+        "created_at": created,
+        "file_size": info.file_size,
+        "index_size": info.index_size,
+        "segment_size": info.segment_size,
+        "segments": info.segments,
+        "events": info.events,
+        "system_events": info.system_events,
+        "streams": info.streams,
+        "end_position": end,
+        "index_covered": covered,
+        "commits_replayed_at_open": info.commits_replayed,
+        "index_rebuilt": info.index_rebuilt,
+    });
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{doc}")?;
+    } else {
+        writeln!(out, "store           {}", info.path.display())?;
+        writeln!(out, "format version  {}", info.format_version)?;
+        writeln!(out, "store id        {}", info.store_id)?;
+        writeln!(out, "created         {created}")?;
+        writeln!(
+            out,
+            "size            {} bytes ({} segments of {} bytes), index sidecar {} bytes",
+            info.file_size, info.segments, info.segment_size, info.index_size
+        )?;
+        writeln!(
+            out,
+            "events          {} ({} of the engine's own `$` streams)",
+            info.events, info.system_events
+        )?;
+        writeln!(out, "streams         {}", info.streams)?;
+        writeln!(out, "last position   {end} (the next append goes there)")?;
+        let replayed = match &info.index_rebuilt {
+            Some(reason) => format!("rebuilt at this open: {reason}"),
+            None => format!(
+                "{} commits replayed from the log at this open",
+                info.commits_replayed
+            ),
+        };
+        writeln!(out, "index covered   {covered} of {end}; {replayed}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Options of `annals verify`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Reads every frame and checks its checksum and position, stream versions, and the index
+against the log. Exit code 0 when clean; 5 with the first bad position otherwise.
+
+Examples:
+  annals verify shop.annals
+  annals verify shop.annals --quiet && echo sound"
+)]
+pub struct VerifyArgs {
+    /// The store.
+    pub store: PathBuf,
+    /// No progress bar, and nothing printed when the store is sound.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Runs `annals verify`.
+pub fn verify(args: VerifyArgs) -> CliResult {
+    let store = open_existing(&args.store)?;
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("verifying {bar:40} {bytes}/{total_bytes} ({eta})")
+                .map_err(|e| CliError::new(crate::exit::ERROR, e.to_string()))?,
+        );
+        bar
+    };
+    let report = store.verify(&mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    match report.problem {
+        None => {
+            if !args.quiet {
+                println!(
+                    "clean: {} events in {} streams, {} bytes of log checked",
+                    report.events, report.streams, report.bytes
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some((position, reason)) => Err(CliError::new(
+            CORRUPT,
+            format!(
+                "verification failed at position {}: {reason} ({} events before it were sound)",
+                position.as_u64(),
+                report.events.saturating_sub(1)
+            ),
+        )),
+    }
+}
+
+/// Options of `annals dump`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "One JSON object per line, with all of an event's metadata; the payload as JSON when it
+decodes as JSON (`payload`), otherwise base64 (`payload_base64`).
+
+Examples:
+  annals dump shop.annals --stream cart-7
+  annals dump shop.annals --category cart --limit 10
+  annals dump shop.annals --type CheckedOut --from 4096
+  annals dump shop.annals --system | jq .type"
+)]
+pub struct DumpArgs {
+    /// The store.
+    pub store: PathBuf,
+    /// Only this stream (from version `--from`).
+    #[arg(long, conflicts_with_all = ["category", "event_type"])]
+    pub stream: Option<String>,
+    /// Only streams of this category (`CATEGORY` and `CATEGORY-…`).
+    #[arg(long, conflicts_with = "event_type")]
+    pub category: Option<String>,
+    /// Only events of this type.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Start at this log position (a stream version with `--stream`).
+    #[arg(long, default_value_t = 0)]
+    pub from: u64,
+    /// At most this many events.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Include the engine's own `$` streams (whole-log dumps only).
+    #[arg(long)]
+    pub system: bool,
+}
+
+/// Runs `annals dump`.
+pub fn dump(args: DumpArgs) -> CliResult {
+    let store = open_existing(&args.store)?;
+    let limit = args.limit.unwrap_or(usize::MAX);
+    let from = Position::new(args.from);
+    let events: Box<dyn Iterator<Item = annals::Result<RecordedEvent>>> =
+        if let Some(stream) = &args.stream {
+            Box::new(store.read_stream(stream, args.from, Direction::Forwards, limit)?)
+        } else if let Some(category) = &args.category {
+            Box::new(store.read_category(category, from, limit)?)
+        } else if let Some(event_type) = &args.event_type {
+            Box::new(store.read_event_type(event_type, from, limit)?)
+        } else if args.system {
+            Box::new(store.read_log(from, Direction::Forwards, limit)?)
+        } else {
+            Box::new(store.read_all(from, Direction::Forwards, limit)?)
+        };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for event in events {
+        let line = event_json(&event?);
+        if let Err(e) = writeln!(out, "{line}") {
+            // `annals dump | head` closes the pipe: not an error.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(ExitCode::SUCCESS);
+            }
+            return Err(e.into());
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// An event as one JSON object, for reading (`dump`).
+pub fn event_json(e: &RecordedEvent) -> Value {
+    let mut m = Map::new();
+    m.insert("position".into(), json!(e.position().as_u64()));
+    m.insert("stream".into(), json!(e.stream()));
+    m.insert("version".into(), json!(e.version()));
+    m.insert("id".into(), json!(e.id().to_string()));
+    m.insert("type".into(), json!(e.event_type()));
+    m.insert("schema_version".into(), json!(e.schema_version()));
+    m.insert(
+        "timestamp".into(),
+        json!(humantime::format_rfc3339_nanos(e.timestamp()).to_string()),
+    );
+    if let Some(id) = e.correlation_id() {
+        m.insert("correlation_id".into(), json!(id.to_string()));
+    }
+    if let Some(id) = e.causation_id() {
+        m.insert("causation_id".into(), json!(id.to_string()));
+    }
+    m.insert("published".into(), json!(e.is_published()));
+    m.insert("encoding".into(), json!(encoding_name(e.encoding())));
+    if !e.metadata().is_empty() {
+        insert_bytes(&mut m, "metadata", e.metadata());
+    }
+    insert_bytes(&mut m, "payload", e.payload());
+    Value::Object(m)
+}
+
+/// `key` as JSON if the bytes are JSON, else `key_base64`.
+fn insert_bytes(m: &mut Map<String, Value>, key: &str, bytes: &[u8]) {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v) => {
+            m.insert(key.into(), v);
+        }
+        Err(_) => {
+            m.insert(format!("{key}_base64"), json!(BASE64.encode(bytes)));
+        }
+    }
+}
+
+/// The name of an encoding in the JSON forms.
+pub fn encoding_name(e: annals::PayloadEncoding) -> &'static str {
+    match e {
+        annals::PayloadEncoding::Json => "json",
+        annals::PayloadEncoding::Bincode => "bincode",
+        _ => "raw",
+    }
+}

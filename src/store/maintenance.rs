@@ -1,0 +1,336 @@
+//! Looking inside a store, checking it, and cutting a damaged log: what the `annals` command
+//! line tool (`info`, `verify`, `rebuild-index`, `repair`) is built on.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{Store, open::store_path};
+use crate::error::{Error, Result};
+use crate::index::sidecar_path;
+use crate::log::Layout;
+use crate::log::format::{FORMAT_VERSION, FRAME_ALIGN};
+use crate::storage::{FileSystem, OpenMode, StdFs};
+use crate::types::{Direction, Position};
+
+/// What [`Store::info`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreInfo {
+    /// The store file.
+    pub path: PathBuf,
+    /// Format version of the file.
+    pub format_version: u32,
+    /// The store's random id (also recorded in its index sidecar).
+    pub store_id: uuid::Uuid,
+    /// When the store was created.
+    pub created_at: SystemTime,
+    /// Size of the store file in bytes (segments are allocated ahead of use).
+    pub file_size: u64,
+    /// Size of the index sidecar in bytes (0 if it is missing).
+    pub index_size: u64,
+    /// Segment size in bytes.
+    pub segment_size: u64,
+    /// Segments allocated in the file.
+    pub segments: u64,
+    /// Events in the log, the engine's own `$` streams included.
+    pub events: u64,
+    /// Of those, events of `$` streams (checkpoints, outbox progress, snapshots, relays).
+    pub system_events: u64,
+    /// Streams, `$` streams included.
+    pub streams: u64,
+    /// The log's end: where the next append goes.
+    pub end: Position,
+    /// How far the index sidecar covered the log when the store was opened (the rest was
+    /// replayed from the log).
+    pub index_covered: Position,
+    /// Commits replayed from the log at open.
+    pub commits_replayed: u64,
+    /// Why the sidecar was rebuilt at open, if it was.
+    pub index_rebuilt: Option<String>,
+}
+
+/// What [`Store::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// Events read and checked.
+    pub events: u64,
+    /// Streams seen.
+    pub streams: u64,
+    /// Bytes of log read.
+    pub bytes: u64,
+    /// The first problem: where, and what. `None` when the store is sound.
+    pub problem: Option<(Position, String)>,
+}
+
+impl VerifyReport {
+    /// Whether nothing was wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// What [`Store::truncate_log`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TruncateReport {
+    /// Where the log now ends.
+    pub at: Position,
+    /// Bytes removed (written bytes after `at`, trailing zeros of preallocated space excluded).
+    pub removed: u64,
+    /// Where the removed bytes were saved (`None` if there were none).
+    pub saved_to: Option<PathBuf>,
+}
+
+impl Store {
+    /// Counts what the store holds (a scan of the whole log) and reports its layout.
+    ///
+    /// ```
+    /// use annals::{ExpectedVersion, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// store.append("a-1", ExpectedVersion::Any, [NewEvent::new("E", "x"), NewEvent::new("E", "y")])?;
+    /// store.append("b-1", ExpectedVersion::Any, [NewEvent::new("E", "z")])?;
+    /// let info = store.info()?;
+    /// assert_eq!((info.events, info.streams, info.format_version), (3, 2, 1));
+    /// assert_eq!(info.end, store.end_position());
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn info(&self) -> Result<StoreInfo> {
+        let shared = &self.shared;
+        let mut streams: HashMap<String, ()> = HashMap::new();
+        let (mut events, mut system_events) = (0, 0);
+        for e in self.read_log(Position::START, Direction::Forwards, usize::MAX)? {
+            let e = e?;
+            events += 1;
+            if e.stream().starts_with('$') {
+                system_events += 1;
+            }
+            if !streams.contains_key(e.stream()) {
+                streams.insert(e.stream().to_owned(), ());
+            }
+        }
+        let file_size = shared.file.len()?;
+        let index_size = std::fs::metadata(sidecar_path(&shared.path)).map_or(0, |m| m.len());
+        let segment_size = shared.layout.segment_size;
+        Ok(StoreInfo {
+            path: shared.path.clone(),
+            format_version: shared.header.format_version,
+            store_id: uuid::Uuid::from_bytes(shared.header.store_id),
+            created_at: SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_nanos(shared.header.created_at),
+            file_size,
+            index_size,
+            segment_size,
+            segments: file_size.saturating_sub(Layout::FIRST) / segment_size,
+            events,
+            system_events,
+            streams: streams.len() as u64,
+            end: self.end_position(),
+            index_covered: shared.recovery.index_covered,
+            commits_replayed: shared.recovery.commits_replayed,
+            index_rebuilt: shared.recovery.index_rebuilt.clone(),
+        })
+    }
+
+    /// Reads every frame of the log and checks it: checksum and recorded position (every read
+    /// does), stream versions without gaps or repeats, and the index against the log (each
+    /// event found at its position by stream and version, and by id). `progress` is called now
+    /// and then with (bytes read, bytes in all).
+    ///
+    /// Damage is not an `Err`: it is the report's [`problem`](VerifyReport::problem), with the
+    /// position of the first bad frame. `Err` is for failing to read at all.
+    ///
+    /// ```
+    /// use annals::{ExpectedVersion, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// store.append("a-1", ExpectedVersion::Any, [NewEvent::new("E", "x")])?;
+    /// let report = store.verify(&mut |_, _| {})?;
+    /// assert!(report.is_clean());
+    /// assert_eq!(report.events, 1);
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
+        let end = self.end_position().as_u64();
+        let first = Layout::FIRST;
+        let total = end.saturating_sub(first);
+        let mut report = VerifyReport {
+            events: 0,
+            streams: 0,
+            bytes: 0,
+            problem: None,
+        };
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        progress(0, total);
+        let events = self.read_log(Position::START, Direction::Forwards, usize::MAX)?;
+        for e in events {
+            let e = match e {
+                Ok(e) => e,
+                Err(Error::Corrupt { position, reason }) => {
+                    report.problem = Some((Position::new(position), reason));
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            let position = e.position();
+            report.events += 1;
+            report.bytes = e.next_position().as_u64().saturating_sub(first);
+            let expected = versions.get(e.stream()).copied().unwrap_or(0);
+            if e.version() != expected {
+                report.problem = Some((
+                    position,
+                    format!(
+                        "`{}` version {} where {expected} was due",
+                        e.stream(),
+                        e.version()
+                    ),
+                ));
+                break;
+            }
+            versions.insert(e.stream().to_owned(), expected + 1);
+            if let Some(problem) = self.check_indexed(&e)? {
+                report.problem = Some((position, problem));
+                break;
+            }
+            if report.events % 4096 == 0 {
+                progress(report.bytes, total);
+            }
+        }
+        report.streams = versions.len() as u64;
+        if report.problem.is_none() {
+            for (stream, count) in &versions {
+                let indexed = self.shared.index.stream_info(stream)?.count;
+                if indexed != *count {
+                    report.problem = Some((
+                        self.end_position(),
+                        format!("the index has {indexed} events for `{stream}`, the log {count}"),
+                    ));
+                    break;
+                }
+            }
+        }
+        progress(report.bytes, total);
+        Ok(report)
+    }
+
+    /// Checks that the index finds `e` where the log has it; the problem if not.
+    fn check_indexed(&self, e: &crate::RecordedEvent) -> Result<Option<String>> {
+        let by_stream = self
+            .read_stream(e.stream(), e.version(), Direction::Forwards, 1)?
+            .next()
+            .transpose()?;
+        match by_stream {
+            Some(found) if found.position() == e.position() => {}
+            Some(found) => {
+                return Ok(Some(format!(
+                    "the index puts `{}` version {} at {}",
+                    e.stream(),
+                    e.version(),
+                    found.position().as_u64()
+                )));
+            }
+            None => {
+                return Ok(Some(format!(
+                    "the index does not know `{}` version {}",
+                    e.stream(),
+                    e.version()
+                )));
+            }
+        }
+        match self.shared.index.find_id(e.id().as_u128())? {
+            Some(at) if at == e.position().as_u64() => Ok(None),
+            Some(at) => Ok(Some(format!("the id index puts event {} at {at}", e.id()))),
+            None => Ok(Some(format!("the id index does not know event {}", e.id()))),
+        }
+    }
+
+    /// Cuts the log of the (closed) store at `path` at byte position `at`: the written bytes
+    /// from `at` on are first saved beside the store (`NAME.annals.removed-AT`, synced), then
+    /// zeroed; the index sidecar is removed (the next open rebuilds it). For a store that
+    /// [`open`](Store::open) refuses as [`Error::Corrupt`] at `at`: cutting there keeps every
+    /// commit before it. Commits that `at` splits are dropped whole by the next open.
+    ///
+    /// Only on explicit request: this removes events.
+    pub fn truncate_log(path: impl AsRef<Path>, at: Position) -> Result<TruncateReport> {
+        truncate_log_on(Arc::new(StdFs), path.as_ref(), at)
+    }
+}
+
+pub(crate) fn truncate_log_on(
+    fs: Arc<dyn FileSystem>,
+    path: &Path,
+    at: Position,
+) -> Result<TruncateReport> {
+    let path = store_path(path);
+    let file = fs.open(&path, OpenMode::Existing)?;
+    if !file.try_lock()? {
+        return Err(Error::Locked { path });
+    }
+    let header = super::open::read_header(&*file, &path)?;
+    debug_assert_eq!(header.format_version, FORMAT_VERSION);
+    let at_u64 = at.as_u64();
+    let len = file.len()?;
+    if at_u64 < Layout::FIRST || at_u64 > len || at_u64 % FRAME_ALIGN != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "cannot cut the log at {at_u64}: a cut is a multiple of {FRAME_ALIGN} between {} and the file's \
+             size {len}",
+            Layout::FIRST
+        )));
+    }
+    // The written bytes after `at`: up to the last non-zero byte.
+    const CHUNK: u64 = 1 << 20;
+    let mut last_written = at_u64;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut offset = at_u64;
+    while offset < len {
+        let n = (len - offset).min(CHUNK) as usize;
+        file.read_exact_at(&mut buf[..n], offset)?;
+        if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
+            last_written = offset + i as u64 + 1;
+        }
+        offset += n as u64;
+    }
+    let removed = last_written - at_u64;
+    let mut saved_to = None;
+    if removed > 0 {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".removed-{at_u64}"));
+        let saved = path.with_file_name(name);
+        let out = fs.open(&saved, OpenMode::CreateNew)?;
+        let mut offset = at_u64;
+        while offset < last_written {
+            let n = (last_written - offset).min(CHUNK) as usize;
+            file.read_exact_at(&mut buf[..n], offset)?;
+            out.write_all_at(&buf[..n], offset - at_u64)?;
+            offset += n as u64;
+        }
+        out.sync_all()?;
+        fs.sync_dir(crate::index::parent(&saved))?;
+        saved_to = Some(saved);
+        // Now zero them.
+        buf.fill(0);
+        let mut offset = at_u64;
+        while offset < last_written {
+            let n = (last_written - offset).min(CHUNK) as usize;
+            file.write_all_at(&buf[..n], offset)?;
+            offset += n as u64;
+        }
+        file.sync_all()?;
+    }
+    let sidecar = sidecar_path(&path);
+    match fs.remove_file(&sidecar) {
+        Ok(()) => fs.sync_dir(crate::index::parent(&path))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(TruncateReport {
+        at,
+        removed,
+        saved_to,
+    })
+}

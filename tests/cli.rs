@@ -1,0 +1,377 @@
+//! The `annals` binary on real stores: each command's output and exit code, a corrupted store
+//! (verify names the damaged frame's position, repair cuts there), a locked store, and an
+//! export/import round trip that reproduces every event byte for byte.
+#![cfg(feature = "cli")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use annals::{
+    Direction, ExpectedVersion, NewEvent, PayloadEncoding, Position, RecordedEvent, Store,
+};
+use uuid::Uuid;
+
+fn annals(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args(args)
+        .output()
+        .expect("run the annals binary")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A store with JSON, bincode and raw payloads, metadata, tracing ids and several streams.
+fn make_store(dir: &Path) -> PathBuf {
+    let file = dir.join("shop.annals");
+    let store = Store::open(&file).unwrap();
+    for i in 0..30u32 {
+        let mut json = NewEvent::new("ItemAdded", format!(r#"{{"sku": "apple", "n": {i}}}"#))
+            .with_metadata(format!(r#"{{"user": "u{i}"}}"#))
+            .with_correlation_id(Uuid::now_v7())
+            .published(i % 2 == 0);
+        json.encoding = PayloadEncoding::Json;
+        let mut bin = NewEvent::new("Binary", vec![0xFFu8, 0x00, i as u8, 0x80])
+            .with_metadata(vec![0xC3, 0x28])
+            .with_causation_id(Uuid::now_v7())
+            .with_schema_version(3);
+        bin.encoding = PayloadEncoding::Bincode;
+        store
+            .append(&format!("cart-{}", i % 3), ExpectedVersion::Any, [json])
+            .unwrap();
+        store
+            .append(
+                &format!("blob-{}", i % 2),
+                ExpectedVersion::Any,
+                [bin, NewEvent::new("Raw", "plain text")],
+            )
+            .unwrap();
+    }
+    store.close().unwrap();
+    file
+}
+
+fn all_events(file: &Path) -> Vec<RecordedEvent> {
+    let store = Store::builder()
+        .create_if_missing(false)
+        .open(file)
+        .unwrap();
+    store
+        .read_all(Position::START, Direction::Forwards, usize::MAX)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn info_reports_counts_and_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_store(dir.path());
+    let o = annals(&["info", path(&file)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("format version  1"), "{text}");
+    assert!(
+        text.contains("events          90 (0 of the engine's own `$` streams)"),
+        "{text}"
+    );
+    assert!(text.contains("streams         5"), "{text}");
+
+    let o = annals(&["info", path(&file), "--json"]);
+    assert!(o.status.success());
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["events"], 90);
+    assert_eq!(doc["streams"], 5);
+    assert_eq!(doc["format_version"], 1);
+    let store = Store::open(&file).unwrap();
+    assert_eq!(doc["end_position"], store.end_position().as_u64());
+    assert_eq!(doc["store_id"], store.store_id().to_string());
+    assert_eq!(
+        doc["index_covered"], doc["end_position"],
+        "a clean close covers everything"
+    );
+}
+
+#[test]
+fn missing_foreign_and_locked_stores_have_their_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = annals(&["info", path(&dir.path().join("nothing.annals"))]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("no store at"), "{}", stderr(&o));
+    assert!(
+        !dir.path().join("nothing.annals").exists(),
+        "info never creates a store"
+    );
+
+    let foreign = dir.path().join("foreign.annals");
+    std::fs::write(&foreign, b"SQLite format 3\0 and more bytes than a header").unwrap();
+    let o = annals(&["verify", path(&foreign)]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(&foreign).unwrap(),
+        b"SQLite format 3\0 and more bytes than a header"
+    );
+
+    let file = make_store(dir.path());
+    let held = Store::open(&file).unwrap();
+    for command in ["info", "verify", "dump", "rebuild-index"] {
+        let o = annals(&[command, path(&file)]);
+        assert_eq!(o.status.code(), Some(4), "{command}: {}", stderr(&o));
+        assert!(stderr(&o).contains("locked"), "{command}: {}", stderr(&o));
+    }
+    let o = annals(&["repair", path(&file), "--truncate-at", "4096"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    drop(held);
+
+    let o = annals(&["info"]);
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+}
+
+#[test]
+fn verify_passes_a_sound_store_and_names_the_damaged_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_store(dir.path());
+    let o = annals(&["verify", path(&file)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("clean: 90 events in 5 streams"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Flip one byte inside the payload of the 41st event.
+    let events = all_events(&file);
+    let victim = &events[40];
+    let at = victim.position().as_u64();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let payload = victim.payload().to_vec();
+    let offset = (at as usize..at as usize + 512)
+        .find(|&i| bytes[i..].starts_with(&payload))
+        .expect("the payload is inside its frame");
+    bytes[offset] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let o = annals(&["verify", path(&file)]);
+    assert_eq!(o.status.code(), Some(5), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains(&format!("position {at}")),
+        "{}",
+        stderr(&o)
+    );
+
+    // repair cuts there, saving the removed bytes; what came before is intact.
+    let o = annals(&["repair", path(&file), "--truncate-at", &at.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let saved = dir.path().join(format!("shop.annals.removed-{at}"));
+    let removed = std::fs::read(&saved).unwrap();
+    assert_eq!(&removed[..16], &bytes[at as usize..at as usize + 16]);
+    let o = annals(&["verify", path(&file)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let kept = all_events(&file);
+    // Event 40 shares its commit with event 39 (a blob append of two events): commits are
+    // whole, so the cut keeps events 0..=38 or 0..=39 depending on where the commit starts.
+    let commit_start = events
+        .iter()
+        .position(|e| e.position().as_u64() >= at)
+        .unwrap();
+    assert_eq!(
+        kept.len(),
+        commit_start - usize::from(events[commit_start - 1].stream() == victim.stream())
+    );
+    for (a, b) in kept.iter().zip(&events) {
+        assert_eq!((a.id(), a.payload()), (b.id(), b.payload()));
+    }
+
+    // A cut that is not on a frame boundary is refused without changing anything.
+    let o = annals(&["repair", path(&file), "--truncate-at", "4097"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("multiple of 8"), "{}", stderr(&o));
+}
+
+#[test]
+fn dump_prints_json_lines_with_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_store(dir.path());
+    let o = annals(&["dump", path(&file), "--stream", "cart-1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 10);
+    for (v, line) in lines.iter().enumerate() {
+        assert_eq!(line["stream"], "cart-1");
+        assert_eq!(line["version"], v as u64);
+        assert_eq!(line["type"], "ItemAdded");
+        assert_eq!(
+            line["payload"]["sku"], "apple",
+            "JSON payloads print as JSON"
+        );
+        assert_eq!(
+            line["metadata"]["user"].as_str().unwrap().chars().next(),
+            Some('u')
+        );
+        assert!(
+            line["correlation_id"]
+                .as_str()
+                .unwrap()
+                .parse::<Uuid>()
+                .is_ok()
+        );
+        assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(line["encoding"], "json");
+    }
+    assert_eq!(lines[0]["published"], false);
+
+    let o = annals(&["dump", path(&file), "--type", "Binary", "--limit", "3"]);
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        lines[2]["payload_base64"], "/wACgA==",
+        "bytes that are not JSON print as base64"
+    );
+    assert_eq!(lines[2]["schema_version"], 3);
+    assert_eq!(lines[2]["metadata_base64"], "wyg=");
+
+    let o = annals(&["dump", path(&file), "--category", "blob"]);
+    assert_eq!(stdout(&o).lines().count(), 60);
+    let from = all_events(&file)[80].position().as_u64().to_string();
+    let o = annals(&["dump", path(&file), "--from", &from]);
+    assert_eq!(stdout(&o).lines().count(), 10);
+}
+
+#[test]
+fn export_and_import_reproduce_every_event_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_store(dir.path());
+    for name in ["backup.jsonl", "backup.jsonl.gz"] {
+        let export = dir.path().join(name);
+        let o = annals(&["export", path(&file), path(&export)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let raw = std::fs::read(&export).unwrap();
+        assert_eq!(raw.starts_with(&[0x1f, 0x8b]), name.ends_with(".gz"));
+
+        let restored = dir.path().join(format!("restored-{name}.annals"));
+        let o = annals(&["import", path(&export), path(&restored)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let (a, b) = (all_events(&file), all_events(&restored));
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(
+                (
+                    a.stream(),
+                    a.version(),
+                    a.id(),
+                    a.event_type(),
+                    a.schema_version()
+                ),
+                (
+                    b.stream(),
+                    b.version(),
+                    b.id(),
+                    b.event_type(),
+                    b.schema_version()
+                )
+            );
+            assert_eq!(
+                (a.timestamp_nanos(), a.correlation_id(), a.causation_id()),
+                (b.timestamp_nanos(), b.correlation_id(), b.causation_id())
+            );
+            assert_eq!(
+                (a.is_published(), a.encoding()),
+                (b.is_published(), b.encoding())
+            );
+            assert_eq!((a.metadata(), a.payload()), (b.metadata(), b.payload()));
+        }
+
+        // Importing again writes nothing.
+        let end = Store::open(&restored).unwrap().end_position();
+        let o = annals(&["import", path(&export), path(&restored)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("already there"), "{}", stderr(&o));
+        assert_eq!(Store::open(&restored).unwrap().end_position(), end);
+    }
+
+    // An export into a store whose stream went elsewhere is refused.
+    let other = dir.path().join("other.annals");
+    Store::open(&other)
+        .unwrap()
+        .append(
+            "cart-0",
+            ExpectedVersion::NoStream,
+            [NewEvent::new("Different", "x")],
+        )
+        .unwrap();
+    let o = annals(&[
+        "import",
+        path(&dir.path().join("backup.jsonl")),
+        path(&other),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cart-0"), "{}", stderr(&o));
+
+    // A cut-short export imports nothing.
+    let text = std::fs::read_to_string(dir.path().join("backup.jsonl")).unwrap();
+    let cut = dir.path().join("cut.jsonl");
+    std::fs::write(&cut, &text[..text.len() / 2]).unwrap();
+    let fresh = dir.path().join("fresh.annals");
+    let o = annals(&["import", path(&cut), path(&fresh)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cut short") || stderr(&o).contains("line"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!fresh.exists());
+}
+
+#[test]
+fn rebuild_index_rebuilds_and_the_store_stays_sound() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_store(dir.path());
+    let o = annals(&["rebuild-index", path(&file)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("rebuilt the index from the log"),
+        "{}",
+        stdout(&o)
+    );
+    let o = annals(&["verify", path(&file)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = annals(&["info", path(&file), "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["events"], 90);
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    let o = annals(&["--help"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("Exit codes"));
+    for command in [
+        "info",
+        "verify",
+        "dump",
+        "export",
+        "import",
+        "rebuild-index",
+        "repair",
+        "bench",
+    ] {
+        let o = annals(&[command, "--help"]);
+        assert!(o.status.success(), "{command}");
+        assert!(stdout(&o).contains("Example"), "{command}: {}", stdout(&o));
+    }
+}
