@@ -197,7 +197,7 @@ impl Store {
                 report.problem = Some((position, problem));
                 break;
             }
-            if report.events % 4096 == 0 {
+            if report.events.is_multiple_of(4096) {
                 progress(report.bytes, total);
             }
         }
@@ -275,7 +275,7 @@ pub(crate) fn truncate_log_on(
     debug_assert_eq!(header.format_version, FORMAT_VERSION);
     let at_u64 = at.as_u64();
     let len = file.len()?;
-    if at_u64 < Layout::FIRST || at_u64 > len || at_u64 % FRAME_ALIGN != 0 {
+    if at_u64 < Layout::FIRST || at_u64 > len || !at_u64.is_multiple_of(FRAME_ALIGN) {
         return Err(Error::InvalidArgument(format!(
             "cannot cut the log at {at_u64}: a cut is a multiple of {FRAME_ALIGN} between {} and the file's \
              size {len}",
