@@ -1,5 +1,6 @@
 //! annals against SQLite (WAL, synchronous=FULL) and a plain redb table, on the same workloads
-//! in the same run, plus the raw `write + fdatasync` loop as the physical limit.
+//! in the same run, plus the raw `write + fdatasync` loop as the physical limit, and the time to
+//! reopen each after a clean close.
 //!
 //! Run: `cargo bench --features bench --bench engine`. The workload code is `annals::bench`,
 //! shared with `annals bench`.
@@ -123,6 +124,27 @@ fn reads(c: &mut Criterion) {
         g.bench_function(sys.name(), |b| b.iter(|| sys.read_all().unwrap()));
     }
     g.finish();
+
+    // Closed cleanly here; each reopen opens the 100,000-event store and reads one stream.
+    let names: Vec<&'static str> = systems.iter().map(|s| s.name()).collect();
+    drop(systems);
+    let mut g = c.benchmark_group("reopen_100000");
+    g.sample_size(20).measurement_time(Duration::from_secs(5));
+    for name in names {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| bench::reopen(iters, || open(name, dir.path())).unwrap())
+        });
+    }
+    g.finish();
+}
+
+/// Opens the system called `name` in `dir`.
+fn open(name: &str, dir: &Path) -> bench::BenchResult<Box<dyn System>> {
+    Ok(match name {
+        "annals" => Box::new(bench::open_annals(dir)?),
+        "sqlite" => Box::new(bench::open_sqlite(dir)?),
+        _ => Box::new(bench::open_redb(dir)?),
+    })
 }
 
 criterion_group!(benches, durable_appends, reads);

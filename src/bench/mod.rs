@@ -91,6 +91,71 @@ pub enum Workload {
     ReadStream,
     /// Reading the whole log.
     ReadAll,
+    /// Reopening a large store after a clean close (see [`reopen`]).
+    Reopen,
+}
+
+impl Workload {
+    /// Every workload, in the order `annals bench` runs and prints them.
+    pub const ALL: [Workload; 7] = [
+        Workload::Append1,
+        Workload::Append1Threads8,
+        Workload::Batch100,
+        Workload::Batch1000,
+        Workload::ReadStream,
+        Workload::ReadAll,
+        Workload::Reopen,
+    ];
+
+    /// The name `annals bench --workloads` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Append1 => "append-1",
+            Workload::Append1Threads8 => "append-8",
+            Workload::Batch100 => "batch-100",
+            Workload::Batch1000 => "batch-1000",
+            Workload::ReadStream => "read-stream",
+            Workload::ReadAll => "read-all",
+            Workload::Reopen => "reopen",
+        }
+    }
+
+    /// One line saying what the workload does.
+    pub fn description(self) -> &'static str {
+        match self {
+            Workload::Append1 => "one event per durable append, one thread",
+            Workload::Append1Threads8 => "one event per durable append, eight threads",
+            Workload::Batch100 => "durable batches of 100 events, one stream",
+            Workload::Batch1000 => "durable batches of 1,000 events, one stream",
+            Workload::ReadStream => "read one stream of a filled store",
+            Workload::ReadAll => "read every event of a filled store, in log order",
+            Workload::Reopen => "open a filled store after a clean close, ready to serve",
+        }
+    }
+
+    /// The workload named `name` (see [`Workload::name`]).
+    pub fn from_name(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
+}
+
+/// A boxed system is a system (so openers can return `Box<dyn System>`).
+impl<S: System + ?Sized> System for Box<S> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn append(&self, stream: &str, events: &[Event]) -> BenchResult<()> {
+        (**self).append(stream, events)
+    }
+
+    fn read_stream(&self, stream: &str) -> BenchResult<u64> {
+        (**self).read_stream(stream)
+    }
+
+    fn read_all(&self) -> BenchResult<u64> {
+        (**self).read_all()
+    }
 }
 
 /// Appends `total` single-event appends spread over `threads` threads (thread `t` appends to
@@ -153,13 +218,18 @@ pub fn batches(
     Ok(elapsed)
 }
 
+/// Most payload bytes in one append of [`fill`].
+const FILL_BATCH_BYTES: usize = 8 << 20;
+
 /// Fills `sys` with `events` events in `streams` streams (round robin, in batches of 1000 per
-/// stream), for the read workloads. Stream `fill-0` gets `events / streams` events.
+/// stream, fewer for payloads above 8 KiB so that a batch stays within 8 MiB), for the read
+/// workloads. Stream `fill-0` gets `events / streams` events.
 pub fn fill(sys: &dyn System, events: u64, streams: u64, payload: usize) -> BenchResult<()> {
-    let per_stream = events / streams;
+    let per_stream = events / streams.max(1);
+    let batch = (FILL_BATCH_BYTES / payload.max(1)).clamp(1, 1000) as u64;
     let mut written = 0;
     while written < per_stream {
-        let n = (per_stream - written).min(1000) as usize;
+        let n = (per_stream - written).min(batch) as usize;
         for s in 0..streams {
             let batch: Vec<Event> = (0..n).map(|_| Event::new(payload)).collect();
             sys.append(&format!("fill-{s}"), &batch)?;
@@ -167,6 +237,28 @@ pub fn fill(sys: &dyn System, events: u64, streams: u64, payload: usize) -> Benc
         written += n as u64;
     }
     Ok(())
+}
+
+/// Name of the stream [`reopen`] reads after each open: it never exists, so reading it costs
+/// nothing but what it takes to have the store ready.
+pub const REOPEN_PROBE: &str = "reopen-probe";
+
+/// Opens a store `times` times with `open` (which must open an existing, cleanly closed store)
+/// and reads one empty stream ([`REOPEN_PROBE`]) so that the store is ready to serve. Each store
+/// is closed, untimed, before the next open. Returns the time spent opening and probing.
+pub fn reopen<S: System>(
+    times: u64,
+    mut open: impl FnMut() -> BenchResult<S>,
+) -> BenchResult<Duration> {
+    let mut elapsed = Duration::ZERO;
+    for _ in 0..times {
+        let start = Instant::now();
+        let sys = open()?;
+        sys.read_stream(REOPEN_PROBE)?;
+        elapsed += start.elapsed();
+        drop(sys);
+    }
+    Ok(elapsed)
 }
 
 /// Rate of a raw loop of `write(size bytes)` at the end of a file followed by `fdatasync`, in

@@ -195,14 +195,33 @@ pub struct Redb {
     db: redb::Database,
 }
 
-/// Opens (or creates) a redb database `redb.db` in `dir`.
+/// Opens (or creates) a redb database `redb.db` in `dir`. The tables are created by a write
+/// transaction only when they are missing, so reopening an existing database writes nothing.
 pub fn open_redb(dir: &Path) -> BenchResult<Redb> {
     let db = redb::Database::create(dir.join("redb.db"))?;
-    let txn = db.begin_write()?;
-    txn.open_table(LOG)?;
-    txn.open_table(STREAMS)?;
-    txn.commit()?;
+    if !has_tables(&db)? {
+        let txn = db.begin_write()?;
+        txn.open_table(LOG)?;
+        txn.open_table(STREAMS)?;
+        txn.commit()?;
+    }
     Ok(Redb { db })
+}
+
+/// Whether both tables of the benchmark exist in `db`.
+fn has_tables(db: &redb::Database) -> BenchResult<bool> {
+    let txn = db.begin_read()?;
+    for table in [
+        txn.open_table(LOG).map(drop),
+        txn.open_table(STREAMS).map(drop),
+    ] {
+        match table {
+            Ok(()) => {}
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
 }
 
 /// `[stream_len u16][stream][version u64][id 16][type_len u16][type][created u64][payload]`.
