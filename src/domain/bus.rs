@@ -326,7 +326,16 @@ type Listener<S> = Box<
 type Decoder = fn(&str) -> std::result::Result<Box<dyn Any + Send>, String>;
 
 /// Routes commands to their one handler and events to their listeners, inside a
-/// [`UnitOfWork`]; see the [module docs](self).
+/// [`UnitOfWork`].
+///
+/// A command has exactly one handler; an event type any number of listeners; both are
+/// registered explicitly. [`MessageBus::handle`] runs a command's handler in a
+/// [`UnitOfWork`]; the events that handler records on the aggregates it loaded or created are
+/// collected and handed to their listeners, which may record more events (handed on in turn) or
+/// queue more commands (handled in turn), until nothing is left. [`UnitOfWork::commit`] then
+/// appends every new event of every touched stream in one atomic append, each stream with the
+/// version it was loaded at as its expected version, and lets the store publish; dropping the
+/// unit of work instead (or [`UnitOfWork::rollback`]) discards everything.
 pub struct MessageBus<S: EventStore> {
     handlers: HashMap<TypeId, (&'static str, Handler<S>)>,
     listeners: HashMap<&'static str, Vec<Listener<S>>>,

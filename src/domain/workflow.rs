@@ -70,8 +70,22 @@ pub struct RelayReport {
     pub failed: Vec<RelayFailure>,
 }
 
-/// Hands the commands workflows dispatched to their handlers, exactly once; see the
-/// [module docs](self).
+/// Hands the commands workflows dispatched to their handlers, exactly once.
+///
+/// A workflow is an ordinary [`Aggregate`](super::Aggregate) whose listeners call
+/// [`dispatch`](super::Aggregate::dispatch): the command is stored as an event of type
+/// [`COMMAND_EVENT_TYPE`] in the workflow's own stream, in the same atomic append as the
+/// workflow's events. A crash therefore cannot lose a command (it is in the log as soon as the
+/// workflow's decision is) nor invent one (it is not, if the decision was not).
+///
+/// A [`CommandRelay`] hands each stored command to its handler exactly once. Its progress is a
+/// stream of its own (`$relay-NAME`); each handled command adds a marker to it, appended in
+/// the *same* atomic append as everything the handler changed, with the marker stream's
+/// version as the expected version. So a handled command's effects and the record that it was
+/// handled exist together or not at all: a crash before the commit means the command is
+/// handled again on the next run (nothing of the first attempt was kept); a crash after means
+/// it is not. Two relays with the same name cannot both handle a command: the second commit
+/// fails on the marker stream and is discarded.
 ///
 /// ```
 /// use annals::Store;

@@ -91,7 +91,7 @@
 //! it, or if any valid frame *after* it (probed at every 8-byte boundary to the end of the file)
 //! claims a `durable` end beyond it. Acknowledged bad bytes are corruption (`open` fails, naming
 //! the position); otherwise they are a torn, unacknowledged tail, which is zeroed and dropped.
-//! See [`crate::log::recovery`].
+//! See the recovery rule in `src/log/recovery.rs`.
 
 use std::ops::Range;
 

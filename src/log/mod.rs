@@ -1,10 +1,10 @@
 //! The log: one file of fixed-size segments holding checksummed frames.
 //!
-//! - [`format`]: the byte layout (the specification);
-//! - [`reader`]: reading frames at positions (mapped sealed segments, chunked positioned reads
+//! - `format`: the byte layout (the specification);
+//! - `reader`: reading frames at positions (mapped sealed segments, chunked positioned reads
 //!   elsewhere);
-//! - [`writer`]: staging commits, sealing and starting segments, writing and syncing;
-//! - [`recovery`]: the open-time scan that finds the end of the log and tells a torn tail from
+//! - `writer`: staging commits, sealing and starting segments, writing and syncing;
+//! - `recovery`: the open-time scan that finds the end of the log and tells a torn tail from
 //!   corruption.
 
 pub mod format;

@@ -58,7 +58,9 @@ pub enum FaultMode {
     Always,
 }
 
-/// A fault-injecting in-memory file system; see the [module docs](self).
+/// A fault-injecting in-memory file system: it forgets what was not synced at a
+/// [`crash`](FaultFs::crash) (as the policy says) and fails the N-th operation on request
+/// ([`fail_at`](FaultFs::fail_at)).
 ///
 /// ```
 /// use annals::storage::{CrashPolicy, FaultFs, FileSystem, OpenMode};
