@@ -252,6 +252,21 @@ impl Committer {
             });
             return;
         }
+        // Recovery skips probing past the end of a store closed cleanly: before the first write
+        // after such an open, the sidecar must durably stop saying so.
+        if shared.marked_clean.load(Ordering::Acquire) {
+            if let Err(e) = shared.index.set_clean(false) {
+                shared
+                    .poison
+                    .set(format!("clearing the clean-close mark failed: {e}"));
+                let err = shared.poison.check().expect_err("just poisoned");
+                accepted
+                    .iter()
+                    .for_each(|(r, _, _)| r.finish(Err(clone_poison(&err))));
+                return;
+            }
+            shared.marked_clean.store(false, Ordering::Release);
+        }
         let written = writer
             .write_staged(shared.durability == Durability::Immediate)
             .map_err(|e| format!("durable write failed: {e}"));

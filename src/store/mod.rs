@@ -92,6 +92,9 @@ pub(crate) struct Shared {
     /// Signalled after each published group, for waiting readers.
     appended: (Mutex<()>, parking_lot::Condvar),
     appended_waiters: std::sync::atomic::AtomicUsize,
+    /// The sidecar still says "closed cleanly" (the store was opened clean and nothing was
+    /// written since): the first write must clear that first.
+    pub(crate) marked_clean: std::sync::atomic::AtomicBool,
 }
 
 /// Activity counters since the store was opened.
@@ -684,6 +687,10 @@ impl Store {
         self.shared.sync_unsynced()?;
         while let Some(job) = self.shared.index.freeze(true) {
             self.shared.index.write_frozen(job)?;
+        }
+        if self.shared.marked_clean.load(Ordering::Acquire) {
+            // Opened clean and nothing written since: the sidecar still says so.
+            return Ok(());
         }
         self.shared.index.set_clean(true)
     }

@@ -64,10 +64,9 @@ impl Store {
             last_frame: recovered.last_frame,
         };
         index.apply(&[], committed)?;
-        if start.clean {
-            // From now on, appends may follow the covered position.
-            index.set_clean(false)?;
-        }
+        // A store opened clean stays marked clean in the sidecar until its first write: the
+        // committer clears the mark durably before writing anything to the log (reopening a
+        // store only to read it then writes nothing).
         let mut writer = LogWriter::new(
             file.clone(),
             layout,
@@ -104,6 +103,7 @@ impl Store {
             subscribers: Default::default(),
             appended: Default::default(),
             appended_waiters: Default::default(),
+            marked_clean: std::sync::atomic::AtomicBool::new(start.clean),
         });
         let background = Background::start(&shared)?;
         Ok(Store {
