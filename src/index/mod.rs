@@ -442,7 +442,7 @@ impl Index {
     }
 
     /// Records in the sidecar that the store is closed cleanly at the position it covers (call
-    /// after the last flush), or, at open, that it no longer is.
+    /// after the last flush), or, before the first write after such a close, that it no longer is.
     pub fn set_clean(&self, clean: bool) -> Result<()> {
         self.sidecar.set_clean(clean)
     }

@@ -4,8 +4,8 @@
 //!
 //! - `meta`: `index_version`, `store_id` (must equal the log's), `covered` (every frame before
 //!   this log position is indexed), `last_frame` (the frame just before `covered`; 0 for none),
-//!   `next_stream_id`, `clean` (1 only between a clean close and the next open: nothing was
-//!   written after `covered`);
+//!   `next_stream_id`, `clean` (1 only between a clean close and the first write to the log after
+//!   it, which clears it durably before writing: nothing was written after `covered`);
 //! - `streams`: stream name → (internal id, event count);
 //! - `runs`: (stream id, first version) → (position of the first frame, event count);
 //! - `categories`, `types`: (name, position of a run's first frame) → frames in the run;
@@ -57,7 +57,7 @@ pub(crate) struct SidecarMeta {
     pub covered: u64,
     pub last_frame: Option<u64>,
     pub next_stream_id: u64,
-    /// The store was closed cleanly at `covered` and not opened since.
+    /// The store was closed cleanly at `covered` and its log not written since.
     pub clean: bool,
 }
 

@@ -36,7 +36,7 @@ use crate::storage::StorageFile;
 pub(crate) struct ScanStart {
     pub position: u64,
     pub last_frame: Option<u64>,
-    /// The store was closed cleanly at `position` and not opened since: if nothing follows
+    /// The store was closed cleanly at `position` and not written since: if nothing follows
     /// `position`, nothing after it was ever written, and the probe can be skipped.
     pub clean: bool,
 }
