@@ -157,6 +157,29 @@ impl NewEvent {
         }
     }
 
+    /// An event whose payload is `value` as JSON (the JSON of
+    /// [`to_json_string`](crate::to_json_string)), marked [`PayloadEncoding::Json`].
+    ///
+    /// ```
+    /// use annals::{NewEvent, PayloadEncoding};
+    ///
+    /// let e = NewEvent::json("Renamed", &serde_json::json!({"name": "Ada"}))?;
+    /// assert_eq!((&e.payload[..], e.encoding), (&br#"{"name": "Ada"}"#[..], PayloadEncoding::Json));
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn json<T: serde::Serialize + ?Sized>(
+        event_type: &'static str,
+        value: &T,
+    ) -> crate::Result<NewEvent> {
+        let payload = crate::to_json_string(value).map_err(|e| crate::Error::Encode {
+            event_type: event_type.into(),
+            reason: e.to_string(),
+        })?;
+        let mut event = NewEvent::new(event_type, payload);
+        event.encoding = PayloadEncoding::Json;
+        Ok(event)
+    }
+
     /// Sets the id.
     pub fn with_id(mut self, id: Uuid) -> NewEvent {
         self.id = id;

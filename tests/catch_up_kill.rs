@@ -4,11 +4,11 @@
 //!
 //! `ANNALS_CATCH_UP_ROUNDS` sets the number of kills (default 40).
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use annals::{Direction, ExpectedVersion, Filter, NewEvent, Position, Start, Store};
 
@@ -68,10 +68,7 @@ fn child_follower() {
 
 #[test]
 fn a_killed_catch_up_subscription_never_skips() {
-    let rounds: u32 = std::env::var("ANNALS_CATCH_UP_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(40);
+    let rounds = common::rounds("ANNALS_CATCH_UP_ROUNDS", 40);
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path()).unwrap();
@@ -84,55 +81,18 @@ fn a_killed_catch_up_subscription_never_skips() {
                 .unwrap();
         }
     }
-    let exe = std::env::current_exe().unwrap();
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut last_checkpoint: Option<u64> = None;
     let mut last_processed: Option<u64> = None;
     let (mut processed_total, mut repeated_total) = (0usize, 0usize);
     for round in 0..rounds {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "child_follower",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(DIR_VAR, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let started = Instant::now();
-        let mut lines = Vec::new();
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("the child got ready");
-            let ready = line.ends_with("READY");
-            lines.push(line);
-            if ready {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(60));
-        }
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(5 + rng % 120));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        reader.join().unwrap();
-        lines.extend(rx.try_iter());
+        let lines = common::run_and_kill(
+            "child_follower",
+            &[(DIR_VAR, dir.path().as_os_str())],
+            &mut rng,
+            5,
+            120,
+        );
 
         // The log as it is now: the order every run must follow.
         let store = open(dir.path()).unwrap();

@@ -111,6 +111,14 @@ fn missing_foreign_and_locked_stores_have_their_exit_codes() {
         !dir.path().join("nothing.annals").exists(),
         "info never creates a store"
     );
+    let o = annals(&[
+        "repair",
+        path(&dir.path().join("nothing")),
+        "--truncate-at",
+        "4096",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no store at"), "{}", stderr(&o));
 
     let foreign = dir.path().join("foreign.annals");
     std::fs::write(&foreign, b"SQLite format 3\0 and more bytes than a header").unwrap();

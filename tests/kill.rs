@@ -9,11 +9,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use annals::{ExpectedVersion, NewEvent, Store};
 use common::{Commit, verify};
@@ -70,66 +67,20 @@ fn child_appender() {
 
 #[test]
 fn kill_9_at_random_moments_loses_nothing_acknowledged() {
-    let rounds: u64 = std::env::var("ANNALS_KILL_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(100);
+    let rounds = common::rounds("ANNALS_KILL_ROUNDS", 100);
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut tried: HashMap<Uuid, Commit> = HashMap::new();
     let mut acked: Vec<Uuid> = Vec::new();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut total_acked = 0;
     for round in 0..rounds {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "child_appender",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(DIR_VAR, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        // Wait for the child to be appending, then let it run a random while.
-        let started = Instant::now();
-        let mut lines = Vec::new();
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("child became ready");
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the child never became ready"
-            );
-            let ready = line.ends_with("READY");
-            lines.push(line);
-            if ready {
-                break;
-            }
-        }
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(1 + rng % 60));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        reader.join().unwrap();
-        lines.extend(rx.try_iter());
-        assert!(started.elapsed() < Duration::from_secs(60));
+        let lines = common::run_and_kill(
+            "child_appender",
+            &[(DIR_VAR, dir.path().as_os_str())],
+            &mut rng,
+            1,
+            60,
+        );
 
         let mut round_acked = 0;
         for line in &lines {

@@ -9,12 +9,12 @@
 //!
 //! `ANNALS_WORKFLOW_KILL_ROUNDS` sets the number of rounds (default 30).
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command as Process, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use annals::domain::{
     Aggregate, BusError, COMMAND_EVENT_TYPE, COMMAND_HANDLED, Command, CommandRelay, MessageBus,
@@ -223,62 +223,24 @@ fn check(store: &Store, acked: &HashSet<u64>) -> Result<usize, String> {
 
 #[test]
 fn kill_9_never_loses_or_repeats_a_dispatched_command() {
-    let rounds: u64 = std::env::var("ANNALS_WORKFLOW_KILL_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(30);
+    let rounds = common::rounds("ANNALS_WORKFLOW_KILL_ROUNDS", 30);
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut acked: HashSet<u64> = HashSet::new();
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut pending_at_kill = 0;
     let mut orders = 0;
     for round in 0..rounds {
-        let mut child = Process::new(&exe)
-            .args([
-                "--exact",
-                "child_workflows",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(DIR_VAR, dir.path())
-            .env(START_VAR, (round * 1_000_000).to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let started = Instant::now();
-        let mut lines = Vec::new();
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("child became ready");
-            let ready = line.ends_with("READY");
-            lines.push(line);
-            if ready {
-                break;
-            }
-        }
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(5 + rng % 80));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        reader.join().unwrap();
-        lines.extend(rx.try_iter());
-        assert!(started.elapsed() < Duration::from_secs(120));
+        let start = (round * 1_000_000).to_string();
+        let lines = common::run_and_kill(
+            "child_workflows",
+            &[
+                (DIR_VAR, dir.path().as_os_str()),
+                (START_VAR, std::ffi::OsStr::new(&start)),
+            ],
+            &mut rng,
+            5,
+            80,
+        );
         acked.extend(
             lines
                 .iter()

@@ -177,9 +177,10 @@ impl<'s, S: EventStore> UnitOfWork<'s, S> {
         if claimed_here || self.store.last_event(&stream)?.is_some() {
             return Err(DomainError::Rejected(taken()));
         }
-        let payload = serde_json::json!({ "scope": scope, "value": value }).to_string();
-        let mut claim = crate::NewEvent::new(UNIQUE_CLAIMED, payload);
-        claim.encoding = crate::PayloadEncoding::Json;
+        let claim = crate::NewEvent::json(
+            UNIQUE_CLAIMED,
+            &serde_json::json!({ "scope": scope, "value": value }),
+        )?;
         self.parts.push((
             None,
             Part {

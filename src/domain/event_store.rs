@@ -57,8 +57,9 @@ pub trait EventStore: Send + Sync {
     /// Decodes (and upcasts) a recorded event.
     fn decode<E: Events>(&self, event: &RecordedEvent) -> Result<E>;
 
-    /// Makes the event types of `E` known to the store (so its outbox can publish their JSON
-    /// form whatever codec stored them). The repository and the unit of work call it.
+    /// Makes the event types of `E` known to the store, if they are not yet (so its outbox can
+    /// publish their JSON form whatever codec stored them). The repository and the unit of
+    /// work call it each time they meet an aggregate type: keep it cheap after the first call.
     fn register_events<E: Events>(&self) {}
 
     /// Stores a snapshot of `stream` at `version`. Stores that cannot keep snapshots drop it.
@@ -135,7 +136,7 @@ impl EventStore for Store {
     }
 
     fn register_events<E: Events>(&self) {
-        Store::register_events::<E>(self)
+        self.ensure_registered::<E>()
     }
 
     fn save_snapshot(&self, stream: &str, version: u64, schema: u32, state: Vec<u8>) -> Result<()> {
@@ -235,7 +236,7 @@ impl<T: Transport + 'static> EventStore for PublishingStore<T> {
     }
 
     fn register_events<E: Events>(&self) {
-        self.store.register_events::<E>()
+        self.store.ensure_registered::<E>()
     }
 
     fn save_snapshot(&self, stream: &str, version: u64, schema: u32, state: Vec<u8>) -> Result<()> {

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use super::aggregate::{Aggregate, Dispatched, Snapshot};
 use super::event_store::{EventStore, Part};
 use super::{COMMAND_EVENT_TYPE, DomainError};
-use crate::{AppendResult, Error, ExpectedVersion, NewEvent, PayloadEncoding, Result};
+use crate::{AppendResult, Error, ExpectedVersion, NewEvent, Result};
 
 /// What [`Repository::part`] takes off an aggregate: the part of the append that saves it, and
 /// the events and commands it holds (to put back if the append fails).
@@ -151,17 +151,18 @@ impl<'s, A: Aggregate, S: EventStore> Repository<'s, A, S> {
         if changes.is_empty() && dispatched.is_empty() {
             return Ok(None);
         }
-        let mut events = Vec::with_capacity(changes.len() + dispatched.len());
-        for change in &changes {
-            match self.store.new_event(change) {
-                Ok(e) => events.push(e),
-                Err(e) => {
-                    aggregate.recorder_mut().put_back(changes, dispatched);
-                    return Err(e);
-                }
+        let encoded: Result<Vec<NewEvent>> = changes
+            .iter()
+            .map(|change| self.store.new_event(change))
+            .chain(dispatched.iter().map(command_event))
+            .collect();
+        let events = match encoded {
+            Ok(events) => events,
+            Err(e) => {
+                aggregate.recorder_mut().put_back(changes, dispatched);
+                return Err(e);
             }
-        }
-        events.extend(dispatched.iter().map(command_event));
+        };
         let part = Part {
             stream: A::stream_name(aggregate.id()),
             expected: aggregate
@@ -281,9 +282,9 @@ impl<'s, A: Aggregate, S: EventStore> Repository<'s, A, S> {
 }
 
 /// The stored form of a dispatched command: an event of the workflow's stream.
-pub(crate) fn command_event(d: &Dispatched) -> NewEvent {
-    let payload = serde_json::json!({ "command": d.command, "body": d.body }).to_string();
-    let mut e = NewEvent::new(COMMAND_EVENT_TYPE, payload);
-    e.encoding = PayloadEncoding::Json;
-    e
+pub(crate) fn command_event(d: &Dispatched) -> Result<NewEvent> {
+    NewEvent::json(
+        COMMAND_EVENT_TYPE,
+        &serde_json::json!({ "command": d.command, "body": d.body }),
+    )
 }

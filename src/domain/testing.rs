@@ -375,11 +375,7 @@ impl BusTest {
             .store
             .store()
             .read_all(from, Direction::Forwards, usize::MAX)
-            .and_then(|events| {
-                events
-                    .filter(|e| e.as_ref().map_or(true, |e| !e.stream().starts_with('$')))
-                    .collect::<Result<Vec<RecordedEvent>>>()
-            })
+            .and_then(|events| events.collect::<Result<Vec<RecordedEvent>>>())
             .unwrap_or_else(|e| panic!("reading the new events back: {e}"));
         let published = self
             .transport

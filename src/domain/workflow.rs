@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::COMMAND_EVENT_TYPE;
 use super::bus::{BusError, MessageBus, UnitOfWork};
 use super::event_store::{EventStore, Part};
-use crate::{Error, ExpectedVersion, NewEvent, PayloadEncoding, Position, RecordedEvent, Result};
+use crate::{Error, ExpectedVersion, NewEvent, Position, RecordedEvent, Result};
 
 /// Marker event type: a command was handled and its effects committed.
 pub const COMMAND_HANDLED: &str = "annals.CommandHandled";
@@ -326,11 +326,5 @@ fn marker_event(
         command: command.to_owned(),
         error: error.map(str::to_owned),
     };
-    let payload = serde_json::to_vec(&marker).map_err(|e| Error::Encode {
-        event_type: kind.into(),
-        reason: e.to_string(),
-    })?;
-    let mut event = NewEvent::new(kind, payload);
-    event.encoding = PayloadEncoding::Json;
-    Ok(event)
+    NewEvent::json(kind, &marker)
 }

@@ -319,3 +319,36 @@ fn zero(file: &Arc<dyn StorageFile>, from: u64, to: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Where the written bytes from `at` on end (the end of the last non-zero byte: preallocated
+/// space holds zeros), for cutting the log at `at` on explicit request (repair): the caller
+/// saves `at..end`, then [`cut`]s. `at` must be 8-aligned, past the header and within the file.
+pub(crate) fn written_end(file: &Arc<dyn StorageFile>, at: u64) -> Result<u64> {
+    let len = file.len()?;
+    if at < Layout::FIRST || at > len || !at.is_multiple_of(FRAME_ALIGN) {
+        return Err(Error::InvalidArgument(format!(
+            "cannot cut the log at {at}: a cut is a multiple of {FRAME_ALIGN} between {} and \
+             the file's size {len}",
+            Layout::FIRST
+        )));
+    }
+    let mut buf = vec![0u8; PROBE_CHUNK as usize];
+    let mut end = at;
+    let mut offset = at;
+    while offset < len {
+        let n = (len - offset).min(PROBE_CHUNK) as usize;
+        file.read_exact_at(&mut buf[..n], offset)?;
+        if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
+            end = offset + i as u64 + 1;
+        }
+        offset += n as u64;
+    }
+    Ok(end)
+}
+
+/// Cuts the log at `at`: zeroes `at..end` and syncs, so the next open finds the log's end at
+/// `at` by the rule above (a commit that `at` splits is an unfinished tail, dropped whole).
+pub(crate) fn cut(file: &Arc<dyn StorageFile>, at: u64, end: u64) -> Result<()> {
+    zero(file, at, end)?;
+    Ok(file.sync_all()?)
+}

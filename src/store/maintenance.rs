@@ -10,7 +10,7 @@ use super::{Store, open::store_path};
 use crate::error::{Error, Result};
 use crate::index::sidecar_path;
 use crate::log::Layout;
-use crate::log::format::{FORMAT_VERSION, FRAME_ALIGN};
+use crate::log::recovery;
 use crate::storage::{FileSystem, OpenMode, StdFs};
 use crate::types::{Direction, Position};
 
@@ -271,56 +271,29 @@ pub(crate) fn truncate_log_on(
     if !file.try_lock()? {
         return Err(Error::Locked { path });
     }
-    let header = super::open::read_header(&*file, &path)?;
-    debug_assert_eq!(header.format_version, FORMAT_VERSION);
-    let at_u64 = at.as_u64();
-    let len = file.len()?;
-    if at_u64 < Layout::FIRST || at_u64 > len || !at_u64.is_multiple_of(FRAME_ALIGN) {
-        return Err(Error::InvalidArgument(format!(
-            "cannot cut the log at {at_u64}: a cut is a multiple of {FRAME_ALIGN} between {} and the file's \
-             size {len}",
-            Layout::FIRST
-        )));
-    }
-    // The written bytes after `at`: up to the last non-zero byte.
-    const CHUNK: u64 = 1 << 20;
-    let mut last_written = at_u64;
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut offset = at_u64;
-    while offset < len {
-        let n = (len - offset).min(CHUNK) as usize;
-        file.read_exact_at(&mut buf[..n], offset)?;
-        if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
-            last_written = offset + i as u64 + 1;
-        }
-        offset += n as u64;
-    }
-    let removed = last_written - at_u64;
+    // A foreign file or a newer format is refused before anything is touched.
+    super::open::read_header(&*file, &path)?;
+    let end = recovery::written_end(&file, at.as_u64())?;
+    let removed = end - at.as_u64();
     let mut saved_to = None;
     if removed > 0 {
+        // The removed bytes are saved, synced and named in the folder before they are zeroed.
         let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".removed-{at_u64}"));
+        name.push(format!(".removed-{}", at.as_u64()));
         let saved = path.with_file_name(name);
         let out = fs.open(&saved, OpenMode::CreateNew)?;
-        let mut offset = at_u64;
-        while offset < last_written {
-            let n = (last_written - offset).min(CHUNK) as usize;
+        let mut buf = vec![0u8; COPY_CHUNK.min(removed) as usize];
+        let mut offset = at.as_u64();
+        while offset < end {
+            let n = (end - offset).min(COPY_CHUNK) as usize;
             file.read_exact_at(&mut buf[..n], offset)?;
-            out.write_all_at(&buf[..n], offset - at_u64)?;
+            out.write_all_at(&buf[..n], offset - at.as_u64())?;
             offset += n as u64;
         }
         out.sync_all()?;
         fs.sync_dir(crate::index::parent(&saved))?;
         saved_to = Some(saved);
-        // Now zero them.
-        buf.fill(0);
-        let mut offset = at_u64;
-        while offset < last_written {
-            let n = (last_written - offset).min(CHUNK) as usize;
-            file.write_all_at(&buf[..n], offset)?;
-            offset += n as u64;
-        }
-        file.sync_all()?;
+        recovery::cut(&file, at.as_u64(), end)?;
     }
     let sidecar = sidecar_path(&path);
     match fs.remove_file(&sidecar) {
@@ -334,3 +307,6 @@ pub(crate) fn truncate_log_on(
         saved_to,
     })
 }
+
+/// Bytes copied at a time when saving what a cut removes.
+const COPY_CHUNK: u64 = 1 << 20;

@@ -464,6 +464,15 @@ impl Store {
         self.shared.registry.write().register::<E>();
     }
 
+    /// Registers the event types of `E` unless they all are already: what the domain floor
+    /// calls for every repository and every aggregate a unit of work touches, so a read lock
+    /// is all it costs after the first time.
+    pub(crate) fn ensure_registered<E: typed::Events>(&self) {
+        if !self.shared.registry.read().knows::<E>() {
+            self.register_events::<E>();
+        }
+    }
+
     /// The JSON form of an event and the schema version it is at: through its registered type
     /// if it has one (upcast to the current version), else its payload if that is JSON.
     pub fn to_json(&self, event: &RecordedEvent) -> Result<(String, u32)> {

@@ -321,12 +321,7 @@ impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
     }
 
     fn append_parked<T: Serialize>(&self, event_type: &'static str, value: &T) -> Result<()> {
-        let payload = crate::to_json_string(value).map_err(|e| Error::Encode {
-            event_type: event_type.into(),
-            reason: e.to_string(),
-        })?;
-        let mut e = NewEvent::new(event_type, payload);
-        e.encoding = crate::PayloadEncoding::Json;
+        let e = NewEvent::json(event_type, value)?;
         self.store
             .append_system(&self.parked_stream, ExpectedVersion::Any, vec![e])?;
         Ok(())

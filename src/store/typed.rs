@@ -386,6 +386,11 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// Whether every event type of `E` has a JSON form here.
+    pub fn knows<E: Events>(&self) -> bool {
+        E::types().iter().all(|m| self.json.contains_key(m.name))
+    }
+
     pub fn register<E: Events>(&mut self) {
         for meta in E::types() {
             let version = meta.schema_version;

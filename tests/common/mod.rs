@@ -97,3 +97,78 @@ pub fn verify(store: &Store, acked: &[Commit], maybe: &[Commit]) -> Result<(), S
     }
     Ok(())
 }
+
+/// The number of rounds a kill test runs: `var` if set, else `default`.
+pub fn rounds(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Starts the ignored test `child` of this test binary in a child process with `envs`, waits
+/// until it prints `READY`, lets it run `min_ms` plus a random part of `spread_ms`
+/// milliseconds (drawn from `rng`, a xorshift state), kills it with SIGKILL, and returns every
+/// line it printed.
+pub fn run_and_kill(
+    child: &str,
+    envs: &[(&str, &std::ffi::OsStr)],
+    rng: &mut u64,
+    min_ms: u64,
+    spread_ms: u64,
+) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            child,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let mut process = command.spawn().unwrap();
+    let stdout = process.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut lines = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the child became ready");
+        let ready = line.ends_with("READY");
+        lines.push(line);
+        if ready {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the child never became ready"
+        );
+    }
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    std::thread::sleep(Duration::from_millis(min_ms + *rng % spread_ms));
+    process.kill().unwrap(); // SIGKILL
+    process.wait().unwrap();
+    reader.join().unwrap();
+    lines.extend(rx.try_iter());
+    assert!(started.elapsed() < Duration::from_secs(120));
+    lines
+}

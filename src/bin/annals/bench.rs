@@ -678,22 +678,33 @@ fn run_writes(plan: &Plan, dir: &Path, progress: &Progress) -> CliResult<Vec<Row
     let systems = open_all(plan, &dir)?;
     let mut rows = Vec::new();
     for w in selected {
-        let mut results = Vec::new();
-        for (kind, sys) in &systems {
-            let m = progress.step(format!("{} · {}", w.name(), kind.name()), || {
-                measure_write(plan, w, sys.as_ref())
-            });
-            results.push((*kind, m.map_err(failed(*kind, w.name()))?));
-        }
-        rows.push(Row {
-            workload: w,
-            label: label(plan, w),
-            results,
-        });
+        rows.push(run_row(plan, w, &systems, progress, measure_write)?);
     }
     drop(systems);
     remove(&dir)?;
     Ok(rows)
+}
+
+/// Runs workload `w` on every system in turn, with `measure`; one row of the table.
+fn run_row(
+    plan: &Plan,
+    w: Workload,
+    systems: &[(SystemKind, Box<dyn System>)],
+    progress: &Progress,
+    measure: fn(&Plan, Workload, &dyn System) -> BenchResult<Measure>,
+) -> CliResult<Row> {
+    let mut results = Vec::new();
+    for (kind, sys) in systems {
+        let m = progress.step(format!("{} · {}", w.name(), kind.name()), || {
+            measure(plan, w, sys.as_ref())
+        });
+        results.push((*kind, m.map_err(failed(*kind, w.name()))?));
+    }
+    Ok(Row {
+        workload: w,
+        label: label(plan, w),
+        results,
+    })
 }
 
 /// Runs one write workload on `sys`.
@@ -740,18 +751,7 @@ fn run_reads(plan: &Plan, dir: &Path, progress: &Progress) -> CliResult<Vec<Row>
         .workloads()
         .filter(|w| !is_write(*w) && *w != Workload::Reopen)
     {
-        let mut results = Vec::new();
-        for (kind, sys) in &systems {
-            let m = progress.step(format!("{} · {}", w.name(), kind.name()), || {
-                measure_read(plan, w, sys.as_ref())
-            });
-            results.push((*kind, m.map_err(failed(*kind, w.name()))?));
-        }
-        rows.push(Row {
-            workload: w,
-            label: label(plan, w),
-            results,
-        });
+        rows.push(run_row(plan, w, &systems, progress, measure_read)?);
     }
     // Dropping a system closes it cleanly: that is the state reopen starts from.
     drop(systems);

@@ -19,12 +19,19 @@ pub fn open_existing(path: &Path) -> CliResult<Store> {
 
 /// Opens an existing store with `builder`'s options.
 pub fn open_with(path: &Path, builder: annals::StoreBuilder) -> CliResult<Store> {
-    match builder.create_if_missing(false).open(path) {
-        Ok(store) => Ok(store),
-        Err(annals::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(
-            CliError::new(NOT_A_STORE, format!("no store at {}", path.display())),
-        ),
-        Err(e) => Err(e.into()),
+    builder
+        .create_if_missing(false)
+        .open(path)
+        .map_err(|e| store_error(path, e))
+}
+
+/// `e` from the store at `path`, a missing file named as such (exit code 3).
+pub fn store_error(path: &Path, e: annals::Error) -> CliError {
+    match e {
+        annals::Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            CliError::new(NOT_A_STORE, format!("no store at {}", path.display()))
+        }
+        e => e.into(),
     }
 }
 

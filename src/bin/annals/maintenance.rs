@@ -7,7 +7,7 @@ use std::time::Instant;
 use annals::{Position, Store};
 
 use crate::exit::CliResult;
-use crate::inspect::open_with;
+use crate::inspect::{open_with, store_error};
 
 /// Options of `annals rebuild-index`.
 #[derive(Debug, clap::Args)]
@@ -60,13 +60,8 @@ pub struct RepairArgs {
 
 /// Runs `annals repair`.
 pub fn repair(args: RepairArgs) -> CliResult {
-    if !annals_exists(&args.store) {
-        return Err(crate::exit::CliError::new(
-            crate::exit::NOT_A_STORE,
-            format!("no store at {}", args.store.display()),
-        ));
-    }
-    let report = Store::truncate_log(&args.store, Position::new(args.truncate_at))?;
+    let report = Store::truncate_log(&args.store, Position::new(args.truncate_at))
+        .map_err(|e| store_error(&args.store, e))?;
     match &report.saved_to {
         Some(saved) => println!(
             "removed {} bytes from position {}; saved them to {}",
@@ -89,14 +84,4 @@ pub fn repair(args: RepairArgs) -> CliResult {
         info.end.as_u64()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Whether the store file exists (`NAME` or `NAME.annals`).
-fn annals_exists(path: &std::path::Path) -> bool {
-    if path.extension().is_some_and(|e| e == "annals") {
-        return path.exists();
-    }
-    let mut name = path.as_os_str().to_owned();
-    name.push(".annals");
-    std::path::Path::new(&name).exists()
 }
