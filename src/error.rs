@@ -149,21 +149,16 @@ pub enum Error {
         reason: String,
     },
 
-    /// The append is durable, but synchronous subscription callbacks failed (or panicked).
-    /// Retrying the same events is safe: an append of events already stored where it puts them
-    /// writes nothing.
-    #[error(
-        "the append is durable, but {} subscription callback(s) failed; first: `{}` at position {}: {}",
-        failures.len(),
-        failures[0].subscription,
-        failures[0].position,
-        failures[0].error
-    )]
-    SubscribersFailed {
-        /// What the append wrote.
-        committed: Vec<crate::AppendResult>,
-        /// Each failed callback, in the order they ran.
-        failures: Vec<crate::SubscriberFailure>,
+    /// A subscription callback run again with [`crate::Store::redeliver`] failed again.
+    #[error("{0}")]
+    SubscriberFailed(SubscriberFailure),
+
+    /// The store was opened read-only ([`crate::Store::open_read_only`]): it cannot be
+    /// written.
+    #[error("store {} is open read-only", path.display())]
+    ReadOnly {
+        /// The store file.
+        path: PathBuf,
     },
 
     /// A projection's apply function failed; it stopped there and resumes from its last
@@ -185,6 +180,39 @@ pub enum Error {
     /// An operating-system I/O error.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+
+    /// An operating-system I/O error on a named file.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file (or directory) it concerns.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
+
+/// A synchronous subscription callback that failed (or panicked) on an event. The event is
+/// durable regardless: see [`crate::Store::redeliver`] to run the callback again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberFailure {
+    /// The subscription's name.
+    pub subscription: String,
+    /// The subscription (to run it again with [`crate::Store::redeliver`]).
+    pub subscription_id: crate::SubscriptionId,
+    /// The event it was handed.
+    pub position: crate::Position,
+    /// What it returned, or that it panicked and with what.
+    pub error: String,
+}
+
+impl std::fmt::Display for SubscriberFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "subscription `{}` failed on the event at position {}: {}",
+            self.subscription, self.position, self.error
+        )
+    }
 }
 
 fn describe_version(version: Option<u64>) -> String {
@@ -195,6 +223,22 @@ fn describe_version(version: Option<u64>) -> String {
 }
 
 impl Error {
+    /// An I/O error on the file at `path`.
+    pub(crate) fn io_at(path: &std::path::Path, source: io::Error) -> Error {
+        Error::File {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// The I/O error behind this error, if it is one (named file or not).
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            Error::Io(e) | Error::File { source: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+
     pub(crate) fn corrupt(position: u64, reason: impl Into<String>) -> Error {
         Error::Corrupt {
             position,

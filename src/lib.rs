@@ -34,7 +34,7 @@ pub mod storage;
 mod store;
 mod types;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, SubscriberFailure};
 pub use index::category_of;
 pub use log::format::PayloadEncoding;
 pub use log::recovery::Truncation;
@@ -45,15 +45,17 @@ pub use store::options::{
     DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability,
 };
 pub use store::outbox;
-pub use store::subscriptions::{BoxError, Filter, SubscriberFailure, SubscriptionId};
+pub use store::subscriptions::{BoxError, Filter};
 pub use store::typed::{
     EventMeta, EventType, Events, TypedEvent, TypedEvents, Upcasters, decode_with, new_event,
 };
 pub use store::{
-    AllEvents, IndexedEvents, RecoveryReport, Store, StoreBuilder, StoreStats, StreamEvents,
+    AllEvents, IndexedEvents, Lost, RecoveryReport, Store, StoreBuilder, StoreStats, StreamEvents,
     Transaction,
 };
-pub use types::{AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent};
+pub use types::{
+    AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent, SubscriptionId,
+};
 
 #[doc(hidden)]
 pub mod __private {

@@ -93,6 +93,11 @@ impl fmt::Display for Position {
     }
 }
 
+/// Identifies a registered synchronous subscription (to unsubscribe, or to run it again on an
+/// event it failed on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubscriptionId(pub(crate) u64);
+
 /// Which way a read goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -303,7 +308,7 @@ impl RecordedEvent {
                 limit: u64::from(u32::MAX),
             });
         }
-        let position = position.0 & !7;
+        let position = position.0 - position.0 % crate::log::format::FRAME_ALIGN;
         let mut buf = Vec::new();
         let link = FrameLink {
             position,
@@ -311,8 +316,9 @@ impl RecordedEvent {
             prev: 0,
             commit_end: true,
         };
-        encode_event(&mut buf, link, &record);
-        let frame = decode_frame(&buf, position)
+        // A detached event never touches a file: no frame key.
+        encode_event(&mut buf, link, 0, &record);
+        let frame = decode_frame(&buf, position, 0)
             .map_err(|e| crate::Error::corrupt(position, e.to_string()))?;
         debug_assert_eq!(frame.body, Body::Event);
         Ok(RecordedEvent::new(Bytes::from(buf), position))
@@ -455,19 +461,63 @@ impl PartialEq for RecordedEvent {
 impl Eq for RecordedEvent {}
 
 /// What an append wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// An append of no events is a successful no-op (as in KurrentDB and `eventsourcing`): its
+/// expected version is still checked, and the result reports the stream's current version.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendResult {
-    /// The stream's version after the append (that of its last new event).
-    pub version: u64,
-    /// Position of the first new event.
+    /// The stream's version after the append: that of its last event. `None` only for an
+    /// append of no events to a stream that does not exist.
+    pub version: Option<u64>,
+    /// Position of the first new event (for an append of no events: where the log ended).
     pub first_position: Position,
-    /// Position of the last new event.
+    /// Position of the last new event (for an append of no events: where the log ended).
     pub last_position: Position,
+    /// Synchronous subscribers that failed on this append's events. The events are durable
+    /// whatever these say: never retry the append because of them (see
+    /// [`crate::Store::subscribe`] and [`crate::Store::redeliver`]).
+    pub subscriber_failures: Vec<crate::SubscriberFailure>,
 }
 
 impl AppendResult {
+    /// The result of an append that wrote events from `first` to `last`, leaving its stream at
+    /// `version`.
+    pub(crate) fn new(version: u64, first: Position, last: Position) -> AppendResult {
+        AppendResult {
+            version: Some(version),
+            first_position: first,
+            last_position: last,
+            subscriber_failures: Vec::new(),
+        }
+    }
+
+    /// The result of an append of no events to a stream at `version`, the log ending at `end`.
+    pub(crate) fn nothing(version: Option<u64>, end: Position) -> AppendResult {
+        AppendResult {
+            version,
+            first_position: end,
+            last_position: end,
+            subscriber_failures: Vec::new(),
+        }
+    }
+
     /// The expected version for the next append to this stream.
+    ///
+    /// ```
+    /// use annals::{ExpectedVersion, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// let none = store.append("new", ExpectedVersion::NoStream, [])?;
+    /// assert_eq!((none.version, none.next_expected()), (None, ExpectedVersion::NoStream));
+    /// let r = store.append("new", none.next_expected(), [NewEvent::new("E", "x")])?;
+    /// assert_eq!(r.next_expected(), ExpectedVersion::Exact(0));
+    /// # Ok::<(), annals::Error>(())
+    /// ```
     pub fn next_expected(&self) -> crate::ExpectedVersion {
-        crate::ExpectedVersion::Exact(self.version)
+        match self.version {
+            Some(v) => crate::ExpectedVersion::Exact(v),
+            None => crate::ExpectedVersion::NoStream,
+        }
     }
 }

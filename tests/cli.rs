@@ -79,7 +79,7 @@ fn info_reports_counts_and_layout() {
     let o = annals(&["info", path(&file)]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
-    assert!(text.contains("format version  1"), "{text}");
+    assert!(text.contains("format version  2"), "{text}");
     assert!(
         text.contains("events          90 (0 of the engine's own `$` streams)"),
         "{text}"
@@ -91,7 +91,7 @@ fn info_reports_counts_and_layout() {
     let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(doc["events"], 90);
     assert_eq!(doc["streams"], 5);
-    assert_eq!(doc["format_version"], 1);
+    assert_eq!(doc["format_version"], 2);
     let store = Store::open(&file).unwrap();
     assert_eq!(doc["end_position"], store.end_position().as_u64());
     assert_eq!(doc["store_id"], store.store_id().to_string());

@@ -103,7 +103,7 @@ fn versions_are_tracked_through_create_update_and_load() {
     c.add(1).unwrap();
     c.add(1).unwrap();
     let saved = repo.save(&mut c).unwrap().expect("two events to save");
-    assert_eq!((saved.version, c.version()), (3, Some(3)));
+    assert_eq!((saved.version, c.version()), (Some(3), Some(3)));
     assert!(c.recorder().changes().is_empty());
     assert!(
         repo.save(&mut c).unwrap().is_none(),

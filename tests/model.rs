@@ -193,7 +193,7 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
                         prop_assert!(ok, "append {stream} {expected:?} should have failed");
                         let ids = model.streams.entry(stream.clone()).or_default();
                         ids.extend(&new_ids);
-                        prop_assert_eq!(r.version, ids.len() as u64 - 1);
+                        prop_assert_eq!(r.version, Some(ids.len() as u64 - 1));
                         model.add(&kept);
                     }
                     Err(Error::WrongExpectedVersion { actual, .. }) => {

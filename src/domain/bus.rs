@@ -230,8 +230,8 @@ impl<'s, S: EventStore> UnitOfWork<'s, S> {
             .store
             .append(merged.into_iter().map(|(_, p)| p).collect())?;
         for (owner, result) in owners.iter().zip(&results) {
-            if let Some(i) = owner {
-                self.tracked[*i].saved(result.version);
+            if let (Some(i), Some(version)) = (owner, result.version) {
+                self.tracked[*i].saved(version);
             }
         }
         self.store.committed()?;

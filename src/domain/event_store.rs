@@ -326,11 +326,13 @@ impl EventStore for InMemoryEventStore {
                 first.get_or_insert(position);
                 last = position;
             }
-            results.push(AppendResult {
-                version: memory.streams[&p.stream].len() as u64 - 1,
-                first_position: first.unwrap_or(last),
-                last_position: last,
-            });
+            let version = memory
+                .streams
+                .get(&p.stream)
+                .and_then(|s| (s.len() as u64).checked_sub(1));
+            let mut result = AppendResult::nothing(version, last);
+            result.first_position = first.unwrap_or(last);
+            results.push(result);
         }
         Ok(results)
     }
@@ -439,11 +441,8 @@ impl<T: Transport> EventStore for SinkholeEventStore<T> {
                 })?;
                 pending.push(Envelope::new(&recorded, payload, e.schema_version));
             }
-            results.push(AppendResult {
-                version: p.events.len().saturating_sub(1) as u64,
-                first_position: Position::START,
-                last_position: Position::START,
-            });
+            let version = (p.events.len() as u64).checked_sub(1);
+            results.push(AppendResult::nothing(version, Position::START));
         }
         Ok(results)
     }

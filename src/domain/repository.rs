@@ -183,9 +183,11 @@ impl<'s, A: Aggregate, S: EventStore> Repository<'s, A, S> {
         match self.store.append(vec![part]) {
             Ok(mut results) => {
                 let result = results.pop().expect("one part, one result");
-                aggregate.recorder_mut().saved(result.version);
+                // The part had events, so the stream has a version.
+                let version = result.version.unwrap_or_default();
+                aggregate.recorder_mut().saved(version);
                 self.store.committed()?;
-                self.snapshot_if_due(aggregate, before, result.version);
+                self.snapshot_if_due(aggregate, before, version);
                 Ok(Some(result))
             }
             Err(e) => {

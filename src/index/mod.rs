@@ -25,7 +25,7 @@ use crate::log::recovery::ScanStart;
 use memtable::{MemStream, MemTable, PosRun, PosRunAdd, Run, RunAdd};
 use sidecar::{Sidecar, SidecarMeta};
 
-pub(crate) use sidecar::{parent, sidecar_path};
+pub(crate) use sidecar::{SidecarMode, parent, sidecar_path};
 
 /// The end of the log readers may see, and its last frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,10 +161,13 @@ impl Index {
         fs: &Arc<dyn crate::storage::FileSystem>,
         path: &Path,
         store_id: [u8; 16],
+        segment_size: u64,
         cache_size: usize,
         threshold: u64,
+        mode: SidecarMode,
     ) -> Result<(Index, ScanStart, Option<String>)> {
-        let (sidecar, meta, rebuilt) = Sidecar::open(fs, path, store_id, cache_size)?;
+        let (sidecar, meta, rebuilt) =
+            Sidecar::open(fs, path, store_id, segment_size, cache_size, mode)?;
         let sidecar_max_id = sidecar.max_id()?;
         let start = ScanStart {
             position: meta.covered,
@@ -236,11 +239,16 @@ impl Index {
                         Some(id) => Some(id),
                         None => self.sidecar_id(&part.stream)?,
                     };
-                    let id = known.unwrap_or_else(|| {
-                        let id = layers.next_stream_id;
-                        layers.next_stream_id += 1;
-                        id
-                    });
+                    let id = match known {
+                        Some(id) => id,
+                        None => {
+                            let id = layers.next_stream_id;
+                            layers.next_stream_id = id.checked_add(1).ok_or_else(|| {
+                                crate::Error::Index("stream ids are exhausted".into())
+                            })?;
+                            id
+                        }
+                    };
                     layers
                         .active
                         .streams
@@ -393,18 +401,29 @@ impl Index {
         self.layers.read().active.events
     }
 
+    /// Whether the active memtable has reached the flush threshold and can be flushed.
+    pub fn flush_due(&self) -> bool {
+        self.sidecar.writable() && self.active_events() >= self.threshold
+    }
+
+
     /// Freezes the active memtable if it has reached the flush threshold (or, with `force`, if
     /// it holds anything or the committed end moved) and no other flush is under way. The caller
-    /// must pass the result to [`write_frozen`](Self::write_frozen).
+    /// must pass the result to [`write_frozen`](Self::write_frozen). A table whose write failed
+    /// is handed out again first (it must reach the sidecar before anything newer). Nothing is
+    /// frozen when the sidecar is read-only.
     pub fn freeze(&self, force: bool) -> Option<Arc<Frozen>> {
+        if !self.sidecar.writable() {
+            return None;
+        }
         let mut flushing = self.flushing.lock();
         if *flushing {
             return None;
         }
         let mut layers = self.layers.write();
-        if layers.frozen.is_some() {
-            // An earlier flush failed (the store is poisoned); keep its entries.
-            return None;
+        if let Some(frozen) = &layers.frozen {
+            *flushing = true;
+            return Some(frozen.clone());
         }
         let due = layers.active.events >= self.threshold;
         let moved = layers.committed.end != layers.sidecar_covered;
@@ -439,6 +458,14 @@ impl Index {
         *flushing = false;
         self.flushed.notify_all();
         result
+    }
+
+    /// Gives up writing a frozen memtable for now (the store is poisoned): it stays in memory
+    /// (readers still see it) and nobody waits for its flush any more.
+    pub fn release_frozen(&self) {
+        let mut flushing = self.flushing.lock();
+        *flushing = false;
+        self.flushed.notify_all();
     }
 
     /// Records in the sidecar that the store is closed cleanly at the position it covers (call

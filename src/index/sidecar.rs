@@ -12,13 +12,19 @@
 //! - `ids`: event id (big-endian integer) → position.
 //!
 //! The sidecar is derived from the log: a missing, foreign, outdated or unreadable one is
-//! deleted and rebuilt.
+//! deleted and rebuilt, and so is one whose metadata is out of range (everything read from it
+//! is checked before it is used).
+//!
+//! A store opened read-only opens its sidecar read-only (redb changes nothing then); when that
+//! sidecar cannot be used, the index is built in a throwaway database in memory instead.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+};
 
 use super::PosIndex;
 use super::memtable::{MemTable, PosRun, Run};
@@ -72,8 +78,74 @@ impl SidecarMeta {
     }
 }
 
+/// Whether the sidecar may be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SidecarMode {
+    /// Open or rebuild the sidecar file.
+    Write,
+    /// Open the sidecar file read-only, or build a throwaway one in memory.
+    ReadOnly,
+}
+
 pub(crate) struct Sidecar {
-    db: Database,
+    db: Db,
+}
+
+enum Db {
+    Write(Database),
+    Read(ReadOnlyDatabase),
+}
+
+impl Db {
+    fn begin_read(&self) -> std::result::Result<ReadTransaction, redb::TransactionError> {
+        match self {
+            Db::Write(db) => db.begin_read(),
+            Db::Read(db) => db.begin_read(),
+        }
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction> {
+        match self {
+            Db::Write(db) => Ok(db.begin_write()?),
+            Db::Read(_) => Err(crate::Error::Index(
+                "the sidecar is open read-only".into(),
+            )),
+        }
+    }
+}
+
+/// The highest stream id a sidecar may hand out (far beyond any real count; keeps `+ 1` safe).
+const MAX_STREAM_ID: u64 = 1 << 62;
+
+/// Checks the metadata read from a sidecar against the log's layout; why it cannot be used.
+fn check_meta(meta: &SidecarMeta, segment_size: u64) -> std::result::Result<(), String> {
+    let covered = meta.covered;
+    if covered < Layout::FIRST || !covered.is_multiple_of(8) {
+        return Err(format!("covers an impossible position ({covered})"));
+    }
+    match meta.last_frame {
+        None if covered != Layout::FIRST => {
+            return Err(format!("covers {covered} but records no last frame"));
+        }
+        Some(last)
+            if last < Layout::FIRST
+                || last >= covered
+                || !last.is_multiple_of(8)
+                || covered - last > segment_size =>
+        {
+            return Err(format!(
+                "records an impossible last frame ({last}) before {covered}"
+            ));
+        }
+        _ => {}
+    }
+    if meta.next_stream_id == 0 || meta.next_stream_id > MAX_STREAM_ID {
+        return Err(format!(
+            "records an impossible next stream id ({})",
+            meta.next_stream_id
+        ));
+    }
+    Ok(())
 }
 
 /// Why an existing sidecar was not used.
@@ -81,27 +153,40 @@ pub(crate) type RebuildReason = String;
 
 impl Sidecar {
     /// Opens the sidecar at `path`, or creates an empty one (returning why) if it is missing or
-    /// unusable.
+    /// unusable (read-only: an empty one in memory).
     pub fn open(
         fs: &Arc<dyn FileSystem>,
         path: &Path,
         store_id: [u8; 16],
+        segment_size: u64,
         cache_size: usize,
+        mode: SidecarMode,
     ) -> Result<(Sidecar, SidecarMeta, Option<RebuildReason>)> {
-        let reason = match Self::open_existing(fs, path, store_id, cache_size) {
+        let reason = match Self::open_existing(fs, path, store_id, segment_size, cache_size, mode)
+        {
             Ok(Ok((sidecar, meta))) => return Ok((sidecar, meta, None)),
             Ok(Err(reason)) => reason,
             Err(e) => format!("unreadable: {e}"),
         };
-        if fs.exists(path)? {
-            fs.remove_file(path)?;
-        }
-        let file = fs.open(path, OpenMode::CreateNew)?;
-        fs.sync_dir(parent(path))?;
-        let db = Database::builder()
-            .set_cache_size(cache_size)
-            .create_with_backend(RedbBackend::new(file))?;
-        let sidecar = Sidecar { db };
+        let builder = {
+            let mut b = Database::builder();
+            b.set_cache_size(cache_size);
+            b
+        };
+        let db = match mode {
+            SidecarMode::Write => {
+                if fs.exists(path)? {
+                    fs.remove_file(path)?;
+                }
+                let file = fs.open(path, OpenMode::CreateNew)?;
+                fs.sync_dir(parent(path))?;
+                builder.create_with_backend(RedbBackend::new(file))?
+            }
+            SidecarMode::ReadOnly => {
+                builder.create_with_backend(redb::backends::InMemoryBackend::new())?
+            }
+        };
+        let sidecar = Sidecar { db: Db::Write(db) };
         let meta = SidecarMeta::empty();
         let txn = sidecar.db.begin_write()?;
         {
@@ -119,14 +204,33 @@ impl Sidecar {
         Ok((sidecar, meta, Some(reason)))
     }
 
+    /// Reads the metadata of the sidecar at `path` without changing anything, if it exists
+    /// and is readable.
+    pub fn peek(
+        fs: &Arc<dyn FileSystem>,
+        path: &Path,
+        store_id: [u8; 16],
+        segment_size: u64,
+    ) -> Option<(Sidecar, SidecarMeta)> {
+        Self::open_existing(fs, path, store_id, segment_size, 1 << 20, SidecarMode::ReadOnly)
+            .ok()?
+            .ok()
+    }
+
     /// `Ok(Err(reason))` when the sidecar exists but must be rebuilt.
     fn open_existing(
         fs: &Arc<dyn FileSystem>,
         path: &Path,
         store_id: [u8; 16],
+        segment_size: u64,
         cache_size: usize,
+        mode: SidecarMode,
     ) -> Result<std::result::Result<(Sidecar, SidecarMeta), RebuildReason>> {
-        let file = match fs.open(path, OpenMode::Existing) {
+        let open_mode = match mode {
+            SidecarMode::Write => OpenMode::Existing,
+            SidecarMode::ReadOnly => OpenMode::ReadOnly,
+        };
+        let file = match fs.open(path, open_mode) {
             Ok(f) => f,
             Err(e) if is_not_found(&e) => return Ok(Err("missing".into())),
             Err(e) => return Err(e.into()),
@@ -137,9 +241,16 @@ impl Sidecar {
         // redb may panic on a file altered behind its back; the sidecar is derived, so any
         // failure to open it just means it is rebuilt.
         let opened = catch_unwind(AssertUnwindSafe(|| {
-            Database::builder()
-                .set_cache_size(cache_size)
-                .create_with_backend(RedbBackend::new(file))
+            let mut builder = Database::builder();
+            builder.set_cache_size(cache_size);
+            match mode {
+                SidecarMode::Write => builder
+                    .create_with_backend(RedbBackend::new(file))
+                    .map(Db::Write),
+                SidecarMode::ReadOnly => builder
+                    .open_read_only_with_backend(RedbBackend::new(file))
+                    .map(Db::Read),
+            }
         }));
         let db = match opened {
             Ok(Ok(db)) => db,
@@ -155,16 +266,24 @@ impl Sidecar {
             };
             let get =
                 |k: &str| -> Result<Option<Vec<u8>>> { Ok(t.get(k)?.map(|v| v.value().to_vec())) };
+            let max_run_stream = match txn.open_table(RUNS) {
+                Ok(runs) => runs.last()?.map(|(k, _)| k.value().0),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
             Ok(Some((
-                get("index_version")?,
-                get("store_id")?,
-                get("covered")?,
-                get("last_frame")?,
-                get("next_stream_id")?,
-                get("clean")?,
+                (
+                    get("index_version")?,
+                    get("store_id")?,
+                    get("covered")?,
+                    get("last_frame")?,
+                    get("next_stream_id")?,
+                    get("clean")?,
+                ),
+                max_run_stream,
             )))
         }));
-        let Ok(Ok(Some((version, id, covered, last, next, clean)))) = read else {
+        let Ok(Ok(Some(((version, id, covered, last, next, clean), max_run_stream)))) = read else {
             return Ok(Err("has no readable metadata".into()));
         };
         if version.as_deref().and_then(u64_of) != Some(INDEX_VERSION) {
@@ -186,7 +305,34 @@ impl Sidecar {
             next_stream_id: next,
             clean: clean.as_deref().and_then(u64_of) == Some(1),
         };
+        if let Err(why) = check_meta(&meta, segment_size) {
+            return Ok(Err(why));
+        }
+        if max_run_stream.is_some_and(|id| id >= meta.next_stream_id) {
+            return Ok(Err(format!(
+                "holds stream id {} at or past its next stream id {}",
+                max_run_stream.unwrap_or_default(),
+                meta.next_stream_id
+            )));
+        }
         Ok(Ok((Sidecar { db }, meta)))
+    }
+
+    /// Whether the sidecar can be written (a read-only open's own file cannot).
+    pub fn writable(&self) -> bool {
+        matches!(self.db, Db::Write(_))
+    }
+
+    /// Every stream and its event count (for reporting what a rebuild lost).
+    pub fn stream_counts(&self) -> Result<Vec<(String, u64)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(STREAMS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value().to_owned(), v.value().1));
+        }
+        Ok(out)
     }
 
     pub fn begin_read(&self) -> Result<ReadTransaction> {
@@ -246,6 +392,9 @@ impl Sidecar {
 
     /// Records whether the store is closed cleanly at the sidecar's `covered` position.
     pub fn set_clean(&self, clean: bool) -> Result<()> {
+        if !self.writable() {
+            return Ok(());
+        }
         let txn = self.db.begin_write()?;
         txn.open_table(META)?
             .insert("clean", &u64::from(clean).to_le_bytes()[..])?;

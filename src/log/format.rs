@@ -25,16 +25,24 @@
 //! | offset | size | field          | meaning                                              |
 //! |-------:|-----:|----------------|------------------------------------------------------|
 //! | 0      | 8    | magic          | `89 61 6E 6E 61 6C 73 0A` (`\x89annals\n`)            |
-//! | 8      | 4    | format_version | 1                                                    |
+//! | 8      | 4    | format_version | 2 (1: stores made before frame keys; read and written as they are) |
 //! | 12     | 4    | header_len     | 64                                                   |
 //! | 16     | 16   | store_id       | random UUID, also recorded in the index sidecar      |
 //! | 32     | 8    | segment_size   | S: multiple of 4096, 64 KiB ..= 1 GiB                |
 //! | 40     | 8    | created_at     | creation time, nanoseconds since the Unix epoch      |
-//! | 48     | 12   | reserved       | zero                                                 |
+//! | 48     | 8    | frame_key      | random, non-zero (version 2); zero in version 1       |
+//! | 56     | 4    | reserved       | zero                                                 |
 //! | 60     | 4    | crc            | CRC-32 of bytes 0..60                                |
 //!
 //! A reader checks the magic first (otherwise: not a store), then the version (a newer one is
 //! refused before anything else is interpreted), then the checksum and the field ranges.
+//!
+//! **The frame key.** A frame's `position` field holds its position XOR the store's
+//! `frame_key`. The key is chosen at random when the store is created and never leaves the
+//! file through the API, so a caller who chooses payload bytes cannot make them pass for a
+//! frame: a forged header inside a payload would have to guess 64 random bits (recovery's probe
+//! and every read check the field). Version 1 stores have the key 0, so their frames hold
+//! plain positions.
 //!
 //! # Frame
 //!
@@ -47,7 +55,7 @@
 //! |-------:|-----:|----------|---------------------------------------------------------------|
 //! | 0      | 4    | crc      | CRC-32 of bytes `4..len` of the frame                          |
 //! | 4      | 4    | len      | total frame length in bytes, multiple of 8, ≥ 40               |
-//! | 8      | 8    | position | byte offset of this frame in the file                          |
+//! | 8      | 8    | position | byte offset of this frame in the file, XOR the frame key        |
 //! | 16     | 8    | durable  | end of the log known durable when this frame was written (≤ position) |
 //! | 24     | 4    | prev     | distance back to the previous frame's start; 0 for the first frame |
 //! | 28     | 1    | kind     | 1 = event, 2 = seal                                           |
@@ -97,8 +105,10 @@ use std::ops::Range;
 
 /// File magic: `\x89annals\n`.
 pub const MAGIC: [u8; 8] = *b"\x89annals\n";
-/// The format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes (it also reads and writes [`FORMAT_VERSION_1`] stores).
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format version: no frame key (positions are stored as they are).
+pub const FORMAT_VERSION_1: u32 = 1;
 /// Size of the header block; the first segment starts here.
 pub const HEADER_BLOCK: u64 = 4096;
 /// Bytes of the header block that carry fields (the rest is zero).
@@ -210,6 +220,8 @@ pub struct FileHeader {
     pub segment_size: u64,
     /// Creation time, nanoseconds since the Unix epoch.
     pub created_at: u64,
+    /// The key frame positions are stored under (0 in format version 1; see the module docs).
+    pub frame_key: u64,
 }
 
 /// Why a file header was rejected.
@@ -233,6 +245,7 @@ impl FileHeader {
         b[16..32].copy_from_slice(&self.store_id);
         b[32..40].copy_from_slice(&self.segment_size.to_le_bytes());
         b[40..48].copy_from_slice(&self.created_at.to_le_bytes());
+        b[48..56].copy_from_slice(&self.frame_key.to_le_bytes());
         let crc = crc32(&b[..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
@@ -252,14 +265,21 @@ impl FileHeader {
             )));
         }
         let format_version = u32_at(b, 8);
-        if format_version != FORMAT_VERSION {
+        if format_version > FORMAT_VERSION {
             return Err(HeaderError::UnsupportedVersion(format_version));
         }
         let crc = u32_at(b, 60);
         if crc32(&b[..60]) != crc {
             return Err(HeaderError::Corrupt("header checksum mismatch".into()));
         }
-        if u32_at(b, 12) as usize != HEADER_LEN || b[48..60].iter().any(|&x| x != 0) {
+        if format_version < FORMAT_VERSION_1 {
+            return Err(HeaderError::Corrupt(format!(
+                "format version {format_version} does not exist"
+            )));
+        }
+        let frame_key = u64_at(b, 48);
+        let key_ok = (format_version == FORMAT_VERSION_1) == (frame_key == 0);
+        if u32_at(b, 12) as usize != HEADER_LEN || b[56..60].iter().any(|&x| x != 0) || !key_ok {
             return Err(HeaderError::Corrupt("unexpected header layout".into()));
         }
         let segment_size = u64_at(b, 32);
@@ -269,6 +289,7 @@ impl FileHeader {
             store_id: id_at(b, 16),
             segment_size,
             created_at: u64_at(b, 40),
+            frame_key,
         })
     }
 }
@@ -348,7 +369,7 @@ impl EventRecord<'_> {
 /// Appends the frame of one event to `buf`. Returns its length.
 ///
 /// The caller has checked names and sizes (see [`EventRecord::frame_len`]); this is asserted.
-pub fn encode_event(buf: &mut Vec<u8>, link: FrameLink, e: &EventRecord<'_>) -> u64 {
+pub fn encode_event(buf: &mut Vec<u8>, link: FrameLink, key: u64, e: &EventRecord<'_>) -> u64 {
     let len = e
         .frame_len()
         .expect("event frame length checked by the caller");
@@ -370,7 +391,7 @@ pub fn encode_event(buf: &mut Vec<u8>, link: FrameLink, e: &EventRecord<'_>) -> 
         flags |= FLAG_PUBLISH;
     }
     flags |= e.encoding.bits();
-    put_header(buf, len as u32, link, KIND_EVENT, flags);
+    put_header(buf, len as u32, link, key, KIND_EVENT, flags);
     buf.extend_from_slice(&e.version.to_le_bytes());
     buf.extend_from_slice(&e.timestamp.to_le_bytes());
     buf.extend_from_slice(&e.id);
@@ -390,18 +411,19 @@ pub fn encode_event(buf: &mut Vec<u8>, link: FrameLink, e: &EventRecord<'_>) -> 
 }
 
 /// Appends a seal frame to `buf`: the segment ends here and the log continues at `next`.
-pub fn encode_seal(buf: &mut Vec<u8>, link: FrameLink, next: u64) -> u64 {
+pub fn encode_seal(buf: &mut Vec<u8>, link: FrameLink, key: u64, next: u64) -> u64 {
     assert!(link.commit_end && next > link.position);
+    assert!(link.durable <= link.position && link.position.is_multiple_of(FRAME_ALIGN));
     let start = buf.len();
-    put_header(buf, SEAL_FRAME_LEN as u32, link, KIND_SEAL, FLAG_COMMIT_END);
+    put_header(buf, SEAL_FRAME_LEN as u32, link, key, KIND_SEAL, FLAG_COMMIT_END);
     buf.extend_from_slice(&next.to_le_bytes());
     finish_frame(buf, start, SEAL_FRAME_LEN)
 }
 
-fn put_header(buf: &mut Vec<u8>, len: u32, link: FrameLink, kind: u8, flags: u8) {
+fn put_header(buf: &mut Vec<u8>, len: u32, link: FrameLink, key: u64, kind: u8, flags: u8) {
     buf.extend_from_slice(&[0; 4]); // crc, filled in by finish_frame
     buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&link.position.to_le_bytes());
+    buf.extend_from_slice(&(link.position ^ key).to_le_bytes());
     buf.extend_from_slice(&link.durable.to_le_bytes());
     buf.extend_from_slice(&link.prev.to_le_bytes());
     buf.extend_from_slice(&[kind, flags, 0, 0]);
@@ -667,8 +689,8 @@ pub fn peek_len(bytes: &[u8]) -> Option<u32> {
 
 /// Decodes and checks the frame at the start of `bytes`, which must run at least to the end of
 /// the frame's segment's usable space (or to the end of the frame, if that is known to be less).
-/// `position` is where the bytes were read from.
-pub fn decode_frame(bytes: &[u8], position: u64) -> Result<Frame, FrameError> {
+/// `position` is where the bytes were read from, `key` the store's frame key.
+pub fn decode_frame(bytes: &[u8], position: u64, key: u64) -> Result<Frame, FrameError> {
     if bytes.len() < FRAME_HEADER_LEN {
         return Err(FrameError::Truncated);
     }
@@ -683,7 +705,7 @@ pub fn decode_frame(bytes: &[u8], position: u64) -> Result<Frame, FrameError> {
     }
     // The position is checked before the checksum: it is cheap, and it makes probing every
     // 8-byte boundary of garbage (recovery) cost a compare instead of a checksum each.
-    let claimed = u64_at(header, POSITION_FIELD);
+    let claimed = u64_at(header, POSITION_FIELD) ^ key;
     if claimed != position || !position.is_multiple_of(FRAME_ALIGN) {
         return Err(FrameError::BadPosition(claimed));
     }
@@ -767,6 +789,8 @@ fn check_event(frame: &[u8]) -> Result<(), FrameError> {
 mod tests {
     use super::*;
 
+    const KEY: u64 = 0x5EED_F00D_CAFE_0042;
+
     fn sample(payload: &[u8]) -> EventRecord<'_> {
         EventRecord {
             stream: "order-42",
@@ -800,6 +824,7 @@ mod tests {
             store_id: [7; 16],
             segment_size: 1 << 20,
             created_at: 42,
+            frame_key: KEY,
         };
         assert_eq!(FileHeader::decode(&h.encode()), Ok(h));
     }
@@ -811,6 +836,7 @@ mod tests {
             store_id: [7; 16],
             segment_size: 1 << 20,
             created_at: 42,
+            frame_key: KEY,
         };
         let good = h.encode();
         for i in 0..HEADER_LEN {
@@ -836,24 +862,79 @@ mod tests {
             store_id: [0; 16],
             segment_size: 1 << 20,
             created_at: 0,
+            frame_key: KEY,
         }
         .encode();
-        newer[8..12].copy_from_slice(&2u32.to_le_bytes());
+        newer[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         assert_eq!(
             FileHeader::decode(&newer),
-            Err(HeaderError::UnsupportedVersion(2))
+            Err(HeaderError::UnsupportedVersion(FORMAT_VERSION + 1))
         );
+    }
+
+    #[test]
+    fn version_1_headers_have_no_key_and_version_2_headers_have_one() {
+        let v1 = FileHeader {
+            format_version: FORMAT_VERSION_1,
+            store_id: [3; 16],
+            segment_size: 1 << 20,
+            created_at: 9,
+            frame_key: 0,
+        };
+        assert_eq!(FileHeader::decode(&v1.encode()), Ok(v1));
+        let keyed_v1 = FileHeader { frame_key: KEY, ..v1 };
+        assert!(matches!(
+            FileHeader::decode(&keyed_v1.encode()),
+            Err(HeaderError::Corrupt(_))
+        ));
+        let unkeyed_v2 = FileHeader {
+            format_version: FORMAT_VERSION,
+            ..v1
+        };
+        assert!(matches!(
+            FileHeader::decode(&unkeyed_v2.encode()),
+            Err(HeaderError::Corrupt(_))
+        ));
+        let v0 = FileHeader {
+            format_version: 0,
+            ..v1
+        };
+        assert!(matches!(
+            FileHeader::decode(&v0.encode()),
+            Err(HeaderError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn a_frame_reads_only_under_its_own_key() {
+        let mut buf = vec![];
+        encode_event(&mut buf, link(4096), KEY, &sample(b"p"));
+        assert!(decode_frame(&buf, 4096, KEY).is_ok());
+        assert!(matches!(
+            decode_frame(&buf, 4096, 0),
+            Err(FrameError::BadPosition(_))
+        ));
+        assert!(matches!(
+            decode_frame(&buf, 4096, KEY ^ 1),
+            Err(FrameError::BadPosition(_))
+        ));
+        // A version 1 frame (key 0) holds its plain position.
+        let mut plain = vec![];
+        encode_event(&mut plain, link(4096), 0, &sample(b"p"));
+        assert_eq!(u64::from_le_bytes(plain[8..16].try_into().unwrap()), 4096);
+        assert!(decode_frame(&plain, 4096, 0).is_ok());
+        assert!(decode_frame(&plain, 4096, KEY).is_err());
     }
 
     #[test]
     fn event_round_trip() {
         let e = sample(b"hello world");
         let mut buf = vec![];
-        let len = encode_event(&mut buf, link(4096), &e);
+        let len = encode_event(&mut buf, link(4096), KEY, &e);
         assert_eq!(len as usize, buf.len());
         assert_eq!(len % FRAME_ALIGN, 0);
         assert_eq!(Some(len), e.frame_len());
-        let frame = decode_frame(&buf, 4096).unwrap();
+        let frame = decode_frame(&buf, 4096, KEY).unwrap();
         assert_eq!(frame.link, link(4096));
         assert_eq!(frame.body, Body::Event);
         let ev = EventRef::new(&buf);
@@ -879,8 +960,8 @@ mod tests {
             ..e
         };
         let mut buf = vec![];
-        encode_event(&mut buf, link(4096), &both);
-        assert!(decode_frame(&buf, 4096).is_ok());
+        encode_event(&mut buf, link(4096), KEY, &both);
+        assert!(decode_frame(&buf, 4096, KEY).is_ok());
         let ev = EventRef::new(&buf);
         assert_eq!(
             (ev.correlation_id(), ev.causation_id()),
@@ -892,8 +973,8 @@ mod tests {
     #[test]
     fn seal_round_trip() {
         let mut buf = vec![];
-        encode_seal(&mut buf, link(8192), 1 << 20);
-        let frame = decode_frame(&buf, 8192).unwrap();
+        encode_seal(&mut buf, link(8192), KEY, 1 << 20);
+        let frame = decode_frame(&buf, 8192, KEY).unwrap();
         assert_eq!(frame.body, Body::Seal { next: 1 << 20 });
         assert_eq!(frame.len as u64, SEAL_FRAME_LEN);
     }
@@ -902,16 +983,16 @@ mod tests {
     fn every_single_byte_change_of_a_frame_is_detected() {
         for payload in [&b""[..], b"x", b"0123456789abcdef0123"] {
             let mut buf = vec![];
-            encode_event(&mut buf, link(4096), &sample(payload));
+            encode_event(&mut buf, link(4096), KEY, &sample(payload));
             let mut seal = vec![];
-            encode_seal(&mut seal, link(8192), 1 << 20);
+            encode_seal(&mut seal, link(8192), KEY, 1 << 20);
             for (frame, pos) in [(buf, 4096), (seal, 8192)] {
                 for i in 0..frame.len() {
                     for delta in [1u8, 0x80, 0xff] {
                         let mut bad = frame.clone();
                         bad[i] = bad[i].wrapping_add(delta);
                         assert!(
-                            decode_frame(&bad, pos).is_err(),
+                            decode_frame(&bad, pos, KEY).is_err(),
                             "change {delta:#x} at byte {i} of a {}-byte frame went unnoticed",
                             frame.len()
                         );
@@ -924,23 +1005,23 @@ mod tests {
     #[test]
     fn frames_are_checked_against_where_they_were_read() {
         let mut buf = vec![];
-        encode_event(&mut buf, link(4096), &sample(b"p"));
-        assert_eq!(decode_frame(&buf, 4104), Err(FrameError::BadPosition(4096)));
+        encode_event(&mut buf, link(4096), KEY, &sample(b"p"));
+        assert_eq!(decode_frame(&buf, 4104, KEY), Err(FrameError::BadPosition(4096)));
         assert_eq!(
-            decode_frame(&buf[..buf.len() - 8], 4096),
+            decode_frame(&buf[..buf.len() - 8], 4096, KEY),
             Err(FrameError::BadLength(buf.len() as u32))
         );
-        assert_eq!(decode_frame(&[0; 64], 4096), Err(FrameError::Empty));
-        assert_eq!(decode_frame(&[0; 16], 4096), Err(FrameError::Truncated));
+        assert_eq!(decode_frame(&[0; 64], 4096, KEY), Err(FrameError::Empty));
+        assert_eq!(decode_frame(&[0; 16], 4096, KEY), Err(FrameError::Truncated));
     }
 
     #[test]
     fn a_huge_length_is_rejected_before_use() {
         let mut buf = vec![];
-        encode_event(&mut buf, link(4096), &sample(b"p"));
+        encode_event(&mut buf, link(4096), KEY, &sample(b"p"));
         buf[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
-            decode_frame(&buf, 4096),
+            decode_frame(&buf, 4096, KEY),
             Err(FrameError::BadLength(u32::MAX))
         );
     }

@@ -10,27 +10,33 @@
 pub mod format;
 pub(crate) mod reader;
 pub(crate) mod recovery;
+pub(crate) mod sync;
 pub(crate) mod writer;
 
 use format::{HEADER_BLOCK, SEAL_FRAME_LEN};
 
-/// Where segments are, for one segment size.
+/// Where segments are, for one segment size, and the store's frame key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Layout {
     pub segment_size: u64,
+    /// The key frame positions are stored under (see [`format`]).
+    pub key: u64,
 }
 
 impl Layout {
     /// Position of the first frame of the log.
     pub const FIRST: u64 = HEADER_BLOCK;
 
+    /// The segment holding `position` (segment 0 for positions in the header block).
     pub fn segment_of(&self, position: u64) -> u64 {
-        debug_assert!(position >= HEADER_BLOCK);
-        (position - HEADER_BLOCK) / self.segment_size
+        position.saturating_sub(HEADER_BLOCK) / self.segment_size
     }
 
+    /// Where segment `segment` starts (saturating: no segment lies past `u64::MAX`).
     pub fn segment_start(&self, segment: u64) -> u64 {
-        HEADER_BLOCK + segment * self.segment_size
+        segment
+            .saturating_mul(self.segment_size)
+            .saturating_add(HEADER_BLOCK)
     }
 
     /// End (exclusive) of the segment holding `position`.

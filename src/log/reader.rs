@@ -189,10 +189,13 @@ impl LogReader {
         if position >= limit {
             return Ok(Err(FrameError::Truncated));
         }
+        if position < Layout::FIRST {
+            return Ok(Err(FrameError::BadPosition(position)));
+        }
         if let Some((view, seg_start)) = self.view(position, limit, cursor)? {
             // The view ends at `limit` or at the segment's end, whichever comes first.
             let from = (position - seg_start) as usize;
-            return Ok(decode_frame(&view[from..], position)
+            return Ok(decode_frame(&view[from..], position, self.layout.key)
                 .map(|frame| (view.slice(from..from + frame.len as usize), frame)));
         }
         let end = limit.min(self.layout.segment_end(position));
@@ -209,7 +212,7 @@ impl LogReader {
             cursor.fill(&*self.file, position, end, want)?;
         }
         let from = (position - cursor.start) as usize;
-        Ok(decode_frame(cursor.bytes(position, end), position)
+        Ok(decode_frame(cursor.bytes(position, end), position, self.layout.key)
             .map(|frame| (cursor.data.slice(from..from + frame.len as usize), frame)))
     }
 

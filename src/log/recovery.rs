@@ -1,35 +1,83 @@
-//! The recovery rule, applied when a store is opened.
+//! The recovery rule, applied when a store is opened. Three steps, each its own function:
+//! [`scan`] reads frames, [`judge`] decides what the bytes after the last complete commit are,
+//! and [`repair`] carries that decision out (only when opening for writing).
+//!
+//! # Scan
 //!
 //! Recovery reads frames forward from the position the index sidecar covers (the first frame of
 //! the log when there is no usable sidecar), handing every complete commit to the caller so it
 //! can index it. The end of the log is the end of the last frame that completes a commit.
-//!
-//! Where the scan stops (zeros, a frame that fails a check, a broken link to the previous
-//! frame, a commit cut off), recovery asks whether those bytes were ever acknowledged:
-//!
-//! - every 8-byte boundary from the end of the last complete commit to the end of the file is
-//!   probed for a valid frame; a valid frame whose `durable` field lies beyond the end of the
-//!   last complete commit proves that the bad bytes had been synced: that is **corruption**,
-//!   and `open` fails with [`Error::Corrupt`] naming the position, changing nothing;
-//! - otherwise the bytes are a **torn tail** that no caller was ever told was written: they are
-//!   zeroed, segments after the end are cut off, the file is synced, and a warning is logged.
-//!
 //! Before scanning, the frame the sidecar says is the last one it covers must end exactly where
-//! the sidecar says: a sidecar that does not match the log is reported, never used to cut it.
+//! the sidecar says, inside the file: a sidecar that does not match the log is reported, never
+//! used to cut it, and no message advises a step that would silently accept a loss.
 //!
-//! (A bad frame in the very last commit that was synced, with nothing written after it, cannot be
-//! told from a torn write: that is the limit of any log. A clean close records the end in the
-//! sidecar, which closes that gap.)
+//! # Judge
+//!
+//! The scan stops at zeros, at a frame that fails a check, at a broken link to the previous
+//! frame, or at a commit cut off. Then, in this order:
+//!
+//! 1. **A log the engine never writes is damage.** The engine sets the file's length only to the
+//!    header block plus a multiple of 4096, makes an allocation durable before it writes into
+//!    it, allocates the next segment durably before it seals one, and keeps room for a seal
+//!    (40 bytes) after every frame. So a file of another length, a frame or header cut off by
+//!    the end of the file, data running into the last 40 bytes of the file, and a seal whose
+//!    next segment is missing all mean the file was cut or altered from outside: `open` fails
+//!    with [`Error::Corrupt`] naming the expected and the actual length. (Only an explicit
+//!    `accept_loss` treats such a tail as dropped, and says what was lost.)
+//! 2. **Acknowledged bytes are never dropped.** Every frame records the end of the log known
+//!    durable when it was written. Every 8-byte boundary from the end of the last complete
+//!    commit to the end of the file is probed for a valid frame; one whose `durable` field lies
+//!    beyond that end proves the bad bytes had been synced, hence acknowledged: that is
+//!    **corruption**, and `open` fails with [`Error::Corrupt`] naming the position, changing
+//!    nothing.
+//! 3. Otherwise the bytes are a **torn tail** no caller was told was written: they are dropped.
+//!
+//! # What remains ambiguous
+//!
+//! A frame's `durable` field is the durable end when its group (the commits one leader writes
+//! and syncs together) was staged, that is, the start of its group. So damage inside the *last
+//! group that was synced* cannot be told from a torn write when no frame of a later group
+//! survives: that group's commits are dropped, intact commits after the damaged byte included.
+//! With one appending thread a group is one commit. With [`Durability::Periodic`] or `NoSync`
+//! the window is everything written since the last sync, which those modes never promised was
+//! durable. Nothing else is ambiguous:
+//!
+//! - a seal is synced on its own before anything is written into the next segment, so the
+//!   commit that opened a segment never depends on it;
+//! - a clean close records the end in the sidecar, and the index sidecar covers only bytes
+//!   that were synced: both close the window;
+//! - payload bytes cannot pass for a frame in the probe: a frame's position field is stored
+//!   under the store's random 64-bit frame key, which never leaves the file (see
+//!   [`super::format`]); a payload would have to guess it.
+//!
+//! # Repair
+//!
+//! What recovery drops is never destroyed: every non-zero byte from the new end to the end of
+//! the file is first saved beside the store, as `NAME.annals.dropped-POSITION` (synced, its
+//! name synced in the directory), then zeroed; segments after the end are cut off. The drop is
+//! reported in the recovery report, in a `tracing` warning, and by `annals info`.
+//!
+//! Then the bytes that no frame proves durable (from the largest `durable` claim read, or the
+//! sidecar's position, to the new end) are **written again** before the file is synced. On
+//! Linux a failed `fdatasync` marks the failed pages clean and leaves them readable: a new open
+//! (in this or another process) would read them, and a sync would "succeed" without writing
+//! them. Writing them again makes them dirty, so the sync really writes them (or fails, and the
+//! open fails). Only then may a new frame claim them durable; the index sidecar is written
+//! during a replay only after the same has been done for what it covers.
+//!
+//! [`Durability::Periodic`]: crate::Durability::Periodic
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::Layout;
-use super::format::{Body, EventRef, FRAME_ALIGN, POSITION_FIELD};
+use super::format::{Body, EventRef, FRAME_ALIGN, FRAME_HEADER_LEN, FrameError, POSITION_FIELD};
+use super::format::{SEAL_FRAME_LEN, SEGMENT_ALIGN};
 use super::reader::{Cursor, LogReader};
 use crate::error::{Error, Result};
-use crate::storage::StorageFile;
+use crate::storage::{FileSystem, OpenMode, StorageFile};
 
 /// Where the scan starts: a frame boundary the caller trusts, and the frame before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +89,15 @@ pub(crate) struct ScanStart {
     pub clean: bool,
 }
 
+impl ScanStart {
+    /// A scan of the whole log.
+    pub const BEGINNING: ScanStart = ScanStart {
+        position: Layout::FIRST,
+        last_frame: None,
+        clean: false,
+    };
+}
+
 /// An event frame of a complete commit, as handed to the caller.
 pub(crate) struct RecoveredEvent {
     pub position: u64,
@@ -48,7 +105,36 @@ pub(crate) struct RecoveredEvent {
     pub bytes: Bytes,
 }
 
-/// What recovery found and did.
+/// What recovery hands complete commits to (the index).
+pub(crate) trait Replay {
+    /// One complete commit, in log order.
+    fn commit(&mut self, events: &[RecoveredEvent]) -> Result<()>;
+    /// Whether the caller wants to write what it gathered (to bound its memory); recovery
+    /// first makes the log durable up to the last commit it handed over.
+    fn wants_flush(&self) -> bool {
+        false
+    }
+    /// Writes what was gathered.
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether recovery may change the file.
+pub(crate) enum Mode<'a> {
+    /// Opening for writing: carry out the decision.
+    Repair {
+        fs: &'a dyn FileSystem,
+        /// The store file (dropped bytes are saved beside it).
+        path: &'a Path,
+        /// Treat a log cut or altered from outside as a dropped tail instead of refusing it.
+        accept_loss: bool,
+    },
+    /// Looking only: judge, change nothing.
+    Inspect,
+}
+
+/// What recovery found and did (or, inspecting, would do).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Recovered {
     /// Where the next frame goes.
@@ -59,11 +145,13 @@ pub(crate) struct Recovered {
     pub allocated_end: u64,
     /// Number of complete commits scanned.
     pub commits: u64,
-    /// The torn tail that was dropped, if any.
+    /// The tail that was (or would be) dropped, if any.
     pub truncated: Option<Truncation>,
+    /// Bytes no frame proved durable, written again before the sync (or that would be).
+    pub rewritten: u64,
 }
 
-/// A dropped torn tail.
+/// A dropped tail: what the log lost at open, and where its bytes are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Truncation {
     /// The new end of the log.
@@ -72,6 +160,52 @@ pub struct Truncation {
     pub stopped_at: u64,
     /// Why it stopped there.
     pub reason: String,
+    /// Non-zero bytes from `at` to the end of the file that were dropped.
+    pub dropped_bytes: u64,
+    /// Valid frames found among the dropped bytes (of commits that were cut short, or written
+    /// in the same group after the bad bytes).
+    pub intact_frames: u64,
+    /// Where the dropped bytes were saved (`None` when there were none, or when only
+    /// inspecting).
+    pub saved_to: Option<PathBuf>,
+}
+
+/// Why the scan stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stop {
+    /// Zeros, with room after them: where an unwritten log ends.
+    Zeros,
+    /// A frame that fails a check, or a broken chain.
+    Bad(String),
+    /// The data runs into the end of the file: a cut the engine never makes.
+    CutOff(String),
+}
+
+/// What [`scan`] found.
+#[derive(Debug)]
+pub(crate) struct Scanned {
+    end: u64,
+    last_frame: Option<u64>,
+    commits: u64,
+    stopped_at: u64,
+    stop: Stop,
+    /// The largest `durable` claim of a valid frame read (the start position if none).
+    proven: u64,
+    /// Whether frames of an incomplete commit were read before the stop.
+    pending: bool,
+}
+
+/// The judgment on the bytes after the scan's end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// Nothing but zeros follows.
+    Clean,
+    /// Bytes that were never acknowledged follow: drop them.
+    Torn {
+        reason: String,
+        last_nonzero: u64,
+        intact_frames: u64,
+    },
 }
 
 /// Runs recovery over `file`; see the [module docs](self).
@@ -79,48 +213,226 @@ pub(crate) fn recover(
     file: &Arc<dyn StorageFile>,
     layout: Layout,
     start: ScanStart,
-    mut on_commit: impl FnMut(&[RecoveredEvent]) -> Result<()>,
+    mode: Mode<'_>,
+    replay: &mut dyn Replay,
 ) -> Result<Recovered> {
     let file_len = file.len()?;
+    let accept_loss = matches!(mode, Mode::Repair { accept_loss: true, .. });
+    check_length(file_len, layout, accept_loss)?;
     let reader = LogReader::new(file.clone(), layout, false);
-    let mut cursor = Cursor::default();
-    check_start(&reader, start, file_len, &mut cursor)?;
+    check_start(&reader, start, file_len)?;
+    let mut durable = Durable {
+        file: matches!(mode, Mode::Repair { .. }).then_some(file),
+        proven: start.position,
+        rewritten: 0,
+    };
+    let scanned = scan(&reader, layout, start, file_len, replay, &mut durable)?;
+    let verdict = judge(&reader, layout, start, &scanned, file_len, accept_loss)?;
+    durable.proven = durable.proven.max(scanned.proven).min(scanned.end);
+    let truncated = match &verdict {
+        Verdict::Clean => None,
+        Verdict::Torn {
+            reason,
+            last_nonzero,
+            intact_frames,
+        } => Some(Truncation {
+            at: scanned.end,
+            stopped_at: scanned.stopped_at,
+            reason: reason.clone(),
+            dropped_bytes: last_nonzero.saturating_sub(scanned.end),
+            intact_frames: *intact_frames,
+            saved_to: None,
+        }),
+    };
+    let seg_end = layout.segment_end(scanned.end);
+    let mut recovered = Recovered {
+        end: scanned.end,
+        last_frame: scanned.last_frame,
+        allocated_end: file_len.max(seg_end),
+        commits: scanned.commits,
+        truncated,
+        rewritten: durable.rewritten + (scanned.end - durable.proven),
+    };
+    match mode {
+        Mode::Inspect => {}
+        Mode::Repair { fs, path, .. } => {
+            repair(file, layout, fs, path, &mut recovered, &mut durable)?;
+        }
+    }
+    recovered.allocated_end -= (recovered.allocated_end - Layout::FIRST) % layout.segment_size;
+    Ok(recovered)
+}
 
+/// Checks that the file has a length the engine writes; see rule 1 of the module docs.
+fn check_length(file_len: u64, layout: Layout, accept_loss: bool) -> Result<()> {
+    let past_header = file_len.checked_sub(Layout::FIRST);
+    if accept_loss || past_header.is_some_and(|n| n.is_multiple_of(SEGMENT_ALIGN)) {
+        return Ok(());
+    }
+    let expected = match past_header {
+        None => Layout::FIRST + layout.segment_size,
+        Some(n) => Layout::FIRST + n.next_multiple_of(SEGMENT_ALIGN),
+    };
+    Err(Error::corrupt(
+        file_len,
+        format!(
+            "the log file is {file_len} bytes long, where a length of the form 4096 + a \
+             multiple of 4096 (here at least {expected}) was expected: it was cut short or \
+             extended by something other than annals. Restore it from a backup; `annals \
+             rebuild-index --accept-loss` opens it anyway and reports what was lost"
+        ),
+    ))
+}
+
+/// Checks that the frame the caller says precedes `start` ends exactly at `start`.
+fn check_start(reader: &LogReader, start: ScanStart, file_len: u64) -> Result<()> {
+    let mismatch = |why: String| {
+        Error::corrupt(
+            start.position,
+            format!(
+                "the index sidecar does not match the log: {why}. Either the log lost data or \
+                 was replaced by another copy, or the sidecar was damaged; `annals verify` \
+                 checks the log, and `annals rebuild-index` rebuilds the sidecar from it (it \
+                 refuses if the log ends before what the sidecar covered)"
+            ),
+        )
+    };
+    if !start.position.is_multiple_of(FRAME_ALIGN) || start.position < Layout::FIRST {
+        return Err(mismatch(format!("it covers up to {}", start.position)));
+    }
+    if start.position > file_len {
+        return Err(Error::corrupt(
+            file_len,
+            format!(
+                "the log file is {file_len} bytes long, but its index covered it up to {}: \
+                 acknowledged events are missing (the log was cut short, or replaced by an \
+                 older copy). Restore it from a backup; `annals rebuild-index --accept-loss` \
+                 opens it anyway and reports what was lost",
+                start.position
+            ),
+        ));
+    }
+    let Some(last) = start.last_frame else {
+        return if start.position == Layout::FIRST {
+            Ok(())
+        } else {
+            Err(mismatch("it records no last frame".into()))
+        };
+    };
+    if last < Layout::FIRST || last >= start.position {
+        return Err(mismatch(format!("its last frame {last} is out of range")));
+    }
+    let (_, frame) = reader
+        .try_read(last, file_len, &mut Cursor::default())?
+        .map_err(|e| mismatch(format!("at its last frame {last}: {e}")))?;
+    let ends_at = match frame.body {
+        Body::Seal { next } => next,
+        Body::Event => last + u64::from(frame.len),
+    };
+    if ends_at != start.position {
+        return Err(mismatch(format!(
+            "its last frame at {last} ends at {ends_at}, not at {}",
+            start.position
+        )));
+    }
+    Ok(())
+}
+
+/// Makes log bytes durable during recovery: writes again what no frame proves durable, then
+/// syncs (see "Repair" in the module docs). Inspecting, it does nothing.
+struct Durable<'a> {
+    file: Option<&'a Arc<dyn StorageFile>>,
+    /// Every byte before this is known durable.
+    proven: u64,
+    rewritten: u64,
+}
+
+impl Durable<'_> {
+    /// Makes `[proven, to)` durable; `sync_all` also makes length changes durable.
+    fn make_durable(&mut self, to: u64, all: bool) -> Result<()> {
+        let Some(file) = self.file else {
+            return Ok(());
+        };
+        let mut buf = vec![0u8; CHUNK.min(to.saturating_sub(self.proven)) as usize];
+        let mut at = self.proven;
+        while at < to {
+            let n = (to - at).min(CHUNK) as usize;
+            file.read_exact_at(&mut buf[..n], at)?;
+            file.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        self.rewritten += to.saturating_sub(self.proven);
+        if all {
+            file.sync_all()?;
+        } else {
+            file.sync_data()?;
+        }
+        self.proven = self.proven.max(to);
+        Ok(())
+    }
+}
+
+const CHUNK: u64 = 1 << 20;
+
+/// Reads frames from `start`, handing complete commits to `replay`; see "Scan".
+fn scan(
+    reader: &LogReader,
+    layout: Layout,
+    start: ScanStart,
+    file_len: u64,
+    replay: &mut dyn Replay,
+    durable: &mut Durable<'_>,
+) -> Result<Scanned> {
+    let mut cursor = Cursor::default();
     let mut pos = start.position;
     let mut last = start.last_frame;
-    let (mut valid_end, mut valid_last) = (pos, last);
-    let mut commits = 0;
+    let mut s = Scanned {
+        end: pos,
+        last_frame: last,
+        commits: 0,
+        stopped_at: pos,
+        stop: Stop::Zeros,
+        proven: start.position,
+        pending: false,
+    };
     let mut pending: Vec<RecoveredEvent> = Vec::new();
-    let mut at_zeros = false;
-    let (stopped_at, reason) = loop {
+    let stop = loop {
         if pos >= file_len {
-            at_zeros = true;
-            break (pos, "end of file".to_owned());
+            break Stop::CutOff(format!(
+                "the log file ends at {file_len}, where the log continues at {pos}"
+            ));
         }
         let (bytes, frame) = match reader.try_read(pos, file_len, &mut cursor)? {
             Ok(found) => found,
-            Err(e) => {
-                at_zeros = e == super::format::FrameError::Empty;
-                break (pos, e.to_string());
-            }
+            Err(FrameError::Empty) if file_len - pos >= SEAL_FRAME_LEN => break Stop::Zeros,
+            Err(e) => match cut_off(reader, layout, pos, file_len)? {
+                Some(cut) => break cut,
+                None => break Stop::Bad(e.to_string()),
+            },
         };
+        if pos + u64::from(frame.len) + SEAL_FRAME_LEN > file_len {
+            break Stop::CutOff(format!(
+                "the log file ends at {file_len}, within {SEAL_FRAME_LEN} bytes of the end of \
+                 the frame at {pos} ({} bytes), where annals always keeps room for a seal",
+                frame.len
+            ));
+        }
+        // Right after reading: the frame is where the chain says.
         let expected_prev = last.map_or(0, |l| pos - l);
         if u64::from(frame.link.prev) != expected_prev {
-            break (
-                pos,
-                format!(
-                    "frame links back {} bytes, expected {expected_prev}",
-                    frame.link.prev
-                ),
-            );
+            break Stop::Bad(format!(
+                "frame links back {} bytes, expected {expected_prev}",
+                frame.link.prev
+            ));
         }
+        s.proven = s.proven.max(frame.link.durable);
         match frame.body {
             Body::Event => {
                 if pos + u64::from(frame.len) > layout.usable_end(pos) {
-                    break (pos, "event frame in the space kept for the seal".to_owned());
+                    break Stop::Bad("event frame in the space kept for the seal".to_owned());
                 }
                 if let Err(e) = EventRef::new(&bytes).check_names() {
-                    break (pos, e.to_string());
+                    break Stop::Bad(e.to_string());
                 }
                 pending.push(RecoveredEvent {
                     position: pos,
@@ -129,138 +441,129 @@ pub(crate) fn recover(
                 last = Some(pos);
                 pos += u64::from(frame.len);
                 if frame.link.commit_end {
-                    on_commit(&pending)?;
+                    replay.commit(&pending)?;
                     pending.clear();
-                    commits += 1;
-                    (valid_end, valid_last) = (pos, last);
+                    s.commits += 1;
+                    (s.end, s.last_frame) = (pos, last);
+                    if replay.wants_flush() {
+                        // The sidecar never covers bytes that are not durable.
+                        durable.proven = durable.proven.max(s.proven);
+                        durable.make_durable(s.end, false)?;
+                        replay.flush()?;
+                    }
                 }
             }
             Body::Seal { next } => {
                 if !pending.is_empty() || next != layout.segment_end(pos) {
-                    break (
-                        pos,
-                        "seal in the middle of a commit or pointing elsewhere".to_owned(),
-                    );
+                    break Stop::Bad("seal in the middle of a commit or pointing elsewhere".into());
                 }
                 last = Some(pos);
                 pos = next;
-                commits += 1;
-                (valid_end, valid_last) = (pos, last);
+                s.commits += 1;
+                (s.end, s.last_frame) = (pos, last);
             }
         }
     };
-    let pending_empty = pending.is_empty();
-    drop(pending);
-
-    let clean_end = start.clean && at_zeros && stopped_at == start.position && pending_empty;
-    let probe = if clean_end {
-        Probe {
-            claim: None,
-            nonzero_end: valid_end,
-            nonzero_beyond: false,
-        }
-    } else {
-        probe(&reader, layout, valid_end, file_len)?
-    };
-    if let Some((claim_at, durable)) = probe.claim {
-        return Err(Error::corrupt(
-            stopped_at,
-            format!(
-                "{reason}; the frame at {claim_at} records that the log was durable up to {durable}, \
-                 so these bytes had been acknowledged"
-            ),
-        ));
-    }
-
-    let seg_end = layout.segment_end(valid_end);
-    let mut truncated = None;
-    if probe.nonzero_end > valid_end || probe.nonzero_beyond {
-        zero(file, valid_end, probe.nonzero_end.min(seg_end))?;
-        if probe.nonzero_beyond {
-            file.set_len(seg_end)?;
-        }
-        tracing::warn!(
-            at = valid_end,
-            stopped_at,
-            reason = %reason,
-            "annals: dropped a torn, unacknowledged tail"
-        );
-        truncated = Some(Truncation {
-            at: valid_end,
-            stopped_at,
-            reason,
-        });
-    }
-    let mut allocated_end = file.len()?;
-    if allocated_end < seg_end {
-        let seg_start = seg_end - layout.segment_size;
-        file.allocate(seg_start, layout.segment_size)?;
-        allocated_end = seg_end;
-    }
-    // What was read back (perhaps only from the page cache, after a process crash) is made
-    // durable before any new frame can claim it is.
-    file.sync_all()?;
-    Ok(Recovered {
-        end: valid_end,
-        last_frame: valid_last,
-        allocated_end: allocated_end - (allocated_end - Layout::FIRST) % layout.segment_size,
-        commits,
-        truncated,
-    })
+    s.pending = !pending.is_empty();
+    s.stopped_at = pos;
+    s.stop = stop;
+    Ok(s)
 }
 
-/// Checks that the frame the caller says precedes `start` ends exactly at `start`.
-fn check_start(
+/// Whether the bytes at `pos`, which are not a valid frame, are one cut off by the end of the
+/// file (see rule 1).
+fn cut_off(reader: &LogReader, layout: Layout, pos: u64, file_len: u64) -> Result<Option<Stop>> {
+    let room = file_len - pos;
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    let n = header.len().min(room as usize);
+    reader.file().read_exact_at(&mut header[..n], pos)?;
+    if header[..n].iter().all(|&b| b == 0) {
+        return Ok((room < SEAL_FRAME_LEN).then(|| {
+            Stop::CutOff(format!(
+                "the log file ends at {file_len}, {room} bytes after the end of the log at \
+                 {pos}, where annals always keeps at least {SEAL_FRAME_LEN}"
+            ))
+        }));
+    }
+    if n < FRAME_HEADER_LEN {
+        return Ok(Some(Stop::CutOff(format!(
+            "the log file ends at {file_len}, inside the frame header at {pos}"
+        ))));
+    }
+    let len = u64::from(u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")));
+    let plausible = len >= SEAL_FRAME_LEN && len.is_multiple_of(FRAME_ALIGN);
+    if plausible && len <= layout.segment_end(pos) - pos && pos + len + SEAL_FRAME_LEN > file_len {
+        return Ok(Some(Stop::CutOff(format!(
+            "the log file ends at {file_len}, but the frame at {pos} is {len} bytes long \
+             (with room for a seal after it, at least {} bytes were expected)",
+            pos + len + SEAL_FRAME_LEN
+        ))));
+    }
+    Ok(None)
+}
+
+/// Decides what the bytes after the scan's end are; see "Judge".
+fn judge(
     reader: &LogReader,
+    layout: Layout,
     start: ScanStart,
+    s: &Scanned,
     file_len: u64,
-    cursor: &mut Cursor,
-) -> Result<()> {
-    let mismatch = |why: String| {
-        Error::corrupt(
-            start.position,
-            format!(
-                "the index sidecar does not match the log ({why}); if the log is intact, delete the \
-                 .index file to rebuild it"
-            ),
-        )
+    accept_loss: bool,
+) -> Result<Verdict> {
+    let reason = match &s.stop {
+        Stop::Zeros => "no frame (zeroed bytes)".to_owned(),
+        Stop::Bad(reason) => reason.clone(),
+        Stop::CutOff(reason) if accept_loss => reason.clone(),
+        Stop::CutOff(reason) => {
+            return Err(Error::corrupt(
+                s.stopped_at,
+                format!(
+                    "{reason}: the file was cut short or altered by something other than \
+                     annals, and acknowledged events may be missing. Restore it from a backup; \
+                     `annals rebuild-index --accept-loss` opens it anyway and reports what was \
+                     lost"
+                ),
+            ));
+        }
     };
-    if !start.position.is_multiple_of(FRAME_ALIGN) || start.position < Layout::FIRST {
-        return Err(mismatch("misaligned position".into()));
+    let clean_close = start.clean
+        && s.stop == Stop::Zeros
+        && s.stopped_at == start.position
+        && !s.pending;
+    if clean_close {
+        return Ok(Verdict::Clean);
     }
-    let Some(last) = start.last_frame else {
-        return if start.position == Layout::FIRST {
-            Ok(())
-        } else {
-            Err(mismatch("no last frame recorded".into()))
-        };
-    };
-    if start.position > file_len {
-        return Err(mismatch(format!("the log is only {file_len} bytes long")));
+    let probe = probe(reader, layout, s.end, file_len)?;
+    let mut reason = reason;
+    if let Some((claim_at, durable)) = probe.claim {
+        let acknowledged = format!(
+            "{reason}; the frame at {claim_at} records that the log was durable up to \
+             {durable}, so these bytes had been acknowledged"
+        );
+        if !accept_loss {
+            return Err(Error::corrupt(s.stopped_at, acknowledged));
+        }
+        reason = format!("{acknowledged} (dropped: the loss was accepted)");
     }
-    let (_, frame) = reader
-        .try_read(last, file_len, cursor)?
-        .map_err(|e| mismatch(format!("its last frame at {last}: {e}")))?;
-    let ends_at = match frame.body {
-        Body::Seal { next } => next,
-        Body::Event => last + u64::from(frame.len),
-    };
-    if ends_at != start.position {
-        return Err(mismatch(format!(
-            "its last frame at {last} ends at {ends_at}"
-        )));
+    // A cut accepted as a loss is always reported, even when no byte is left to drop.
+    if probe.last_nonzero <= s.end && !matches!(s.stop, Stop::CutOff(_)) {
+        return Ok(Verdict::Clean);
     }
-    Ok(())
+    Ok(Verdict::Torn {
+        reason,
+        last_nonzero: probe.last_nonzero,
+        intact_frames: probe.intact_frames,
+    })
 }
 
 struct Probe {
     /// A valid frame claiming a durable end beyond the scan's end: (its position, the claim).
     claim: Option<(u64, u64)>,
-    /// End of the last non-zero 8-byte word between the scan's end and the end of its segment.
-    nonzero_end: u64,
-    /// Whether any byte after that segment is non-zero (later segments hold only zeros when
-    /// they were prepared ahead and never used).
-    nonzero_beyond: bool,
+    /// End of the last non-zero 8-byte word after the scan's end.
+    last_nonzero: u64,
+    /// Valid frames found.
+    intact_frames: u64,
 }
 
 const PROBE_CHUNK: u64 = 1 << 20;
@@ -269,15 +572,17 @@ const PROBE_CHUNK: u64 = 1 << 20;
 fn probe(reader: &LogReader, layout: Layout, from: u64, file_len: u64) -> Result<Probe> {
     let mut result = Probe {
         claim: None,
-        nonzero_end: from,
-        nonzero_beyond: false,
+        last_nonzero: from,
+        intact_frames: 0,
     };
     let mut cursor = Cursor::default();
-    let seg_end = layout.segment_end(from);
     let mut chunk_start = from;
     let mut buf = Vec::new();
-    while chunk_start + FRAME_ALIGN < file_len {
+    while chunk_start < file_len {
         let len = PROBE_CHUNK.min(file_len - chunk_start) & !(FRAME_ALIGN - 1);
+        if len == 0 {
+            break;
+        }
         buf.resize(len as usize, 0);
         reader.file().read_exact_at(&mut buf, chunk_start)?;
         for (k, word) in buf.chunks_exact(8).enumerate() {
@@ -286,21 +591,22 @@ fn probe(reader: &LogReader, layout: Layout, from: u64, file_len: u64) -> Result
                 continue;
             }
             let q = chunk_start + 8 * k as u64;
-            if q < seg_end {
-                result.nonzero_end = result.nonzero_end.max(q + 8);
-            } else {
-                result.nonzero_beyond = true;
-            }
-            // A frame at `at` holds `at` in its position field: test that cheaply first.
+            result.last_nonzero = result.last_nonzero.max(q + 8);
+            // A frame at `at` holds `at` (under the key) in its position field: test that
+            // cheaply first.
             let at = q.wrapping_sub(POSITION_FIELD as u64);
-            if w == at
+            if w ^ layout.key == at
                 && at >= from
                 && let Ok((_, frame)) = reader.try_read(at, file_len, &mut cursor)?
-                && frame.link.durable > from
             {
-                result.claim = Some((at, frame.link.durable));
-                return Ok(result);
+                result.intact_frames += 1;
+                if frame.link.durable > from && result.claim.is_none() {
+                    result.claim = Some((at, frame.link.durable));
+                }
             }
+        }
+        if chunk_start + len >= file_len {
+            break;
         }
         // Overlap by one word, so a frame start in the last word pairs with its position field.
         chunk_start += (len - FRAME_ALIGN).max(FRAME_ALIGN);
@@ -308,9 +614,133 @@ fn probe(reader: &LogReader, layout: Layout, from: u64, file_len: u64) -> Result
     Ok(result)
 }
 
+/// Carries out the judgment; see "Repair".
+fn repair(
+    file: &Arc<dyn StorageFile>,
+    layout: Layout,
+    fs: &dyn FileSystem,
+    path: &Path,
+    recovered: &mut Recovered,
+    durable: &mut Durable<'_>,
+) -> Result<()> {
+    let end = recovered.end;
+    let seg_end = layout.segment_end(end);
+    if let Some(t) = &mut recovered.truncated {
+        let last_nonzero = t.at + t.dropped_bytes;
+        if t.dropped_bytes > 0 {
+            t.saved_to = Some(save(fs, path, file, t.at, last_nonzero)?);
+        }
+        zero(file, end, last_nonzero.min(seg_end))?;
+        if last_nonzero > seg_end {
+            file.set_len(seg_end)?;
+        }
+        tracing::warn!(
+            path = %path.display(),
+            at = t.at,
+            stopped_at = t.stopped_at,
+            reason = %t.reason,
+            dropped_bytes = t.dropped_bytes,
+            intact_frames = t.intact_frames,
+            saved_to = ?t.saved_to,
+            "annals: dropped an unacknowledged tail of the log; its bytes are saved beside the store"
+        );
+    }
+    let len = file.len()?;
+    if len < seg_end || !(len - Layout::FIRST).is_multiple_of(SEGMENT_ALIGN) {
+        // The segment the log ends in exists whole (also after a tail cut from outside was
+        // accepted as lost).
+        let seg_start = seg_end - layout.segment_size;
+        file.allocate(seg_start, layout.segment_size)?;
+        if len > seg_end {
+            file.set_len(seg_end)?;
+        }
+    }
+    recovered.allocated_end = file.len()?;
+    durable.make_durable(end, true)?;
+    recovered.rewritten = durable.rewritten;
+    Ok(())
+}
+
+/// Saves `[from, to)` of the log beside the store as `NAME.annals.dropped-FROM` (synced, and
+/// its directory entry too) and returns its path. An identical copy saved by an earlier,
+/// interrupted recovery is reused.
+fn save(
+    fs: &dyn FileSystem,
+    path: &Path,
+    file: &Arc<dyn StorageFile>,
+    from: u64,
+    to: u64,
+) -> Result<PathBuf> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let dir = crate::index::parent(path);
+    let mut buf = vec![0u8; CHUNK.min(to - from) as usize];
+    for n in 1..=100u32 {
+        let suffix = if n == 1 { String::new() } else { format!("-{n}") };
+        let target = dir.join(format!("{name}.dropped-{from}{suffix}"));
+        if fs.exists(&target)? {
+            if same_bytes(fs, &target, file, from, to)? {
+                return Ok(target);
+            }
+            continue;
+        }
+        let tmp = dir.join(format!("{name}.dropping-{}", uuid::Uuid::new_v4().simple()));
+        let out = fs.open(&tmp, OpenMode::CreateNew)?;
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(CHUNK) as usize;
+            file.read_exact_at(&mut buf[..n], at)?;
+            out.write_all_at(&buf[..n], at - from)?;
+            at += n as u64;
+        }
+        out.sync_all()?;
+        drop(out);
+        match fs.rename_no_replace(&tmp, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = fs.remove_file(&tmp);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        fs.sync_dir(dir)?;
+        return Ok(target);
+    }
+    Err(Error::InvalidArgument(format!(
+        "too many saved copies of dropped bytes beside {}",
+        path.display()
+    )))
+}
+
+/// Whether the file at `saved` holds exactly `[from, to)` of the log.
+fn same_bytes(
+    fs: &dyn FileSystem,
+    saved: &Path,
+    file: &Arc<dyn StorageFile>,
+    from: u64,
+    to: u64,
+) -> Result<bool> {
+    let copy = fs.open(saved, OpenMode::ReadOnly)?;
+    if copy.len()? != to - from {
+        return Ok(false);
+    }
+    let mut a = vec![0u8; CHUNK.min(to - from) as usize];
+    let mut b = a.clone();
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(CHUNK) as usize;
+        file.read_exact_at(&mut a[..n], at)?;
+        copy.read_exact_at(&mut b[..n], at - from)?;
+        if a[..n] != b[..n] {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
 /// Writes zeros over `[from, to)`.
 fn zero(file: &Arc<dyn StorageFile>, from: u64, to: u64) -> Result<()> {
-    let zeros = vec![0u8; PROBE_CHUNK as usize];
+    let zeros = vec![0u8; PROBE_CHUNK.min(to.saturating_sub(from)) as usize];
     let mut at = from;
     while at < to {
         let n = (to - at).min(PROBE_CHUNK);

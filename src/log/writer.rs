@@ -1,26 +1,30 @@
 //! Staging commits into frames, sealing full segments, writing and syncing.
 //!
 //! The writer is used by one thread at a time (the group-commit leader). A group of commits is
-//! *staged* into one buffer (usually one contiguous region; two when a segment fills up), then
-//! written with one positioned write per region, then synced once.
+//! *staged* into one buffer of consecutive frames, then written with one positioned write (and,
+//! for durable appends, synced by the same call).
 //!
-//! Before a segment is sealed the next one is allocated and its size made durable, so a seal in
-//! the log always points at space that exists.
+//! **Segment changes.** When a commit does not fit in the current segment, the next segment's
+//! space is allocated and that allocation made durable first; then the seal is staged, and
+//! everything staged so far (earlier commits of the group and the seal) is written and synced
+//! *before* anything is staged in the new segment. So every frame of the new segment records a
+//! durable end at or past the seal, and damage to a seal can never be taken for a torn write
+//! (which would silently drop the acknowledged commit that opened the next segment); and a seal
+//! never points at space that a crash could take away. This costs one sync per segment.
 //!
 //! On file systems that ask for it ([`StorageFile::zero_fill_ahead`]), the segment after the
 //! current one is prepared in the background: allocated, filled with written zeros and synced.
 //! Syncing data written over zeros costs no file-system metadata (a write into freshly
 //! allocated space must also record that the space now holds data), which makes large durable
 //! commits markedly faster. The writer never writes into a segment before its preparation has
-//! finished.
+//! finished. The preparation syncs through the log's [`LogSync`], so a failure it meets poisons
+//! the store like any other.
 
-use std::io;
-use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Layout;
 use super::format::{EventRecord, FrameLink, encode_event, encode_seal};
+use super::sync::LogSync;
 use crate::error::{Error, Result};
 
 use crate::storage::StorageFile;
@@ -34,13 +38,12 @@ pub(crate) struct LogWriter {
     end: u64,
     /// Position of the last frame staged or written.
     last_frame: Option<u64>,
-    /// End of the space reserved in the file.
+    /// End of the space reserved in the file (its allocation is durable).
     allocated_end: u64,
-    /// End of the data known durable; shared with a background syncer.
-    durable: Arc<AtomicU64>,
+    sync: Arc<LogSync>,
+    /// Staged frames, to be written at `buf_at`.
     buf: Vec<u8>,
-    /// Regions of `buf` to write: (file position, range in `buf`).
-    regions: Vec<(u64, Range<usize>)>,
+    buf_at: u64,
     /// The background preparation of the next segment, if one is under way or finished.
     prepared: Option<Preparation>,
 }
@@ -48,12 +51,13 @@ pub(crate) struct LogWriter {
 #[derive(Debug)]
 struct Preparation {
     segment: u64,
-    done: std::thread::JoinHandle<io::Result<()>>,
+    done: std::thread::JoinHandle<Result<()>>,
 }
 
 /// Allocates, zero-fills and syncs `[start, start + len)`.
-fn zero_fill(file: &dyn StorageFile, start: u64, len: u64) -> io::Result<()> {
+fn zero_fill(file: &dyn StorageFile, sync: &LogSync, start: u64, len: u64) -> Result<()> {
     const CHUNK: u64 = 1 << 20;
+    sync.poison().check()?;
     file.allocate(start, len)?;
     let zeros = vec![0u8; CHUNK as usize];
     let mut at = start;
@@ -62,7 +66,9 @@ fn zero_fill(file: &dyn StorageFile, start: u64, len: u64) -> io::Result<()> {
         file.write_all_at(&zeros[..n as usize], at)?;
         at += n;
     }
-    file.sync_all()
+    // Through the log's syncer: on Linux this sync may be the one that reports a failed
+    // write-back of the log's own pages.
+    sync.sync(0, true)
 }
 
 /// Why [`LogWriter::reserve`] failed.
@@ -70,8 +76,8 @@ fn zero_fill(file: &dyn StorageFile, start: u64, len: u64) -> io::Result<()> {
 pub(crate) enum ReserveError {
     /// The commit cannot be written (too large, no space); nothing changed.
     Refused(Error),
-    /// A sync failed: the writer must be poisoned.
-    Fatal(io::Error),
+    /// A write or sync failed: the store is poisoned.
+    Fatal(Error),
 }
 
 /// Where a staged commit's frames went.
@@ -92,16 +98,18 @@ impl LogWriter {
         end: u64,
         last_frame: Option<u64>,
         allocated_end: u64,
+        sync: Arc<LogSync>,
     ) -> LogWriter {
+        assert!(end >= Layout::FIRST && end <= allocated_end);
         LogWriter {
             file,
             layout,
             end,
             last_frame,
             allocated_end,
-            durable: Arc::new(AtomicU64::new(end)),
+            sync,
             buf: Vec::with_capacity(1 << 16),
-            regions: Vec::new(),
+            buf_at: end,
             prepared: None,
         }
     }
@@ -118,11 +126,11 @@ impl LogWriter {
         if !half_full || self.allocated_end > start {
             return;
         }
-        let file = self.file.clone();
+        let (file, sync) = (self.file.clone(), self.sync.clone());
         let len = self.layout.segment_size;
         let spawned = std::thread::Builder::new()
             .name("annals-prepare".into())
-            .spawn(move || zero_fill(&*file, start, len));
+            .spawn(move || zero_fill(&*file, &sync, start, len));
         if let Ok(done) = spawned {
             self.prepared = Some(Preparation {
                 segment: next,
@@ -149,22 +157,21 @@ impl LogWriter {
         self.last_frame
     }
 
-    pub fn durable(&self) -> &Arc<AtomicU64> {
-        &self.durable
-    }
-
     fn link(&self, commit_end: bool) -> FrameLink {
         let position = self.end;
+        let prev = self.last_frame.map_or(0, |last| position - last);
+        assert!(prev <= self.layout.segment_size, "a frame links back within a segment");
         FrameLink {
             position,
-            durable: self.durable.load(Ordering::Acquire).min(position),
-            prev: self.last_frame.map_or(0, |last| (position - last) as u32),
+            durable: self.sync.durable().min(position),
+            prev: prev as u32,
             commit_end,
         }
     }
 
     /// Makes room for a commit of `len` bytes (the sum of its frame lengths): seals the current
-    /// segment and moves to the next one if it does not fit. Nothing is staged on error.
+    /// segment and moves to the next one if it does not fit (see the module docs). Nothing of
+    /// the commit is staged on error.
     pub fn reserve(&mut self, len: u64) -> Result<(), ReserveError> {
         if len > self.layout.max_commit_len() {
             return Err(ReserveError::Refused(Error::TooLarge {
@@ -185,20 +192,29 @@ impl LogWriter {
             self.file
                 .allocate(next, self.layout.segment_size)
                 .map_err(|e| ReserveError::Refused(e.into()))?;
-            // A failed sync is not: what it left on disk is for recovery to judge.
-            self.file.sync_all().map_err(ReserveError::Fatal)?;
+            // The allocation is durable before a seal points at it. (A failed sync is fatal:
+            // what it left on disk is for recovery to judge.)
+            self.sync
+                .sync(self.buf_at, true)
+                .map_err(ReserveError::Fatal)?;
             self.allocated_end = next_end;
         }
         let link = self.link(true);
-        self.stage(|buf| encode_seal(buf, link, next));
-        self.regions.push((next, self.buf.len()..self.buf.len()));
+        let key = self.layout.key;
+        self.stage(|buf| encode_seal(buf, link, key, next));
+        // The seal (and whatever the group staged before it) is durable before anything is
+        // staged in the new segment: the new segment's frames record it so.
+        let write = self.sync.write_durable(&self.buf, self.buf_at, next);
+        self.buf.clear();
+        write.map_err(ReserveError::Fatal)?;
         self.end = next;
+        self.buf_at = next;
         Ok(())
     }
 
     /// Stages consecutive frames (one stream's part of a commit), pushing each frame's position
-    /// onto `positions`. The last frame gets the commit end flag if `ends_commit`. [`reserve`](Self::reserve) must have made room for the whole
-    /// commit first.
+    /// onto `positions`. The last frame gets the commit end flag if `ends_commit`.
+    /// [`reserve`](Self::reserve) must have made room for the whole commit first.
     pub fn stage_frames<'a>(
         &mut self,
         events: impl ExactSizeIterator<Item = EventRecord<'a>>,
@@ -208,10 +224,11 @@ impl LogWriter {
         let count = events.len();
         assert!(count > 0, "a part has at least one event");
         let first = self.end;
+        let key = self.layout.key;
         for (i, event) in events.enumerate() {
             let link = self.link(ends_commit && i + 1 == count);
             positions.push(self.end);
-            self.stage(|buf| encode_event(buf, link, &event));
+            self.stage(|buf| encode_event(buf, link, key, &event));
         }
         assert!(
             self.end <= self.layout.usable_end(first),
@@ -225,34 +242,28 @@ impl LogWriter {
     }
 
     fn stage(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> u64) {
-        if self.regions.is_empty() {
-            self.regions.push((self.end, 0..0));
-        }
         let len = encode(&mut self.buf);
-        let region = self.regions.last_mut().expect("a region");
-        region.1.end = self.buf.len();
-        debug_assert_eq!(region.0 + (region.1.len() as u64), self.end + len);
+        // Right before writing: the staged bytes end exactly where the log's end says, inside
+        // reserved space.
+        assert_eq!(self.buf_at + self.buf.len() as u64, self.end + len);
+        assert!(self.end + len <= self.allocated_end, "frame beyond the reserved space");
         self.last_frame = Some(self.end);
         self.end += len;
     }
 
-    /// Writes everything staged, one positioned write per region; with `durable`, each write
-    /// is durable when this returns.
-    pub fn write_staged(&mut self, durable: bool) -> io::Result<()> {
-        let result = self
-            .regions
-            .iter()
-            .filter(|(_, r)| !r.is_empty())
-            .try_for_each(|(pos, r)| {
-                let bytes = &self.buf[r.clone()];
-                if durable {
-                    self.file.write_all_at_durable(bytes, *pos)
-                } else {
-                    self.file.write_all_at(bytes, *pos)
-                }
-            });
+    /// Writes everything staged with one positioned write; with `durable`, the same call makes
+    /// it durable. A failure poisons the store.
+    pub fn write_staged(&mut self, durable: bool) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = if durable {
+            self.sync.write_durable(&self.buf, self.buf_at, self.end)
+        } else {
+            self.sync.write(&self.buf, self.buf_at)
+        };
         self.buf.clear();
-        self.regions.clear();
+        self.buf_at = self.end;
         if result.is_ok() {
             self.prepare_next();
         }

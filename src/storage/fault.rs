@@ -5,10 +5,20 @@
 //! `sync_dir` makes the pending entry changes of that directory durable. [`FaultFs::crash`]
 //! returns the file system as a machine would find it after a power cut: the durable state plus
 //! the pending changes its [`CrashPolicy`] lets through (none, all, a prefix, a prefix with the
-//! next write torn at a byte, or a random subset with torn writes).
+//! next write torn at a byte, a random subset with torn writes, or single 512-byte sectors in
+//! any order). [`FaultFs::restart`] returns it as a new process finds it after the old one
+//! died while the machine kept running: everything written is still visible, nothing more is
+//! durable than before.
 //!
 //! [`FaultFs::fail_at`] makes the N-th fallible operation (counted from 0 over writes, syncs,
 //! length changes, allocations, creates and removes) return an error, once or from then on.
+//!
+//! **A failed sync behaves as on Linux.** When `fdatasync` fails, the kernel reports the error
+//! once and marks the dirty pages clean: their data stays readable from the page cache, but it
+//! will never reach the disk unless it is written again, and the next sync "succeeds". So a
+//! failing `sync_data` here drops the file's pending data changes from what a crash can keep
+//! while leaving them visible to reads (in this process and after [`restart`](FaultFs::restart));
+//! a later sync succeeds without making them durable.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -47,7 +57,17 @@ pub enum CrashPolicy {
         /// Seed of the decision sequence.
         seed: u64,
     },
+    /// Every 512-byte sector of every pending write independently reaches the disk or not, and
+    /// every other pending change survives or not, decided by a generator seeded with `seed`:
+    /// a disk that persists sectors in any order.
+    Sectors {
+        /// Seed of the decision sequence.
+        seed: u64,
+    },
 }
+
+/// The unit in which [`CrashPolicy::Sectors`] persists writes.
+pub const SECTOR: usize = 512;
 
 /// Whether an injected failure happens once or from then on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,11 +127,13 @@ struct State {
 
 type NodeId = u64;
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Node {
     current: Vec<u8>,
     durable: Vec<u8>,
     locked_by: Option<u64>,
+    /// Handles holding a shared lock.
+    shared_by: Vec<u64>,
 }
 
 #[derive(Clone)]
@@ -209,6 +231,44 @@ impl FaultFs {
         state.used()
     }
 
+    /// The file system as a new process finds it after this one died while the machine kept
+    /// running (`kill -9`): every change is still visible, the durable state and the pending
+    /// changes are as they were (so a later [`crash`](Self::crash) still loses what was never
+    /// synced, and what a failed sync dropped). No locks are held, no faults are armed, and the
+    /// operation count starts again at 0; this file system is left as it was.
+    pub fn restart(&self) -> FaultFs {
+        let state = self.inner.state.lock();
+        let nodes = state
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                (
+                    *id,
+                    Node {
+                        locked_by: None,
+                        shared_by: Vec::new(),
+                        ..n.clone()
+                    },
+                )
+            })
+            .collect();
+        let fresh = State {
+            names: state.names.clone(),
+            durable_names: state.durable_names.clone(),
+            nodes,
+            pending: state.pending.clone(),
+            fault: None,
+            capacity: state.capacity,
+            next_node: state.next_node,
+        };
+        FaultFs {
+            inner: Arc::new(Inner {
+                state: Mutex::new(fresh),
+                ..Inner::default()
+            }),
+        }
+    }
+
     /// The file system as found after a power cut now: durable state plus the pending changes
     /// `policy` lets through. The result is a fresh file system (no locks held, no faults,
     /// nothing pending); this one is left as it was.
@@ -221,10 +281,26 @@ impl FaultFs {
             .map(|(id, n)| (*id, n.durable.clone()))
             .collect();
         let mut rng = SplitMix(match policy {
-            CrashPolicy::Random { seed } => seed,
+            CrashPolicy::Random { seed } | CrashPolicy::Sectors { seed } => seed,
             _ => 0,
         });
         for (i, op) in state.pending.iter().enumerate() {
+            if let (CrashPolicy::Sectors { .. }, Pending::Write { node, offset, data }) = (policy, op)
+            {
+                // Each sector of the write (at absolute 512-byte boundaries) on its own.
+                let end = offset + data.len() as u64;
+                let mut at = *offset;
+                while at < end {
+                    let sector_end = ((at / SECTOR as u64) + 1) * SECTOR as u64;
+                    let to = sector_end.min(end);
+                    if rng.next() % 2 == 0 {
+                        let part = &data[(at - offset) as usize..(to - offset) as usize];
+                        write_into(contents.entry(*node).or_default(), at, part);
+                    }
+                    at = to;
+                }
+                continue;
+            }
             let keep = match policy {
                 CrashPolicy::DropUnsynced => Keep::No,
                 CrashPolicy::KeepAll => Keep::Whole,
@@ -245,6 +321,13 @@ impl FaultFs {
                     1 => Keep::Prefix(rng.next() as usize),
                     _ => Keep::Whole,
                 },
+                CrashPolicy::Sectors { .. } => {
+                    if rng.next() % 4 == 0 {
+                        Keep::No
+                    } else {
+                        Keep::Whole
+                    }
+                }
             };
             apply(op, keep, &mut names, &mut contents);
         }
@@ -260,6 +343,7 @@ impl FaultFs {
                 current: data.clone(),
                 durable: data,
                 locked_by: None,
+                shared_by: Vec::new(),
             });
             fresh.names.insert(path.clone(), id);
             fresh.durable_names.insert(path, id);
@@ -290,11 +374,12 @@ impl FaultFs {
         Ok(())
     }
 
-    fn handle(&self, node: NodeId) -> Arc<dyn StorageFile> {
+    fn handle(&self, node: NodeId, read_only: bool) -> Arc<dyn StorageFile> {
         Arc::new(FaultFile {
             fs: self.clone(),
             node,
             handle: self.inner.next_handle.fetch_add(1, Ordering::SeqCst),
+            read_only,
         })
     }
 }
@@ -360,8 +445,9 @@ impl FileSystem for FaultFs {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
         let mut state = self.inner.state.lock();
         match (mode, state.names.get(path).copied()) {
-            (OpenMode::Existing, Some(node)) => Ok(self.handle(node)),
-            (OpenMode::Existing, None) => Err(io::Error::new(
+            (OpenMode::Existing, Some(node)) => Ok(self.handle(node, false)),
+            (OpenMode::ReadOnly, Some(node)) => Ok(self.handle(node, true)),
+            (OpenMode::Existing | OpenMode::ReadOnly, None) => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("{} not found", path.display()),
             )),
@@ -383,7 +469,7 @@ impl FileSystem for FaultFs {
                         node,
                     });
                 }
-                Ok(self.handle(node))
+                Ok(self.handle(node, false))
             }
         }
     }
@@ -471,6 +557,7 @@ struct FaultFile {
     fs: FaultFs,
     node: NodeId,
     handle: u64,
+    read_only: bool,
 }
 
 impl fmt::Debug for FaultFile {
@@ -480,6 +567,16 @@ impl fmt::Debug for FaultFile {
 }
 
 impl FaultFile {
+    fn writable(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the file is open read-only",
+            ));
+        }
+        Ok(())
+    }
+
     fn with_node<T>(&self, f: impl FnOnce(&mut Node) -> T) -> T {
         let mut state = self.fs.inner.state.lock();
         let node = state
@@ -491,6 +588,7 @@ impl FaultFile {
 
     /// Runs a fallible change: counts it, may fail it, applies it now and records it pending.
     fn change(&self, op: Pending) -> io::Result<()> {
+        self.writable()?;
         let mut state = self.fs.inner.state.lock();
         self.fs.tick(&mut state)?;
         if let Some(capacity) = state.capacity {
@@ -565,7 +663,16 @@ impl StorageFile for FaultFile {
 
     fn sync_data(&self) -> io::Result<()> {
         let mut state = self.fs.inner.state.lock();
-        self.fs.tick(&mut state)?;
+        if let Err(e) = self.fs.tick(&mut state) {
+            // Linux: the failed write-back's pages are marked clean. Their data stays readable
+            // but no later sync will write it: it is no longer pending, and not durable.
+            let node = self.node;
+            state.pending.retain(|op| match op {
+                Pending::Write { node: id, .. } | Pending::SetLen { node: id, .. } => *id != node,
+                _ => true,
+            });
+            return Err(e);
+        }
         let State { pending, nodes, .. } = &mut *state;
         let node = nodes.get_mut(&self.node).expect("node of an open handle");
         pending.retain(|op| match op {
@@ -594,6 +701,7 @@ impl StorageFile for FaultFile {
     }
 
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.writable()?;
         let end = offset.saturating_add(len);
         if self.len()? >= end {
             let mut state = self.fs.inner.state.lock();
@@ -603,13 +711,39 @@ impl StorageFile for FaultFile {
     }
 
     fn try_lock(&self) -> io::Result<bool> {
+        self.with_node(|n| {
+            let others_share = n.shared_by.iter().any(|&h| h != self.handle);
+            match n.locked_by {
+                Some(h) if h != self.handle => Ok(false),
+                _ if others_share => Ok(false),
+                _ => {
+                    n.locked_by = Some(self.handle);
+                    Ok(true)
+                }
+            }
+        })
+    }
+
+    fn try_lock_shared(&self) -> io::Result<bool> {
         self.with_node(|n| match n.locked_by {
             Some(h) if h != self.handle => Ok(false),
             _ => {
-                n.locked_by = Some(self.handle);
+                if !n.shared_by.contains(&self.handle) {
+                    n.shared_by.push(self.handle);
+                }
                 Ok(true)
             }
         })
+    }
+
+    fn unlock(&self) -> io::Result<()> {
+        self.with_node(|n| {
+            if n.locked_by == Some(self.handle) {
+                n.locked_by = None;
+            }
+            n.shared_by.retain(|&h| h != self.handle);
+        });
+        Ok(())
     }
 
     fn map(&self, _offset: u64, _len: usize) -> io::Result<Option<memmap2::MmapRaw>> {
@@ -620,10 +754,11 @@ impl StorageFile for FaultFile {
 impl Drop for FaultFile {
     fn drop(&mut self) {
         let mut state = self.fs.inner.state.lock();
-        if let Some(node) = state.nodes.get_mut(&self.node)
-            && node.locked_by == Some(self.handle)
-        {
-            node.locked_by = None;
+        if let Some(node) = state.nodes.get_mut(&self.node) {
+            if node.locked_by == Some(self.handle) {
+                node.locked_by = None;
+            }
+            node.shared_by.retain(|&h| h != self.handle);
         }
     }
 }

@@ -45,6 +45,8 @@ pub enum OpenMode {
     Existing,
     /// Create a new empty file; fail with `AlreadyExists` if it exists.
     CreateNew,
+    /// Open an existing file for reading only: every change fails (`PermissionDenied`).
+    ReadOnly,
 }
 
 /// A file system: opens files and makes directory changes durable.
@@ -98,8 +100,13 @@ pub trait StorageFile: Send + Sync + Debug {
     fn zero_fill_ahead(&self) -> bool {
         false
     }
-    /// Takes an exclusive lock for this handle; `Ok(false)` if another handle holds it.
+    /// Takes an exclusive lock for this handle; `Ok(false)` if another handle holds a lock.
     fn try_lock(&self) -> io::Result<bool>;
+    /// Takes a shared lock for this handle; `Ok(false)` if another handle holds an exclusive
+    /// one.
+    fn try_lock_shared(&self) -> io::Result<bool>;
+    /// Releases this handle's lock, if it holds one.
+    fn unlock(&self) -> io::Result<()>;
     /// A read-only map of `[offset, offset + len)`, or `None` if this file system cannot map
     /// files (readers then use [`read_exact_at`](Self::read_exact_at)). The range must lie
     /// inside the file. The map holds no lock on the file.

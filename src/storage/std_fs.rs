@@ -25,7 +25,7 @@ pub struct StdFs;
 impl FileSystem for StdFs {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
         let mut options = OpenOptions::new();
-        options.read(true).write(true);
+        options.read(true).write(mode != OpenMode::ReadOnly);
         if mode == OpenMode::CreateNew {
             options.create_new(true);
         }
@@ -140,6 +140,18 @@ impl StorageFile for StdFile {
             Err(TryLockError::WouldBlock) => Ok(false),
             Err(TryLockError::Error(e)) => Err(e),
         }
+    }
+
+    fn try_lock_shared(&self) -> io::Result<bool> {
+        match self.file.try_lock_shared() {
+            Ok(()) => Ok(true),
+            Err(TryLockError::WouldBlock) => Ok(false),
+            Err(TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn unlock(&self) -> io::Result<()> {
+        self.file.unlock()
     }
 
     fn map(&self, offset: u64, len: usize) -> io::Result<Option<memmap2::MmapRaw>> {

@@ -3,7 +3,6 @@
 //! store itself, so they cannot keep it open.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -11,7 +10,7 @@ use super::Shared;
 use super::commit::Poison;
 use crate::error::Result;
 use crate::index::{Frozen, Index};
-use crate::storage::StorageFile;
+use crate::log::sync::LogSync;
 use crate::store::options::Durability;
 
 /// The running background threads.
@@ -65,8 +64,7 @@ impl Background {
 /// What the background threads need (never the whole store, so they cannot keep it open).
 struct FlushContext {
     index: Arc<Index>,
-    file: Arc<dyn StorageFile>,
-    durable: Arc<AtomicU64>,
+    sync: Arc<LogSync>,
     poison: Arc<Poison>,
     sync_first: bool,
 }
@@ -75,35 +73,28 @@ impl FlushContext {
     fn new(shared: &Shared) -> FlushContext {
         FlushContext {
             index: shared.index.clone(),
-            file: shared.file.clone(),
-            durable: shared.durable.clone(),
+            sync: shared.sync.clone(),
             poison: shared.poison.clone(),
             sync_first: shared.durability != Durability::Immediate,
         }
     }
 
-    /// Syncs the log; false (and the store poisoned) if that fails.
+    /// Syncs the log; false if that fails or the store is poisoned (the syncer poisons it).
     fn sync_log(&self) -> bool {
-        let end = self.index.committed().end;
-        match self.file.sync_data() {
-            Ok(()) => {
-                self.durable.fetch_max(end, Ordering::AcqRel);
-                true
-            }
-            Err(e) => {
-                self.poison.set(format!("fdatasync failed: {e}"));
-                false
-            }
-        }
+        self.sync.sync(self.index.committed().end, false).is_ok()
     }
 
     fn flush(&self, job: Arc<Frozen>) {
-        // The sidecar must never cover log bytes that are not durable.
-        if self.sync_first && !self.sync_log() {
+        // The sidecar must never cover log bytes that are not durable: with appends that are
+        // not synced as they are made, sync first. The sync refuses once the store is poisoned
+        // (by a failure anywhere: a later sync would "succeed" without writing what failed).
+        if (self.sync_first && !self.sync_log()) || self.poison.is_set() {
+            self.index.release_frozen();
             return;
         }
         if let Err(e) = self.index.write_frozen(job) {
-            self.poison.set(format!("index flush failed: {e}"));
+            self.poison
+                .set(format!("writing the index sidecar failed: {e}"));
         }
     }
 }

@@ -9,12 +9,17 @@
 //!
 //! A failed write or sync poisons the store: that group and every later request fail with
 //! [`Error::Poisoned`] until the store is reopened, and recovery decides from the disk what
-//! was written. A request that is refused (wrong expected version, too large, disk full at a
-//! segment start) fails alone and writes nothing.
+//! was written. So does a panic inside the leader (a bug): its group fails, and no thread is
+//! left waiting for a leader that is gone. A request that is refused (wrong expected version,
+//! too large, disk full at a segment start) fails alone and writes nothing.
+//!
+//! Versions and positions are computed with checked arithmetic: a hostile expected version
+//! (`u64::MAX`) or a damaged count is an error, never an overflow.
 
 use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -23,6 +28,7 @@ use super::Shared;
 use crate::error::{Error, Result};
 use crate::index::{Committed, PartIndex, StreamInfo};
 use crate::log::format::EventRecord;
+pub(crate) use crate::log::sync::Poison;
 use crate::log::writer::{LogWriter, ReserveError};
 use crate::store::options::Durability;
 use crate::types::{AppendResult, ExpectedVersion, NewEvent};
@@ -37,7 +43,7 @@ pub(crate) struct Part {
 }
 
 /// What a committed request gets back: its results, and its ticket for running subscription
-/// callbacks in log order (none if it wrote nothing, made no callbacks wait, or is nested).
+/// callbacks in log order (none if it wrote nothing or nothing is subscribed).
 pub(crate) struct Outcome {
     pub results: Vec<AppendResult>,
     pub ticket: Option<u64>,
@@ -46,8 +52,8 @@ pub(crate) struct Outcome {
 /// An append or transaction waiting for its group.
 pub(crate) struct Request {
     parts: Vec<Part>,
-    /// Made from inside a subscription callback: gets no ticket.
-    nested: bool,
+    /// Made from inside a subscription callback: the ticket of the outermost append.
+    root: Option<u64>,
     state: Mutex<State>,
     wake: Condvar,
 }
@@ -63,6 +69,16 @@ impl Request {
     fn finish(&self, result: Result<Outcome>) {
         *self.state.lock() = State::Done(result);
         self.wake.notify_one();
+    }
+
+    /// Finishes the request unless it already is.
+    fn finish_if_waiting(&self, result: impl FnOnce() -> Result<Outcome>) {
+        let mut state = self.state.lock();
+        if matches!(*state, State::Waiting) {
+            *state = State::Done(result());
+            drop(state);
+            self.wake.notify_one();
+        }
     }
 
     fn lead(&self) {
@@ -86,33 +102,6 @@ const GATHER_WAIT: Duration = Duration::from_micros(100);
 
 /// How long of [`GATHER_WAIT`] a leader spins before it sleeps.
 const GATHER_SPIN: Duration = Duration::from_micros(40);
-
-/// The first write or sync failure; once set, the store refuses appends until reopened.
-#[derive(Debug, Default)]
-pub(crate) struct Poison {
-    poisoned: AtomicBool,
-    cause: Mutex<Option<String>>,
-}
-
-impl Poison {
-    pub fn set(&self, cause: impl std::fmt::Display) {
-        let mut c = self.cause.lock();
-        if c.is_none() {
-            tracing::error!(%cause, "annals: store poisoned; reopen it");
-            *c = Some(cause.to_string());
-        }
-        self.poisoned.store(true, Ordering::Release);
-    }
-
-    pub fn check(&self) -> Result<()> {
-        if !self.poisoned.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        Err(Error::Poisoned {
-            cause: self.cause.lock().clone().unwrap_or_default(),
-        })
-    }
-}
 
 /// The queue and the writer.
 pub(crate) struct Committer {
@@ -142,7 +131,7 @@ impl Committer {
         shared.poison.check()?;
         let request = Arc::new(Request {
             parts,
-            nested: super::subscriptions::nested(),
+            root: super::subscriptions::nested_root(),
             state: Mutex::new(State::Waiting),
             wake: Condvar::new(),
         });
@@ -171,7 +160,15 @@ impl Committer {
         }
         // This thread leads: its own request is pending, so it is in the group it commits.
         let group = self.gather(shared);
-        self.lead(shared, group);
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.lead(shared, &group))) {
+            let err = shared.poison.fail(format!(
+                "the commit leader panicked ({}); the group it was committing failed",
+                super::subscriptions::panic_message(&panic)
+            ));
+            for r in &group {
+                r.finish_if_waiting(|| Err(clone_poison(&err)));
+            }
+        }
         {
             let mut queue = self.queue.lock();
             match queue.pending.first() {
@@ -216,7 +213,7 @@ impl Committer {
         group
     }
 
-    fn lead(&self, shared: &Shared, group: Vec<Arc<Request>>) {
+    fn lead(&self, shared: &Shared, group: &[Arc<Request>]) {
         let mut writer = self.writer.lock();
         if let Err(e) = shared.poison.check() {
             group.iter().for_each(|r| r.finish(Err(clone_poison(&e))));
@@ -225,7 +222,7 @@ impl Committer {
         let mut overlay = Overlay::default();
         let mut accepted: Vec<(&Arc<Request>, Vec<AppendResult>, bool)> = Vec::new();
         let mut index_parts: Vec<PartIndex> = Vec::new();
-        for request in &group {
+        for request in group {
             match stage(&mut writer, shared, &mut overlay, &request.parts) {
                 Ok((results, parts)) => {
                     accepted.push((request, results, !parts.is_empty()));
@@ -233,11 +230,11 @@ impl Committer {
                 }
                 Err(StageError::Refused(e)) => request.finish(Err(e)),
                 Err(StageError::Fatal(e)) => {
-                    shared
-                        .poison
-                        .set(format!("sync after allocating a segment failed: {e}"));
-                    let err = shared.poison.check().expect_err("just poisoned");
-                    group.iter().for_each(|r| r.finish(Err(clone_poison(&err))));
+                    // The store is poisoned (by the writer's syncer).
+                    let err = clone_poison(&e);
+                    group
+                        .iter()
+                        .for_each(|r| r.finish_if_waiting(|| Err(clone_poison(&err))));
                     return;
                 }
             }
@@ -256,10 +253,9 @@ impl Committer {
         // after such an open, the sidecar must durably stop saying so.
         if shared.marked_clean.load(Ordering::Acquire) {
             if let Err(e) = shared.index.set_clean(false) {
-                shared
+                let err = shared
                     .poison
-                    .set(format!("clearing the clean-close mark failed: {e}"));
-                let err = shared.poison.check().expect_err("just poisoned");
+                    .fail(format!("clearing the clean-close mark failed: {e}"));
                 accepted
                     .iter()
                     .for_each(|(r, _, _)| r.finish(Err(clone_poison(&err))));
@@ -267,12 +263,7 @@ impl Committer {
             }
             shared.marked_clean.store(false, Ordering::Release);
         }
-        let written = writer
-            .write_staged(shared.durability == Durability::Immediate)
-            .map_err(|e| format!("durable write failed: {e}"));
-        if let Err(cause) = written {
-            shared.poison.set(cause);
-            let err = shared.poison.check().expect_err("just poisoned");
+        if let Err(err) = writer.write_staged(shared.durability == Durability::Immediate) {
             accepted
                 .iter()
                 .for_each(|(r, _, _)| r.finish(Err(clone_poison(&err))));
@@ -282,9 +273,6 @@ impl Committer {
             end: writer.end(),
             last_frame: writer.last_frame(),
         };
-        if shared.durability == Durability::Immediate {
-            shared.durable.fetch_max(committed.end, Ordering::AcqRel);
-        }
         if let Err(e) = shared.index.apply(&index_parts, committed) {
             // The group is in the log; reopening replays it into a sound index.
             shared.poison.set(format!("index update failed: {e}"));
@@ -300,7 +288,7 @@ impl Committer {
         let subscribed = shared.subscribers.any();
         for (request, results, wrote) in accepted {
             let ticket =
-                (subscribed && wrote && !request.nested).then(|| shared.subscribers.ticket());
+                (subscribed && wrote).then(|| shared.subscribers.ticket(&results, request.root));
             request.finish(Ok(Outcome { results, ticket }));
         }
         shared.notify_appended();
@@ -321,7 +309,7 @@ fn clone_poison(e: &Error) -> Error {
 
 enum StageError {
     Refused(Error),
-    Fatal(std::io::Error),
+    Fatal(Error),
 }
 
 /// What the requests before the current one in a group have staged.
@@ -409,22 +397,79 @@ fn find_stored(
     }
 }
 
+/// A stream's state as the current request sees it: after the parts before it in the request
+/// (`after`), the requests before it in the group (`overlay`), else as indexed.
+fn current(
+    shared: &Shared,
+    overlay: &Overlay,
+    after: &[(Arc<str>, StreamInfo)],
+    stream: &Arc<str>,
+) -> Result<StreamInfo> {
+    let known = after
+        .iter()
+        .rev()
+        .find(|(s, _)| s == stream)
+        .map(|(_, info)| *info)
+        .or_else(|| overlay.streams.get(stream).copied());
+    match known {
+        Some(info) => Ok(info),
+        None => shared.index.stream_info(stream),
+    }
+}
+
+/// The version a stream of `count` events is at (`None`: no stream).
+fn version_of(count: u64) -> Option<u64> {
+    count.checked_sub(1)
+}
+
+/// A stream's count after `n` more events, or the error that refuses them.
+fn count_after(stream: &str, count: u64, n: usize) -> Result<u64> {
+    count.checked_add(n as u64).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "stream `{stream}` cannot take {n} more events: its version would pass u64::MAX"
+        ))
+    })
+}
+
+/// Checks a part's expected version against the stream's state.
+fn check_expected(part: &Part, info: StreamInfo) -> Result<()> {
+    let actual = version_of(info.count);
+    if part.expected.matches(actual) {
+        Ok(())
+    } else {
+        Err(Error::WrongExpectedVersion {
+            stream: part.stream.to_string(),
+            expected: part.expected,
+            actual,
+        })
+    }
+}
+
 /// If every event of the request is already stored exactly where this append would have put
-/// it, the results of that earlier append; otherwise the error that refuses it.
-fn already_appended(parts: &[Part], found: Vec<Vec<Stored>>) -> Result<Vec<AppendResult>> {
+/// it, the results of that earlier append; otherwise the error that refuses it. (Parts with no
+/// events are checked against the streams' current versions.)
+fn already_appended(
+    shared: &Shared,
+    overlay: &Overlay,
+    parts: &[Part],
+    found: Vec<Vec<Stored>>,
+) -> Result<Vec<AppendResult>> {
     let mut results = Vec::with_capacity(parts.len());
     for (part, stored) in parts.iter().zip(found) {
-        let first = &stored[0];
-        let in_place = stored
-            .iter()
-            .enumerate()
-            .all(|(k, s)| s.stream == *part.stream && s.version == first.version + k as u64)
-            && match part.expected {
-                ExpectedVersion::Any => true,
-                ExpectedVersion::NoStream => first.version == 0,
-                ExpectedVersion::StreamExists => first.version > 0,
-                ExpectedVersion::Exact(v) => first.version == v + 1,
-            };
+        let (Some(first), Some(last)) = (stored.first(), stored.last()) else {
+            let info = current(shared, overlay, &[], &part.stream)?;
+            check_expected(part, info)?;
+            results.push(AppendResult::nothing(version_of(info.count), shared.end()));
+            continue;
+        };
+        let in_place = stored.iter().enumerate().all(|(k, s)| {
+            s.stream == *part.stream && first.version.checked_add(k as u64) == Some(s.version)
+        }) && match part.expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => first.version == 0,
+            ExpectedVersion::StreamExists => first.version > 0,
+            ExpectedVersion::Exact(v) => v.checked_add(1) == Some(first.version),
+        };
         if !in_place {
             return Err(Error::DuplicateEventId {
                 id: part.events[0].id,
@@ -434,73 +479,59 @@ fn already_appended(parts: &[Part], found: Vec<Vec<Stored>>) -> Result<Vec<Appen
                 ),
             });
         }
-        let last = stored.last().expect("a part has events");
-        results.push(AppendResult {
-            version: last.version,
-            first_position: crate::Position::new(first.position),
-            last_position: crate::Position::new(last.position),
-        });
+        results.push(AppendResult::new(
+            last.version,
+            crate::Position::new(first.position),
+            crate::Position::new(last.position),
+        ));
     }
     Ok(results)
 }
 
 /// Checks a request's expected versions and stages its frames, or recognises a retry of an
 /// append that is already stored (then nothing is staged). On success the overlay holds the
-/// streams' new states; on refusal nothing changed.
+/// streams' new states; on refusal nothing changed. Parts with no events are only checked.
 fn stage(
     writer: &mut LogWriter,
     shared: &Shared,
     overlay: &mut Overlay,
     parts: &[Part],
 ) -> Result<(Vec<AppendResult>, Vec<PartIndex>), StageError> {
-    if let Some(found) = find_stored(shared, overlay, parts).map_err(StageError::Refused)? {
-        let results = already_appended(parts, found).map_err(StageError::Refused)?;
+    let refused = StageError::Refused;
+    if let Some(found) = find_stored(shared, overlay, parts).map_err(refused)? {
+        let results = already_appended(shared, overlay, parts, found).map_err(refused)?;
         return Ok((results, Vec::new()));
     }
     let mut before: Vec<StreamInfo> = Vec::with_capacity(parts.len());
     let mut after: Vec<(Arc<str>, StreamInfo)> = Vec::with_capacity(parts.len());
     for part in parts {
-        let known = after
-            .iter()
-            .rev()
-            .find(|(s, _)| *s == part.stream)
-            .map(|(_, info)| *info)
-            .or_else(|| overlay.streams.get(&part.stream).copied());
-        let info = match known {
-            Some(info) => info,
-            None => shared
-                .index
-                .stream_info(&part.stream)
-                .map_err(StageError::Refused)?,
-        };
-        let actual = info.count.checked_sub(1);
-        if !part.expected.matches(actual) {
-            return Err(StageError::Refused(Error::WrongExpectedVersion {
-                stream: part.stream.to_string(),
-                expected: part.expected,
-                actual,
-            }));
-        }
+        let info = current(shared, overlay, &after, &part.stream).map_err(refused)?;
+        check_expected(part, info).map_err(refused)?;
+        let count = count_after(&part.stream, info.count, part.events.len()).map_err(refused)?;
         before.push(info);
-        after.push((
-            part.stream.clone(),
-            StreamInfo {
-                id: info.id,
-                count: info.count + part.events.len() as u64,
-            },
-        ));
+        after.push((part.stream.clone(), StreamInfo { id: info.id, count }));
     }
     let total: u64 = parts.iter().map(|p| p.frames_len).sum();
-    writer.reserve(total).map_err(|e| match e {
-        ReserveError::Refused(e) => StageError::Refused(e),
-        ReserveError::Fatal(e) => StageError::Fatal(e),
-    })?;
-
+    if total > 0 {
+        writer.reserve(total).map_err(|e| match e {
+            ReserveError::Refused(e) => StageError::Refused(e),
+            ReserveError::Fatal(e) => StageError::Fatal(e),
+        })?;
+    }
+    // The commit end flag goes on the last frame of the last part that has events.
+    let last_written = parts.iter().rposition(|p| !p.events.is_empty());
     let mut results = Vec::with_capacity(parts.len());
     let mut index_parts = Vec::with_capacity(parts.len());
     let mut positions = Vec::new();
     for (i, (part, info)) in parts.iter().zip(&before).enumerate() {
+        if part.events.is_empty() {
+            // Nothing to write: the version it was checked at, and where the log ends.
+            let version = version_of(info.count);
+            results.push(AppendResult::nothing(version, crate::Position::new(writer.end())));
+            continue;
+        }
         let stream: &str = &part.stream;
+        // Checked above: `info.count + events` fits.
         let records = part.events.iter().enumerate().map(|(k, e)| EventRecord {
             stream,
             version: info.count + k as u64,
@@ -516,13 +547,13 @@ fn stage(
             payload: &e.payload,
         });
         positions.clear();
-        let staged = writer.stage_frames(records, i + 1 == parts.len(), &mut positions);
+        let staged = writer.stage_frames(records, Some(i) == last_written, &mut positions);
         let count = part.events.len() as u64;
-        results.push(AppendResult {
-            version: info.count + count - 1,
-            first_position: crate::Position::new(staged.first),
-            last_position: crate::Position::new(staged.last),
-        });
+        results.push(AppendResult::new(
+            info.count + count - 1,
+            crate::Position::new(staged.first),
+            crate::Position::new(staged.last),
+        ));
         for (k, (e, position)) in part.events.iter().zip(&positions).enumerate() {
             let version = info.count + k as u64;
             overlay

@@ -95,7 +95,7 @@ impl Store {
     /// store.append("a-1", ExpectedVersion::Any, [NewEvent::new("E", "x"), NewEvent::new("E", "y")])?;
     /// store.append("b-1", ExpectedVersion::Any, [NewEvent::new("E", "z")])?;
     /// let info = store.info()?;
-    /// assert_eq!((info.events, info.streams, info.format_version), (3, 2, 1));
+    /// assert_eq!((info.events, info.streams, info.format_version), (3, 2, 2));
     /// assert_eq!(info.end, store.end_position());
     /// # Ok::<(), annals::Error>(())
     /// ```

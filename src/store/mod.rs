@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
+use crate::log::sync::LogSync;
+
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
@@ -33,6 +35,7 @@ use commit::{Committer, Part, Poison};
 use names::{check_event_type, check_stream_name};
 use options::Durability;
 pub use options::StoreBuilder;
+
 pub use read::{AllEvents, IndexedEvents, StreamEvents};
 
 /// An annals store: one append-only log file plus its derived index.
@@ -79,9 +82,12 @@ pub(crate) struct Shared {
     pub(crate) index: Arc<Index>,
     committer: Committer,
     pub(crate) poison: Arc<Poison>,
+    /// Every sync of the log goes through it.
+    pub(crate) sync: Arc<LogSync>,
     pub(crate) durability: Durability,
     max_event_size: u64,
-    durable: Arc<AtomicU64>,
+    /// Opened with [`Store::open_read_only`]: nothing is ever written.
+    pub(crate) read_only: bool,
     flush_jobs: Mutex<Option<mpsc::Sender<Arc<Frozen>>>>,
     recovery: RecoveryReport,
     pub(crate) counters: Counters,
@@ -126,8 +132,31 @@ pub struct RecoveryReport {
     pub index_rebuilt: Option<String>,
     /// Commits read from the log to bring the index up to date.
     pub commits_replayed: u64,
-    /// The torn, unacknowledged tail that was dropped, if any.
+    /// The tail that was dropped, if any: why, how many bytes, and where they were saved.
+    /// (For a read-only open: what an open for writing would drop; nothing was changed.)
     pub truncated: Option<Truncation>,
+    /// Bytes of the log's tail that no frame proved durable, written again and synced before
+    /// anything could build on them (see the recovery rule).
+    pub rewritten: u64,
+    /// What an index rebuild that was told to accept a loss found missing, if anything.
+    pub lost: Option<Lost>,
+}
+
+/// Acknowledged events missing from a log whose index was rebuilt with
+/// [`StoreBuilder::accept_loss`]: the log ended before what the old index covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Lost {
+    /// How far the old index covered the log.
+    pub index_covered: u64,
+    /// Where the log ended instead.
+    pub log_end: u64,
+    /// Events the old index counted that the log no longer holds.
+    pub events: u64,
+    /// Each stream that lost events: (name, events left, events the old index counted).
+    pub streams: Vec<(String, u64, u64)>,
+    /// All of it in words.
+    pub description: String,
 }
 
 impl Store {
@@ -141,6 +170,26 @@ impl Store {
         StoreBuilder::default().open(path)
     }
 
+    /// Opens the store at `path` read-only: see [`StoreBuilder::read_only`].
+    ///
+    /// ```
+    /// use annals::{Error, ExpectedVersion, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("shop");
+    /// Store::open(&path)?.append("cart-1", ExpectedVersion::Any, [NewEvent::new("Added", "x")])?;
+    /// let store = Store::open_read_only(&path)?;
+    /// assert_eq!(store.stream_version("cart-1")?, Some(0));
+    /// assert!(matches!(
+    ///     store.append("cart-1", ExpectedVersion::Any, [NewEvent::new("Added", "y")]),
+    ///     Err(Error::ReadOnly { .. })
+    /// ));
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store> {
+        StoreBuilder::default().read_only(true).open(path)
+    }
+
     /// Options for opening a store.
     pub fn builder() -> StoreBuilder {
         StoreBuilder::default()
@@ -151,6 +200,13 @@ impl Store {
     /// Returns after the events are durable (with the default [`Durability::Immediate`]). A
     /// version mismatch is [`Error::WrongExpectedVersion`] and writes nothing. Stream names
     /// starting with `$` are reserved.
+    ///
+    /// An append of no events is a successful no-op: the expected version is checked, nothing
+    /// is written, and the result reports the stream's current version.
+    ///
+    /// When synchronous subscribers fail on the new events, the append still returns `Ok`
+    /// (the events are durable); the failures are in
+    /// [`AppendResult::subscriber_failures`]. Never retry an append because of them.
     pub fn append(
         &self,
         stream: &str,
@@ -201,11 +257,6 @@ impl Store {
     }
 
     fn part(&self, stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Result<Part> {
-        if events.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "no events to append to `{stream}`"
-            )));
-        }
         let mut frames_len = 0u64;
         let mut checked: Option<&str> = None;
         for e in &events {
@@ -572,10 +623,20 @@ impl Store {
     }
 
     /// Registers a synchronous subscription: `callback` runs for every event `filter` passes,
-    /// after the event is durable and before the `append` that wrote it returns, on the
-    /// appending thread, in global log order. A callback that fails or panics does not undo the
-    /// append or stop the other callbacks; the append returns
-    /// [`Error::SubscribersFailed`](crate::Error::SubscribersFailed).
+    /// after the event is durable and before the `append` that wrote it returns, in global log
+    /// order (on one of the appending threads: callbacks of concurrent appends run one after
+    /// the other, in log order).
+    ///
+    /// A callback may append: its append returns at once, and its events are handed to every
+    /// subscriber after the current event, in log order, before the outermost append returns.
+    /// A callback must not wait for an append made on another thread (that append waits for
+    /// its turn, which comes after the callback's).
+    ///
+    /// A callback that fails or panics does not undo the append or stop the other callbacks:
+    /// the append still returns `Ok`, with the failure in its
+    /// [`subscriber_failures`](AppendResult::subscriber_failures); the failure also goes to the
+    /// [failure handler](Self::on_subscriber_failure), and [`redeliver`](Self::redeliver) runs
+    /// the callback on the event again.
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
@@ -601,7 +662,7 @@ impl Store {
         + Send
         + Sync
         + 'static,
-    ) -> subscriptions::SubscriptionId {
+    ) -> crate::SubscriptionId {
         let callback: Arc<subscriptions::Callback> =
             Arc::new(move |_: &Shared, e: &RecordedEvent| callback(e));
         self.shared
@@ -618,7 +679,7 @@ impl Store {
         + Send
         + Sync
         + 'static,
-    ) -> subscriptions::SubscriptionId {
+    ) -> crate::SubscriptionId {
         let filter = subscriptions::Filter::EventTypes(
             E::types().iter().map(|m| m.name.to_owned()).collect(),
         );
@@ -636,8 +697,83 @@ impl Store {
     }
 
     /// Removes a synchronous subscription; false if it was not registered.
-    pub fn unsubscribe(&self, id: subscriptions::SubscriptionId) -> bool {
+    pub fn unsubscribe(&self, id: crate::SubscriptionId) -> bool {
         self.shared.subscribers.remove(id)
+    }
+
+    /// Sets what is told of every failed subscription callback (besides the append's
+    /// [`subscriber_failures`](AppendResult::subscriber_failures)), for failures of appends made
+    /// from callbacks too. By default each failure is logged as a `tracing` warning.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use annals::{ExpectedVersion, Filter, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// let failed = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = failed.clone();
+    /// store.on_subscriber_failure(move |f| seen.lock().unwrap().push(f.clone()));
+    /// store.subscribe("flaky", Filter::All, |_| Err("mail server down".into()));
+    /// let r = store.append("user-1", ExpectedVersion::Any, [NewEvent::new("Registered", "x")])?;
+    /// assert_eq!(r.subscriber_failures.len(), 1);
+    /// assert_eq!(failed.lock().unwrap()[0], r.subscriber_failures[0]);
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn on_subscriber_failure(
+        &self,
+        handler: impl Fn(&crate::SubscriberFailure) + Send + Sync + 'static,
+    ) {
+        self.shared.subscribers.set_failure_handler(Arc::new(handler));
+    }
+
+    /// Runs a failed subscription callback again on the event it failed on (read back from
+    /// the log), on this thread. `Ok` once it succeeds; [`Error::SubscriberFailed`] if it fails
+    /// again; [`Error::InvalidArgument`] if the subscription was removed.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use annals::{ExpectedVersion, Filter, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// let up = Arc::new(AtomicBool::new(false));
+    /// let server = up.clone();
+    /// store.subscribe("mailer", Filter::All, move |_| {
+    ///     if server.load(Ordering::SeqCst) { Ok(()) } else { Err("down".into()) }
+    /// });
+    /// let r = store.append("user-1", ExpectedVersion::Any, [NewEvent::new("Registered", "x")])?;
+    /// let failure = &r.subscriber_failures[0];
+    /// assert!(store.redeliver(failure).is_err());
+    /// up.store(true, Ordering::SeqCst);
+    /// store.redeliver(failure)?;
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn redeliver(&self, failure: &crate::SubscriberFailure) -> Result<()> {
+        let event = self
+            .read_log(failure.position, Direction::Forwards, 1)?
+            .next()
+            .transpose()?
+            .filter(|e| e.position() == failure.position)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("no event at position {}", failure.position))
+            })?;
+        match self
+            .shared
+            .subscribers
+            .redeliver(&self.shared, failure.subscription_id, &event)
+        {
+            None => Err(Error::InvalidArgument(format!(
+                "subscription `{}` is no longer registered",
+                failure.subscription
+            ))),
+            Some(Ok(())) => Ok(()),
+            Some(Err(error)) => Err(Error::SubscriberFailed(crate::SubscriberFailure {
+                error,
+                ..failure.clone()
+            })),
+        }
     }
 
     /// Counters of what the store has done since it was opened.
@@ -668,12 +804,19 @@ impl Store {
 
     /// Writes the in-memory part of the index to the sidecar now (it is otherwise flushed in
     /// large batches, and on close).
+    ///
+    /// A failure poisons the store (the sidecar's database cannot go on after a failed
+    /// write): this and every later call, and every append, fail until the store is reopened,
+    /// which rebuilds what the sidecar lacks from the log.
     pub fn flush_index(&self) -> Result<()> {
+        if self.shared.read_only {
+            return Ok(());
+        }
         self.shared.poison.check()?;
         let _writer = self.shared.committer.writer().lock();
         self.shared.sync_unsynced()?;
         while let Some(job) = self.shared.index.freeze(true) {
-            self.shared.index.write_frozen(job)?;
+            self.shared.write_frozen(job)?;
         }
         Ok(())
     }
@@ -690,12 +833,15 @@ impl Store {
         }
         bg.closed = true;
         bg.stop(&self.shared);
+        if self.shared.read_only {
+            return Ok(());
+        }
         let mut writer = self.shared.committer.writer().lock();
         writer.quiesce();
         self.shared.poison.check()?;
         self.shared.sync_unsynced()?;
         while let Some(job) = self.shared.index.freeze(true) {
-            self.shared.index.write_frozen(job)?;
+            self.shared.write_frozen(job)?;
         }
         if self.shared.marked_clean.load(Ordering::Acquire) {
             // Opened clean and nothing written since: the sidecar still says so.
@@ -763,11 +909,12 @@ impl Transaction<'_> {
     }
 
     /// Checks every part and writes them all as one commit, or nothing. Returns one result per
-    /// part, in order.
+    /// part, in order. Parts with no events are only checked; a transaction with no parts is a
+    /// no-op.
     pub fn commit(self) -> Result<Vec<AppendResult>> {
         let parts = self.parts.into_iter().collect::<Result<Vec<_>>>()?;
         if parts.is_empty() {
-            return Err(Error::InvalidArgument("empty transaction".into()));
+            return Ok(Vec::new());
         }
         let total: u64 = parts.iter().map(|p| p.frames_len).sum();
         let limit = self.store.shared.layout.max_commit_len();
@@ -783,24 +930,37 @@ impl Transaction<'_> {
 }
 
 impl Shared {
-    /// Commits parts (group commit), then runs the synchronous subscriptions for them.
+    /// Commits parts (group commit), then runs the synchronous subscriptions for them (see
+    /// [`subscriptions`]).
     pub(crate) fn commit(&self, parts: Vec<Part>) -> Result<Vec<AppendResult>> {
+        if self.read_only {
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
         let outcome = self.committer.commit(self, parts)?;
-        let run = outcome.ticket.is_some() || (subscriptions::nested() && self.subscribers.any());
-        if !run {
-            return Ok(outcome.results);
+        let mut results = outcome.results;
+        let Some(ticket) = outcome.ticket else {
+            return Ok(results);
+        };
+        if subscriptions::nested_root().is_some() {
+            // Made from a callback: its callbacks run after the current event's, in log order.
+            return Ok(results);
         }
-        let failures = self
-            .subscribers
-            .dispatch(self, &outcome.results, outcome.ticket);
-        if failures.is_empty() {
-            Ok(outcome.results)
-        } else {
-            Err(Error::SubscribersFailed {
-                committed: outcome.results,
-                failures,
-            })
+        for failure in self.subscribers.wait_dispatched(self, ticket) {
+            let position = failure.position;
+            let at = results
+                .iter()
+                .position(|r| (r.first_position..=r.last_position).contains(&position))
+                .unwrap_or(results.len() - 1);
+            results[at].subscriber_failures.push(failure);
         }
+        Ok(results)
+    }
+
+    /// Where the log ends (every acknowledged event is before it).
+    pub(crate) fn end(&self) -> Position {
+        Position::new(self.index.committed().end)
     }
 
     /// Wakes readers waiting for new events (catch-up subscriptions).
@@ -838,24 +998,30 @@ impl Shared {
                     let _ = tx.send(job);
                 }
                 None => {
-                    if let Err(e) = self.index.write_frozen(job) {
-                        self.poison.set(format!("index flush failed: {e}"));
-                    }
+                    let _ = self.write_frozen(job);
                 }
             }
         }
         self.index.wait_if_over(4 * self.index.threshold());
     }
 
+    /// Writes a frozen memtable to the sidecar, unless the store is poisoned; a failure
+    /// poisons it (redb cannot go on after a failed write; a reopen rebuilds what is missing
+    /// from the log).
+    pub(crate) fn write_frozen(&self, job: Arc<Frozen>) -> Result<()> {
+        if let Err(e) = self.poison.check() {
+            self.index.release_frozen();
+            return Err(e);
+        }
+        self.index
+            .write_frozen(job)
+            .map_err(|e| self.poison.fail(format!("writing the index sidecar failed: {e}")))
+    }
+
     /// Syncs the log if appends are not synced as they are made.
     fn sync_unsynced(&self) -> Result<()> {
         if self.durability != Durability::Immediate {
-            let end = self.index.committed().end;
-            if let Err(e) = self.file.sync_data() {
-                self.poison.set(format!("fdatasync failed: {e}"));
-                return Err(e.into());
-            }
-            self.durable.fetch_max(end, Ordering::AcqRel);
+            self.sync.sync(self.index.committed().end, false)?;
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! Opening a store: create it if asked, lock it, check its header, open (or rebuild) the index,
-//! run recovery, and start the writer and the background threads.
+//! run recovery, and start the writer and the background threads. A read-only open takes a
+//! shared lock, changes nothing on disk, and starts no writer.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,11 +11,13 @@ use super::background::Background;
 use super::commit::{Committer, Poison};
 use super::{Counters, RecoveryReport, Shared, Store, StoreBuilder};
 use crate::error::{Error, Result};
-use crate::index::{Committed, Index, PartIndex, StreamInfo, parent, sidecar_path};
+use crate::index::sidecar::Sidecar;
+use crate::index::{Committed, Index, PartIndex, SidecarMode, StreamInfo, parent, sidecar_path};
 use crate::log::Layout;
 use crate::log::format::{EventRef, FileHeader, HEADER_BLOCK, HEADER_LEN, HeaderError};
 use crate::log::reader::LogReader;
-use crate::log::recovery::{RecoveredEvent, ScanStart, recover};
+use crate::log::recovery::{Mode, RecoveredEvent, Replay, ScanStart, recover};
+use crate::log::sync::LogSync;
 use crate::log::writer::LogWriter;
 use crate::storage::{FileSystem, OpenMode, StorageFile, is_not_found};
 
@@ -22,33 +25,51 @@ impl Store {
     pub(crate) fn open_with(options: StoreBuilder, path: &Path) -> Result<Store> {
         let fs = options.fs.clone();
         let path = store_path(path);
-        let (file, created) = match fs.open(&path, OpenMode::Existing) {
-            Ok(f) => (f, false),
-            Err(e) if is_not_found(&e) && options.create => {
-                create(&*fs, &path, options.segment_size)?
-            }
-            Err(e) => return Err(e.into()),
+        let read_only = options.read_only;
+        let mode = if read_only {
+            OpenMode::ReadOnly
+        } else {
+            OpenMode::Existing
         };
-        if !file.try_lock()? {
+        let (file, created) = match fs.open(&path, mode) {
+            Ok(f) => (f, false),
+            Err(e) if is_not_found(&e) && options.create && !read_only => {
+                create(&*fs, &path, options.segment_size, options.format_version)?
+            }
+            Err(e) => return Err(Error::io_at(&path, e)),
+        };
+        let locked = if read_only {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        if !locked.map_err(|e| Error::io_at(&path, e))? {
             return Err(Error::Locked { path });
         }
         let header = read_header(&*file, &path)?;
-        if options.rebuild_index {
-            match fs.remove_file(&sidecar_path(&path)) {
-                Ok(()) => fs.sync_dir(crate::index::parent(&path))?,
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
         let layout = Layout {
             segment_size: header.segment_size,
+            key: header.frame_key,
+        };
+        let sidecar = sidecar_path(&path);
+        let lost = if options.rebuild_index && !read_only {
+            rebuild_check(&fs, &file, &sidecar, &header, layout, options.accept_loss)?
+        } else {
+            None
+        };
+        let sidecar_mode = if read_only {
+            SidecarMode::ReadOnly
+        } else {
+            SidecarMode::Write
         };
         let (index, start, index_rebuilt) = Index::open(
             &fs,
-            &sidecar_path(&path),
+            &sidecar,
             header.store_id,
+            header.segment_size,
             options.index_cache_bytes,
             options.index_flush_events,
+            sidecar_mode,
         )?;
         if let Some(reason) = &index_rebuilt {
             tracing::info!(path = %path.display(), reason = %reason, "annals: rebuilding the index sidecar from the log");
@@ -58,12 +79,24 @@ impl Store {
             clean: start.clean || (created && start.position == Layout::FIRST),
             ..start
         };
-        let recovered = recover(&file, layout, scan, |events| replay(&index, events))?;
+        let recovery_mode = if read_only {
+            Mode::Inspect
+        } else {
+            Mode::Repair {
+                fs: &*fs,
+                path: &path,
+                accept_loss: options.accept_loss,
+            }
+        };
+        let mut replay = IndexReplay { index: &index };
+        let recovered = recover(&file, layout, scan, recovery_mode, &mut replay)?;
         let committed = Committed {
             end: recovered.end,
             last_frame: recovered.last_frame,
         };
         index.apply(&[], committed)?;
+        let poison = Arc::new(Poison::default());
+        let sync = Arc::new(LogSync::new(file.clone(), recovered.end, poison.clone()));
         // A store opened clean stays marked clean in the sidecar until its first write: the
         // committer clears the mark durably before writing anything to the log (reopening a
         // store only to read it then writes nothing).
@@ -73,9 +106,11 @@ impl Store {
             recovered.end,
             recovered.last_frame,
             recovered.allocated_end,
+            sync.clone(),
         );
-        writer.prepare_next();
-        let durable = writer.durable().clone();
+        if !read_only {
+            writer.prepare_next();
+        }
         let index = Arc::new(index);
         let shared = Arc::new(Shared {
             reader: LogReader::new(file.clone(), layout, true),
@@ -85,16 +120,19 @@ impl Store {
             layout,
             file,
             index,
-            poison: Arc::new(Poison::default()),
+            poison,
+            sync,
             durability: options.durability,
             max_event_size: options.max_event_size,
-            durable,
+            read_only,
             flush_jobs: Mutex::new(None),
             recovery: RecoveryReport {
                 index_covered: crate::Position::new(start.position),
                 index_rebuilt,
                 commits_replayed: recovered.commits,
                 truncated: recovered.truncated,
+                rewritten: recovered.rewritten,
+                lost,
             },
             counters: Counters::default(),
             codec: options.codec,
@@ -105,7 +143,11 @@ impl Store {
             appended_waiters: Default::default(),
             marked_clean: std::sync::atomic::AtomicBool::new(start.clean),
         });
-        let background = Background::start(&shared)?;
+        let background = if read_only {
+            Background::default()
+        } else {
+            Background::start(&shared)?
+        };
         Ok(Store {
             shared,
             background: Mutex::new(background),
@@ -130,16 +172,23 @@ fn create(
     fs: &dyn FileSystem,
     path: &Path,
     segment_size: u64,
+    format_version: u32,
 ) -> Result<(Arc<dyn StorageFile>, bool)> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".creating-{}", uuid::Uuid::new_v4().simple()));
     let tmp = PathBuf::from(tmp);
-    let file = fs.open(&tmp, OpenMode::CreateNew)?;
+    let file = fs.open(&tmp, OpenMode::CreateNew).map_err(|e| Error::io_at(&tmp, e))?;
+    let frame_key = match format_version {
+        crate::log::format::FORMAT_VERSION_1 => 0,
+        // Random and never zero (zero would mean "no key").
+        _ => (uuid::Uuid::new_v4().as_u128() as u64) | 1,
+    };
     let header = FileHeader {
-        format_version: crate::log::format::FORMAT_VERSION,
+        format_version,
         store_id: uuid::Uuid::new_v4().into_bytes(),
         segment_size,
         created_at: crate::types::nanos_since_epoch(std::time::SystemTime::now()),
+        frame_key,
     };
     let mut block = vec![0u8; HEADER_BLOCK as usize];
     block[..HEADER_LEN].copy_from_slice(&header.encode());
@@ -153,16 +202,24 @@ fn create(
     let created = match linked {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(Error::io_at(path, e)),
     };
-    fs.sync_dir(parent(path))?;
-    Ok((fs.open(path, OpenMode::Existing)?, created))
+    fs.sync_dir(parent(path))
+        .map_err(|e| Error::io_at(parent(path), e))?;
+    let file = fs
+        .open(path, OpenMode::Existing)
+        .map_err(|e| Error::io_at(path, e))?;
+    Ok((file, created))
 }
 
 pub(crate) fn read_header(file: &dyn StorageFile, path: &Path) -> Result<FileHeader> {
-    let len = file.len()?.min(HEADER_LEN as u64) as usize;
+    let len = file
+        .len()
+        .map_err(|e| Error::io_at(path, e))?
+        .min(HEADER_LEN as u64) as usize;
     let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, 0)?;
+    file.read_exact_at(&mut buf, 0)
+        .map_err(|e| Error::io_at(path, e))?;
     FileHeader::decode(&buf).map_err(|e| match e {
         HeaderError::NotAStore(reason) => Error::NotAStore {
             path: path.to_owned(),
@@ -176,50 +233,170 @@ pub(crate) fn read_header(file: &dyn StorageFile, path: &Path) -> Result<FileHea
     })
 }
 
-/// Indexes one recovered commit, checking that its versions follow the index's.
-fn replay(index: &Index, events: &[RecoveredEvent]) -> Result<()> {
-    let last = events.last().expect("a commit has frames");
-    let committed = Committed {
-        end: last.position + last.bytes.len() as u64,
-        last_frame: Some(last.position),
-    };
-    let view = |i: usize| EventRef::new(&events[i].bytes);
-    let mut i = 0;
-    while i < events.len() {
-        let stream = view(i).stream();
-        let mut j = i + 1;
-        while j < events.len() && view(j).stream() == stream {
-            j += 1;
-        }
-        let before: StreamInfo = index.stream_info(stream)?;
-        for (k, e) in events[i..j].iter().enumerate() {
-            let expected = before.count + k as u64;
-            let version = EventRef::new(&e.bytes).version();
-            if version != expected {
+/// Before the sidecar is rebuilt: finds where the log ends (reading it without the sidecar,
+/// changing nothing) and refuses, unless told to accept the loss, when that is before what the
+/// old sidecar covered. Then removes the old sidecar. Returns what was lost, if anything.
+fn rebuild_check(
+    fs: &Arc<dyn FileSystem>,
+    file: &Arc<dyn StorageFile>,
+    sidecar: &Path,
+    header: &FileHeader,
+    layout: Layout,
+    accept_loss: bool,
+) -> Result<Option<crate::store::Lost>> {
+    let old = Sidecar::peek(fs, sidecar, header.store_id, header.segment_size);
+    let mut lost = None;
+    if let Some((old_sidecar, meta)) = &old {
+        let mut counts = Counts::default();
+        let found = recover(file, layout, ScanStart::BEGINNING, Mode::Inspect, &mut counts);
+        let log_end = match &found {
+            Ok(r) => r.end,
+            // A log cut from outside: its end is where the scan stopped.
+            Err(Error::Corrupt { .. }) if accept_loss => counts.end,
+            Err(_) => counts.end,
+        };
+        if log_end < meta.covered {
+            let old_counts = old_sidecar.stream_counts()?;
+            let mut missing: Vec<(String, u64, u64)> = old_counts
+                .into_iter()
+                .filter_map(|(stream, had)| {
+                    let has = counts.streams.get(&stream).copied().unwrap_or(0);
+                    (has < had).then_some((stream, has, had))
+                })
+                .collect();
+            missing.sort();
+            let events: u64 = missing.iter().map(|(_, has, had)| had - has).sum();
+            let description = describe_loss(meta.covered, log_end, events, &missing);
+            if !accept_loss {
                 return Err(Error::corrupt(
-                    e.position,
+                    log_end,
                     format!(
-                        "event of stream `{stream}` has version {version} where the index expects {expected}"
+                        "{description}. Restore the log from a backup; to rebuild the index \
+                         anyway and accept the loss, run `annals rebuild-index --accept-loss`"
                     ),
                 ));
             }
+            tracing::warn!(%description, "annals: rebuilding the index of a log that lost acknowledged events, as asked");
+            lost = Some(crate::store::Lost {
+                index_covered: meta.covered,
+                log_end,
+                events,
+                streams: missing,
+                description,
+            });
+        } else if let Err(e) = found
+            && !accept_loss
+        {
+            return Err(e);
         }
-        let frames = events[i..j].iter().map(|e| {
-            let v = EventRef::new(&e.bytes);
-            let id = u128::from_be_bytes(v.event_id());
-            (
-                e.position,
-                std::borrow::Cow::Owned(v.event_type().to_owned()),
-                id,
-            )
-        });
-        let end = events[j - 1].position + events[j - 1].bytes.len() as u64;
-        let part = PartIndex::new(Arc::from(stream), before, frames, end);
-        index.apply(&[part], committed)?;
-        i = j;
     }
-    if let Some(job) = index.freeze(false) {
-        index.write_frozen(job)?;
+    drop(old);
+    match fs.remove_file(sidecar) {
+        Ok(()) => fs.sync_dir(parent(sidecar))?,
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(Error::io_at(sidecar, e)),
     }
-    Ok(())
+    Ok(lost)
+}
+
+fn describe_loss(covered: u64, log_end: u64, events: u64, missing: &[(String, u64, u64)]) -> String {
+    let mut s = format!(
+        "the log ends at {log_end}, before position {covered} that its old index covered: \
+         {events} acknowledged event(s) are missing"
+    );
+    for (stream, has, had) in missing.iter().take(10) {
+        s.push_str(&format!("; `{stream}` has {has} of {had}"));
+    }
+    if missing.len() > 10 {
+        s.push_str(&format!("; and {} more streams", missing.len() - 10));
+    }
+    s
+}
+
+/// Counts events per stream while recovery scans (for [`rebuild_check`]).
+#[derive(Default)]
+struct Counts {
+    streams: std::collections::HashMap<String, u64>,
+    end: u64,
+}
+
+impl Replay for Counts {
+    fn commit(&mut self, events: &[RecoveredEvent]) -> Result<()> {
+        for e in events {
+            *self
+                .streams
+                .entry(EventRef::new(&e.bytes).stream().to_owned())
+                .or_default() += 1;
+        }
+        if let Some(last) = events.last() {
+            self.end = last.position + last.bytes.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Replays recovered commits into the index.
+struct IndexReplay<'a> {
+    index: &'a Index,
+}
+
+impl Replay for IndexReplay<'_> {
+    /// Indexes one recovered commit, checking that its versions follow the index's.
+    fn commit(&mut self, events: &[RecoveredEvent]) -> Result<()> {
+        let index = self.index;
+        let last = events.last().expect("a commit has frames");
+        let committed = Committed {
+            end: last.position + last.bytes.len() as u64,
+            last_frame: Some(last.position),
+        };
+        let view = |i: usize| EventRef::new(&events[i].bytes);
+        let mut i = 0;
+        while i < events.len() {
+            let stream = view(i).stream();
+            let mut j = i + 1;
+            while j < events.len() && view(j).stream() == stream {
+                j += 1;
+            }
+            let before: StreamInfo = index.stream_info(stream)?;
+            for (k, e) in events[i..j].iter().enumerate() {
+                let expected = before.count.checked_add(k as u64);
+                let version = EventRef::new(&e.bytes).version();
+                if Some(version) != expected {
+                    return Err(Error::corrupt(
+                        e.position,
+                        format!(
+                            "event of stream `{stream}` has version {version} where the index \
+                             expects {}",
+                            before.count
+                        ),
+                    ));
+                }
+            }
+            let frames = events[i..j].iter().map(|e| {
+                let v = EventRef::new(&e.bytes);
+                let id = u128::from_be_bytes(v.event_id());
+                (
+                    e.position,
+                    std::borrow::Cow::Owned(v.event_type().to_owned()),
+                    id,
+                )
+            });
+            let end = events[j - 1].position + events[j - 1].bytes.len() as u64;
+            let part = PartIndex::new(Arc::from(stream), before, frames, end);
+            index.apply(&[part], committed)?;
+            i = j;
+        }
+        Ok(())
+    }
+
+    fn wants_flush(&self) -> bool {
+        self.index.flush_due()
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        while let Some(job) = self.index.freeze(false) {
+            self.index.write_frozen(job)?;
+        }
+        Ok(())
+    }
 }

@@ -50,6 +50,9 @@ pub struct StoreBuilder {
     pub(crate) index_cache_bytes: usize,
     pub(crate) create: bool,
     pub(crate) rebuild_index: bool,
+    pub(crate) read_only: bool,
+    pub(crate) accept_loss: bool,
+    pub(crate) format_version: u32,
     pub(crate) fs: Arc<dyn FileSystem>,
     pub(crate) codec: Codec,
     pub(crate) upcasters: Upcasters,
@@ -86,6 +89,9 @@ impl Default for StoreBuilder {
             index_cache_bytes: 32 << 20,
             create: true,
             rebuild_index: false,
+            read_only: false,
+            accept_loss: false,
+            format_version: crate::log::format::FORMAT_VERSION,
             fs: Arc::new(StdFs),
             codec: Codec::default(),
             upcasters: Upcasters::default(),
@@ -133,6 +139,34 @@ impl StoreBuilder {
     /// the log. Default: no (a sidecar that is missing, foreign or damaged is rebuilt anyway).
     pub fn rebuild_index(mut self, rebuild: bool) -> Self {
         self.rebuild_index = rebuild;
+        self
+    }
+
+    /// Opens the store read-only: nothing on disk changes (not the log, not the index
+    /// sidecar), appends fail with [`Error::ReadOnly`], and the store is never created. What
+    /// an open for writing would do to a damaged tail is reported in
+    /// [`Store::recovery_report`] instead of done. See [`Store::open_read_only`].
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// **Accepts the loss of acknowledged events** instead of refusing to open: a log cut short
+    /// or altered from outside, or damage that later frames prove was acknowledged, is dropped
+    /// like a torn tail (its bytes saved beside the store and reported in
+    /// [`Store::recovery_report`]). With [`rebuild_index`](Self::rebuild_index), a log that ends
+    /// before what the old index covered is accepted too, and what was lost is reported. Use
+    /// it only after deciding that restoring a backup is not possible.
+    pub fn accept_loss(mut self, accept: bool) -> Self {
+        self.accept_loss = accept;
+        self
+    }
+
+    /// Creates new stores in format version 1 (no frame key), as earlier releases did: for
+    /// tests of the upgrade path.
+    #[doc(hidden)]
+    pub fn create_format_version_1(mut self) -> Self {
+        self.format_version = crate::log::format::FORMAT_VERSION_1;
         self
     }
 

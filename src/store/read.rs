@@ -213,17 +213,19 @@ impl<'a> AllEvents<'a> {
         if limit == 0 {
             return Ok(this);
         }
-        let from = from.as_u64().max(Layout::FIRST);
+        let from = from.as_u64();
         this.next = if backwards {
             match committed.last_frame {
+                // Nothing is at or before a position before the first frame.
+                _ if from < Layout::FIRST => None,
                 None => None,
                 Some(last) if from >= committed.end || from >= last => Some(last),
                 Some(_) => Some(this.frame_at_or_before(from)?),
             }
-        } else if from >= committed.end {
+        } else if from.max(Layout::FIRST) >= committed.end {
             None
         } else {
-            Some(this.frame_at_or_after(from)?)
+            Some(this.frame_at_or_after(from.max(Layout::FIRST))?)
         };
         Ok(this)
     }
@@ -233,14 +235,45 @@ impl<'a> AllEvents<'a> {
         Position::new(self.limit)
     }
 
-    /// Whether a valid frame starts exactly at `position`.
+    /// Whether a frame of the log provably starts exactly at `position` (a position from a
+    /// caller is checked, never trusted: bytes inside a payload may look like a frame). An
+    /// event frame does if the id index puts its id there; a seal, if the frame before it does
+    /// and ends where the seal starts. When this says no, the callers walk the segment's
+    /// frames from its start to find out.
     fn is_frame(&mut self, position: u64) -> Result<bool> {
-        Ok(position.is_multiple_of(FRAME_ALIGN)
-            && self
-                .shared
-                .reader
-                .try_read(position, self.limit, &mut self.cursor)?
-                .is_ok())
+        if !position.is_multiple_of(FRAME_ALIGN) {
+            return Ok(false);
+        }
+        let found = self
+            .shared
+            .reader
+            .try_read(position, self.limit, &mut self.cursor)?;
+        let Ok((bytes, frame)) = found else {
+            return Ok(false);
+        };
+        let event_at = |this: &mut Self, at: u64, bytes: &[u8]| -> Result<bool> {
+            let id = u128::from_be_bytes(EventRef::new(bytes).event_id());
+            Ok(this.shared.index.find_id(id)? == Some(at))
+        };
+        let genuine = match frame.body {
+            Body::Event => event_at(self, position, &bytes)?,
+            Body::Seal { .. } => {
+                let prev = u64::from(frame.link.prev);
+                let before = position.checked_sub(prev).filter(|_| prev != 0);
+                match before.map(|at| (at, self.shared.reader.try_read(at, self.limit, &mut Cursor::default()))) {
+                    Some((at, read)) => match read? {
+                        Ok((b, f)) => {
+                            f.body == Body::Event
+                                && at + u64::from(f.len) == position
+                                && event_at(self, at, &b)?
+                        }
+                        Err(_) => false,
+                    },
+                    None => false,
+                }
+            }
+        };
+        Ok(genuine)
     }
 
     /// Walks the frames of `position`'s segment from its start; returns the start of the
@@ -265,7 +298,8 @@ impl<'a> AllEvents<'a> {
         if self.is_frame(position)? {
             return Ok(position);
         }
-        Ok(self.walk_to(position)?.1)
+        let (at, next) = self.walk_to(position)?;
+        Ok(if at == position { at } else { next })
     }
 
     fn frame_at_or_before(&mut self, position: u64) -> Result<u64> {

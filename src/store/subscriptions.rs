@@ -1,16 +1,29 @@
-//! Synchronous subscriptions: callbacks that run after an append is durable, before `append`
-//! returns, on the appending thread.
+//! Synchronous subscriptions: callbacks that run after an append is durable and before
+//! `append` returns.
 //!
-//! Order across threads: when the group commit publishes a group, each request that wrote
-//! events gets a *ticket* in log order; its thread runs the callbacks for its events only once
-//! every lower ticket is done. So callbacks see all events in global log order, whichever thread
-//! appended them. An append made from inside a callback gets no ticket (it would wait for the
-//! callback that made it): its callbacks run at once, nested.
+//! **Order.** When the group commit publishes a group, each request that wrote events gets a
+//! *ticket* in log order, and its commit joins a queue in that order. One thread at a time (an
+//! appending thread waiting for its own ticket) takes the *dispatcher's turn* and runs the
+//! callbacks for queued commits, strictly in ticket order; so every subscriber sees every
+//! event in global log order, whichever thread appended it, and callbacks may run on another
+//! appending thread than the one whose append wrote the event.
 //!
-//! A callback that returns an error or panics does not undo or lose the append, and the other
-//! callbacks still run; the append reports [`crate::Error::SubscribersFailed`].
+//! **Nesting.** An append made from inside a callback is committed at once and returns at once,
+//! *before* its own events' callbacks run: its commit joins the queue behind everything before
+//! it in the log, and is dispatched after the current event has been handed to every
+//! subscriber. The outermost append returns only once the commits its callbacks made (and
+//! theirs, transitively) have been dispatched too.
+//!
+//! **Failures.** A callback that returns an error or panics does not undo or lose the append,
+//! and the other callbacks still run. Its failure is reported in the
+//! [`AppendResult::subscriber_failures`](crate::AppendResult::subscriber_failures) of the
+//! outermost append, and to the store's failure handler
+//! ([`Store::on_subscriber_failure`](crate::Store::on_subscriber_failure); by default a
+//! `tracing` warning); [`Store::redeliver`](crate::Store::redeliver) runs the callback on the
+//! event again.
 
 use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,10 +31,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::Shared;
+use crate::error::SubscriberFailure;
 use crate::index::category_of;
 use crate::log::format::Body;
 use crate::log::reader::Cursor;
-use crate::types::{AppendResult, Position, RecordedEvent};
+use crate::types::{AppendResult, Position, RecordedEvent, SubscriptionId};
 
 /// The error a callback, publisher or projection returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -54,22 +68,10 @@ impl Filter {
     }
 }
 
-/// Identifies a registered subscription (to unsubscribe).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SubscriptionId(u64);
-
-/// A callback that failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscriberFailure {
-    /// The subscription's name.
-    pub subscription: String,
-    /// The event it was handed.
-    pub position: Position,
-    /// What it returned, or that it panicked and with what.
-    pub error: String,
-}
-
 pub(crate) type Callback = dyn Fn(&Shared, &RecordedEvent) -> Result<(), BoxError> + Send + Sync;
+
+/// What is told of every failure (besides the append's result).
+pub(crate) type FailureHandler = dyn Fn(&SubscriberFailure) + Send + Sync;
 
 struct Subscriber {
     id: SubscriptionId,
@@ -79,13 +81,41 @@ struct Subscriber {
 }
 
 thread_local! {
-    /// Whether this thread is running callbacks (appends made now are nested).
-    static DISPATCHING: Cell<bool> = const { Cell::new(false) };
+    /// The ticket of the outermost append whose callbacks this thread is running (appends made
+    /// now are nested under it).
+    static DISPATCHING: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
-/// Whether the current thread is inside a subscription callback.
-pub(crate) fn nested() -> bool {
+/// If the current thread is inside a subscription callback, the ticket of the outermost append
+/// it serves.
+pub(crate) fn nested_root() -> Option<u64> {
     DISPATCHING.with(Cell::get)
+}
+
+/// A commit waiting for its callbacks.
+struct Entry {
+    /// The outermost append it belongs to (itself, unless made from a callback).
+    root: u64,
+    first: Position,
+    last: Position,
+}
+
+#[derive(Default)]
+struct Order {
+    /// The next ticket to hand out (by the group-commit leader, in log order).
+    next_ticket: u64,
+    /// Commits whose callbacks have not run yet, in ticket order.
+    queue: VecDeque<Entry>,
+    /// Whether a thread has the dispatcher's turn.
+    dispatching: bool,
+    /// Per outermost append: commits not dispatched yet, and the failures so far.
+    roots: HashMap<u64, Root>,
+}
+
+#[derive(Default)]
+struct Root {
+    pending: usize,
+    failures: Vec<SubscriberFailure>,
 }
 
 /// The registered subscriptions and the dispatch order.
@@ -93,11 +123,9 @@ pub(crate) fn nested() -> bool {
 pub(crate) struct Subscribers {
     list: RwLock<Arc<Vec<Subscriber>>>,
     next_id: AtomicU64,
-    /// The next ticket to hand out (by the group-commit leader, in log order).
-    next_ticket: AtomicU64,
-    /// Tickets below this are done.
-    done: Mutex<u64>,
+    order: Mutex<Order>,
     turn: Condvar,
+    on_failure: RwLock<Option<Arc<FailureHandler>>>,
 }
 
 impl Subscribers {
@@ -133,76 +161,151 @@ impl Subscribers {
         !self.list.read().is_empty()
     }
 
-    /// Hands out the next ticket (called by the group-commit leader, in log order).
-    pub fn ticket(&self) -> u64 {
-        self.next_ticket.fetch_add(1, Ordering::Relaxed)
+    /// Sets what is told of every failure.
+    pub fn set_failure_handler(&self, handler: Arc<FailureHandler>) {
+        *self.on_failure.write() = Some(handler);
     }
 
-    /// Runs the callbacks for the events of one commit: with a ticket, after every lower
-    /// ticket is done (then marks it done, even if a callback panicked); without, at once.
-    pub fn dispatch(
-        &self,
-        shared: &Shared,
-        results: &[AppendResult],
-        ticket: Option<u64>,
-    ) -> Vec<SubscriberFailure> {
-        let _turn = ticket.map(|t| self.wait_turn(t));
+    /// Queues a commit for its callbacks and hands out its ticket (called by the group-commit
+    /// leader, in log order). `root` is the outermost append's ticket for an append made from
+    /// a callback.
+    pub fn ticket(&self, results: &[AppendResult], root: Option<u64>) -> u64 {
+        let mut order = self.order.lock();
+        let ticket = order.next_ticket;
+        order.next_ticket += 1;
+        let root = root.unwrap_or(ticket);
+        order.roots.entry(root).or_default().pending += 1;
+        order.queue.push_back(Entry {
+            root,
+            first: results.first().map_or(Position::START, |r| r.first_position),
+            last: results.last().map_or(Position::START, |r| r.last_position),
+        });
+        ticket
+    }
+
+    /// Waits until the callbacks of the outermost append `ticket` (and of every append its
+    /// callbacks made) have run, taking the dispatcher's turn when nobody has it; returns the
+    /// failures.
+    pub fn wait_dispatched(&self, shared: &Shared, ticket: u64) -> Vec<SubscriberFailure> {
+        let mut order = self.order.lock();
+        loop {
+            if order.roots.get(&ticket).is_none_or(|r| r.pending == 0) {
+                return order
+                    .roots
+                    .remove(&ticket)
+                    .map(|r| r.failures)
+                    .unwrap_or_default();
+            }
+            if order.dispatching {
+                self.turn.wait(&mut order);
+                continue;
+            }
+            order.dispatching = true;
+            // Dispatch in ticket order until this append is done (others take over the rest).
+            while order.roots.get(&ticket).is_some_and(|r| r.pending > 0) {
+                let Some(entry) = order.queue.pop_front() else {
+                    break;
+                };
+                drop(order);
+                let failures = self.dispatch(shared, &entry);
+                order = self.order.lock();
+                let root = order.roots.entry(entry.root).or_default();
+                root.pending -= 1;
+                root.failures.extend(failures);
+                self.turn.notify_all();
+            }
+            order.dispatching = false;
+            self.turn.notify_all();
+            if order.queue.is_empty() && order.roots.get(&ticket).is_some_and(|r| r.pending > 0) {
+                // Cannot happen (a pending commit is queued or being dispatched); never spin.
+                debug_assert!(false, "a pending commit is missing from the dispatch queue");
+                self.turn
+                    .wait_for(&mut order, std::time::Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// Runs the callbacks for one queued commit (never panics).
+    fn dispatch(&self, shared: &Shared, entry: &Entry) -> Vec<SubscriberFailure> {
         let list = self.list.read().clone();
         if list.is_empty() {
             return Vec::new();
         }
         let mut failures = Vec::new();
-        let events = match commit_events(shared, results) {
+        let events = match commit_events(shared, entry.first, entry.last) {
             Ok(events) => events,
             Err(e) => {
-                failures.push(SubscriberFailure {
-                    subscription: "(reading the commit back)".into(),
-                    position: results
-                        .first()
-                        .map_or(Position::START, |r| r.first_position),
-                    error: e.to_string(),
-                });
+                // Nothing to hand a callback: the commit could not be read back.
+                failures.extend(list.iter().map(|s| SubscriberFailure {
+                    subscription: s.name.clone(),
+                    subscription_id: s.id,
+                    position: entry.first,
+                    error: format!("the commit could not be read back: {e}"),
+                }));
+                self.report(&failures);
                 return failures;
             }
         };
-        let was = DISPATCHING.with(|d| d.replace(true));
+        let was = DISPATCHING.with(|d| d.replace(Some(entry.root)));
         for event in &events {
             for s in list.iter().filter(|s| s.filter.matches(event)) {
-                let outcome = catch_unwind(AssertUnwindSafe(|| (s.callback)(shared, event)));
-                let error = match outcome {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => e.to_string(),
-                    Err(panic) => format!("panicked: {}", panic_message(&panic)),
-                };
-                failures.push(SubscriberFailure {
-                    subscription: s.name.clone(),
-                    position: event.position(),
-                    error,
-                });
+                if let Err(error) = run(s, shared, event) {
+                    failures.push(SubscriberFailure {
+                        subscription: s.name.clone(),
+                        subscription_id: s.id,
+                        position: event.position(),
+                        error,
+                    });
+                }
             }
         }
         DISPATCHING.with(|d| d.set(was));
+        self.report(&failures);
         failures
     }
 
-    fn wait_turn(&self, ticket: u64) -> TurnGuard<'_> {
-        let mut done = self.done.lock();
-        while *done != ticket {
-            self.turn.wait(&mut done);
+    /// Tells the failure handler (or the log) of each failure.
+    fn report(&self, failures: &[SubscriberFailure]) {
+        let handler = self.on_failure.read().clone();
+        for f in failures {
+            match &handler {
+                Some(h) => {
+                    if catch_unwind(AssertUnwindSafe(|| h(f))).is_err() {
+                        tracing::error!(failure = %f, "annals: the subscriber failure handler panicked");
+                    }
+                }
+                None => tracing::warn!(
+                    subscription = %f.subscription,
+                    position = f.position.as_u64(),
+                    error = %f.error,
+                    "annals: a subscription callback failed; the event is durable (Store::redeliver runs it again)"
+                ),
+            }
         }
-        TurnGuard { subscribers: self }
+    }
+
+    /// Runs subscription `id`'s callback on `event` again; the error if it fails again.
+    pub fn redeliver(
+        &self,
+        shared: &Shared,
+        id: SubscriptionId,
+        event: &RecordedEvent,
+    ) -> Option<Result<(), String>> {
+        let list = self.list.read().clone();
+        let s = list.iter().find(|s| s.id == id)?;
+        let was = DISPATCHING.with(|d| d.replace(None));
+        let outcome = run(s, shared, event);
+        DISPATCHING.with(|d| d.set(was));
+        Some(outcome)
     }
 }
 
-/// Marks the current ticket done when dropped (also when a callback panicked).
-struct TurnGuard<'a> {
-    subscribers: &'a Subscribers,
-}
-
-impl Drop for TurnGuard<'_> {
-    fn drop(&mut self) {
-        *self.subscribers.done.lock() += 1;
-        self.subscribers.turn.notify_all();
+/// Runs one callback on one event, catching a panic.
+fn run(s: &Subscriber, shared: &Shared, event: &RecordedEvent) -> Result<(), String> {
+    match catch_unwind(AssertUnwindSafe(|| (s.callback)(shared, event))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(format!("panicked: {}", panic_message(&panic))),
     }
 }
 
@@ -217,7 +320,8 @@ impl Subscriber {
     }
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -225,17 +329,17 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "(no message)".into())
 }
 
-/// The events one commit wrote: its frames are contiguous, from the first part's first event
-/// to the last part's last.
-fn commit_events(shared: &Shared, results: &[AppendResult]) -> crate::Result<Vec<RecordedEvent>> {
-    let (Some(first), Some(last)) = (results.first(), results.last()) else {
-        return Ok(Vec::new());
-    };
+/// The events one commit wrote: its frames are contiguous, from `first` to `last`.
+fn commit_events(
+    shared: &Shared,
+    first: Position,
+    last: Position,
+) -> crate::Result<Vec<RecordedEvent>> {
     let limit = shared.index.committed().end;
     let mut cursor = Cursor::default();
     let mut events = Vec::new();
-    let mut at = first.first_position.as_u64();
-    while at <= last.last_position.as_u64() {
+    let mut at = first.as_u64();
+    while at <= last.as_u64() {
         let (bytes, frame) = shared.reader.read(at, limit, &mut cursor)?;
         let next = match frame.body {
             Body::Seal { next } => next,

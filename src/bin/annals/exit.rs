@@ -47,7 +47,12 @@ impl From<annals::Error> for CliError {
                 NOT_A_STORE
             }
             annals::Error::Corrupt { .. } => CORRUPT,
-            annals::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => NOT_A_STORE,
+            e if e
+                .io_error()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
+            {
+                NOT_A_STORE
+            }
             _ => ERROR,
         };
         CliError::new(code, e.to_string())

@@ -28,7 +28,10 @@ pub fn open_with(path: &Path, builder: annals::StoreBuilder) -> CliResult<Store>
 /// `e` from the store at `path`, a missing file named as such (exit code 3).
 pub fn store_error(path: &Path, e: annals::Error) -> CliError {
     match e {
-        annals::Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        e if e
+            .io_error()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) =>
+        {
             CliError::new(NOT_A_STORE, format!("no store at {}", path.display()))
         }
         e => e.into(),
