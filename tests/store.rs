@@ -153,7 +153,10 @@ fn a_transaction_is_all_or_nothing() {
         .append("a", ExpectedVersion::Exact(1), [ev("E", "a2")])
         .commit()
         .unwrap();
-    assert_eq!(ok.iter().map(|r| r.version).collect::<Vec<_>>(), [Some(1), Some(1), Some(2)]);
+    assert_eq!(
+        ok.iter().map(|r| r.version).collect::<Vec<_>>(),
+        [Some(1), Some(1), Some(2)]
+    );
     assert_eq!(payloads(&stream(&store, "a")), [b"a0", b"a1", b"a2"]);
     assert_eq!(payloads(&stream(&store, "b")), [b"b0", b"b1"]);
 }

@@ -406,7 +406,6 @@ impl Index {
         self.sidecar.writable() && self.active_events() >= self.threshold
     }
 
-
     /// Freezes the active memtable if it has reached the flush threshold (or, with `force`, if
     /// it holds anything or the committed end moved) and no other flush is under way. The caller
     /// must pass the result to [`write_frozen`](Self::write_frozen). A table whose write failed

@@ -107,9 +107,7 @@ impl Db {
     fn begin_write(&self) -> Result<redb::WriteTransaction> {
         match self {
             Db::Write(db) => Ok(db.begin_write()?),
-            Db::Read(_) => Err(crate::Error::Index(
-                "the sidecar is open read-only".into(),
-            )),
+            Db::Read(_) => Err(crate::Error::Index("the sidecar is open read-only".into())),
         }
     }
 }
@@ -162,8 +160,7 @@ impl Sidecar {
         cache_size: usize,
         mode: SidecarMode,
     ) -> Result<(Sidecar, SidecarMeta, Option<RebuildReason>)> {
-        let reason = match Self::open_existing(fs, path, store_id, segment_size, cache_size, mode)
-        {
+        let reason = match Self::open_existing(fs, path, store_id, segment_size, cache_size, mode) {
             Ok(Ok((sidecar, meta))) => return Ok((sidecar, meta, None)),
             Ok(Err(reason)) => reason,
             Err(e) => format!("unreadable: {e}"),
@@ -212,9 +209,16 @@ impl Sidecar {
         store_id: [u8; 16],
         segment_size: u64,
     ) -> Option<(Sidecar, SidecarMeta)> {
-        Self::open_existing(fs, path, store_id, segment_size, 1 << 20, SidecarMode::ReadOnly)
-            .ok()?
-            .ok()
+        Self::open_existing(
+            fs,
+            path,
+            store_id,
+            segment_size,
+            1 << 20,
+            SidecarMode::ReadOnly,
+        )
+        .ok()?
+        .ok()
     }
 
     /// `Ok(Err(reason))` when the sidecar exists but must be rebuilt.

@@ -415,7 +415,14 @@ pub fn encode_seal(buf: &mut Vec<u8>, link: FrameLink, key: u64, next: u64) -> u
     assert!(link.commit_end && next > link.position);
     assert!(link.durable <= link.position && link.position.is_multiple_of(FRAME_ALIGN));
     let start = buf.len();
-    put_header(buf, SEAL_FRAME_LEN as u32, link, key, KIND_SEAL, FLAG_COMMIT_END);
+    put_header(
+        buf,
+        SEAL_FRAME_LEN as u32,
+        link,
+        key,
+        KIND_SEAL,
+        FLAG_COMMIT_END,
+    );
     buf.extend_from_slice(&next.to_le_bytes());
     finish_frame(buf, start, SEAL_FRAME_LEN)
 }
@@ -882,7 +889,10 @@ mod tests {
             frame_key: 0,
         };
         assert_eq!(FileHeader::decode(&v1.encode()), Ok(v1));
-        let keyed_v1 = FileHeader { frame_key: KEY, ..v1 };
+        let keyed_v1 = FileHeader {
+            frame_key: KEY,
+            ..v1
+        };
         assert!(matches!(
             FileHeader::decode(&keyed_v1.encode()),
             Err(HeaderError::Corrupt(_))
@@ -1006,13 +1016,19 @@ mod tests {
     fn frames_are_checked_against_where_they_were_read() {
         let mut buf = vec![];
         encode_event(&mut buf, link(4096), KEY, &sample(b"p"));
-        assert_eq!(decode_frame(&buf, 4104, KEY), Err(FrameError::BadPosition(4096)));
+        assert_eq!(
+            decode_frame(&buf, 4104, KEY),
+            Err(FrameError::BadPosition(4096))
+        );
         assert_eq!(
             decode_frame(&buf[..buf.len() - 8], 4096, KEY),
             Err(FrameError::BadLength(buf.len() as u32))
         );
         assert_eq!(decode_frame(&[0; 64], 4096, KEY), Err(FrameError::Empty));
-        assert_eq!(decode_frame(&[0; 16], 4096, KEY), Err(FrameError::Truncated));
+        assert_eq!(
+            decode_frame(&[0; 16], 4096, KEY),
+            Err(FrameError::Truncated)
+        );
     }
 
     #[test]

@@ -212,8 +212,10 @@ impl LogReader {
             cursor.fill(&*self.file, position, end, want)?;
         }
         let from = (position - cursor.start) as usize;
-        Ok(decode_frame(cursor.bytes(position, end), position, self.layout.key)
-            .map(|frame| (cursor.data.slice(from..from + frame.len as usize), frame)))
+        Ok(
+            decode_frame(cursor.bytes(position, end), position, self.layout.key)
+                .map(|frame| (cursor.data.slice(from..from + frame.len as usize), frame)),
+        )
     }
 
     pub fn file(&self) -> &Arc<dyn StorageFile> {

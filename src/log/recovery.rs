@@ -130,8 +130,9 @@ pub(crate) enum Mode<'a> {
         /// Treat a log cut or altered from outside as a dropped tail instead of refusing it.
         accept_loss: bool,
     },
-    /// Looking only: judge, change nothing.
-    Inspect,
+    /// Looking only: judge, change nothing (`accept_loss` as for `Repair`, to find where an
+    /// open that accepts a loss would end the log).
+    Inspect { accept_loss: bool },
 }
 
 /// What recovery found and did (or, inspecting, would do).
@@ -216,9 +217,23 @@ pub(crate) fn recover(
     mode: Mode<'_>,
     replay: &mut dyn Replay,
 ) -> Result<Recovered> {
-    let file_len = file.len()?;
-    let accept_loss = matches!(mode, Mode::Repair { accept_loss: true, .. });
+    let mut file_len = file.len()?;
+    let accept_loss = matches!(
+        mode,
+        Mode::Repair {
+            accept_loss: true,
+            ..
+        } | Mode::Inspect { accept_loss: true }
+    );
     check_length(file_len, layout, accept_loss)?;
+    if file_len < Layout::FIRST {
+        // Only when accepting a loss: even the header block was cut; it holds only zeros
+        // after the header, so it is put back as zeros.
+        if let Mode::Repair { .. } = mode {
+            file.set_len(Layout::FIRST)?;
+        }
+        file_len = Layout::FIRST;
+    }
     let reader = LogReader::new(file.clone(), layout, false);
     check_start(&reader, start, file_len)?;
     let mut durable = Durable {
@@ -254,7 +269,7 @@ pub(crate) fn recover(
         rewritten: durable.rewritten + (scanned.end - durable.proven),
     };
     match mode {
-        Mode::Inspect => {}
+        Mode::Inspect { .. } => {}
         Mode::Repair { fs, path, .. } => {
             repair(file, layout, fs, path, &mut recovered, &mut durable)?;
         }
@@ -490,7 +505,9 @@ fn cut_off(reader: &LogReader, layout: Layout, pos: u64, file_len: u64) -> Resul
             "the log file ends at {file_len}, inside the frame header at {pos}"
         ))));
     }
-    let len = u64::from(u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")));
+    let len = u64::from(u32::from_le_bytes(
+        header[4..8].try_into().expect("4 bytes"),
+    ));
     let plausible = len >= SEAL_FRAME_LEN && len.is_multiple_of(FRAME_ALIGN);
     if plausible && len <= layout.segment_end(pos) - pos && pos + len + SEAL_FRAME_LEN > file_len {
         return Ok(Some(Stop::CutOff(format!(
@@ -527,10 +544,8 @@ fn judge(
             ));
         }
     };
-    let clean_close = start.clean
-        && s.stop == Stop::Zeros
-        && s.stopped_at == start.position
-        && !s.pending;
+    let clean_close =
+        start.clean && s.stop == Stop::Zeros && s.stopped_at == start.position && !s.pending;
     if clean_close {
         return Ok(Verdict::Clean);
     }
@@ -675,7 +690,11 @@ fn save(
     let dir = crate::index::parent(path);
     let mut buf = vec![0u8; CHUNK.min(to - from) as usize];
     for n in 1..=100u32 {
-        let suffix = if n == 1 { String::new() } else { format!("-{n}") };
+        let suffix = if n == 1 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
         let target = dir.join(format!("{name}.dropped-{from}{suffix}"));
         if fs.exists(&target)? {
             if same_bytes(fs, &target, file, from, to)? {

@@ -168,7 +168,11 @@ mod tests {
         assert_eq!(sync.durable(), 5);
         let after = fs.crash(CrashPolicy::KeepAll);
         let g = after.open(Path::new("/d/log"), OpenMode::Existing).unwrap();
-        assert_eq!(g.len().unwrap(), 5, "the failed sync's bytes never reached the disk");
+        assert_eq!(
+            g.len().unwrap(),
+            5,
+            "the failed sync's bytes never reached the disk"
+        );
     }
 
     #[test]

@@ -160,7 +160,10 @@ impl LogWriter {
     fn link(&self, commit_end: bool) -> FrameLink {
         let position = self.end;
         let prev = self.last_frame.map_or(0, |last| position - last);
-        assert!(prev <= self.layout.segment_size, "a frame links back within a segment");
+        assert!(
+            prev <= self.layout.segment_size,
+            "a frame links back within a segment"
+        );
         FrameLink {
             position,
             durable: self.sync.durable().min(position),
@@ -246,7 +249,10 @@ impl LogWriter {
         // Right before writing: the staged bytes end exactly where the log's end says, inside
         // reserved space.
         assert_eq!(self.buf_at + self.buf.len() as u64, self.end + len);
-        assert!(self.end + len <= self.allocated_end, "frame beyond the reserved space");
+        assert!(
+            self.end + len <= self.allocated_end,
+            "frame beyond the reserved space"
+        );
         self.last_frame = Some(self.end);
         self.end += len;
     }

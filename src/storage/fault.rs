@@ -285,7 +285,8 @@ impl FaultFs {
             _ => 0,
         });
         for (i, op) in state.pending.iter().enumerate() {
-            if let (CrashPolicy::Sectors { .. }, Pending::Write { node, offset, data }) = (policy, op)
+            if let (CrashPolicy::Sectors { .. }, Pending::Write { node, offset, data }) =
+                (policy, op)
             {
                 // Each sector of the write (at absolute 512-byte boundaries) on its own.
                 let end = offset + data.len() as u64;
@@ -293,7 +294,7 @@ impl FaultFs {
                 while at < end {
                     let sector_end = ((at / SECTOR as u64) + 1) * SECTOR as u64;
                     let to = sector_end.min(end);
-                    if rng.next() % 2 == 0 {
+                    if rng.next().is_multiple_of(2) {
                         let part = &data[(at - offset) as usize..(to - offset) as usize];
                         write_into(contents.entry(*node).or_default(), at, part);
                     }
@@ -322,7 +323,7 @@ impl FaultFs {
                     _ => Keep::Whole,
                 },
                 CrashPolicy::Sectors { .. } => {
-                    if rng.next() % 4 == 0 {
+                    if rng.next().is_multiple_of(4) {
                         Keep::No
                     } else {
                         Keep::Whole

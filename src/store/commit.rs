@@ -527,7 +527,10 @@ fn stage(
         if part.events.is_empty() {
             // Nothing to write: the version it was checked at, and where the log ends.
             let version = version_of(info.count);
-            results.push(AppendResult::nothing(version, crate::Position::new(writer.end())));
+            results.push(AppendResult::nothing(
+                version,
+                crate::Position::new(writer.end()),
+            ));
             continue;
         }
         let stream: &str = &part.stream;

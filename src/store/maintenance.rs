@@ -49,6 +49,9 @@ pub struct StoreInfo {
     pub commits_replayed: u64,
     /// Why the sidecar was rebuilt at open, if it was.
     pub index_rebuilt: Option<String>,
+    /// Files beside the store holding bytes that recovery dropped (`NAME.annals.dropped-POS`)
+    /// or `annals repair` removed (`NAME.annals.removed-POS`), with their sizes.
+    pub saved_tails: Vec<(PathBuf, u64)>,
 }
 
 /// What [`Store::verify`] found.
@@ -133,6 +136,7 @@ impl Store {
             index_covered: shared.recovery.index_covered,
             commits_replayed: shared.recovery.commits_replayed,
             index_rebuilt: shared.recovery.index_rebuilt.clone(),
+            saved_tails: saved_tails(&shared.path),
         })
     }
 
@@ -142,7 +146,10 @@ impl Store {
     /// and then with (bytes read, bytes in all).
     ///
     /// Damage is not an `Err`: it is the report's [`problem`](VerifyReport::problem), with the
-    /// position of the first bad frame. `Err` is for failing to read at all.
+    /// position of the first bad frame, and [`events`](VerifyReport::events) counts the events
+    /// before it that passed every check. `Err` is for failing to read at all.
+    ///
+    /// On a store opened with [`Store::open_read_only`] this changes nothing on disk.
     ///
     /// ```
     /// use annals::{ExpectedVersion, NewEvent, Store};
@@ -178,8 +185,6 @@ impl Store {
                 Err(e) => return Err(e),
             };
             let position = e.position();
-            report.events += 1;
-            report.bytes = e.next_position().as_u64().saturating_sub(first);
             let expected = versions.get(e.stream()).copied().unwrap_or(0);
             if e.version() != expected {
                 report.problem = Some((
@@ -192,11 +197,13 @@ impl Store {
                 ));
                 break;
             }
-            versions.insert(e.stream().to_owned(), expected + 1);
             if let Some(problem) = self.check_indexed(&e)? {
                 report.problem = Some((position, problem));
                 break;
             }
+            versions.insert(e.stream().to_owned(), expected + 1);
+            report.events += 1;
+            report.bytes = e.next_position().as_u64().saturating_sub(first);
             if report.events.is_multiple_of(4096) {
                 progress(report.bytes, total);
             }
@@ -306,6 +313,33 @@ pub(crate) fn truncate_log_on(
         removed,
         saved_to,
     })
+}
+
+/// The files beside the store at `path` that hold dropped or removed log bytes.
+fn saved_tails(path: &Path) -> Vec<(PathBuf, u64)> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let name = name.to_string_lossy();
+    let prefixes = [format!("{name}.dropped-"), format!("{name}.removed-")];
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(PathBuf, u64)> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            prefixes.iter().any(|p| n.starts_with(p))
+        })
+        .map(|e| (e.path(), e.metadata().map_or(0, |m| m.len())))
+        .collect();
+    found.sort();
+    found
 }
 
 /// Bytes copied at a time when saving what a cut removes.

@@ -54,7 +54,7 @@ pub use read::{AllEvents, IndexedEvents, StreamEvents};
 ///     ExpectedVersion::NoStream,
 ///     [NewEvent::new("ItemAdded", "apple"), NewEvent::new("ItemAdded", "pear")],
 /// )?;
-/// assert_eq!(r.version, 1);
+/// assert_eq!(r.version, Some(1));
 /// store.append("cart-7", r.next_expected(), [NewEvent::new("CheckedOut", "")])?;
 ///
 /// let items: Vec<_> = store
@@ -724,7 +724,9 @@ impl Store {
         &self,
         handler: impl Fn(&crate::SubscriberFailure) + Send + Sync + 'static,
     ) {
-        self.shared.subscribers.set_failure_handler(Arc::new(handler));
+        self.shared
+            .subscribers
+            .set_failure_handler(Arc::new(handler));
     }
 
     /// Runs a failed subscription callback again on the event it failed on (read back from
@@ -1013,9 +1015,10 @@ impl Shared {
             self.index.release_frozen();
             return Err(e);
         }
-        self.index
-            .write_frozen(job)
-            .map_err(|e| self.poison.fail(format!("writing the index sidecar failed: {e}")))
+        self.index.write_frozen(job).map_err(|e| {
+            self.poison
+                .fail(format!("writing the index sidecar failed: {e}"))
+        })
     }
 
     /// Syncs the log if appends are not synced as they are made.

@@ -80,7 +80,9 @@ impl Store {
             ..start
         };
         let recovery_mode = if read_only {
-            Mode::Inspect
+            Mode::Inspect {
+                accept_loss: options.accept_loss,
+            }
         } else {
             Mode::Repair {
                 fs: &*fs,
@@ -177,7 +179,9 @@ fn create(
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".creating-{}", uuid::Uuid::new_v4().simple()));
     let tmp = PathBuf::from(tmp);
-    let file = fs.open(&tmp, OpenMode::CreateNew).map_err(|e| Error::io_at(&tmp, e))?;
+    let file = fs
+        .open(&tmp, OpenMode::CreateNew)
+        .map_err(|e| Error::io_at(&tmp, e))?;
     let frame_key = match format_version {
         crate::log::format::FORMAT_VERSION_1 => 0,
         // Random and never zero (zero would mean "no key").
@@ -247,14 +251,10 @@ fn rebuild_check(
     let old = Sidecar::peek(fs, sidecar, header.store_id, header.segment_size);
     let mut lost = None;
     if let Some((old_sidecar, meta)) = &old {
+        // Where an open that accepts any loss would end the log.
         let mut counts = Counts::default();
-        let found = recover(file, layout, ScanStart::BEGINNING, Mode::Inspect, &mut counts);
-        let log_end = match &found {
-            Ok(r) => r.end,
-            // A log cut from outside: its end is where the scan stopped.
-            Err(Error::Corrupt { .. }) if accept_loss => counts.end,
-            Err(_) => counts.end,
-        };
+        let inspect = Mode::Inspect { accept_loss: true };
+        let log_end = recover(file, layout, ScanStart::BEGINNING, inspect, &mut counts)?.end;
         if log_end < meta.covered {
             let old_counts = old_sidecar.stream_counts()?;
             let mut missing: Vec<(String, u64, u64)> = old_counts
@@ -284,10 +284,6 @@ fn rebuild_check(
                 streams: missing,
                 description,
             });
-        } else if let Err(e) = found
-            && !accept_loss
-        {
-            return Err(e);
         }
     }
     drop(old);
@@ -299,7 +295,12 @@ fn rebuild_check(
     Ok(lost)
 }
 
-fn describe_loss(covered: u64, log_end: u64, events: u64, missing: &[(String, u64, u64)]) -> String {
+fn describe_loss(
+    covered: u64,
+    log_end: u64,
+    events: u64,
+    missing: &[(String, u64, u64)],
+) -> String {
     let mut s = format!(
         "the log ends at {log_end}, before position {covered} that its old index covered: \
          {events} acknowledged event(s) are missing"
@@ -317,7 +318,6 @@ fn describe_loss(covered: u64, log_end: u64, events: u64, missing: &[(String, u6
 #[derive(Default)]
 struct Counts {
     streams: std::collections::HashMap<String, u64>,
-    end: u64,
 }
 
 impl Replay for Counts {
@@ -327,9 +327,6 @@ impl Replay for Counts {
                 .streams
                 .entry(EventRef::new(&e.bytes).stream().to_owned())
                 .or_default() += 1;
-        }
-        if let Some(last) = events.last() {
-            self.end = last.position + last.bytes.len() as u64;
         }
         Ok(())
     }

@@ -260,7 +260,14 @@ impl<'a> AllEvents<'a> {
             Body::Seal { .. } => {
                 let prev = u64::from(frame.link.prev);
                 let before = position.checked_sub(prev).filter(|_| prev != 0);
-                match before.map(|at| (at, self.shared.reader.try_read(at, self.limit, &mut Cursor::default()))) {
+                match before.map(|at| {
+                    (
+                        at,
+                        self.shared
+                            .reader
+                            .try_read(at, self.limit, &mut Cursor::default()),
+                    )
+                }) {
                     Some((at, read)) => match read? {
                         Ok((b, f)) => {
                             f.body == Body::Event

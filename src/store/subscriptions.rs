@@ -177,7 +177,9 @@ impl Subscribers {
         order.roots.entry(root).or_default().pending += 1;
         order.queue.push_back(Entry {
             root,
-            first: results.first().map_or(Position::START, |r| r.first_position),
+            first: results
+                .first()
+                .map_or(Position::START, |r| r.first_position),
             last: results.last().map_or(Position::START, |r| r.last_position),
         });
         ticket

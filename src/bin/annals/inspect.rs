@@ -17,6 +17,11 @@ pub fn open_existing(path: &Path) -> CliResult<Store> {
     open_with(path, Store::builder())
 }
 
+/// Opens an existing store read-only: nothing on disk changes.
+pub fn open_read_only(path: &Path) -> CliResult<Store> {
+    open_with(path, Store::builder().read_only(true))
+}
+
 /// Opens an existing store with `builder`'s options.
 pub fn open_with(path: &Path, builder: annals::StoreBuilder) -> CliResult<Store> {
     builder
@@ -51,8 +56,23 @@ pub struct InfoArgs {
 
 /// Runs `annals info`.
 pub fn info(args: InfoArgs) -> CliResult {
-    let store = open_existing(&args.store)?;
+    let store = open_read_only(&args.store)?;
     let info = store.info()?;
+    let recovery = store.recovery_report().clone();
+    let would_drop = recovery.truncated.as_ref().map(|t| {
+        json!({
+            "at": t.at,
+            "stopped_at": t.stopped_at,
+            "reason": t.reason,
+            "bytes": t.dropped_bytes,
+            "intact_frames": t.intact_frames,
+        })
+    });
+    let saved: Vec<Value> = info
+        .saved_tails
+        .iter()
+        .map(|(p, n)| json!({"path": p.display().to_string(), "bytes": n}))
+        .collect();
     let created = humantime::format_rfc3339_seconds(info.created_at).to_string();
     let covered = info.index_covered.as_u64();
     let end = info.end.as_u64();
@@ -72,6 +92,9 @@ pub fn info(args: InfoArgs) -> CliResult {
         "index_covered": covered,
         "commits_replayed_at_open": info.commits_replayed,
         "index_rebuilt": info.index_rebuilt,
+        "an_open_would_drop": would_drop,
+        "an_open_would_rewrite_bytes": recovery.rewritten,
+        "saved_dropped_bytes": saved,
     });
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -94,13 +117,29 @@ pub fn info(args: InfoArgs) -> CliResult {
         writeln!(out, "streams         {}", info.streams)?;
         writeln!(out, "last position   {end} (the next append goes there)")?;
         let replayed = match &info.index_rebuilt {
-            Some(reason) => format!("rebuilt at this open: {reason}"),
+            Some(reason) => format!("the sidecar is unusable ({reason}): an open rebuilds it"),
             None => format!(
-                "{} commits replayed from the log at this open",
+                "{} commits after it are in the log only (an open indexes them)",
                 info.commits_replayed
             ),
         };
         writeln!(out, "index covered   {covered} of {end}; {replayed}")?;
+        match &recovery.truncated {
+            Some(t) => writeln!(
+                out,
+                "unfinished tail an open would drop {} bytes at {} (the scan stopped at {}: {}); \
+                 they would be saved beside the store first",
+                t.dropped_bytes, t.at, t.stopped_at, t.reason
+            )?,
+            None => writeln!(out, "unfinished tail none")?,
+        }
+        for (path, bytes) in &info.saved_tails {
+            writeln!(
+                out,
+                "saved bytes     {} ({bytes} bytes dropped or removed from the log earlier)",
+                path.display()
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -109,7 +148,9 @@ pub fn info(args: InfoArgs) -> CliResult {
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Reads every frame and checks its checksum and position, stream versions, and the index
-against the log. Exit code 0 when clean; 5 with the first bad position otherwise.
+against the log, changing nothing (the store may not be open for writing elsewhere). Reports
+what an open would drop (an unfinished tail left by a crash). Exit code 0 when clean; 5 with the
+first bad position otherwise.
 
 Examples:
   annals verify shop.annals
@@ -125,7 +166,28 @@ pub struct VerifyArgs {
 
 /// Runs `annals verify`.
 pub fn verify(args: VerifyArgs) -> CliResult {
-    let store = open_existing(&args.store)?;
+    let store = match open_read_only(&args.store) {
+        Ok(store) => store,
+        Err(e) if e.code == CORRUPT => {
+            return Err(CliError::new(
+                CORRUPT,
+                format!(
+                    "verification failed: an open refuses this store: {}",
+                    e.message
+                ),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(t) = &store.recovery_report().truncated
+        && !args.quiet
+    {
+        println!(
+            "an open would drop an unfinished tail of {} bytes at position {} ({}), saving \
+             them beside the store first",
+            t.dropped_bytes, t.at, t.reason
+        );
+    }
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -156,7 +218,7 @@ pub fn verify(args: VerifyArgs) -> CliResult {
             format!(
                 "verification failed at position {}: {reason} ({} events before it were sound)",
                 position.as_u64(),
-                report.events.saturating_sub(1)
+                report.events
             ),
         )),
     }
@@ -199,7 +261,7 @@ pub struct DumpArgs {
 
 /// Runs `annals dump`.
 pub fn dump(args: DumpArgs) -> CliResult {
-    let store = open_existing(&args.store)?;
+    let store = open_read_only(&args.store)?;
     let limit = args.limit.unwrap_or(usize::MAX);
     let from = Position::new(args.from);
     let events: Box<dyn Iterator<Item = annals::Result<RecordedEvent>>> =

@@ -13,21 +13,45 @@ use crate::inspect::{open_with, store_error};
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "The index sidecar (NAME.annals.index) is derived from the log: this discards it and
-rebuilds it (the store must not be open elsewhere).
+rebuilds it (the store must not be open elsewhere). It refuses when the log ends before what the
+old sidecar covered (acknowledged events are missing from the log, or it was cut short), unless
+--accept-loss says to go on; then it reports what was lost.
 
-Example:
-  annals rebuild-index shop.annals"
+Examples:
+  annals rebuild-index shop.annals
+  annals rebuild-index shop.annals --accept-loss"
 )]
 pub struct RebuildIndexArgs {
     /// The store.
     pub store: PathBuf,
+    /// Rebuild even when acknowledged events are missing from the log, and report them.
+    #[arg(long)]
+    pub accept_loss: bool,
 }
 
 /// Runs `annals rebuild-index`.
 pub fn rebuild_index(args: RebuildIndexArgs) -> CliResult {
     let start = Instant::now();
-    let store = open_with(&args.store, Store::builder().rebuild_index(true))?;
+    let builder = Store::builder()
+        .rebuild_index(true)
+        .accept_loss(args.accept_loss);
+    let store = open_with(&args.store, builder)?;
     let report = store.recovery_report().clone();
+    if let Some(lost) = &report.lost {
+        println!("accepted a loss: {}", lost.description);
+    }
+    if let Some(t) = &report.truncated {
+        println!(
+            "dropped {} bytes at position {} ({}){}",
+            t.dropped_bytes,
+            t.at,
+            t.reason,
+            t.saved_to
+                .as_ref()
+                .map(|p| format!("; saved them to {}", p.display()))
+                .unwrap_or_default()
+        );
+    }
     let end = store.end_position().as_u64();
     store.close()?;
     println!(
