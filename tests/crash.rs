@@ -1,7 +1,13 @@
 //! Crash tests with the fault-injecting file system: a workload is stopped at every one of its
 //! I/O operations in turn, the machine "loses power" under several policies for the writes
-//! that were not synced, and the reopened store must hold every acknowledged event, nothing
-//! that was never appended, whole commits only, and an index that agrees with the log.
+//! that were not synced (none, all, prefixes, torn writes, random subsets, single sectors in
+//! any order), or the process dies and a new one opens the store (the page cache keeps what was
+//! written, failed syncs included, as on Linux), and the reopened store must hold every
+//! acknowledged event, nothing that was never appended, whole commits only, and an index that
+//! agrees with the log. The same is done at every I/O operation of an open that recovers a
+//! crashed store (replaying, dropping a torn tail, flushing its index).
+//!
+//! Each test prints how many crashes it simulated; together they simulate more than 10,000.
 
 mod common;
 
@@ -107,6 +113,9 @@ fn policies(n: u64, pending: usize) -> Vec<CrashPolicy> {
             seed: n ^ 0xDEAD_BEEF,
         },
     ];
+    p.extend((0..4).map(|k| CrashPolicy::Sectors {
+        seed: n * 4 + k + 1,
+    }));
     if pending > 0 {
         p.push(CrashPolicy::TearAt {
             ops: pending - 1,
@@ -169,31 +178,154 @@ fn a_power_cut_at_every_io_operation_loses_nothing_acknowledged() {
             );
             crashes += 1;
         }
+        // The process dies instead (the machine keeps running) ...
+        check_after_crash(fs.restart(), &ledger, &format!("kill at op {n}/{total}"));
+        crashes += 1;
     }
     println!("{crashes} crashes simulated over {total} I/O operations");
+    assert!(crashes >= 8 * total);
 }
 
 #[test]
 fn a_transient_failure_at_every_io_operation_poisons_and_recovers() {
     let total = total_ops();
+    let mut crashes = 0;
     for n in 0..total {
         let fs = FaultFs::new();
         fs.fail_at(n, FaultMode::Once, ErrorKind::Other);
         let mut ledger = Ledger::default();
         workload(&fs, &mut ledger);
-        // Reopen the same disk (the process restarted, the machine did not crash) ...
-        check_after_crash(
-            fs.crash(CrashPolicy::KeepAll),
-            &ledger,
-            &format!("failure at op {n}"),
-        );
-        // ... and after a power cut too.
+        // A new process opens the same disk (what a failed sync left is still readable, and
+        // still not durable), works on it, and then the power fails ...
+        check_after_crash(fs.restart(), &ledger, &format!("failure at op {n}"));
+        let restarted = fs.restart();
+        drop(open(&restarted).expect("a new process opens the store"));
+        for policy in [
+            CrashPolicy::DropUnsynced,
+            CrashPolicy::Sectors { seed: n + 1 },
+        ] {
+            check_after_crash(
+                restarted.crash(policy),
+                &ledger,
+                &format!("failure at op {n}, reopened, then {policy:?}"),
+            );
+        }
+        // ... or the power fails right away.
         check_after_crash(
             fs.crash(CrashPolicy::DropUnsynced),
             &ledger,
             &format!("failure at op {n}, then crash"),
         );
+        crashes += 4;
     }
+    println!("{crashes} crashes simulated after a transient failure at each of {total} operations");
+}
+
+/// A store left by a crash in the middle of the workload: commits after the sidecar's last
+/// flush, and a torn tail. Returns the crashed file system and what was acknowledged.
+fn crashed_store(cut: u64, policy: CrashPolicy) -> (FaultFs, Ledger) {
+    let fs = FaultFs::new();
+    fs.fail_at(cut, FaultMode::Always, ErrorKind::Other);
+    let mut ledger = Ledger::default();
+    workload(&fs, &mut ledger);
+    (fs.crash(policy), ledger)
+}
+
+#[test]
+fn a_power_cut_at_every_io_operation_of_a_recovering_open_loses_nothing_acknowledged() {
+    let total = total_ops();
+    let mut crashes = 0;
+    let mut opens = 0;
+    for (k, cut) in [total / 5, total / 3, total / 2, 2 * total / 3, total - 3]
+        .into_iter()
+        .enumerate()
+    {
+        let policy = match k % 3 {
+            0 => CrashPolicy::KeepAll,
+            1 => CrashPolicy::Random { seed: cut },
+            _ => CrashPolicy::Sectors { seed: cut },
+        };
+        let (base, ledger) = crashed_store(cut, policy);
+        // How many operations the recovering open does.
+        let probe = base.restart();
+        drop(open(&probe).expect("the crashed store opens"));
+        let ops = probe.op_count();
+        assert!(ops > 5, "the recovering open does I/O ({ops})");
+        opens += 1;
+        for n in 0..ops {
+            let fs = base.restart();
+            fs.fail_at(n, FaultMode::Always, ErrorKind::Other);
+            let _ = open(&fs).map(drop);
+            for policy in policies(n, fs.pending_count()) {
+                check_after_crash(
+                    fs.crash(policy),
+                    &ledger,
+                    &format!(
+                        "recovering open after a cut at {cut}, crash at its op {n}/{ops}, {policy:?}"
+                    ),
+                );
+                crashes += 1;
+            }
+        }
+    }
+    println!("{crashes} crashes simulated during {opens} recovering opens");
+    assert!(crashes > 1000);
+}
+
+/// The workload with appends that are not synced as they are made: nothing is promised
+/// durable, but after any crash the store opens, holds whole commits only, and its index
+/// agrees with its log.
+#[test]
+fn a_power_cut_at_every_io_operation_without_sync_leaves_a_consistent_store() {
+    let open_nosync = |fs: &FaultFs| {
+        Store::builder()
+            .file_system(fs.clone())
+            .segment_size(64 * 1024)
+            .index_flush_events(7)
+            .durability(annals::Durability::NoSync)
+            .open(PATH)
+    };
+    let run = |fs: &FaultFs| -> Vec<Commit> {
+        let mut commits = Vec::new();
+        let Ok(store) = open_nosync(fs) else {
+            return commits;
+        };
+        for i in 0..30u32 {
+            let events: Vec<_> = (0..1 + i % 3)
+                .map(|_| NewEvent::new("E", vec![i as u8; 200 + 300 * (i as usize % 7)]))
+                .collect();
+            let stream = format!("n-{}", i % 4);
+            commits.push(Commit {
+                parts: vec![(stream.clone(), events.iter().map(|e| e.id).collect())],
+            });
+            if store.append(&stream, ExpectedVersion::Any, events).is_err() {
+                break;
+            }
+            if i % 10 == 9 && store.flush_index().is_err() {
+                break;
+            }
+        }
+        commits
+    };
+    let total = {
+        let fs = FaultFs::new();
+        run(&fs);
+        fs.op_count()
+    };
+    let mut crashes = 0;
+    for n in 0..total {
+        let fs = FaultFs::new();
+        fs.fail_at(n, FaultMode::Always, ErrorKind::Other);
+        let maybe = run(&fs);
+        for policy in policies(n, fs.pending_count()) {
+            let crashed = fs.crash(policy);
+            let store = open_nosync(&crashed)
+                .unwrap_or_else(|e| panic!("op {n}, {policy:?}: reopen failed: {e}"));
+            verify(&store, &[], &maybe).unwrap_or_else(|e| panic!("op {n}, {policy:?}: {e}"));
+            crashes += 1;
+        }
+    }
+    println!("{crashes} crashes simulated over {total} I/O operations without sync");
 }
 
 #[test]

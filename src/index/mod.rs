@@ -444,8 +444,14 @@ impl Index {
     }
 
     /// Writes a frozen memtable to the sidecar, then drops it from memory.
+    ///
+    /// A failed write discards the sidecar's file ([`Sidecar::discard`]): the caller poisons
+    /// the store, and the next open rebuilds the index from the log.
     pub fn write_frozen(&self, frozen: Arc<Frozen>) -> Result<()> {
         let result = self.sidecar.write(&frozen.table, &frozen.meta);
+        if result.is_err() {
+            self.sidecar.discard();
+        }
         let mut flushing = self.flushing.lock();
         if result.is_ok() {
             let mut layers = self.layers.write();
@@ -470,7 +476,11 @@ impl Index {
     /// Records in the sidecar that the store is closed cleanly at the position it covers (call
     /// after the last flush), or, before the first write after such a close, that it no longer is.
     pub fn set_clean(&self, clean: bool) -> Result<()> {
-        self.sidecar.set_clean(clean)
+        let result = self.sidecar.set_clean(clean);
+        if result.is_err() {
+            self.sidecar.discard();
+        }
+        result
     }
 
     /// Blocks while a flush is under way and the active memtable has grown past `limit` events

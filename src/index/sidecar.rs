@@ -89,26 +89,94 @@ pub(crate) enum SidecarMode {
 
 pub(crate) struct Sidecar {
     db: Db,
+    /// Set when redb failed a consistency check on this file: it is removed when closed, so
+    /// the next open rebuilds it.
+    damaged: std::sync::atomic::AtomicBool,
+    /// The file (`None`: read-only or in memory, never removed).
+    file: Option<(Arc<dyn FileSystem>, PathBuf)>,
 }
 
 enum Db {
     Write(Database),
     Read(ReadOnlyDatabase),
+    Closed,
 }
 
 impl Db {
-    fn begin_read(&self) -> std::result::Result<ReadTransaction, redb::TransactionError> {
+    fn begin_read(&self) -> Result<ReadTransaction> {
         match self {
-            Db::Write(db) => db.begin_read(),
-            Db::Read(db) => db.begin_read(),
+            Db::Write(db) => Ok(db.begin_read()?),
+            Db::Read(db) => Ok(db.begin_read()?),
+            Db::Closed => Err(crate::Error::Index("the sidecar is closed".into())),
         }
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction> {
         match self {
             Db::Write(db) => Ok(db.begin_write()?),
-            Db::Read(_) => Err(crate::Error::Index("the sidecar is open read-only".into())),
+            Db::Read(_) | Db::Closed => {
+                Err(crate::Error::Index("the sidecar is open read-only".into()))
+            }
         }
+    }
+}
+
+impl Sidecar {
+    fn new(db: Db, file: Option<(Arc<dyn FileSystem>, PathBuf)>) -> Sidecar {
+        Sidecar {
+            db,
+            damaged: std::sync::atomic::AtomicBool::new(false),
+            file,
+        }
+    }
+
+    /// Runs a read or write of the sidecar, turning a panic inside redb (it may panic on a file
+    /// whose pages were lost, as a failed `fsync` on Linux can leave it) into an error: the
+    /// library never panics on what it reads from disk. The sidecar is then marked damaged,
+    /// and removed when closed, so the next open rebuilds it.
+    fn guard<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(result) => result,
+            Err(_) => {
+                self.damaged
+                    .store(true, std::sync::atomic::Ordering::Release);
+                Err(crate::Error::Index(
+                    "the index sidecar is damaged (its database failed a consistency check); it \
+                     is removed when the store closes, and the next open rebuilds it from the log"
+                        .into(),
+                ))
+            }
+        }
+    }
+}
+
+impl Sidecar {
+    /// Removes the sidecar's file now (its name; the open database goes on serving reads): a
+    /// write to it failed, and on Linux a failed sync can leave pages that a later open would
+    /// read from the page cache and a later commit would build on, though they never reach the
+    /// disk. The next open rebuilds the sidecar from the log instead.
+    pub fn discard(&self) {
+        self.damaged
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some((fs, path)) = &self.file {
+            let removed = match fs.remove_file(path) {
+                Err(e) if crate::storage::is_not_found(&e) => Ok(()),
+                other => other.and_then(|()| fs.sync_dir(parent(path))),
+            };
+            if let Err(e) = removed {
+                tracing::warn!(path = %path.display(), error = %e, "annals: could not remove a failed index sidecar");
+            }
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if !self.damaged.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        drop(std::mem::replace(&mut self.db, Db::Closed));
+        self.discard();
     }
 }
 
@@ -183,7 +251,8 @@ impl Sidecar {
                 builder.create_with_backend(redb::backends::InMemoryBackend::new())?
             }
         };
-        let sidecar = Sidecar { db: Db::Write(db) };
+        let file = (mode == SidecarMode::Write).then(|| (fs.clone(), path.to_owned()));
+        let sidecar = Sidecar::new(Db::Write(db), file);
         let meta = SidecarMeta::empty();
         let txn = sidecar.db.begin_write()?;
         {
@@ -319,7 +388,8 @@ impl Sidecar {
                 meta.next_stream_id
             )));
         }
-        Ok(Ok((Sidecar { db }, meta)))
+        let file = matches!(db, Db::Write(_)).then(|| (fs.clone(), path.to_owned()));
+        Ok(Ok((Sidecar::new(db, file), meta)))
     }
 
     /// Whether the sidecar can be written (a read-only open's own file cannot).
@@ -329,24 +399,28 @@ impl Sidecar {
 
     /// Every stream and its event count (for reporting what a rebuild lost).
     pub fn stream_counts(&self) -> Result<Vec<(String, u64)>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(STREAMS)?;
-        let mut out = Vec::new();
-        for entry in t.iter()? {
-            let (k, v) = entry?;
-            out.push((k.value().to_owned(), v.value().1));
-        }
-        Ok(out)
+        self.guard(|| {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(STREAMS)?;
+            let mut out = Vec::new();
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                out.push((k.value().to_owned(), v.value().1));
+            }
+            Ok(out)
+        })
     }
 
     pub fn begin_read(&self) -> Result<ReadTransaction> {
-        Ok(self.db.begin_read()?)
+        self.guard(|| self.db.begin_read())
     }
 
     /// (id, count) of a stream, if the sidecar knows it.
     pub fn stream(&self, txn: &ReadTransaction, name: &str) -> Result<Option<(u64, u64)>> {
-        let t = txn.open_table(STREAMS)?;
-        Ok(t.get(name)?.map(|v| v.value()))
+        self.guard(|| {
+            let t = txn.open_table(STREAMS)?;
+            Ok(t.get(name)?.map(|v| v.value()))
+        })
     }
 
     /// Up to `max` runs of stream `id`, starting with the one holding version `from` (or the
@@ -359,63 +433,69 @@ impl Sidecar {
         backwards: bool,
         max: usize,
     ) -> Result<Vec<Run>> {
-        let t = txn.open_table(RUNS)?;
-        let run = |entry: RunEntry<'_>| -> Result<Run> {
-            let (k, v) = entry?;
-            let ((_, first_version), (position, count)) = (k.value(), v.value());
-            Ok(Run {
-                first_version,
-                position,
-                count,
-            })
-        };
-        let mut out = Vec::new();
-        let mut upto = t.range((id, 0)..=(id, from))?;
-        if backwards {
-            for entry in upto.rev().take(max) {
-                out.push(run(entry)?);
+        self.guard(|| {
+            let t = txn.open_table(RUNS)?;
+            let run = |entry: RunEntry<'_>| -> Result<Run> {
+                let (k, v) = entry?;
+                let ((_, first_version), (position, count)) = (k.value(), v.value());
+                Ok(Run {
+                    first_version,
+                    position,
+                    count,
+                })
+            };
+            let mut out = Vec::new();
+            let mut upto = t.range((id, 0)..=(id, from))?;
+            if backwards {
+                for entry in upto.rev().take(max) {
+                    out.push(run(entry)?);
+                }
+                return Ok(out);
             }
-            return Ok(out);
-        }
-        if let Some(entry) = upto.next_back() {
-            let r = run(entry)?;
-            if r.contains(from) {
-                out.push(r);
+            if let Some(entry) = upto.next_back() {
+                let r = run(entry)?;
+                if r.contains(from) {
+                    out.push(r);
+                }
             }
-        }
-        if from < u64::MAX {
-            for entry in t
-                .range((id, from + 1)..=(id, u64::MAX))?
-                .take(max.saturating_sub(out.len()))
-            {
-                out.push(run(entry)?);
+            if from < u64::MAX {
+                for entry in t
+                    .range((id, from + 1)..=(id, u64::MAX))?
+                    .take(max.saturating_sub(out.len()))
+                {
+                    out.push(run(entry)?);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Records whether the store is closed cleanly at the sidecar's `covered` position.
     pub fn set_clean(&self, clean: bool) -> Result<()> {
-        if !self.writable() {
-            return Ok(());
-        }
-        let txn = self.db.begin_write()?;
-        txn.open_table(META)?
-            .insert("clean", &u64::from(clean).to_le_bytes()[..])?;
-        txn.commit()?;
-        Ok(())
+        self.guard(|| {
+            if !self.writable() {
+                return Ok(());
+            }
+            let txn = self.db.begin_write()?;
+            txn.open_table(META)?
+                .insert("clean", &u64::from(clean).to_le_bytes()[..])?;
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// The largest event id stored.
     pub fn max_id(&self) -> Result<Option<u128>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(IDS)?;
-        Ok(t.last()?.map(|(k, _)| k.value()))
+        self.guard(|| {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(IDS)?;
+            Ok(t.last()?.map(|(k, _)| k.value()))
+        })
     }
 
     /// The position of an event id.
     pub fn find_id(&self, txn: &ReadTransaction, id: u128) -> Result<Option<u64>> {
-        Ok(txn.open_table(IDS)?.get(id)?.map(|v| v.value()))
+        self.guard(|| Ok(txn.open_table(IDS)?.get(id)?.map(|v| v.value())))
     }
 
     /// Runs of a category or type: the last one starting before `from` (it may hold `from`),
@@ -428,80 +508,84 @@ impl Sidecar {
         from: u64,
         max: usize,
     ) -> Result<(Vec<PosRun>, bool)> {
-        let t = txn.open_table(pos_table(index))?;
-        let mut out = Vec::new();
-        let run = |(k, v): (redb::AccessGuard<(&str, u64)>, redb::AccessGuard<u32>)| PosRun {
-            position: k.value().1,
-            count: v.value(),
-        };
-        if from > 0
-            && let Some(entry) = t.range((name, 0)..(name, from))?.next_back()
-        {
-            out.push(run(entry?));
-        }
-        let mut rest = t.range((name, from)..=(name, u64::MAX))?;
-        for entry in rest.by_ref().take(max) {
-            out.push(run(entry?));
-        }
-        Ok((out, rest.next().is_some()))
+        self.guard(|| {
+            let t = txn.open_table(pos_table(index))?;
+            let mut out = Vec::new();
+            let run = |(k, v): (redb::AccessGuard<(&str, u64)>, redb::AccessGuard<u32>)| PosRun {
+                position: k.value().1,
+                count: v.value(),
+            };
+            if from > 0
+                && let Some(entry) = t.range((name, 0)..(name, from))?.next_back()
+            {
+                out.push(run(entry?));
+            }
+            let mut rest = t.range((name, from)..=(name, u64::MAX))?;
+            for entry in rest.by_ref().take(max) {
+                out.push(run(entry?));
+            }
+            Ok((out, rest.next().is_some()))
+        })
     }
 
     /// Writes a frozen memtable and the metadata it brings the sidecar to, in one transaction.
     pub fn write(&self, table: &MemTable, meta: &SidecarMeta) -> Result<()> {
-        let mut streams: Vec<(&str, (u64, u64))> = table
-            .streams
-            .iter()
-            .map(|(name, s)| (&**name, (s.id, s.count)))
-            .collect();
-        streams.sort_unstable();
-        let mut runs: Vec<((u64, u64), (u64, u32))> = table
-            .streams
-            .values()
-            .flat_map(|s| {
-                s.runs
-                    .iter()
-                    .map(|r| ((s.id, r.first_version), (r.position, r.count)))
-            })
-            .collect();
-        runs.sort_unstable();
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(STREAMS)?;
-            for (name, value) in streams {
-                t.insert(name, value)?;
-            }
-            let mut t = txn.open_table(RUNS)?;
-            for (key, value) in runs {
-                t.insert(key, value)?;
-            }
-            for (index, map) in [
-                (PosIndex::Category, &table.categories),
-                (PosIndex::EventType, &table.types),
-            ] {
-                let mut t = txn.open_table(pos_table(index))?;
-                let mut entries: Vec<(&str, u64, u32)> = map
-                    .iter()
-                    .flat_map(|(name, r)| {
-                        r.runs
-                            .iter()
-                            .map(move |run| (&**name, run.position, run.count))
-                    })
-                    .collect();
-                entries.sort_unstable();
-                for (name, position, count) in entries {
-                    t.insert((name, position), count)?;
+        self.guard(|| {
+            let mut streams: Vec<(&str, (u64, u64))> = table
+                .streams
+                .iter()
+                .map(|(name, s)| (&**name, (s.id, s.count)))
+                .collect();
+            streams.sort_unstable();
+            let mut runs: Vec<((u64, u64), (u64, u32))> = table
+                .streams
+                .values()
+                .flat_map(|s| {
+                    s.runs
+                        .iter()
+                        .map(|r| ((s.id, r.first_version), (r.position, r.count)))
+                })
+                .collect();
+            runs.sort_unstable();
+            let txn = self.db.begin_write()?;
+            {
+                let mut t = txn.open_table(STREAMS)?;
+                for (name, value) in streams {
+                    t.insert(name, value)?;
                 }
+                let mut t = txn.open_table(RUNS)?;
+                for (key, value) in runs {
+                    t.insert(key, value)?;
+                }
+                for (index, map) in [
+                    (PosIndex::Category, &table.categories),
+                    (PosIndex::EventType, &table.types),
+                ] {
+                    let mut t = txn.open_table(pos_table(index))?;
+                    let mut entries: Vec<(&str, u64, u32)> = map
+                        .iter()
+                        .flat_map(|(name, r)| {
+                            r.runs
+                                .iter()
+                                .map(move |run| (&**name, run.position, run.count))
+                        })
+                        .collect();
+                    entries.sort_unstable();
+                    for (name, position, count) in entries {
+                        t.insert((name, position), count)?;
+                    }
+                }
+                let mut ids: Vec<(u128, u64)> = table.ids.iter().map(|(k, v)| (*k, *v)).collect();
+                ids.sort_unstable();
+                let mut t = txn.open_table(IDS)?;
+                for (id, position) in ids {
+                    t.insert(id, position)?;
+                }
+                write_meta(&mut txn.open_table(META)?, meta)?;
             }
-            let mut ids: Vec<(u128, u64)> = table.ids.iter().map(|(k, v)| (*k, *v)).collect();
-            ids.sort_unstable();
-            let mut t = txn.open_table(IDS)?;
-            for (id, position) in ids {
-                t.insert(id, position)?;
-            }
-            write_meta(&mut txn.open_table(META)?, meta)?;
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 }
 
