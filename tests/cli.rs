@@ -383,3 +383,79 @@ fn every_command_has_help_with_examples() {
         assert!(stdout(&o).contains("Example"), "{command}: {}", stdout(&o));
     }
 }
+
+fn hash(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_default()
+}
+
+#[test]
+fn info_verify_and_dump_change_nothing_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_store(dir.path());
+    let end = Store::open(&file).unwrap().end_position().as_u64();
+    // A torn tail, as a crash leaves it.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all_at(&[0x5C; 77], end).unwrap();
+    }
+    let sidecar = dir.path().join("shop.annals.index");
+    let before = (hash(&file), hash(&sidecar));
+    let o = annals(&["info", path(&file)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("an open would drop 80 bytes at {end}")),
+        "{}",
+        stdout(&o)
+    );
+    let o = annals(&["info", path(&file), "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["an_open_would_drop"]["bytes"], 80);
+    let o = annals(&["verify", path(&file)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("an open would drop"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("clean: 90 events"), "{}", stdout(&o));
+    let o = annals(&["dump", path(&file)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 90);
+    assert!(
+        (hash(&file), hash(&sidecar)) == before,
+        "info, verify or dump changed the store"
+    );
+    // Opening for writing drops the tail and saves it; info then lists the saved bytes.
+    drop(Store::open(&file).unwrap());
+    let o = annals(&["info", path(&file)]);
+    assert!(
+        stdout(&o).contains(&format!("shop.annals.dropped-{end}")),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn a_log_cut_short_is_refused_until_the_loss_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_store(dir.path());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(10_000)
+        .unwrap();
+    for cmd in ["verify", "info", "dump", "rebuild-index"] {
+        let o = annals(&[cmd, path(&file)]);
+        assert_eq!(o.status.code(), Some(5), "{cmd}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("delete"), "{cmd}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("10000") || e.contains("are missing"), "{cmd}: {e}");
+    }
+    let o = annals(&["rebuild-index", path(&file)]);
+    assert!(stderr(&o).contains("--accept-loss"), "{}", stderr(&o));
+    let o = annals(&["rebuild-index", path(&file), "--accept-loss"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("accepted a loss"), "{}", stdout(&o));
+    let o = annals(&["verify", path(&file)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let left = all_events(&file).len();
+    assert!(left > 0 && left < 90, "{left}");
+}

@@ -113,8 +113,8 @@ fn policies(n: u64, pending: usize) -> Vec<CrashPolicy> {
             seed: n ^ 0xDEAD_BEEF,
         },
     ];
-    p.extend((0..4).map(|k| CrashPolicy::Sectors {
-        seed: n * 4 + k + 1,
+    p.extend((0..6).map(|k| CrashPolicy::Sectors {
+        seed: n * 6 + k + 1,
     }));
     if pending > 0 {
         p.push(CrashPolicy::TearAt {
@@ -236,10 +236,8 @@ fn a_power_cut_at_every_io_operation_of_a_recovering_open_loses_nothing_acknowle
     let total = total_ops();
     let mut crashes = 0;
     let mut opens = 0;
-    for (k, cut) in [total / 5, total / 3, total / 2, 2 * total / 3, total - 3]
-        .into_iter()
-        .enumerate()
-    {
+    let cuts = (1..=9).map(|k| total * k / 10).chain([total - 3]);
+    for (k, cut) in cuts.enumerate() {
         let policy = match k % 3 {
             0 => CrashPolicy::KeepAll,
             1 => CrashPolicy::Random { seed: cut },

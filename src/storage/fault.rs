@@ -859,4 +859,96 @@ mod tests {
             "seed 7 drops or tears at least one of 20 writes"
         );
     }
+
+    #[test]
+    fn a_failed_sync_drops_its_data_from_the_disk_but_not_from_reads() {
+        let fs = FaultFs::new();
+        let f = file(&fs, "/d/a");
+        f.write_all_at(b"kept", 0).unwrap();
+        f.sync_data().unwrap();
+        f.write_all_at(b"lost", 4).unwrap();
+        fs.fail_at(fs.op_count(), FaultMode::Once, io::ErrorKind::Other);
+        assert!(f.sync_data().is_err());
+        // Still readable (the page cache), in this process and in a new one ...
+        let mut buf = [0u8; 8];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"keptlost");
+        assert_eq!(contents(&fs.restart(), "/d/a").unwrap(), b"keptlost");
+        // ... the next sync succeeds, but the failed bytes never reach the disk ...
+        f.sync_data().unwrap();
+        assert_eq!(contents(&fs.crash(CrashPolicy::KeepAll), "/d/a").unwrap(), b"kept");
+        assert_eq!(
+            contents(&fs.restart().crash(CrashPolicy::KeepAll), "/d/a").unwrap(),
+            b"kept"
+        );
+        // ... unless they are written again.
+        f.write_all_at(b"lost", 4).unwrap();
+        f.sync_data().unwrap();
+        assert_eq!(
+            contents(&fs.crash(CrashPolicy::DropUnsynced), "/d/a").unwrap(),
+            b"keptlost"
+        );
+    }
+
+    #[test]
+    fn a_restart_keeps_what_is_visible_and_what_is_pending() {
+        let fs = FaultFs::new();
+        let f = file(&fs, "/d/a");
+        f.write_all_at(b"synced", 0).unwrap();
+        f.sync_data().unwrap();
+        f.write_all_at(b"+cache", 6).unwrap();
+        assert!(f.try_lock().unwrap());
+        let after = fs.restart();
+        let g = after.open(Path::new("/d/a"), OpenMode::Existing).unwrap();
+        assert!(g.try_lock().unwrap(), "a dead process holds no lock");
+        assert_eq!(contents(&after, "/d/a").unwrap(), b"synced+cache");
+        assert_eq!(after.pending_count(), 1);
+        assert_eq!(
+            contents(&after.crash(CrashPolicy::DropUnsynced), "/d/a").unwrap(),
+            b"synced"
+        );
+    }
+
+    #[test]
+    fn sectors_persist_independently_and_deterministically() {
+        let fs = FaultFs::new();
+        let f = file(&fs, "/d/a");
+        f.set_len(8 * SECTOR as u64).unwrap();
+        f.sync_data().unwrap();
+        f.write_all_at(&[0xFF; 8 * SECTOR], 0).unwrap();
+        let mut mixed = false;
+        for seed in 0..20 {
+            let a = contents(&fs.crash(CrashPolicy::Sectors { seed }), "/d/a").unwrap();
+            let b = contents(&fs.crash(CrashPolicy::Sectors { seed }), "/d/a").unwrap();
+            assert_eq!(a, b);
+            let sectors: Vec<bool> = a.chunks(SECTOR).map(|c| c[0] == 0xFF).collect();
+            for (k, c) in a.chunks(SECTOR).enumerate() {
+                assert!(
+                    c.iter().all(|&x| x == c[0]),
+                    "sector {k} is whole or absent"
+                );
+            }
+            mixed |= sectors.windows(2).any(|w| !w[0] && w[1]);
+        }
+        assert!(mixed, "a later sector survives where an earlier one does not");
+    }
+
+    #[test]
+    fn read_only_handles_change_nothing() {
+        let fs = FaultFs::new();
+        let _ = file(&fs, "/d/a");
+        let r = fs.open(Path::new("/d/a"), OpenMode::ReadOnly).unwrap();
+        assert_eq!(
+            r.write_all_at(b"x", 0).unwrap_err().kind(),
+            io::ErrorKind::PermissionDenied
+        );
+        assert!(r.set_len(10).is_err());
+        assert!(r.allocate(0, 10).is_err());
+        assert!(r.try_lock_shared().unwrap());
+        let w = fs.open(Path::new("/d/a"), OpenMode::Existing).unwrap();
+        assert!(!w.try_lock().unwrap(), "a shared lock keeps writers out");
+        r.unlock().unwrap();
+        assert!(w.try_lock().unwrap());
+        assert!(!r.try_lock_shared().unwrap(), "and a writer keeps readers out");
+    }
 }

@@ -102,3 +102,37 @@ impl FlushContext {
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
     Ok(std::thread::Builder::new().name(name.into()).spawn(f)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{FaultFs, FaultMode};
+    use crate::{ExpectedVersion, NewEvent, Store};
+
+    #[test]
+    fn the_background_flusher_never_writes_after_a_failed_sync() {
+        let fs = FaultFs::new();
+        let store = Store::builder()
+            .file_system(fs.clone())
+            .segment_size(64 * 1024)
+            .durability(Durability::Periodic(std::time::Duration::from_secs(3600)))
+            .index_flush_events(1_000_000)
+            .open("/b/s")
+            .unwrap();
+        for i in 0..5u8 {
+            store
+                .append("s", ExpectedVersion::Any, [NewEvent::new("E", vec![i])])
+                .unwrap();
+        }
+        // Another thread's sync failed (on Linux its pages are now clean and lost) ...
+        fs.fail_at(fs.op_count(), FaultMode::Once, std::io::ErrorKind::Other);
+        assert!(store.shared.sync.sync(0, false).is_err());
+        // ... so a flush job must not sync again (it would "succeed") and cover the lost bytes.
+        let job = store.shared.index.freeze(true).expect("a job");
+        let ops = fs.op_count();
+        FlushContext::new(&store.shared).flush(job);
+        assert_eq!(fs.op_count(), ops, "the flusher wrote or synced after the failure");
+        // Nothing waits for that job any more.
+        store.shared.index.wait_if_over(0);
+    }
+}
