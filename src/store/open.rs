@@ -38,12 +38,7 @@ impl Store {
             }
             Err(e) => return Err(Error::io_at(&path, e)),
         };
-        let locked = if read_only {
-            file.try_lock_shared()
-        } else {
-            file.try_lock()
-        };
-        if !locked.map_err(|e| Error::io_at(&path, e))? {
+        if !lock(&*file, read_only).map_err(|e| Error::io_at(&path, e))? {
             return Err(Error::Locked { path });
         }
         let header = read_header(&*file, &path)?;
@@ -154,6 +149,27 @@ impl Store {
             shared,
             background: Mutex::new(background),
         })
+    }
+}
+
+/// Takes the store's lock (shared for a read-only open). A lock held by a handle that is
+/// closing (another thread's store being dropped, or a child process forked by another thread
+/// that still holds a copy of the handle until it executes its program) is waited for briefly:
+/// up to about 100 ms, then the store counts as open elsewhere.
+fn lock(file: &dyn StorageFile, shared: bool) -> std::io::Result<bool> {
+    let mut wait = std::time::Duration::from_micros(200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
+    loop {
+        let locked = if shared {
+            file.try_lock_shared()?
+        } else {
+            file.try_lock()?
+        };
+        if locked || std::time::Instant::now() >= deadline {
+            return Ok(locked);
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(std::time::Duration::from_millis(20));
     }
 }
 
