@@ -29,6 +29,8 @@ pub mod bench;
 pub mod domain;
 mod error;
 mod index;
+#[cfg(feature = "internals")]
+pub mod internals;
 pub mod log;
 pub mod storage;
 mod store;

@@ -447,7 +447,10 @@ fn a_log_cut_short_is_refused_until_the_loss_is_accepted() {
         assert_eq!(o.status.code(), Some(5), "{cmd}: {}", stderr(&o));
         assert!(!stderr(&o).contains("delete"), "{cmd}: {}", stderr(&o));
         let e = stderr(&o);
-        assert!(e.contains("10000") || e.contains("are missing"), "{cmd}: {e}");
+        assert!(
+            e.contains("10000") || e.contains("are missing"),
+            "{cmd}: {e}"
+        );
     }
     let o = annals(&["rebuild-index", path(&file)]);
     assert!(stderr(&o).contains("--accept-loss"), "{}", stderr(&o));

@@ -75,7 +75,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<u8>(), any::<bool>(), 0u8..12).prop_map(|(from, backwards, limit)| Op::ReadAll { from, backwards, limit }),
         1 => Just(Op::FlushIndex),
         1 => Just(Op::Reopen),
-        1 => (0u8..4, any::<u64>()).prop_map(|(k, seed)| Op::Crash(k, seed)),
+        1 => (0u8..6, any::<u64>()).prop_map(|(k, seed)| Op::Crash(k, seed)),
         2 => (0u8..10).prop_map(Op::Poll),
         1 => Just(Op::Checkpoint),
         1 => Just(Op::RunOutbox),
@@ -369,16 +369,22 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
             }
             Op::Crash(kind, seed) => {
                 let policy = match kind {
-                    0 => CrashPolicy::DropUnsynced,
-                    1 => CrashPolicy::KeepAll,
-                    2 => CrashPolicy::Random { seed },
-                    _ => CrashPolicy::TearAt {
+                    0 => Some(CrashPolicy::DropUnsynced),
+                    1 => Some(CrashPolicy::KeepAll),
+                    2 => Some(CrashPolicy::Random { seed }),
+                    3 => Some(CrashPolicy::Sectors { seed }),
+                    // The process dies; the machine keeps running.
+                    4 => None,
+                    _ => Some(CrashPolicy::TearAt {
                         ops: fs.pending_count().saturating_sub(1),
                         bytes: seed as usize,
-                    },
+                    }),
                 };
-                let crashed = fs.crash(policy);
-                drop(store);
+                store.abandon();
+                let crashed = match policy {
+                    Some(policy) => fs.crash(policy),
+                    None => fs.restart(),
+                };
                 fs = crashed;
                 store = open(&fs, flush_every);
                 record(&store, &seen);

@@ -260,7 +260,7 @@ fn a_replaying_open_syncs_the_log_before_its_sidecar_covers_it() {
             .append("s", ExpectedVersion::Any, [ev("E", vec![i; 300])])
             .unwrap();
     }
-    std::mem::forget(store); // the process dies: nothing synced, everything in the page cache
+    store.abandon(); // the process dies: nothing synced, everything in the page cache
     let died = fs.restart();
     let open_small = |fs: &FaultFs| {
         Store::builder()

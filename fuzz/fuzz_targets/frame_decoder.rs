@@ -2,7 +2,9 @@
 //! what the encoder would write for the fields it decoded (no second way to spell a frame).
 #![no_main]
 
-use annals::log::format::{Body, EventRecord, EventRef, FileHeader, decode_frame, encode_event, encode_seal};
+use annals::log::format::{
+    Body, EventRecord, EventRef, FileHeader, decode_frame, encode_event, encode_seal,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,7 +14,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let position = u64::from_le_bytes(data[..8].try_into().unwrap());
     let bytes = &data[8..];
-    let Ok(frame) = decode_frame(bytes, position) else {
+    let key = u64::from_le_bytes(data[..8].try_into().unwrap()).rotate_left(17);
+    let Ok(frame) = decode_frame(bytes, position, key) else {
         return;
     };
     let len = frame.len as usize;
@@ -21,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let mut again = Vec::new();
     match frame.body {
         Body::Seal { next } => {
-            encode_seal(&mut again, frame.link, next);
+            encode_seal(&mut again, frame.link, key, next);
         }
         Body::Event => {
             let e = EventRef::new(frame_bytes);
@@ -44,8 +47,11 @@ fuzz_target!(|data: &[u8]| {
                 metadata: &frame_bytes[meta],
                 payload: &frame_bytes[payload],
             };
-            encode_event(&mut again, frame.link, &record);
+            encode_event(&mut again, frame.link, key, &record);
         }
     }
-    assert_eq!(again, frame_bytes, "a decoded frame re-encodes to the same bytes");
+    assert_eq!(
+        again, frame_bytes,
+        "a decoded frame re-encodes to the same bytes"
+    );
 });

@@ -412,26 +412,23 @@ fn scan(
     };
     let mut pending: Vec<RecoveredEvent> = Vec::new();
     let stop = loop {
-        if pos >= file_len {
+        if pos + SEAL_FRAME_LEN > file_len {
+            // Every frame has room for a seal after it (zeros, or the next frame).
             break Stop::CutOff(format!(
-                "the log file ends at {file_len}, where the log continues at {pos}"
+                "the log file ends at {file_len}, {} bytes after position {pos} where the log \
+                 goes on, where annals always keeps at least {SEAL_FRAME_LEN}",
+                file_len.saturating_sub(pos)
             ));
         }
         let (bytes, frame) = match reader.try_read(pos, file_len, &mut cursor)? {
             Ok(found) => found,
-            Err(FrameError::Empty) if file_len - pos >= SEAL_FRAME_LEN => break Stop::Zeros,
+            Err(FrameError::Empty) => break Stop::Zeros,
             Err(e) => match cut_off(reader, layout, pos, file_len)? {
                 Some(cut) => break cut,
                 None => break Stop::Bad(e.to_string()),
             },
         };
-        if pos + u64::from(frame.len) + SEAL_FRAME_LEN > file_len {
-            break Stop::CutOff(format!(
-                "the log file ends at {file_len}, within {SEAL_FRAME_LEN} bytes of the end of \
-                 the frame at {pos} ({} bytes), where annals always keeps room for a seal",
-                frame.len
-            ));
-        }
+
         // Right after reading: the frame is where the chain says.
         let expected_prev = last.map_or(0, |l| pos - l);
         if u64::from(frame.link.prev) != expected_prev {
@@ -583,6 +580,9 @@ struct Probe {
 
 const PROBE_CHUNK: u64 = 1 << 20;
 
+/// Zeros to compare blocks of the probed region with.
+static ZERO_BLOCK: [u8; 4096] = [0; 4096];
+
 /// Probes every 8-byte boundary from `from` to `file_len`; see the module docs.
 fn probe(reader: &LogReader, layout: Layout, from: u64, file_len: u64) -> Result<Probe> {
     let mut result = Probe {
@@ -600,7 +600,18 @@ fn probe(reader: &LogReader, layout: Layout, from: u64, file_len: u64) -> Result
         }
         buf.resize(len as usize, 0);
         reader.file().read_exact_at(&mut buf, chunk_start)?;
-        for (k, word) in buf.chunks_exact(8).enumerate() {
+        // Most of what follows the end of a log is zeros: skip zero blocks with one compare.
+        let nonzero_blocks = buf
+            .chunks(ZERO_BLOCK.len())
+            .enumerate()
+            .filter(|(_, block)| *block != &ZERO_BLOCK[..block.len()]);
+        let words = nonzero_blocks.flat_map(|(b, block)| {
+            block
+                .chunks_exact(8)
+                .enumerate()
+                .map(move |(k, word)| (b * ZERO_BLOCK.len() / 8 + k, word))
+        });
+        for (k, word) in words {
             let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
             if w == 0 {
                 continue;
@@ -625,6 +636,17 @@ fn probe(reader: &LogReader, layout: Layout, from: u64, file_len: u64) -> Result
         }
         // Overlap by one word, so a frame start in the last word pairs with its position field.
         chunk_start += (len - FRAME_ALIGN).max(FRAME_ALIGN);
+    }
+    // A file of a length annals never writes (accepted as a loss) may end in a partial word.
+    let tail = file_len % FRAME_ALIGN;
+    if tail != 0 && file_len - tail >= from {
+        let mut last = [0u8; FRAME_ALIGN as usize];
+        reader
+            .file()
+            .read_exact_at(&mut last[..tail as usize], file_len - tail)?;
+        if last.iter().any(|&b| b != 0) {
+            result.last_nonzero = result.last_nonzero.max(file_len);
+        }
     }
     Ok(result)
 }

@@ -588,16 +588,15 @@ impl FaultFile {
     }
 
     /// Runs a fallible change: counts it, may fail it, applies it now and records it pending.
-    fn change(&self, op: Pending) -> io::Result<()> {
+    fn change(&self, op: Change<'_>) -> io::Result<()> {
         self.writable()?;
         let mut state = self.fs.inner.state.lock();
         self.fs.tick(&mut state)?;
         if let Some(capacity) = state.capacity {
             let len = state.nodes[&self.node].current.len() as u64;
-            let new_len = match &op {
-                Pending::Write { offset, data, .. } => len.max(offset + data.len() as u64),
-                Pending::SetLen { len, .. } => *len,
-                _ => len,
+            let new_len = match op {
+                Change::Write { offset, data } => len.max(offset + data.len() as u64),
+                Change::SetLen(len) => len,
             };
             if new_len > len && state.used() + (new_len - len) > capacity {
                 return Err(io::Error::new(
@@ -606,31 +605,39 @@ impl FaultFile {
                 ));
             }
         }
-        let untracked = self.fs.inner.untracked;
         let node = state
             .nodes
             .get_mut(&self.node)
             .expect("node of an open handle");
-        match &op {
-            Pending::Write { offset, data, .. } => {
-                write_into(&mut node.current, *offset, data);
-                if untracked {
-                    write_into(&mut node.durable, *offset, data);
-                }
-            }
-            Pending::SetLen { len, .. } => {
-                node.current.resize(*len as usize, 0);
-                if untracked {
-                    node.durable.resize(*len as usize, 0);
-                }
-            }
-            Pending::Create { .. } | Pending::Remove { .. } => unreachable!("file-level change"),
+        match op {
+            Change::Write { offset, data } => write_into(&mut node.current, offset, data),
+            Change::SetLen(len) => node.current.resize(len as usize, 0),
         }
-        if !untracked {
-            state.pending.push(op);
+        // Untracked files (those of `MemoryFs`) keep only what is visible: everything is
+        // durable at once, and they never crash.
+        if !self.fs.inner.untracked {
+            let pending = match op {
+                Change::Write { offset, data } => Pending::Write {
+                    node: self.node,
+                    offset,
+                    data: data.to_vec(),
+                },
+                Change::SetLen(len) => Pending::SetLen {
+                    node: self.node,
+                    len,
+                },
+            };
+            state.pending.push(pending);
         }
         Ok(())
     }
+}
+
+/// A change to one file, borrowed (copied only when it must be remembered as pending).
+#[derive(Clone, Copy)]
+enum Change<'a> {
+    Write { offset: u64, data: &'a [u8] },
+    SetLen(u64),
 }
 
 impl StorageFile for FaultFile {
@@ -655,11 +662,7 @@ impl StorageFile for FaultFile {
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.change(Pending::Write {
-            node: self.node,
-            offset,
-            data: buf.to_vec(),
-        })
+        self.change(Change::Write { offset, data: buf })
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -695,10 +698,7 @@ impl StorageFile for FaultFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.change(Pending::SetLen {
-            node: self.node,
-            len,
-        })
+        self.change(Change::SetLen(len))
     }
 
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -876,7 +876,10 @@ mod tests {
         assert_eq!(contents(&fs.restart(), "/d/a").unwrap(), b"keptlost");
         // ... the next sync succeeds, but the failed bytes never reach the disk ...
         f.sync_data().unwrap();
-        assert_eq!(contents(&fs.crash(CrashPolicy::KeepAll), "/d/a").unwrap(), b"kept");
+        assert_eq!(
+            contents(&fs.crash(CrashPolicy::KeepAll), "/d/a").unwrap(),
+            b"kept"
+        );
         assert_eq!(
             contents(&fs.restart().crash(CrashPolicy::KeepAll), "/d/a").unwrap(),
             b"kept"
@@ -930,7 +933,10 @@ mod tests {
             }
             mixed |= sectors.windows(2).any(|w| !w[0] && w[1]);
         }
-        assert!(mixed, "a later sector survives where an earlier one does not");
+        assert!(
+            mixed,
+            "a later sector survives where an earlier one does not"
+        );
     }
 
     #[test]
@@ -949,6 +955,9 @@ mod tests {
         assert!(!w.try_lock().unwrap(), "a shared lock keeps writers out");
         r.unlock().unwrap();
         assert!(w.try_lock().unwrap());
-        assert!(!r.try_lock_shared().unwrap(), "and a writer keeps readers out");
+        assert!(
+            !r.try_lock_shared().unwrap(),
+            "and a writer keeps readers out"
+        );
     }
 }

@@ -131,7 +131,11 @@ mod tests {
         let job = store.shared.index.freeze(true).expect("a job");
         let ops = fs.op_count();
         FlushContext::new(&store.shared).flush(job);
-        assert_eq!(fs.op_count(), ops, "the flusher wrote or synced after the failure");
+        assert_eq!(
+            fs.op_count(),
+            ops,
+            "the flusher wrote or synced after the failure"
+        );
         // Nothing waits for that job any more.
         store.shared.index.wait_if_over(0);
     }

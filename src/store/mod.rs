@@ -6,7 +6,7 @@ pub(crate) mod codec;
 mod commit;
 pub(crate) mod maintenance;
 pub(crate) mod names;
-mod open;
+pub(crate) mod open;
 pub(crate) mod options;
 pub mod outbox;
 mod read;
@@ -826,6 +826,19 @@ impl Store {
     /// Flushes the index, syncs, and closes the store, reporting any error.
     pub fn close(self) -> Result<()> {
         self.shutdown()
+    }
+
+    /// Drops the store the way a killed process leaves it: background threads stop, and
+    /// nothing more is written or synced (no index flush, no clean-close mark). For crash
+    /// tests.
+    #[doc(hidden)]
+    pub fn abandon(self) {
+        let mut bg = self.background.lock();
+        self.shared.poison.set("the store was abandoned");
+        bg.stop(&self.shared);
+        bg.closed = true;
+        drop(bg);
+        self.shared.committer.writer().lock().quiesce();
     }
 
     fn shutdown(&self) -> Result<()> {
