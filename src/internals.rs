@@ -87,6 +87,18 @@ impl LogFile {
     /// Appends one commit of events `(stream, version, payload)` and makes it durable.
     /// Returns the position of its first frame and where the log ends after it.
     pub fn append(&mut self, events: &[(&str, u64, &[u8])]) -> Result<(u64, u64)> {
+        let mut positions = Vec::new();
+        let end = self.append_at(events, &mut positions)?;
+        Ok((positions[0], end))
+    }
+
+    /// Like [`append`](Self::append), pushing the position of every frame onto `positions`;
+    /// returns where the log ends after the commit.
+    pub fn append_at(
+        &mut self,
+        events: &[(&str, u64, &[u8])],
+        positions: &mut Vec<u64>,
+    ) -> Result<u64> {
         if events.is_empty() {
             return Err(Error::InvalidArgument("a commit has events".into()));
         }
@@ -121,12 +133,11 @@ impl LogFile {
             crate::log::writer::ReserveError::Refused(e)
             | crate::log::writer::ReserveError::Fatal(e) => e,
         })?;
-        let mut positions = Vec::new();
         let staged = self
             .writer
-            .stage_frames(records.into_iter(), true, &mut positions);
+            .stage_frames(records.into_iter(), true, positions);
         self.writer.write_staged(true)?;
-        Ok((staged.first, staged.end))
+        Ok(staged.end)
     }
 
     /// The file.

@@ -94,12 +94,16 @@
 //! # Recovery rule
 //!
 //! Recovery reads frames forward from the position the index sidecar covers. The end of the log
-//! is the end of the last frame that completes a commit. When it meets a frame that fails a
-//! check (or zeros) it asks whether that place was ever acknowledged: it was if the index covers
-//! it, or if any valid frame *after* it (probed at every 8-byte boundary to the end of the file)
-//! claims a `durable` end beyond it. Acknowledged bad bytes are corruption (`open` fails, naming
-//! the position); otherwise they are a torn, unacknowledged tail, which is zeroed and dropped.
-//! See the recovery rule in `src/log/recovery.rs`.
+//! is the end of the last frame that completes a commit. A file of a length annals never writes,
+//! or whose data runs into its end, was cut or altered from outside: that is corruption. When
+//! the scan meets a frame that fails a check (or zeros) it asks whether that place was ever
+//! acknowledged: it was if the index covers it, or if any valid frame *after* it (probed at
+//! every 8-byte boundary to the end of the file, under the frame key) claims a `durable` end
+//! beyond it. Acknowledged bad bytes are corruption (`open` fails, naming the position);
+//! otherwise they are a torn, unacknowledged tail, which is saved beside the store, zeroed and
+//! dropped. What no frame proves durable is written again before the file is synced. The
+//! rule, and the one ambiguity it leaves (damage inside the last group of commits that was
+//! synced, when nothing after it survives), are stated in full in `src/log/recovery.rs`.
 
 use std::ops::Range;
 
