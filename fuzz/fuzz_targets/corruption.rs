@@ -95,11 +95,18 @@ fuzz_target!(|input: Input| {
         assert!(first_change != u64::MAX, "an unchanged log is refused");
         return;
     };
-    let found: HashMap<u64, &bytes::Bytes> =
-        after.commits.iter().flatten().map(|(p, b)| (*p, b)).collect();
+    let found: HashMap<u64, &bytes::Bytes> = after
+        .commits
+        .iter()
+        .flatten()
+        .map(|(p, b)| (*p, b))
+        .collect();
     // Nothing that was never written.
     for (p, bytes) in &found {
-        assert!(frames.get(p) == Some(&&bytes[..]), "an event at {p} that was never written");
+        assert!(
+            frames.get(p) == Some(&&bytes[..]),
+            "an event at {p} that was never written"
+        );
     }
     // Every commit wholly before the first change, intact.
     for (positions, end) in &written {

@@ -411,7 +411,10 @@ impl Index {
     /// must pass the result to [`write_frozen`](Self::write_frozen). A table whose write failed
     /// is handed out again first (it must reach the sidecar before anything newer). Nothing is
     /// frozen when the sidecar is read-only.
-    pub fn freeze(&self, force: bool) -> Option<Arc<Frozen>> {
+    ///
+    /// With `clean`, the table's metadata marks the store closed cleanly at the position it
+    /// covers (the last flush of a close: one sidecar commit instead of two).
+    pub fn freeze(&self, force: bool, clean: bool) -> Option<Arc<Frozen>> {
         if !self.sidecar.writable() {
             return None;
         }
@@ -435,7 +438,7 @@ impl Index {
                 covered: layers.committed.end,
                 last_frame: layers.committed.last_frame,
                 next_stream_id: layers.next_stream_id,
-                clean: false,
+                clean,
             },
         });
         layers.frozen = Some(frozen.clone());
@@ -463,6 +466,11 @@ impl Index {
         *flushing = false;
         self.flushed.notify_all();
         result
+    }
+
+    /// Stops every write to the sidecar (see [`Sidecar::abandon`]).
+    pub fn abandon(&self) {
+        self.sidecar.abandon();
     }
 
     /// Gives up writing a frozen memtable for now (the store is poisoned): it stays in memory

@@ -94,6 +94,8 @@ pub(crate) struct Sidecar {
     damaged: std::sync::atomic::AtomicBool,
     /// The file (`None`: read-only or in memory, never removed).
     file: Option<(Arc<dyn FileSystem>, PathBuf)>,
+    /// Shared with the redb backend: set, nothing more is written (see [`Sidecar::abandon`]).
+    frozen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 enum Db {
@@ -122,12 +124,24 @@ impl Db {
 }
 
 impl Sidecar {
-    fn new(db: Db, file: Option<(Arc<dyn FileSystem>, PathBuf)>) -> Sidecar {
+    fn new(
+        db: Db,
+        file: Option<(Arc<dyn FileSystem>, PathBuf)>,
+        frozen: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Sidecar {
         Sidecar {
             db,
             damaged: std::sync::atomic::AtomicBool::new(false),
             file,
+            frozen,
         }
+    }
+
+    /// Stops every write to the sidecar's file, redb's own bookkeeping when it is dropped
+    /// included, as a killed process would (for crash tests).
+    pub fn abandon(&self) {
+        self.frozen
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Runs a read or write of the sidecar, turning a panic inside redb (it may panic on a file
@@ -178,6 +192,20 @@ impl Drop for Sidecar {
         drop(std::mem::replace(&mut self.db, Db::Closed));
         self.discard();
     }
+}
+
+/// A redb builder with the sidecar's settings. In fuzz builds (`--cfg fuzzing`, which redb
+/// also sees) its pages and regions are small, so that a fuzzer opening a store thousands of
+/// times a second does not copy a megabyte of empty database each time.
+fn builder(cache_size: usize) -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(cache_size);
+    #[cfg(fuzzing)]
+    {
+        b.set_page_size(512);
+        b.set_region_size(64 * 1024);
+    }
+    b
 }
 
 /// The highest stream id a sidecar may hand out (far beyond any real count; keeps `+ 1` safe).
@@ -233,11 +261,8 @@ impl Sidecar {
             Ok(Err(reason)) => reason,
             Err(e) => format!("unreadable: {e}"),
         };
-        let builder = {
-            let mut b = Database::builder();
-            b.set_cache_size(cache_size);
-            b
-        };
+        let builder = builder(cache_size);
+        let frozen: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let db = match mode {
             SidecarMode::Write => {
                 if fs.exists(path)? {
@@ -245,14 +270,14 @@ impl Sidecar {
                 }
                 let file = fs.open(path, OpenMode::CreateNew)?;
                 fs.sync_dir(parent(path))?;
-                builder.create_with_backend(RedbBackend::new(file))?
+                builder.create_with_backend(RedbBackend::new(file, frozen.clone()))?
             }
             SidecarMode::ReadOnly => {
                 builder.create_with_backend(redb::backends::InMemoryBackend::new())?
             }
         };
         let file = (mode == SidecarMode::Write).then(|| (fs.clone(), path.to_owned()));
-        let sidecar = Sidecar::new(Db::Write(db), file);
+        let sidecar = Sidecar::new(Db::Write(db), file, frozen);
         let meta = SidecarMeta::empty();
         let txn = sidecar.db.begin_write()?;
         {
@@ -313,15 +338,15 @@ impl Sidecar {
         }
         // redb may panic on a file altered behind its back; the sidecar is derived, so any
         // failure to open it just means it is rebuilt.
+        let frozen: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let opened = catch_unwind(AssertUnwindSafe(|| {
-            let mut builder = Database::builder();
-            builder.set_cache_size(cache_size);
+            let builder = builder(cache_size);
             match mode {
                 SidecarMode::Write => builder
-                    .create_with_backend(RedbBackend::new(file))
+                    .create_with_backend(RedbBackend::new(file, frozen.clone()))
                     .map(Db::Write),
                 SidecarMode::ReadOnly => builder
-                    .open_read_only_with_backend(RedbBackend::new(file))
+                    .open_read_only_with_backend(RedbBackend::new(file, frozen.clone()))
                     .map(Db::Read),
             }
         }));
@@ -389,7 +414,7 @@ impl Sidecar {
             )));
         }
         let file = matches!(db, Db::Write(_)).then(|| (fs.clone(), path.to_owned()));
-        Ok(Ok((Sidecar::new(db, file), meta)))
+        Ok(Ok((Sidecar::new(db, file, frozen), meta)))
     }
 
     /// Whether the sidecar can be written (a read-only open's own file cannot).

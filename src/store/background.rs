@@ -13,26 +13,53 @@ use crate::index::{Frozen, Index};
 use crate::log::sync::LogSync;
 use crate::store::options::Durability;
 
-/// The running background threads.
+/// The running background threads (the flusher is started by the first flush job: a store
+/// opened only to read starts no thread).
 #[derive(Default)]
 pub(super) struct Background {
-    flusher: Option<JoinHandle<()>>,
     syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     pub closed: bool,
 }
 
+/// The index flusher thread, once started.
+#[derive(Default)]
+pub(crate) enum Flusher {
+    /// Not started yet.
+    #[default]
+    Idle,
+    /// Running: jobs go through the channel.
+    Running(mpsc::Sender<Arc<Frozen>>, JoinHandle<()>),
+    /// The store is closing: jobs are written by the caller.
+    Closed,
+}
+
+impl Flusher {
+    /// Hands `job` to the flusher thread, starting it if needed; gives it back if there is no
+    /// thread to take it (the store is closing, or no thread could be started).
+    pub fn send(&mut self, shared: &Shared, job: Arc<Frozen>) -> Option<Arc<Frozen>> {
+        if let Flusher::Idle = self {
+            let (tx, rx) = mpsc::channel::<Arc<Frozen>>();
+            let ctx = FlushContext::new(shared);
+            match spawn("annals-index-flush", move || {
+                for job in rx {
+                    ctx.flush(job);
+                }
+            }) {
+                Ok(handle) => *self = Flusher::Running(tx, handle),
+                Err(_) => return Some(job),
+            }
+        }
+        match self {
+            Flusher::Running(tx, _) => tx.send(job).err().map(|e| e.0),
+            _ => Some(job),
+        }
+    }
+}
+
 impl Background {
-    /// Starts the flusher (and the syncer, for periodic durability).
+    /// Starts the syncer, for periodic durability.
     pub fn start(shared: &Arc<Shared>) -> Result<Background> {
         let mut background = Background::default();
-        let (tx, rx) = mpsc::channel::<Arc<Frozen>>();
-        *shared.flush_jobs.lock() = Some(tx);
-        let flusher = FlushContext::new(shared);
-        background.flusher = Some(spawn("annals-index-flush", move || {
-            for job in rx {
-                flusher.flush(job);
-            }
-        })?);
         if let Durability::Periodic(interval) = shared.durability {
             let (stop, stopped) = mpsc::channel::<()>();
             let ctx = FlushContext::new(shared);
@@ -54,8 +81,9 @@ impl Background {
             let _ = stop.send(());
             let _ = handle.join();
         }
-        shared.flush_jobs.lock().take();
-        if let Some(handle) = self.flusher.take() {
+        let flusher = std::mem::replace(&mut *shared.flusher.lock(), Flusher::Closed);
+        if let Flusher::Running(tx, handle) = flusher {
+            drop(tx);
             let _ = handle.join();
         }
     }
@@ -128,7 +156,7 @@ mod tests {
         fs.fail_at(fs.op_count(), FaultMode::Once, std::io::ErrorKind::Other);
         assert!(store.shared.sync.sync(0, false).is_err());
         // ... so a flush job must not sync again (it would "succeed") and cover the lost bytes.
-        let job = store.shared.index.freeze(true).expect("a job");
+        let job = store.shared.index.freeze(true, false).expect("a job");
         let ops = fs.op_count();
         FlushContext::new(&store.shared).flush(job);
         assert_eq!(

@@ -16,7 +16,6 @@ pub(crate) mod typed;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 
 use crate::log::sync::LogSync;
 
@@ -88,7 +87,7 @@ pub(crate) struct Shared {
     max_event_size: u64,
     /// Opened with [`Store::open_read_only`]: nothing is ever written.
     pub(crate) read_only: bool,
-    flush_jobs: Mutex<Option<mpsc::Sender<Arc<Frozen>>>>,
+    flusher: Mutex<background::Flusher>,
     recovery: RecoveryReport,
     pub(crate) counters: Counters,
     codec: codec::Codec,
@@ -817,7 +816,7 @@ impl Store {
         self.shared.poison.check()?;
         let _writer = self.shared.committer.writer().lock();
         self.shared.sync_unsynced()?;
-        while let Some(job) = self.shared.index.freeze(true) {
+        while let Some(job) = self.shared.index.freeze(true, false) {
             self.shared.write_frozen(job)?;
         }
         Ok(())
@@ -835,6 +834,7 @@ impl Store {
     pub fn abandon(self) {
         let mut bg = self.background.lock();
         self.shared.poison.set("the store was abandoned");
+        self.shared.index.abandon();
         bg.stop(&self.shared);
         bg.closed = true;
         drop(bg);
@@ -855,11 +855,14 @@ impl Store {
         writer.quiesce();
         self.shared.poison.check()?;
         self.shared.sync_unsynced()?;
-        while let Some(job) = self.shared.index.freeze(true) {
+        // The last flush also records the clean close (one sidecar commit, not two).
+        let mut flushed = false;
+        while let Some(job) = self.shared.index.freeze(true, true) {
             self.shared.write_frozen(job)?;
+            flushed = true;
         }
-        if self.shared.marked_clean.load(Ordering::Acquire) {
-            // Opened clean and nothing written since: the sidecar still says so.
+        if flushed || self.shared.marked_clean.load(Ordering::Acquire) {
+            // Marked by the flush, or opened clean and nothing written since.
             return Ok(());
         }
         self.shared.index.set_clean(true)
@@ -1007,14 +1010,10 @@ impl Shared {
 
     /// Hands a full memtable to the flusher, with back-pressure if it falls behind.
     fn after_commit(&self) {
-        if let Some(job) = self.index.freeze(false) {
-            match &*self.flush_jobs.lock() {
-                Some(tx) => {
-                    let _ = tx.send(job);
-                }
-                None => {
-                    let _ = self.write_frozen(job);
-                }
+        if let Some(job) = self.index.freeze(false, false) {
+            let unsent = self.flusher.lock().send(self, job);
+            if let Some(job) = unsent {
+                let _ = self.write_frozen(job);
             }
         }
         self.index.wait_if_over(4 * self.index.threshold());

@@ -122,7 +122,7 @@ impl Store {
             durability: options.durability,
             max_event_size: options.max_event_size,
             read_only,
-            flush_jobs: Mutex::new(None),
+            flusher: Mutex::new(Default::default()),
             recovery: RecoveryReport {
                 index_covered: crate::Position::new(start.position),
                 index_rebuilt,
@@ -407,7 +407,7 @@ impl Replay for IndexReplay<'_> {
     }
 
     fn flush(&mut self) -> Result<()> {
-        while let Some(job) = self.index.freeze(false) {
+        while let Some(job) = self.index.freeze(false, false) {
             self.index.write_frozen(job)?;
         }
         Ok(())
