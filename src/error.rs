@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::types::ExpectedVersion;
+use crate::values::ExpectedVersion;
 
 /// A `Result` whose error is [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

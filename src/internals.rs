@@ -120,7 +120,7 @@ impl LogFile {
             })
             .collect();
         for r in &records {
-            crate::store::names::check_stream_name(r.stream, true)?;
+            crate::names::check_stream_name(r.stream, true)?;
         }
         let total = records
             .iter()

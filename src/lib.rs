@@ -28,16 +28,18 @@
 pub mod bench;
 pub mod domain;
 mod error;
+mod event;
 mod index;
+mod names;
 #[cfg(feature = "internals")]
 pub mod internals;
 pub mod log;
 pub mod storage;
 mod store;
-mod types;
+mod values;
 
 pub use error::{Error, Result, SubscriberFailure};
-pub use index::category_of;
+pub use names::category_of;
 pub use log::format::PayloadEncoding;
 pub use log::recovery::Truncation;
 pub use store::catch_up::{CatchUp, ProjectionHandle, ProjectionOptions, Start};
@@ -55,9 +57,8 @@ pub use store::{
     AllEvents, IndexedEvents, Lost, RecoveryReport, Store, StoreBuilder, StoreStats, StreamEvents,
     Transaction,
 };
-pub use types::{
-    AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent, SubscriptionId,
-};
+pub use event::{AppendResult, NewEvent, RecordedEvent};
+pub use values::{Direction, ExpectedVersion, Position, SubscriptionId};
 
 #[doc(hidden)]
 pub mod __private {

@@ -137,7 +137,7 @@ impl System for Sqlite {
                     .optional()?
                     .flatten();
                 let first = last.map_or(0, |v| v + 1);
-                let created = crate::types::nanos_since_epoch(std::time::SystemTime::now()) as i64;
+                let created = crate::event::nanos_since_epoch(std::time::SystemTime::now()) as i64;
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO events (stream, version, id, type, created, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
@@ -264,7 +264,7 @@ impl System for Redb {
                 Some((k, _)) => k.value() + 1,
                 None => 0,
             };
-            let created = crate::types::nanos_since_epoch(std::time::SystemTime::now());
+            let created = crate::event::nanos_since_epoch(std::time::SystemTime::now());
             for (i, e) in (0u64..).zip(events) {
                 log.insert(seq + i, encode(stream, version + i, e, created).as_slice())?;
                 streams.insert((stream, version + i), seq + i)?;

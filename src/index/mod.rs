@@ -21,11 +21,12 @@ use std::sync::Arc;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::Result;
+use crate::names::category_of;
 use crate::log::recovery::ScanStart;
 use memtable::{MemStream, MemTable, PosRun, PosRunAdd, Run, RunAdd};
 use sidecar::{Sidecar, SidecarMeta};
 
-pub(crate) use sidecar::{SidecarMode, parent, sidecar_path};
+pub(crate) use sidecar::{SidecarMode, sidecar_path};
 
 /// The end of the log readers may see, and its last frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,12 +114,6 @@ pub(crate) enum PosIndex {
     EventType,
 }
 
-/// The category of a stream: its name up to the first `-` (the whole name if it has none).
-pub fn category_of(stream: &str) -> &str {
-    stream
-        .split_once('-')
-        .map_or(stream, |(category, _)| category)
-}
 
 /// A stream's runs around a version, with the stream's count and the log's committed end at the
 /// moment they were read.

@@ -30,7 +30,7 @@ use super::PosIndex;
 use super::memtable::{MemTable, PosRun, Run};
 use crate::error::Result;
 use crate::log::Layout;
-use crate::storage::{FileSystem, OpenMode, RedbBackend, is_not_found};
+use crate::storage::{FileSystem, OpenMode, RedbBackend, is_not_found, parent_dir as parent};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const STREAMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("streams");
@@ -94,7 +94,7 @@ pub(crate) struct Sidecar {
     damaged: std::sync::atomic::AtomicBool,
     /// The file (`None`: read-only or in memory, never removed).
     file: Option<(Arc<dyn FileSystem>, PathBuf)>,
-    /// Shared with the redb backend: set, nothing more is written (see [`Sidecar::abandon`]).
+    /// Engine with the redb backend: set, nothing more is written (see [`Sidecar::abandon`]).
     frozen: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -627,14 +627,6 @@ fn write_meta(t: &mut redb::Table<&str, &[u8]>, meta: &SidecarMeta) -> Result<()
 
 fn u64_of(b: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(b.try_into().ok()?))
-}
-
-/// The directory holding `path` (`.` for a bare file name).
-pub(crate) fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
 }
 
 /// `NAME.annals.index` beside `NAME.annals`.

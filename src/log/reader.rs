@@ -23,7 +23,7 @@ use crate::storage::StorageFile;
 const FIRST_CHUNK: usize = 8 * 1024;
 const MAX_CHUNK: usize = 1024 * 1024;
 
-/// Reads frames of one log file. Shared by all readers.
+/// Reads frames of one log file. Engine by all readers.
 #[derive(Debug)]
 pub(crate) struct LogReader {
     file: Arc<dyn StorageFile>,

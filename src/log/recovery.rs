@@ -709,7 +709,7 @@ fn save(
     to: u64,
 ) -> Result<PathBuf> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let dir = crate::index::parent(path);
+    let dir = crate::storage::parent_dir(path);
     let mut buf = vec![0u8; CHUNK.min(to - from) as usize];
     for n in 1..=100u32 {
         let suffix = if n == 1 {

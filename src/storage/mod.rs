@@ -113,6 +113,14 @@ pub trait StorageFile: Send + Sync + Debug {
     fn map(&self, offset: u64, len: usize) -> io::Result<Option<memmap2::MmapRaw>>;
 }
 
+/// The directory holding `path`, for syncing its entries (`.` for a bare file name).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Whether the error is the "not found" kind.
 pub(crate) fn is_not_found(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use super::Shared;
+use super::Engine;
 use super::commit::Poison;
 use crate::error::Result;
 use crate::index::{Frozen, Index};
@@ -36,10 +36,10 @@ pub(crate) enum Flusher {
 impl Flusher {
     /// Hands `job` to the flusher thread, starting it if needed; gives it back if there is no
     /// thread to take it (the store is closing, or no thread could be started).
-    pub fn send(&mut self, shared: &Shared, job: Arc<Frozen>) -> Option<Arc<Frozen>> {
+    pub fn send(&mut self, engine: &Engine, job: Arc<Frozen>) -> Option<Arc<Frozen>> {
         if let Flusher::Idle = self {
             let (tx, rx) = mpsc::channel::<Arc<Frozen>>();
-            let ctx = FlushContext::new(shared);
+            let ctx = FlushContext::new(engine);
             match spawn("annals-index-flush", move || {
                 for job in rx {
                     ctx.flush(job);
@@ -58,11 +58,11 @@ impl Flusher {
 
 impl Background {
     /// Starts the syncer, for periodic durability.
-    pub fn start(shared: &Arc<Shared>) -> Result<Background> {
+    pub fn start(engine: &Arc<Engine>) -> Result<Background> {
         let mut background = Background::default();
-        if let Durability::Periodic(interval) = shared.durability {
+        if let Durability::Periodic(interval) = engine.durability {
             let (stop, stopped) = mpsc::channel::<()>();
-            let ctx = FlushContext::new(shared);
+            let ctx = FlushContext::new(engine);
             let handle = spawn("annals-sync", move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     if !ctx.sync_log() {
@@ -76,12 +76,12 @@ impl Background {
     }
 
     /// Stops the threads and waits for them (the flusher finishes its queued jobs first).
-    pub fn stop(&mut self, shared: &Shared) {
+    pub fn stop(&mut self, engine: &Engine) {
         if let Some((stop, handle)) = self.syncer.take() {
             let _ = stop.send(());
             let _ = handle.join();
         }
-        let flusher = std::mem::replace(&mut *shared.flusher.lock(), Flusher::Closed);
+        let flusher = std::mem::replace(&mut *engine.flusher.lock(), Flusher::Closed);
         if let Flusher::Running(tx, handle) = flusher {
             drop(tx);
             let _ = handle.join();
@@ -98,12 +98,12 @@ struct FlushContext {
 }
 
 impl FlushContext {
-    fn new(shared: &Shared) -> FlushContext {
+    fn new(engine: &Engine) -> FlushContext {
         FlushContext {
-            index: shared.index.clone(),
-            sync: shared.sync.clone(),
-            poison: shared.poison.clone(),
-            sync_first: shared.durability != Durability::Immediate,
+            index: engine.index.clone(),
+            sync: engine.sync.clone(),
+            poison: engine.poison.clone(),
+            sync_first: engine.durability != Durability::Immediate,
         }
     }
 
@@ -154,17 +154,17 @@ mod tests {
         }
         // Another thread's sync failed (on Linux its pages are now clean and lost) ...
         fs.fail_at(fs.op_count(), FaultMode::Once, std::io::ErrorKind::Other);
-        assert!(store.shared.sync.sync(0, false).is_err());
+        assert!(store.engine.sync.sync(0, false).is_err());
         // ... so a flush job must not sync again (it would "succeed") and cover the lost bytes.
-        let job = store.shared.index.freeze(true, false).expect("a job");
+        let job = store.engine.index.freeze(true, false).expect("a job");
         let ops = fs.op_count();
-        FlushContext::new(&store.shared).flush(job);
+        FlushContext::new(&store.engine).flush(job);
         assert_eq!(
             fs.op_count(),
             ops,
             "the flusher wrote or synced after the failure"
         );
         // Nothing waits for that job any more.
-        store.shared.index.wait_if_over(0);
+        store.engine.index.wait_if_over(0);
     }
 }

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::Store;
-use super::names::check_stream_name;
+use crate::names::check_stream_name;
 use super::subscriptions::{BoxError, Filter};
 use crate::error::{Error, Result};
-use crate::types::{Direction, ExpectedVersion, NewEvent, Position, RecordedEvent};
+use crate::values::{Direction, ExpectedVersion, Position};
+use crate::event::{NewEvent, RecordedEvent};
 
 /// Where a catch-up subscription without a checkpoint starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +163,7 @@ impl CatchUp<'_> {
     /// Blocks until events past [`position`](Self::position) are acknowledged, or `timeout`
     /// passes; returns whether there are.
     pub fn wait(&self, timeout: Duration) -> bool {
-        self.store.shared.wait_past(self.next.as_u64(), timeout)
+        self.store.engine.wait_past(self.next.as_u64(), timeout)
     }
 
     /// Durably records [`position`](Self::position) as this subscription's checkpoint.
@@ -212,7 +213,7 @@ struct Progress {
     stopped: bool,
 }
 
-struct Shared<P> {
+struct Projection<P> {
     projection: Mutex<P>,
     progress: Mutex<Progress>,
     moved: Condvar,
@@ -221,7 +222,7 @@ struct Shared<P> {
 
 /// A projection running in the background; see [`Store::run_projection`].
 pub struct ProjectionHandle<P> {
-    shared: Arc<Shared<P>>,
+    state: Arc<Projection<P>>,
     thread: Option<JoinHandle<Result<()>>>,
 }
 
@@ -270,7 +271,7 @@ impl Store {
             + 'static,
     {
         let processed = self.catch_up(name, start, filter.clone())?.position();
-        let shared = Arc::new(Shared {
+        let projection_state = Arc::new(Projection {
             projection: Mutex::new(state),
             progress: Mutex::new(Progress {
                 processed,
@@ -280,7 +281,7 @@ impl Store {
             moved: Condvar::new(),
             stop: std::sync::atomic::AtomicBool::new(false),
         });
-        let (store, ctx, name) = (self.clone(), shared.clone(), name.to_owned());
+        let (store, ctx, name) = (self.clone(), projection_state.clone(), name.to_owned());
         let thread = std::thread::Builder::new()
             .name(format!("annals-projection-{name}"))
             .spawn(move || {
@@ -294,7 +295,7 @@ impl Store {
                 result
             })?;
         Ok(ProjectionHandle {
-            shared,
+            state: projection_state,
             thread: Some(thread),
         })
     }
@@ -302,7 +303,7 @@ impl Store {
 
 fn run<P, F>(
     store: &Store,
-    ctx: &Shared<P>,
+    ctx: &Projection<P>,
     name: &str,
     start: Start,
     filter: Filter,
@@ -355,7 +356,7 @@ impl<P> ProjectionHandle<P> {
     /// it was. Fails if the projection stopped on an error.
     pub fn wait_for(&self, position: Position, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
-        let mut progress = self.shared.progress.lock();
+        let mut progress = self.state.progress.lock();
         loop {
             if let Some(e) = &progress.failed {
                 return Err(Error::Projection {
@@ -369,7 +370,7 @@ impl<P> ProjectionHandle<P> {
             }
             if progress.stopped
                 || self
-                    .shared
+                    .state
                     .moved
                     .wait_until(&mut progress, deadline)
                     .timed_out()
@@ -381,17 +382,17 @@ impl<P> ProjectionHandle<P> {
 
     /// Every event before this position has been applied.
     pub fn position(&self) -> Position {
-        self.shared.progress.lock().processed
+        self.state.progress.lock().processed
     }
 
     /// Runs `f` on the projection's state (the read model).
     pub fn with<R>(&self, f: impl FnOnce(&P) -> R) -> R {
-        f(&self.shared.projection.lock())
+        f(&self.state.projection.lock())
     }
 
     /// Stops the projection, checkpoints, and returns its state.
     pub fn stop(mut self) -> Result<P> {
-        self.shared
+        self.state
             .stop
             .store(true, std::sync::atomic::Ordering::Release);
         let thread = self.thread.take().expect("joined once");
@@ -399,10 +400,10 @@ impl<P> ProjectionHandle<P> {
             .join()
             .map_err(|_| Error::InvalidArgument("the projection thread panicked".into()))?;
         result?;
-        let shared = self.shared.clone();
+        let projection_state = self.state.clone();
         drop(self);
-        match Arc::try_unwrap(shared) {
-            Ok(shared) => Ok(shared.projection.into_inner()),
+        match Arc::try_unwrap(projection_state) {
+            Ok(projection_state) => Ok(projection_state.projection.into_inner()),
             Err(_) => unreachable!("the thread is joined and the handle dropped"),
         }
     }
@@ -411,7 +412,7 @@ impl<P> ProjectionHandle<P> {
 impl<P> Drop for ProjectionHandle<P> {
     fn drop(&mut self) {
         if let Some(thread) = self.thread.take() {
-            self.shared
+            self.state
                 .stop
                 .store(true, std::sync::atomic::Ordering::Release);
             let _ = thread.join();

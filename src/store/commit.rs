@@ -24,14 +24,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::Shared;
+use super::Engine;
 use crate::error::{Error, Result};
 use crate::index::{Committed, PartIndex, StreamInfo};
-use crate::log::format::EventRecord;
 pub(crate) use crate::log::sync::Poison;
 use crate::log::writer::{LogWriter, ReserveError};
 use crate::store::options::Durability;
-use crate::types::{AppendResult, ExpectedVersion, NewEvent};
+use crate::values::ExpectedVersion;
+use crate::event::{AppendResult, NewEvent};
 
 /// One stream's part of a request.
 pub(crate) struct Part {
@@ -127,8 +127,8 @@ impl Committer {
     }
 
     /// Commits `parts` as one atomic unit, sharing the write and sync with concurrent callers.
-    pub fn commit(&self, shared: &Shared, parts: Vec<Part>) -> Result<Outcome> {
-        shared.poison.check()?;
+    pub fn commit(&self, engine: &Engine, parts: Vec<Part>) -> Result<Outcome> {
+        engine.poison.check()?;
         let request = Arc::new(Request {
             parts,
             root: super::subscriptions::nested_root(),
@@ -159,9 +159,9 @@ impl Committer {
             }
         }
         // This thread leads: its own request is pending, so it is in the group it commits.
-        let group = self.gather(shared);
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.lead(shared, &group))) {
-            let err = shared.poison.fail(format!(
+        let group = self.gather(engine);
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.lead(engine, &group))) {
+            let err = engine.poison.fail(format!(
                 "the commit leader panicked ({}); the group it was committing failed",
                 super::subscriptions::panic_message(&panic)
             ));
@@ -186,9 +186,9 @@ impl Committer {
     /// Takes the pending requests as a group. With synced appends, first waits briefly for as
     /// many requests as the last group had: appenders that were just woken need a moment to
     /// come back, and one sync for all of them beats one sync each.
-    fn gather(&self, shared: &Shared) -> Vec<Arc<Request>> {
+    fn gather(&self, engine: &Engine) -> Vec<Arc<Request>> {
         let mut queue = self.queue.lock();
-        if shared.durability == Durability::Immediate && queue.pending.len() < queue.last_group {
+        if engine.durability == Durability::Immediate && queue.pending.len() < queue.last_group {
             let deadline = Instant::now() + GATHER_WAIT;
             // Spin first: the others are on their way back, and a sleeping leader would need
             // waking (slow on virtual machines); then sleep until the deadline.
@@ -213,9 +213,9 @@ impl Committer {
         group
     }
 
-    fn lead(&self, shared: &Shared, group: &[Arc<Request>]) {
+    fn lead(&self, engine: &Engine, group: &[Arc<Request>]) {
         let mut writer = self.writer.lock();
-        if let Err(e) = shared.poison.check() {
+        if let Err(e) = engine.poison.check() {
             group.iter().for_each(|r| r.finish(Err(clone_poison(&e))));
             return;
         }
@@ -223,7 +223,7 @@ impl Committer {
         let mut accepted: Vec<(&Arc<Request>, Vec<AppendResult>, bool)> = Vec::new();
         let mut index_parts: Vec<PartIndex> = Vec::new();
         for request in group {
-            match stage(&mut writer, shared, &mut overlay, &request.parts) {
+            match stage(&mut writer, engine, &mut overlay, &request.parts) {
                 Ok((results, parts)) => {
                     accepted.push((request, results, !parts.is_empty()));
                     index_parts.extend(parts);
@@ -251,9 +251,9 @@ impl Committer {
         }
         // Recovery skips probing past the end of a store closed cleanly: before the first write
         // after such an open, the sidecar must durably stop saying so.
-        if shared.marked_clean.load(Ordering::Acquire) {
-            if let Err(e) = shared.index.set_clean(false) {
-                let err = shared
+        if engine.marked_clean.load(Ordering::Acquire) {
+            if let Err(e) = engine.index.set_clean(false) {
+                let err = engine
                     .poison
                     .fail(format!("clearing the clean-close mark failed: {e}"));
                 accepted
@@ -261,9 +261,9 @@ impl Committer {
                     .for_each(|(r, _, _)| r.finish(Err(clone_poison(&err))));
                 return;
             }
-            shared.marked_clean.store(false, Ordering::Release);
+            engine.marked_clean.store(false, Ordering::Release);
         }
-        if let Err(err) = writer.write_staged(shared.durability == Durability::Immediate) {
+        if let Err(err) = writer.write_staged(engine.durability == Durability::Immediate) {
             accepted
                 .iter()
                 .for_each(|(r, _, _)| r.finish(Err(clone_poison(&err))));
@@ -273,26 +273,26 @@ impl Committer {
             end: writer.end(),
             last_frame: writer.last_frame(),
         };
-        if let Err(e) = shared.index.apply(&index_parts, committed) {
+        if let Err(e) = engine.index.apply(&index_parts, committed) {
             // The group is in the log; reopening replays it into a sound index.
-            shared.poison.set(format!("index update failed: {e}"));
+            engine.poison.set(format!("index update failed: {e}"));
         }
         drop(writer);
         let events: u64 = index_parts.iter().map(|p| u64::from(p.add.run.count)).sum();
-        shared.counters.groups.fetch_add(1, Ordering::Relaxed);
-        shared
+        engine.counters.groups.fetch_add(1, Ordering::Relaxed);
+        engine
             .counters
             .commits
             .fetch_add(accepted.len() as u64, Ordering::Relaxed);
-        shared.counters.events.fetch_add(events, Ordering::Relaxed);
-        let subscribed = shared.subscribers.any();
+        engine.counters.events.fetch_add(events, Ordering::Relaxed);
+        let subscribed = engine.subscribers.any();
         for (request, results, wrote) in accepted {
             let ticket =
-                (subscribed && wrote).then(|| shared.subscribers.ticket(&results, request.root));
+                (subscribed && wrote).then(|| engine.subscribers.ticket(&results, request.root));
             request.finish(Ok(Outcome { results, ticket }));
         }
-        shared.notify_appended();
-        shared.after_commit();
+        engine.notify_appended();
+        engine.after_commit();
     }
 }
 
@@ -332,7 +332,7 @@ struct Stored {
 /// request is stored; a request with only some of its events stored, or with an id twice, is
 /// refused.
 fn find_stored(
-    shared: &Shared,
+    engine: &Engine,
     overlay: &Overlay,
     parts: &[Part],
 ) -> Result<Option<Vec<Vec<Stored>>>> {
@@ -341,7 +341,7 @@ fn find_stored(
     let (mut any, mut all) = (false, true);
     let mut first_found = None;
     let mut cursor = crate::log::reader::Cursor::default();
-    let limit = shared.index.committed().end;
+    let limit = engine.index.committed().end;
     for part in parts {
         let mut stored = Vec::new();
         for e in &part.events {
@@ -358,9 +358,9 @@ fn find_stored(
                     version: *version,
                     position: *position,
                 }),
-                None => match shared.index.find_id(id)? {
+                None => match engine.index.find_id(id)? {
                     Some(position) => {
-                        let (bytes, _) = shared.reader.read(position, limit, &mut cursor)?;
+                        let (bytes, _) = engine.reader.read(position, limit, &mut cursor)?;
                         let stored = crate::log::format::EventRef::new(&bytes);
                         Some(Stored {
                             stream: stored.stream().to_owned(),
@@ -400,7 +400,7 @@ fn find_stored(
 /// A stream's state as the current request sees it: after the parts before it in the request
 /// (`after`), the requests before it in the group (`overlay`), else as indexed.
 fn current(
-    shared: &Shared,
+    engine: &Engine,
     overlay: &Overlay,
     after: &[(Arc<str>, StreamInfo)],
     stream: &Arc<str>,
@@ -413,7 +413,7 @@ fn current(
         .or_else(|| overlay.streams.get(stream).copied());
     match known {
         Some(info) => Ok(info),
-        None => shared.index.stream_info(stream),
+        None => engine.index.stream_info(stream),
     }
 }
 
@@ -449,7 +449,7 @@ fn check_expected(part: &Part, info: StreamInfo) -> Result<()> {
 /// it, the results of that earlier append; otherwise the error that refuses it. (Parts with no
 /// events are checked against the streams' current versions.)
 fn already_appended(
-    shared: &Shared,
+    engine: &Engine,
     overlay: &Overlay,
     parts: &[Part],
     found: Vec<Vec<Stored>>,
@@ -457,9 +457,9 @@ fn already_appended(
     let mut results = Vec::with_capacity(parts.len());
     for (part, stored) in parts.iter().zip(found) {
         let (Some(first), Some(last)) = (stored.first(), stored.last()) else {
-            let info = current(shared, overlay, &[], &part.stream)?;
+            let info = current(engine, overlay, &[], &part.stream)?;
             check_expected(part, info)?;
-            results.push(AppendResult::nothing(version_of(info.count), shared.end()));
+            results.push(AppendResult::nothing(version_of(info.count), engine.end()));
             continue;
         };
         let in_place = stored.iter().enumerate().all(|(k, s)| {
@@ -493,19 +493,19 @@ fn already_appended(
 /// streams' new states; on refusal nothing changed. Parts with no events are only checked.
 fn stage(
     writer: &mut LogWriter,
-    shared: &Shared,
+    engine: &Engine,
     overlay: &mut Overlay,
     parts: &[Part],
 ) -> Result<(Vec<AppendResult>, Vec<PartIndex>), StageError> {
     let refused = StageError::Refused;
-    if let Some(found) = find_stored(shared, overlay, parts).map_err(refused)? {
-        let results = already_appended(shared, overlay, parts, found).map_err(refused)?;
+    if let Some(found) = find_stored(engine, overlay, parts).map_err(refused)? {
+        let results = already_appended(engine, overlay, parts, found).map_err(refused)?;
         return Ok((results, Vec::new()));
     }
     let mut before: Vec<StreamInfo> = Vec::with_capacity(parts.len());
     let mut after: Vec<(Arc<str>, StreamInfo)> = Vec::with_capacity(parts.len());
     for part in parts {
-        let info = current(shared, overlay, &after, &part.stream).map_err(refused)?;
+        let info = current(engine, overlay, &after, &part.stream).map_err(refused)?;
         check_expected(part, info).map_err(refused)?;
         let count = count_after(&part.stream, info.count, part.events.len()).map_err(refused)?;
         before.push(info);
@@ -535,20 +535,11 @@ fn stage(
         }
         let stream: &str = &part.stream;
         // Checked above: `info.count + events` fits.
-        let records = part.events.iter().enumerate().map(|(k, e)| EventRecord {
-            stream,
-            version: info.count + k as u64,
-            timestamp: e.timestamp_nanos(),
-            id: e.id.into_bytes(),
-            event_type: &e.event_type,
-            schema_version: e.schema_version,
-            correlation_id: e.correlation_id.map(uuid::Uuid::into_bytes),
-            causation_id: e.causation_id.map(uuid::Uuid::into_bytes),
-            publish: e.publish,
-            encoding: e.encoding,
-            metadata: &e.metadata,
-            payload: &e.payload,
-        });
+        let records = part
+            .events
+            .iter()
+            .enumerate()
+            .map(|(k, e)| e.record(stream, info.count + k as u64));
         positions.clear();
         let staged = writer.stage_frames(records, Some(i) == last_written, &mut positions);
         let count = part.events.len() as u64;

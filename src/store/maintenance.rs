@@ -12,7 +12,7 @@ use crate::index::sidecar_path;
 use crate::log::Layout;
 use crate::log::recovery;
 use crate::storage::{FileSystem, OpenMode, StdFs};
-use crate::types::{Direction, Position};
+use crate::values::{Direction, Position};
 
 /// What [`Store::info`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +103,7 @@ impl Store {
     /// # Ok::<(), annals::Error>(())
     /// ```
     pub fn info(&self) -> Result<StoreInfo> {
-        let shared = &self.shared;
+        let engine = &self.engine;
         let mut streams: HashMap<String, ()> = HashMap::new();
         let (mut events, mut system_events) = (0, 0);
         for e in self.read_log(Position::START, Direction::Forwards, usize::MAX)? {
@@ -116,15 +116,15 @@ impl Store {
                 streams.insert(e.stream().to_owned(), ());
             }
         }
-        let file_size = shared.file.len()?;
-        let index_size = std::fs::metadata(sidecar_path(&shared.path)).map_or(0, |m| m.len());
-        let segment_size = shared.layout.segment_size;
+        let file_size = engine.file.len()?;
+        let index_size = std::fs::metadata(sidecar_path(&engine.path)).map_or(0, |m| m.len());
+        let segment_size = engine.layout.segment_size;
         Ok(StoreInfo {
-            path: shared.path.clone(),
-            format_version: shared.header.format_version,
-            store_id: uuid::Uuid::from_bytes(shared.header.store_id),
+            path: engine.path.clone(),
+            format_version: engine.header.format_version,
+            store_id: uuid::Uuid::from_bytes(engine.header.store_id),
             created_at: SystemTime::UNIX_EPOCH
-                + std::time::Duration::from_nanos(shared.header.created_at),
+                + std::time::Duration::from_nanos(engine.header.created_at),
             file_size,
             index_size,
             segment_size,
@@ -133,10 +133,10 @@ impl Store {
             system_events,
             streams: streams.len() as u64,
             end: self.end_position(),
-            index_covered: shared.recovery.index_covered,
-            commits_replayed: shared.recovery.commits_replayed,
-            index_rebuilt: shared.recovery.index_rebuilt.clone(),
-            saved_tails: saved_tails(&shared.path),
+            index_covered: engine.recovery.index_covered,
+            commits_replayed: engine.recovery.commits_replayed,
+            index_rebuilt: engine.recovery.index_rebuilt.clone(),
+            saved_tails: saved_tails(&engine.path),
         })
     }
 
@@ -211,7 +211,7 @@ impl Store {
         report.streams = versions.len() as u64;
         if report.problem.is_none() {
             for (stream, count) in &versions {
-                let indexed = self.shared.index.stream_info(stream)?.count;
+                let indexed = self.engine.index.stream_info(stream)?.count;
                 if indexed != *count {
                     report.problem = Some((
                         self.end_position(),
@@ -249,7 +249,7 @@ impl Store {
                 )));
             }
         }
-        match self.shared.index.find_id(e.id().as_u128())? {
+        match self.engine.index.find_id(e.id().as_u128())? {
             Some(at) if at == e.position().as_u64() => Ok(None),
             Some(at) => Ok(Some(format!("the id index puts event {} at {at}", e.id()))),
             None => Ok(Some(format!("the id index does not know event {}", e.id()))),
@@ -298,13 +298,13 @@ pub(crate) fn truncate_log_on(
             offset += n as u64;
         }
         out.sync_all()?;
-        fs.sync_dir(crate::index::parent(&saved))?;
+        fs.sync_dir(crate::storage::parent_dir(&saved))?;
         saved_to = Some(saved);
         recovery::cut(&file, at.as_u64(), end)?;
     }
     let sidecar = sidecar_path(&path);
     match fs.remove_file(&sidecar) {
-        Ok(()) => fs.sync_dir(crate::index::parent(&path))?,
+        Ok(()) => fs.sync_dir(crate::storage::parent_dir(&path))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
     }

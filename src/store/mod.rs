@@ -5,7 +5,6 @@ pub(crate) mod catch_up;
 pub(crate) mod codec;
 mod commit;
 pub(crate) mod maintenance;
-pub(crate) mod names;
 pub(crate) mod open;
 pub(crate) mod options;
 pub mod outbox;
@@ -24,14 +23,15 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::index::{Frozen, Index, PosIndex};
 use crate::log::Layout;
-use crate::log::format::{EventRecord, FileHeader};
+use crate::log::format::FileHeader;
 use crate::log::reader::LogReader;
 use crate::log::recovery::Truncation;
 use crate::storage::StorageFile;
-use crate::types::{AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent};
+use crate::values::{Direction, ExpectedVersion, Position};
+use crate::event::{AppendResult, NewEvent, RecordedEvent};
 use background::Background;
 use commit::{Committer, Part, Poison};
-use names::{check_event_type, check_stream_name};
+use crate::names::{check_event_type, check_stream_name};
 use options::Durability;
 pub use options::StoreBuilder;
 
@@ -67,12 +67,12 @@ pub use read::{AllEvents, IndexedEvents, StreamEvents};
 /// # Ok::<(), annals::Error>(())
 /// ```
 pub struct Store {
-    shared: Arc<Shared>,
+    engine: Arc<Engine>,
     background: Mutex<Background>,
 }
 
 /// State shared by the store and its commit path.
-pub(crate) struct Shared {
+pub(crate) struct Engine {
     path: PathBuf,
     header: FileHeader,
     layout: Layout,
@@ -214,7 +214,7 @@ impl Store {
     ) -> Result<AppendResult> {
         check_stream_name(stream, false)?;
         let part = self.part(stream, expected, events.into_iter().collect())?;
-        let mut results = self.shared.commit(vec![part])?;
+        let mut results = self.engine.commit(vec![part])?;
         Ok(results.pop().expect("one result per part"))
     }
 
@@ -227,7 +227,7 @@ impl Store {
     ) -> Result<AppendResult> {
         check_stream_name(stream, true)?;
         let part = self.part(stream, expected, events)?;
-        let mut results = self.shared.commit(vec![part])?;
+        let mut results = self.engine.commit(vec![part])?;
         Ok(results.pop().expect("one result per part"))
     }
 
@@ -264,34 +264,21 @@ impl Store {
                 checked = Some(&e.event_type);
             }
             let size = (e.payload.len() + e.metadata.len()) as u64;
-            if size > self.shared.max_event_size {
+            if size > self.engine.max_event_size {
                 return Err(Error::TooLarge {
                     what: "event payload and metadata",
                     size,
-                    limit: self.shared.max_event_size,
+                    limit: self.engine.max_event_size,
                 });
             }
-            let record = EventRecord {
-                stream,
-                version: 0,
-                timestamp: 0,
-                id: [0; 16],
-                event_type: &e.event_type,
-                schema_version: 0,
-                correlation_id: e.correlation_id.map(|_| [0; 16]),
-                causation_id: e.causation_id.map(|_| [0; 16]),
-                publish: false,
-                encoding: e.encoding,
-                metadata: &e.metadata,
-                payload: &e.payload,
-            };
+            let record = e.record(stream, 0);
             frames_len += record.frame_len().ok_or(Error::TooLarge {
                 what: "event frame",
                 size,
                 limit: u64::from(u32::MAX),
             })?;
         }
-        let limit = self.shared.layout.max_commit_len();
+        let limit = self.engine.layout.max_commit_len();
         if frames_len > limit {
             return Err(Error::TooLarge {
                 what: "commit (encoded)",
@@ -318,7 +305,7 @@ impl Store {
         limit: usize,
     ) -> Result<StreamEvents<'_>> {
         check_stream_name(stream, true)?;
-        StreamEvents::new(&self.shared, stream, from, direction, limit)
+        StreamEvents::new(&self.engine, stream, from, direction, limit)
     }
 
     /// Reads the whole log from `from` (inclusive; [`Position::START`] or [`Position::END`]
@@ -331,7 +318,7 @@ impl Store {
         direction: Direction,
         limit: usize,
     ) -> Result<AllEvents<'_>> {
-        AllEvents::new(&self.shared, from, direction, limit, false)
+        AllEvents::new(&self.engine, from, direction, limit, false)
     }
 
     /// Like [`read_all`](Self::read_all), including the events of the engine's own `$` streams.
@@ -341,7 +328,7 @@ impl Store {
         direction: Direction,
         limit: usize,
     ) -> Result<AllEvents<'_>> {
-        AllEvents::new(&self.shared, from, direction, limit, true)
+        AllEvents::new(&self.engine, from, direction, limit, true)
     }
 
     /// Reads the events of a category (streams named `CATEGORY` or `CATEGORY-…`) in log order,
@@ -369,7 +356,7 @@ impl Store {
         from: Position,
         limit: usize,
     ) -> Result<IndexedEvents<'_>> {
-        IndexedEvents::new(&self.shared, PosIndex::Category, category, from, limit)
+        IndexedEvents::new(&self.engine, PosIndex::Category, category, from, limit)
     }
 
     /// Reads the events of one event type in log order, from position `from` (inclusive), at
@@ -380,38 +367,38 @@ impl Store {
         from: Position,
         limit: usize,
     ) -> Result<IndexedEvents<'_>> {
-        IndexedEvents::new(&self.shared, PosIndex::EventType, event_type, from, limit)
+        IndexedEvents::new(&self.engine, PosIndex::EventType, event_type, from, limit)
     }
 
     /// The version of the stream's last event, or `None` if the stream does not exist.
     pub fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
         check_stream_name(stream, true)?;
-        Ok(self.shared.index.stream_info(stream)?.count.checked_sub(1))
+        Ok(self.engine.index.stream_info(stream)?.count.checked_sub(1))
     }
 
     /// Where the next event will go: every acknowledged event is before this position.
     pub fn end_position(&self) -> Position {
-        Position::new(self.shared.index.committed().end)
+        Position::new(self.engine.index.committed().end)
     }
 
     /// The store file's path.
     pub fn path(&self) -> &Path {
-        &self.shared.path
+        &self.engine.path
     }
 
     /// The store's id (recorded in its header).
     pub fn store_id(&self) -> uuid::Uuid {
-        uuid::Uuid::from_bytes(self.shared.header.store_id)
+        uuid::Uuid::from_bytes(self.engine.header.store_id)
     }
 
     /// The segment size chosen when the store was created.
     pub fn segment_size(&self) -> u64 {
-        self.shared.layout.segment_size
+        self.engine.layout.segment_size
     }
 
     /// The codec typed events are written with.
     pub fn codec(&self) -> codec::Codec {
-        self.shared.codec
+        self.engine.codec
     }
 
     /// Registers an upcaster: events of type `event_type` stored at schema version
@@ -458,7 +445,7 @@ impl Store {
         Old: serde::de::DeserializeOwned,
         New: serde::Serialize,
     {
-        self.shared
+        self.engine
             .upcasters
             .write()
             .register(event_type, from_version, upcast);
@@ -511,14 +498,14 @@ impl Store {
     /// Registers the event types of `E` with the store, so that their events have a JSON form
     /// ([`to_json`](Self::to_json)): the outbox publishes it, whatever codec stored them.
     pub fn register_events<E: typed::Events>(&self) {
-        self.shared.registry.write().register::<E>();
+        self.engine.registry.write().register::<E>();
     }
 
     /// Registers the event types of `E` unless they all are already: what the domain floor
     /// calls for every repository and every aggregate a unit of work touches, so a read lock
     /// is all it costs after the first time.
     pub(crate) fn ensure_registered<E: typed::Events>(&self) {
-        if !self.shared.registry.read().knows::<E>() {
+        if !self.engine.registry.read().knows::<E>() {
             self.register_events::<E>();
         }
     }
@@ -526,16 +513,16 @@ impl Store {
     /// The JSON form of an event and the schema version it is at: through its registered type
     /// if it has one (upcast to the current version), else its payload if that is JSON.
     pub fn to_json(&self, event: &RecordedEvent) -> Result<(String, u32)> {
-        self.shared
+        self.engine
             .registry
             .read()
-            .to_json(&self.shared.upcasters.read(), event)
+            .to_json(&self.engine.upcasters.read(), event)
     }
 
     /// The [`NewEvent`] for a typed event, encoded with the store's codec, with its type's
     /// name, schema version and published flag; add tracing ids or metadata before appending.
     pub fn new_event<E: typed::Events>(&self, event: &E) -> Result<NewEvent> {
-        typed::new_event(event, self.shared.codec)
+        typed::new_event(event, self.engine.codec)
     }
 
     /// Appends typed events (see [`append`](Self::append)).
@@ -573,14 +560,14 @@ impl Store {
 
     /// The upcasters registered so far (a copy).
     pub fn upcasters(&self) -> typed::Upcasters {
-        self.shared.upcasters.read().clone()
+        self.engine.upcasters.read().clone()
     }
 
     /// Decodes a recorded event as one of `E`'s types, upcast to the type's current schema
     /// version. An event of another type or a payload that does not decode is
     /// [`Error::Decode`], naming the position.
     pub fn decode<E: typed::Events>(&self, event: &RecordedEvent) -> Result<E> {
-        typed::decode(&self.shared.upcasters.read(), event)
+        typed::decode(&self.engine.upcasters.read(), event)
     }
 
     /// Reads a stream as typed events (see [`read_stream`](Self::read_stream)); an event of a
@@ -615,7 +602,7 @@ impl Store {
     {
         typed::TypedEvents {
             inner: records,
-            upcasters: &self.shared.upcasters,
+            upcasters: &self.engine.upcasters,
             skip_others,
             _events: std::marker::PhantomData,
         }
@@ -663,8 +650,8 @@ impl Store {
         + 'static,
     ) -> crate::SubscriptionId {
         let callback: Arc<subscriptions::Callback> =
-            Arc::new(move |_: &Shared, e: &RecordedEvent| callback(e));
-        self.shared
+            Arc::new(move |_: &Engine, e: &RecordedEvent| callback(e));
+        self.engine
             .subscribers
             .add(name.to_owned(), filter, callback)
     }
@@ -683,21 +670,21 @@ impl Store {
             E::types().iter().map(|m| m.name.to_owned()).collect(),
         );
         let callback: Arc<subscriptions::Callback> =
-            Arc::new(move |shared: &Shared, record: &RecordedEvent| {
-                let event = typed::decode::<E>(&shared.upcasters.read(), record)?;
+            Arc::new(move |engine: &Engine, record: &RecordedEvent| {
+                let event = typed::decode::<E>(&engine.upcasters.read(), record)?;
                 callback(&typed::TypedEvent {
                     event,
                     record: record.clone(),
                 })
             });
-        self.shared
+        self.engine
             .subscribers
             .add(name.to_owned(), filter, callback)
     }
 
     /// Removes a synchronous subscription; false if it was not registered.
     pub fn unsubscribe(&self, id: crate::SubscriptionId) -> bool {
-        self.shared.subscribers.remove(id)
+        self.engine.subscribers.remove(id)
     }
 
     /// Sets what is told of every failed subscription callback (besides the append's
@@ -723,7 +710,7 @@ impl Store {
         &self,
         handler: impl Fn(&crate::SubscriberFailure) + Send + Sync + 'static,
     ) {
-        self.shared
+        self.engine
             .subscribers
             .set_failure_handler(Arc::new(handler));
     }
@@ -761,9 +748,9 @@ impl Store {
                 Error::InvalidArgument(format!("no event at position {}", failure.position))
             })?;
         match self
-            .shared
+            .engine
             .subscribers
-            .redeliver(&self.shared, failure.subscription_id, &event)
+            .redeliver(&self.engine, failure.subscription_id, &event)
         {
             None => Err(Error::InvalidArgument(format!(
                 "subscription `{}` is no longer registered",
@@ -790,7 +777,7 @@ impl Store {
     /// # Ok::<(), annals::Error>(())
     /// ```
     pub fn stats(&self) -> StoreStats {
-        let c = &self.shared.counters;
+        let c = &self.engine.counters;
         StoreStats {
             commits: c.commits.load(Ordering::Relaxed),
             events: c.events.load(Ordering::Relaxed),
@@ -800,7 +787,7 @@ impl Store {
 
     /// What recovery did when the store was opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
-        &self.shared.recovery
+        &self.engine.recovery
     }
 
     /// Writes the in-memory part of the index to the sidecar now (it is otherwise flushed in
@@ -810,14 +797,14 @@ impl Store {
     /// write): this and every later call, and every append, fail until the store is reopened,
     /// which rebuilds what the sidecar lacks from the log.
     pub fn flush_index(&self) -> Result<()> {
-        if self.shared.read_only {
+        if self.engine.read_only {
             return Ok(());
         }
-        self.shared.poison.check()?;
-        let _writer = self.shared.committer.writer().lock();
-        self.shared.sync_unsynced()?;
-        while let Some(job) = self.shared.index.freeze(true, false) {
-            self.shared.write_frozen(job)?;
+        self.engine.poison.check()?;
+        let _writer = self.engine.committer.writer().lock();
+        self.engine.sync_unsynced()?;
+        while let Some(job) = self.engine.index.freeze(true, false) {
+            self.engine.write_frozen(job)?;
         }
         Ok(())
     }
@@ -833,12 +820,12 @@ impl Store {
     #[doc(hidden)]
     pub fn abandon(self) {
         let mut bg = self.background.lock();
-        self.shared.poison.set("the store was abandoned");
-        self.shared.index.abandon();
-        bg.stop(&self.shared);
+        self.engine.poison.set("the store was abandoned");
+        self.engine.index.abandon();
+        bg.stop(&self.engine);
         bg.closed = true;
         drop(bg);
-        self.shared.committer.writer().lock().quiesce();
+        self.engine.committer.writer().lock().quiesce();
     }
 
     fn shutdown(&self) -> Result<()> {
@@ -847,25 +834,25 @@ impl Store {
             return Ok(());
         }
         bg.closed = true;
-        bg.stop(&self.shared);
-        if self.shared.read_only {
+        bg.stop(&self.engine);
+        if self.engine.read_only {
             return Ok(());
         }
-        let mut writer = self.shared.committer.writer().lock();
+        let mut writer = self.engine.committer.writer().lock();
         writer.quiesce();
-        self.shared.poison.check()?;
-        self.shared.sync_unsynced()?;
+        self.engine.poison.check()?;
+        self.engine.sync_unsynced()?;
         // The last flush also records the clean close (one sidecar commit, not two).
         let mut flushed = false;
-        while let Some(job) = self.shared.index.freeze(true, true) {
-            self.shared.write_frozen(job)?;
+        while let Some(job) = self.engine.index.freeze(true, true) {
+            self.engine.write_frozen(job)?;
             flushed = true;
         }
-        if flushed || self.shared.marked_clean.load(Ordering::Acquire) {
+        if flushed || self.engine.marked_clean.load(Ordering::Acquire) {
             // Marked by the flush, or opened clean and nothing written since.
             return Ok(());
         }
-        self.shared.index.set_clean(true)
+        self.engine.index.set_clean(true)
     }
 }
 
@@ -880,8 +867,8 @@ impl Drop for Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.shared.path)
-            .field("end", &self.shared.index.committed().end)
+            .field("path", &self.engine.path)
+            .field("end", &self.engine.index.committed().end)
             .finish_non_exhaustive()
     }
 }
@@ -935,7 +922,7 @@ impl Transaction<'_> {
             return Ok(Vec::new());
         }
         let total: u64 = parts.iter().map(|p| p.frames_len).sum();
-        let limit = self.store.shared.layout.max_commit_len();
+        let limit = self.store.engine.layout.max_commit_len();
         if total > limit {
             return Err(Error::TooLarge {
                 what: "transaction (encoded)",
@@ -943,11 +930,11 @@ impl Transaction<'_> {
                 limit,
             });
         }
-        self.store.shared.commit(parts)
+        self.store.engine.commit(parts)
     }
 }
 
-impl Shared {
+impl Engine {
     /// Commits parts (group commit), then runs the synchronous subscriptions for them (see
     /// [`subscriptions`]).
     pub(crate) fn commit(&self, parts: Vec<Part>) -> Result<Vec<AppendResult>> {

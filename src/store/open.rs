@@ -9,10 +9,11 @@ use parking_lot::Mutex;
 
 use super::background::Background;
 use super::commit::{Committer, Poison};
-use super::{Counters, RecoveryReport, Shared, Store, StoreBuilder};
+use super::{Counters, RecoveryReport, Engine, Store, StoreBuilder};
 use crate::error::{Error, Result};
 use crate::index::sidecar::Sidecar;
-use crate::index::{Committed, Index, PartIndex, SidecarMode, StreamInfo, parent, sidecar_path};
+use crate::index::{Committed, Index, PartIndex, SidecarMode, StreamInfo, sidecar_path};
+use crate::storage::parent_dir as parent;
 use crate::log::Layout;
 use crate::log::format::{EventRef, FileHeader, HEADER_BLOCK, HEADER_LEN, HeaderError};
 use crate::log::reader::LogReader;
@@ -109,7 +110,7 @@ impl Store {
             writer.prepare_next();
         }
         let index = Arc::new(index);
-        let shared = Arc::new(Shared {
+        let engine = Arc::new(Engine {
             reader: LogReader::new(file.clone(), layout, true),
             committer: Committer::new(writer),
             path,
@@ -143,10 +144,10 @@ impl Store {
         let background = if read_only {
             Background::default()
         } else {
-            Background::start(&shared)?
+            Background::start(&engine)?
         };
         Ok(Store {
-            shared,
+            engine,
             background: Mutex::new(background),
         })
     }
@@ -207,7 +208,7 @@ fn create(
         format_version,
         store_id: uuid::Uuid::new_v4().into_bytes(),
         segment_size,
-        created_at: crate::types::nanos_since_epoch(std::time::SystemTime::now()),
+        created_at: crate::event::nanos_since_epoch(std::time::SystemTime::now()),
         frame_key,
     };
     let mut block = vec![0u8; HEADER_BLOCK as usize];

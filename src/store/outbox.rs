@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::Store;
-use super::names::check_stream_name;
+use crate::names::check_stream_name;
 use super::subscriptions::BoxError;
 use crate::error::{Error, Result};
-use crate::types::{Direction, ExpectedVersion, NewEvent, Position, RecordedEvent};
+use crate::values::{Direction, ExpectedVersion, Position};
+use crate::event::{NewEvent, RecordedEvent};
 
 /// The published form of an event, as the `messagebus` library's event stream carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -426,7 +427,7 @@ impl<P: Publisher + 'static> Outbox<Arc<Store>, P> {
                         } else if report.caught_up {
                             outbox
                                 .store
-                                .shared
+                                .engine
                                 .wait_past(outbox.next.as_u64(), Duration::from_millis(50));
                         }
                     }

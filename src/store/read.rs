@@ -7,21 +7,23 @@
 
 use std::collections::VecDeque;
 
-use super::Shared;
+use super::Engine;
 use crate::error::{Error, Result};
 use crate::index::memtable::{PosRun, Run};
-use crate::index::{PosIndex, category_of};
+use crate::index::PosIndex;
+use crate::names::category_of;
 use crate::log::Layout;
 use crate::log::format::{Body, EventRef, FRAME_ALIGN};
 use crate::log::reader::Cursor;
-use crate::types::{Direction, Position, RecordedEvent};
+use crate::values::{Direction, Position};
+use crate::event::RecordedEvent;
 
 /// How many index runs a stream read fetches at a time.
 const RUN_BATCH: usize = 256;
 
 /// Events of one stream; see [`crate::Store::read_stream`].
 pub struct StreamEvents<'a> {
-    shared: &'a Shared,
+    engine: &'a Engine,
     stream: String,
     backwards: bool,
     /// The next version to return, `None` once done.
@@ -39,14 +41,14 @@ pub struct StreamEvents<'a> {
 
 impl<'a> StreamEvents<'a> {
     pub(super) fn new(
-        shared: &'a Shared,
+        engine: &'a Engine,
         stream: &str,
         from: u64,
         direction: Direction,
         limit: usize,
     ) -> Result<Self> {
         let backwards = direction == Direction::Backwards;
-        let snapshot = shared
+        let snapshot = engine
             .index
             .stream_snapshot(stream, from, backwards, RUN_BATCH)?;
         let next = match (snapshot.count, backwards) {
@@ -55,7 +57,7 @@ impl<'a> StreamEvents<'a> {
             (count, true) => Some(from.min(count - 1)),
         };
         Ok(StreamEvents {
-            shared,
+            engine,
             stream: stream.to_owned(),
             backwards,
             next: if limit == 0 { None } else { next },
@@ -85,7 +87,7 @@ impl<'a> StreamEvents<'a> {
                 }
                 return Ok((run, position));
             }
-            let snapshot = self.shared.index.stream_snapshot(
+            let snapshot = self.engine.index.stream_snapshot(
                 &self.stream,
                 version,
                 self.backwards,
@@ -105,7 +107,7 @@ impl<'a> StreamEvents<'a> {
     /// event and the distance back to the frame before it.
     fn read_event(&mut self, position: u64, version: u64) -> Result<RecordedEvent> {
         let (bytes, frame) = self
-            .shared
+            .engine
             .reader
             .read(position, self.limit, &mut self.cursor)?;
         if frame.body != Body::Event {
@@ -180,7 +182,7 @@ fn fuse<T>(
 
 /// Events of the whole log in position order; see [`crate::Store::read_all`].
 pub struct AllEvents<'a> {
-    shared: &'a Shared,
+    engine: &'a Engine,
     backwards: bool,
     /// Whether events of `$` streams (the engine's own records) are returned.
     include_system: bool,
@@ -193,16 +195,16 @@ pub struct AllEvents<'a> {
 
 impl<'a> AllEvents<'a> {
     pub(super) fn new(
-        shared: &'a Shared,
+        engine: &'a Engine,
         from: Position,
         direction: Direction,
         limit: usize,
         include_system: bool,
     ) -> Result<Self> {
-        let committed = shared.index.committed();
+        let committed = engine.index.committed();
         let backwards = direction == Direction::Backwards;
         let mut this = AllEvents {
-            shared,
+            engine,
             backwards,
             include_system,
             next: None,
@@ -245,7 +247,7 @@ impl<'a> AllEvents<'a> {
             return Ok(false);
         }
         let found = self
-            .shared
+            .engine
             .reader
             .try_read(position, self.limit, &mut self.cursor)?;
         let Ok((bytes, frame)) = found else {
@@ -253,7 +255,7 @@ impl<'a> AllEvents<'a> {
         };
         let event_at = |this: &mut Self, at: u64, bytes: &[u8]| -> Result<bool> {
             let id = u128::from_be_bytes(EventRef::new(bytes).event_id());
-            Ok(this.shared.index.find_id(id)? == Some(at))
+            Ok(this.engine.index.find_id(id)? == Some(at))
         };
         let genuine = match frame.body {
             Body::Event => event_at(self, position, &bytes)?,
@@ -263,7 +265,7 @@ impl<'a> AllEvents<'a> {
                 match before.map(|at| {
                     (
                         at,
-                        self.shared
+                        self.engine
                             .reader
                             .try_read(at, self.limit, &mut Cursor::default()),
                     )
@@ -286,10 +288,10 @@ impl<'a> AllEvents<'a> {
     /// Walks the frames of `position`'s segment from its start; returns the start of the
     /// frame holding `position` and the start of the one after it.
     fn walk_to(&mut self, position: u64) -> Result<(u64, u64)> {
-        let layout = self.shared.reader.layout();
+        let layout = self.engine.reader.layout();
         let mut at = layout.segment_start(layout.segment_of(position));
         loop {
-            let (bytes, frame) = self.shared.reader.read(at, self.limit, &mut self.cursor)?;
+            let (bytes, frame) = self.engine.reader.read(at, self.limit, &mut self.cursor)?;
             let next = match frame.body {
                 Body::Seal { next } => next,
                 Body::Event => at + bytes.len() as u64,
@@ -323,7 +325,7 @@ impl<'a> AllEvents<'a> {
                 break;
             }
             let (bytes, frame) = self
-                .shared
+                .engine
                 .reader
                 .read(position, self.limit, &mut self.cursor)?;
             self.next = if self.backwards {
@@ -367,7 +369,7 @@ const POS_BATCH: usize = 256;
 /// Events of one category or one event type in log order; see
 /// [`crate::Store::read_category`] and [`crate::Store::read_event_type`].
 pub struct IndexedEvents<'a> {
-    shared: &'a Shared,
+    engine: &'a Engine,
     index: PosIndex,
     name: String,
     /// Events before this position are skipped.
@@ -385,16 +387,16 @@ pub struct IndexedEvents<'a> {
 
 impl<'a> IndexedEvents<'a> {
     pub(super) fn new(
-        shared: &'a Shared,
+        engine: &'a Engine,
         index: PosIndex,
         name: &str,
         from: Position,
         limit: usize,
     ) -> Result<Self> {
         let from = from.as_u64().max(Layout::FIRST);
-        let (runs, committed) = shared.index.pos_snapshot(index, name, from, POS_BATCH)?;
+        let (runs, committed) = engine.index.pos_snapshot(index, name, from, POS_BATCH)?;
         Ok(IndexedEvents {
-            shared,
+            engine,
             index,
             name: name.to_owned(),
             from,
@@ -413,7 +415,7 @@ impl<'a> IndexedEvents<'a> {
             let Some((position, left)) = self.at.take() else {
                 if self.runs.is_empty() {
                     let (runs, _) = self
-                        .shared
+                        .engine
                         .index
                         .pos_snapshot(self.index, &self.name, self.from, POS_BATCH)?;
                     self.runs = runs.into();
@@ -436,7 +438,7 @@ impl<'a> IndexedEvents<'a> {
                 continue;
             };
             let (bytes, frame) = self
-                .shared
+                .engine
                 .reader
                 .read(position, self.limit, &mut self.cursor)?;
             let Body::Event = frame.body else {

@@ -30,12 +30,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::Shared;
+use super::Engine;
 use crate::error::SubscriberFailure;
-use crate::index::category_of;
+use crate::names::category_of;
 use crate::log::format::Body;
 use crate::log::reader::Cursor;
-use crate::types::{AppendResult, Position, RecordedEvent, SubscriptionId};
+use crate::values::{Position, SubscriptionId};
+use crate::event::{AppendResult, RecordedEvent};
 
 /// The error a callback, publisher or projection returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -68,7 +69,7 @@ impl Filter {
     }
 }
 
-pub(crate) type Callback = dyn Fn(&Shared, &RecordedEvent) -> Result<(), BoxError> + Send + Sync;
+pub(crate) type Callback = dyn Fn(&Engine, &RecordedEvent) -> Result<(), BoxError> + Send + Sync;
 
 /// What is told of every failure (besides the append's result).
 pub(crate) type FailureHandler = dyn Fn(&SubscriberFailure) + Send + Sync;
@@ -188,7 +189,7 @@ impl Subscribers {
     /// Waits until the callbacks of the outermost append `ticket` (and of every append its
     /// callbacks made) have run, taking the dispatcher's turn when nobody has it; returns the
     /// failures.
-    pub fn wait_dispatched(&self, shared: &Shared, ticket: u64) -> Vec<SubscriberFailure> {
+    pub fn wait_dispatched(&self, engine: &Engine, ticket: u64) -> Vec<SubscriberFailure> {
         let mut order = self.order.lock();
         loop {
             if order.roots.get(&ticket).is_none_or(|r| r.pending == 0) {
@@ -209,7 +210,7 @@ impl Subscribers {
                     break;
                 };
                 drop(order);
-                let failures = self.dispatch(shared, &entry);
+                let failures = self.dispatch(engine, &entry);
                 order = self.order.lock();
                 let root = order.roots.entry(entry.root).or_default();
                 root.pending -= 1;
@@ -228,13 +229,13 @@ impl Subscribers {
     }
 
     /// Runs the callbacks for one queued commit (never panics).
-    fn dispatch(&self, shared: &Shared, entry: &Entry) -> Vec<SubscriberFailure> {
+    fn dispatch(&self, engine: &Engine, entry: &Entry) -> Vec<SubscriberFailure> {
         let list = self.list.read().clone();
         if list.is_empty() {
             return Vec::new();
         }
         let mut failures = Vec::new();
-        let events = match commit_events(shared, entry.first, entry.last) {
+        let events = match commit_events(engine, entry.first, entry.last) {
             Ok(events) => events,
             Err(e) => {
                 // Nothing to hand a callback: the commit could not be read back.
@@ -251,7 +252,7 @@ impl Subscribers {
         let was = DISPATCHING.with(|d| d.replace(Some(entry.root)));
         for event in &events {
             for s in list.iter().filter(|s| s.filter.matches(event)) {
-                if let Err(error) = run(s, shared, event) {
+                if let Err(error) = run(s, engine, event) {
                     failures.push(SubscriberFailure {
                         subscription: s.name.clone(),
                         subscription_id: s.id,
@@ -289,22 +290,22 @@ impl Subscribers {
     /// Runs subscription `id`'s callback on `event` again; the error if it fails again.
     pub fn redeliver(
         &self,
-        shared: &Shared,
+        engine: &Engine,
         id: SubscriptionId,
         event: &RecordedEvent,
     ) -> Option<Result<(), String>> {
         let list = self.list.read().clone();
         let s = list.iter().find(|s| s.id == id)?;
         let was = DISPATCHING.with(|d| d.replace(None));
-        let outcome = run(s, shared, event);
+        let outcome = run(s, engine, event);
         DISPATCHING.with(|d| d.set(was));
         Some(outcome)
     }
 }
 
 /// Runs one callback on one event, catching a panic.
-fn run(s: &Subscriber, shared: &Shared, event: &RecordedEvent) -> Result<(), String> {
-    match catch_unwind(AssertUnwindSafe(|| (s.callback)(shared, event))) {
+fn run(s: &Subscriber, engine: &Engine, event: &RecordedEvent) -> Result<(), String> {
+    match catch_unwind(AssertUnwindSafe(|| (s.callback)(engine, event))) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(panic) => Err(format!("panicked: {}", panic_message(&panic))),
@@ -333,16 +334,16 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 /// The events one commit wrote: its frames are contiguous, from `first` to `last`.
 fn commit_events(
-    shared: &Shared,
+    engine: &Engine,
     first: Position,
     last: Position,
 ) -> crate::Result<Vec<RecordedEvent>> {
-    let limit = shared.index.committed().end;
+    let limit = engine.index.committed().end;
     let mut cursor = Cursor::default();
     let mut events = Vec::new();
     let mut at = first.as_u64();
     while at <= last.as_u64() {
-        let (bytes, frame) = shared.reader.read(at, limit, &mut cursor)?;
+        let (bytes, frame) = engine.reader.read(at, limit, &mut cursor)?;
         let next = match frame.body {
             Body::Seal { next } => next,
             Body::Event => {

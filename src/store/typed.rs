@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::log::format::PayloadEncoding;
-use crate::types::{NewEvent, RecordedEvent};
+use crate::event::{NewEvent, RecordedEvent};
 
 /// The name, schema version and published flag of an event type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,4 +1,4 @@
-//! Rules for stream names and event type names.
+//! Rules for stream names and event type names, and what a stream name means (its category).
 
 use crate::error::{Error, Result};
 use crate::log::format::{MAX_EVENT_TYPE_LEN, MAX_STREAM_NAME_LEN};
@@ -49,6 +49,19 @@ pub(crate) fn check_event_type(name: &str) -> Result<()> {
         name: name.chars().take(64).collect(),
         reason,
     })
+}
+
+/// The category of a stream: its name up to the first `-` (the whole name if it has none).
+///
+/// ```
+/// assert_eq!(annals::category_of("order-42"), "order");
+/// assert_eq!(annals::category_of("order-42-lines"), "order");
+/// assert_eq!(annals::category_of("inventory"), "inventory");
+/// ```
+pub fn category_of(stream: &str) -> &str {
+    stream
+        .split_once('-')
+        .map_or(stream, |(category, _)| category)
 }
 
 #[cfg(test)]

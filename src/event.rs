@@ -1,111 +1,16 @@
-//! The values that cross the public API: expected versions, positions, new and recorded events.
+//! Events as they cross the public API: [`NewEvent`] to append, [`RecordedEvent`] read back,
+//! and [`AppendResult`]. The one conversion from an event to its frame's fields
+//! ([`NewEvent::record`]) is here.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::log::format::{EventRef, PayloadEncoding};
-
-/// What an append expects of its stream's current version (optimistic concurrency).
-///
-/// ```
-/// use annals::ExpectedVersion;
-///
-/// assert!(ExpectedVersion::NoStream.matches(None));
-/// assert!(ExpectedVersion::Exact(3).matches(Some(3)));
-/// assert!(!ExpectedVersion::StreamExists.matches(None));
-/// assert!(ExpectedVersion::Any.matches(Some(9)));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ExpectedVersion {
-    /// Append whatever the stream's state.
-    Any,
-    /// The stream must not exist yet.
-    NoStream,
-    /// The stream must exist (have at least one event).
-    StreamExists,
-    /// The stream's last event must have exactly this version (versions start at 0).
-    Exact(u64),
-}
-
-impl ExpectedVersion {
-    /// Whether a stream whose current version is `actual` (`None`: no stream) satisfies this.
-    pub fn matches(self, actual: Option<u64>) -> bool {
-        match self {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => actual.is_none(),
-            ExpectedVersion::StreamExists => actual.is_some(),
-            ExpectedVersion::Exact(v) => actual == Some(v),
-        }
-    }
-}
-
-impl fmt::Display for ExpectedVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExpectedVersion::Any => write!(f, "any"),
-            ExpectedVersion::NoStream => write!(f, "no stream"),
-            ExpectedVersion::StreamExists => write!(f, "stream exists"),
-            ExpectedVersion::Exact(v) => write!(f, "{v}"),
-        }
-    }
-}
-
-/// A place in the global log: the byte offset of an event's frame in the store file. Positions
-/// strictly increase in log order; they are the cursor of [`crate::Store::read_all`] and of
-/// checkpoints.
-///
-/// ```
-/// use annals::Position;
-///
-/// assert!(Position::START < Position::new(4096));
-/// assert_eq!(Position::new(4096).as_u64(), 4096);
-/// ```
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
-pub struct Position(u64);
-
-impl Position {
-    /// Before the first event.
-    pub const START: Position = Position(0);
-    /// After the last event.
-    pub const END: Position = Position(u64::MAX);
-
-    /// A position from its number.
-    pub const fn new(n: u64) -> Position {
-        Position(n)
-    }
-
-    /// The position's number.
-    pub const fn as_u64(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for Position {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// Identifies a registered synchronous subscription (to unsubscribe, or to run it again on an
-/// event it failed on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SubscriptionId(pub(crate) u64);
-
-/// Which way a read goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// Oldest first.
-    Forwards,
-    /// Newest first.
-    Backwards,
-}
+use crate::log::format::{EventRecord, EventRef, PayloadEncoding};
+use crate::values::Position;
 
 /// An event to append.
 ///
@@ -146,6 +51,25 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
+    /// The frame fields of this event as event `version` of `stream`: the one conversion from
+    /// an event to what the log writes (used to size, to stage and to detach frames).
+    pub(crate) fn record<'a>(&'a self, stream: &'a str, version: u64) -> EventRecord<'a> {
+        EventRecord {
+            stream,
+            version,
+            timestamp: self.timestamp_nanos(),
+            id: self.id.into_bytes(),
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            correlation_id: self.correlation_id.map(Uuid::into_bytes),
+            causation_id: self.causation_id.map(Uuid::into_bytes),
+            publish: self.publish,
+            encoding: self.encoding,
+            metadata: &self.metadata,
+            payload: &self.payload,
+        }
+    }
+
     /// A new event with a fresh UUIDv7, the current time, schema version 1, no metadata.
     pub fn new(event_type: impl Into<Cow<'static, str>>, payload: impl Into<Bytes>) -> NewEvent {
         NewEvent {
@@ -252,7 +176,7 @@ impl RecordedEvent {
     pub(crate) fn new(frame: Bytes, position: u64) -> RecordedEvent {
         RecordedEvent {
             frame,
-            position: Position(position),
+            position: Position::new(position),
             prev: 0,
         }
     }
@@ -284,23 +208,10 @@ impl RecordedEvent {
         position: Position,
         event: &NewEvent,
     ) -> crate::Result<RecordedEvent> {
-        use crate::log::format::{Body, EventRecord, FrameLink, decode_frame, encode_event};
-        crate::store::names::check_stream_name(stream, true)?;
-        crate::store::names::check_event_type(&event.event_type)?;
-        let record = EventRecord {
-            stream,
-            version,
-            timestamp: event.timestamp_nanos(),
-            id: event.id.into_bytes(),
-            event_type: &event.event_type,
-            schema_version: event.schema_version,
-            correlation_id: event.correlation_id.map(Uuid::into_bytes),
-            causation_id: event.causation_id.map(Uuid::into_bytes),
-            publish: event.publish,
-            encoding: event.encoding,
-            metadata: &event.metadata,
-            payload: &event.payload,
-        };
+        use crate::log::format::{Body, FrameLink, decode_frame, encode_event};
+        crate::names::check_stream_name(stream, true)?;
+        crate::names::check_event_type(&event.event_type)?;
+        let record = event.record(stream, version);
         if record.frame_len().is_none() {
             return Err(crate::Error::TooLarge {
                 what: "event",
@@ -308,20 +219,20 @@ impl RecordedEvent {
                 limit: u64::from(u32::MAX),
             });
         }
-        let position = position.0 - position.0 % crate::log::format::FRAME_ALIGN;
+        // A detached frame never touches a file: it is encoded at position 0 with no frame key,
+        // and carries `position` only as the place it is said to be.
         let mut buf = Vec::new();
         let link = FrameLink {
-            position,
+            position: 0,
             durable: 0,
             prev: 0,
             commit_end: true,
         };
-        // A detached event never touches a file: no frame key.
         encode_event(&mut buf, link, 0, &record);
-        let frame = decode_frame(&buf, position, 0)
-            .map_err(|e| crate::Error::corrupt(position, e.to_string()))?;
+        let frame = decode_frame(&buf, 0, 0)
+            .map_err(|e| crate::Error::corrupt(position.as_u64(), e.to_string()))?;
         debug_assert_eq!(frame.body, Body::Event);
-        Ok(RecordedEvent::new(Bytes::from(buf), position))
+        Ok(RecordedEvent::new(Bytes::from(buf), position.as_u64()))
     }
 
     /// Distance back to the previous frame of the log.
@@ -357,7 +268,7 @@ impl RecordedEvent {
     /// The position just after this event: where a reader that has handled this event resumes.
     #[inline]
     pub fn next_position(&self) -> Position {
-        Position(self.position.0 + self.frame.len() as u64)
+        Position::new(self.position.as_u64() + self.frame.len() as u64)
     }
 
     /// The event's id.
