@@ -46,7 +46,7 @@ pub struct Event {
     pub id: uuid::Uuid,
     /// Event type.
     pub event_type: &'static str,
-    /// Payload bytes (engine: cloning an event does not copy them).
+    /// Payload bytes (shared: cloning an event does not copy them).
     pub payload: bytes::Bytes,
 }
 
