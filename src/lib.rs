@@ -30,18 +30,19 @@ pub mod domain;
 mod error;
 mod event;
 mod index;
-mod names;
 #[cfg(feature = "internals")]
 pub mod internals;
 pub mod log;
+mod names;
 pub mod storage;
 mod store;
 mod values;
 
 pub use error::{Error, Result, SubscriberFailure};
-pub use names::category_of;
+pub use event::{AppendResult, NewEvent, RecordedEvent};
 pub use log::format::PayloadEncoding;
 pub use log::recovery::Truncation;
+pub use names::category_of;
 pub use store::catch_up::{CatchUp, ProjectionHandle, ProjectionOptions, Start};
 pub use store::codec::{Codec, to_json_string};
 pub use store::maintenance::{StoreInfo, TruncateReport, VerifyReport};
@@ -57,7 +58,6 @@ pub use store::{
     AllEvents, IndexedEvents, Lost, RecoveryReport, Store, StoreBuilder, StoreStats, StreamEvents,
     Transaction,
 };
-pub use event::{AppendResult, NewEvent, RecordedEvent};
 pub use values::{Direction, ExpectedVersion, Position, SubscriptionId};
 
 #[doc(hidden)]

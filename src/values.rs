@@ -101,4 +101,3 @@ pub enum Direction {
     /// Newest first.
     Backwards,
 }
-

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::Result;
-use crate::names::category_of;
 use crate::log::recovery::ScanStart;
+use crate::names::category_of;
 use memtable::{MemStream, MemTable, PosRun, PosRunAdd, Run, RunAdd};
 use sidecar::{Sidecar, SidecarMeta};
 
@@ -113,7 +113,6 @@ pub(crate) enum PosIndex {
     Category,
     EventType,
 }
-
 
 /// A stream's runs around a version, with the stream's count and the log's committed end at the
 /// moment they were read.

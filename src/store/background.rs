@@ -1,5 +1,5 @@
 //! The store's background threads: the index flusher (writes frozen memtables to the sidecar)
-//! and, with [`Durability::Periodic`], the syncer. They hold only what they need, never the
+//! and, with [`Durability::Periodic`](crate::Durability::Periodic), the syncer. They hold only what they need, never the
 //! store itself, so they cannot keep it open.
 
 use std::sync::Arc;

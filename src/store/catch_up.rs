@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::Store;
-use crate::names::check_stream_name;
 use super::subscriptions::{BoxError, Filter};
 use crate::error::{Error, Result};
-use crate::values::{Direction, ExpectedVersion, Position};
 use crate::event::{NewEvent, RecordedEvent};
+use crate::names::check_stream_name;
+use crate::values::{Direction, ExpectedVersion, Position};
 
 /// Where a catch-up subscription without a checkpoint starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 //! the next group, so concurrent appenders share syncs.
 //!
 //! A failed write or sync poisons the store: that group and every later request fail with
-//! [`Error::Poisoned`] until the store is reopened, and recovery decides from the disk what
+//! [`Error::Poisoned`](crate::Error::Poisoned) until the store is reopened, and recovery decides from the disk what
 //! was written. So does a panic inside the leader (a bug): its group fails, and no thread is
 //! left waiting for a leader that is gone. A request that is refused (wrong expected version,
 //! too large, disk full at a segment start) fails alone and writes nothing.
@@ -26,12 +26,12 @@ use parking_lot::{Condvar, Mutex};
 
 use super::Engine;
 use crate::error::{Error, Result};
+use crate::event::{AppendResult, NewEvent};
 use crate::index::{Committed, PartIndex, StreamInfo};
 pub(crate) use crate::log::sync::Poison;
 use crate::log::writer::{LogWriter, ReserveError};
 use crate::store::options::Durability;
 use crate::values::ExpectedVersion;
-use crate::event::{AppendResult, NewEvent};
 
 /// One stream's part of a request.
 pub(crate) struct Part {

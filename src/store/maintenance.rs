@@ -1,9 +1,11 @@
 //! Looking inside a store, checking it, and cutting a damaged log: what the `annals` command
 //! line tool (`info`, `verify`, `rebuild-index`, `repair`) is built on.
 
+use crate::log::recovery::Truncation;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::{Store, open::store_path};
@@ -13,6 +15,54 @@ use crate::log::Layout;
 use crate::log::recovery;
 use crate::storage::{FileSystem, OpenMode, StdFs};
 use crate::values::{Direction, Position};
+
+/// What a store has done since it was opened; see [`Store::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Appends and transactions committed.
+    pub commits: u64,
+    /// Events written by them.
+    pub events: u64,
+    /// Write-and-sync rounds: with concurrent appenders, one round commits several appends
+    /// (group commit), so this is at most `commits`.
+    pub groups: u64,
+}
+
+/// What happened when the store was opened.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecoveryReport {
+    /// How far the index sidecar covered the log (what was replayed started there).
+    pub index_covered: Position,
+    /// Why the index sidecar was rebuilt from the log, if it was.
+    pub index_rebuilt: Option<String>,
+    /// Commits read from the log to bring the index up to date.
+    pub commits_replayed: u64,
+    /// The tail that was dropped, if any: why, how many bytes, and where they were saved.
+    /// (For a read-only open: what an open for writing would drop; nothing was changed.)
+    pub truncated: Option<Truncation>,
+    /// Bytes of the log's tail that no frame proved durable, written again and synced before
+    /// anything could build on them (see the recovery rule).
+    pub rewritten: u64,
+    /// What an index rebuild that was told to accept a loss found missing, if anything.
+    pub lost: Option<Lost>,
+}
+
+/// Acknowledged events missing from a log whose index was rebuilt with
+/// [`StoreBuilder::accept_loss`](crate::StoreBuilder::accept_loss): the log ended before what the old index covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Lost {
+    /// How far the old index covered the log.
+    pub index_covered: u64,
+    /// Where the log ended instead.
+    pub log_end: u64,
+    /// Events the old index counted that the log no longer holds.
+    pub events: u64,
+    /// Each stream that lost events: (name, events left, events the old index counted).
+    pub streams: Vec<(String, u64, u64)>,
+    /// All of it in words.
+    pub description: String,
+}
 
 /// What [`Store::info`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,7 +309,7 @@ impl Store {
     /// Cuts the log of the (closed) store at `path` at byte position `at`: the written bytes
     /// from `at` on are first saved beside the store (`NAME.annals.removed-AT`, synced), then
     /// zeroed; the index sidecar is removed (the next open rebuilds it). For a store that
-    /// [`open`](Store::open) refuses as [`Error::Corrupt`] at `at`: cutting there keeps every
+    /// [`open`](Store::open) refuses as [`Error::Corrupt`](crate::Error::Corrupt) at `at`: cutting there keeps every
     /// commit before it. Commits that `at` splits are dropped whole by the next open.
     ///
     /// Only on explicit request: this removes events.
@@ -344,3 +394,31 @@ fn saved_tails(path: &Path) -> Vec<(PathBuf, u64)> {
 
 /// Bytes copied at a time when saving what a cut removes.
 const COPY_CHUNK: u64 = 1 << 20;
+
+impl Store {
+    /// Counters of what the store has done since it was opened.
+    ///
+    /// ```
+    /// use annals::{ExpectedVersion, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// store.append("a", ExpectedVersion::Any, [NewEvent::new("E", "1"), NewEvent::new("E", "2")])?;
+    /// let stats = store.stats();
+    /// assert_eq!((stats.commits, stats.events, stats.groups), (1, 2, 1));
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.engine.counters;
+        StoreStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            events: c.events.load(Ordering::Relaxed),
+            groups: c.groups.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What recovery did when the store was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.engine.recovery
+    }
+}

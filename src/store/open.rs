@@ -9,17 +9,17 @@ use parking_lot::Mutex;
 
 use super::background::Background;
 use super::commit::{Committer, Poison};
-use super::{Counters, RecoveryReport, Engine, Store, StoreBuilder};
+use super::{Counters, Engine, RecoveryReport, Store, StoreBuilder};
 use crate::error::{Error, Result};
 use crate::index::sidecar::Sidecar;
 use crate::index::{Committed, Index, PartIndex, SidecarMode, StreamInfo, sidecar_path};
-use crate::storage::parent_dir as parent;
 use crate::log::Layout;
 use crate::log::format::{EventRef, FileHeader, HEADER_BLOCK, HEADER_LEN, HeaderError};
 use crate::log::reader::LogReader;
 use crate::log::recovery::{Mode, RecoveredEvent, Replay, ScanStart, recover};
 use crate::log::sync::LogSync;
 use crate::log::writer::LogWriter;
+use crate::storage::parent_dir as parent;
 use crate::storage::{FileSystem, OpenMode, StorageFile, is_not_found};
 
 impl Store {

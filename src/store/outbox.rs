@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::Store;
-use crate::names::check_stream_name;
 use super::subscriptions::BoxError;
 use crate::error::{Error, Result};
-use crate::values::{Direction, ExpectedVersion, Position};
 use crate::event::{NewEvent, RecordedEvent};
+use crate::names::check_stream_name;
+use crate::values::{Direction, ExpectedVersion, Position};
 
 /// The published form of an event, as the `messagebus` library's event stream carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,14 +9,14 @@ use std::collections::VecDeque;
 
 use super::Engine;
 use crate::error::{Error, Result};
-use crate::index::memtable::{PosRun, Run};
+use crate::event::RecordedEvent;
 use crate::index::PosIndex;
-use crate::names::category_of;
+use crate::index::memtable::{PosRun, Run};
 use crate::log::Layout;
 use crate::log::format::{Body, EventRef, FRAME_ALIGN};
 use crate::log::reader::Cursor;
+use crate::names::category_of;
 use crate::values::{Direction, Position};
-use crate::event::RecordedEvent;
 
 /// How many index runs a stream read fetches at a time.
 const RUN_BATCH: usize = 256;

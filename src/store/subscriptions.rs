@@ -22,6 +22,8 @@
 //! `tracing` warning); [`Store::redeliver`](crate::Store::redeliver) runs the callback on the
 //! event again.
 
+use crate::error::{Error, Result};
+use crate::values::Direction;
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -32,11 +34,11 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::Engine;
 use crate::error::SubscriberFailure;
-use crate::names::category_of;
+use crate::event::{AppendResult, RecordedEvent};
 use crate::log::format::Body;
 use crate::log::reader::Cursor;
+use crate::names::category_of;
 use crate::values::{Position, SubscriptionId};
-use crate::event::{AppendResult, RecordedEvent};
 
 /// The error a callback, publisher or projection returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -354,4 +356,132 @@ fn commit_events(
         at = next;
     }
     Ok(events)
+}
+
+impl super::Store {
+    /// Registers a synchronous subscription: `callback` runs for every event `filter` passes,
+    /// after the event is durable and before the `append` that wrote it returns, in global log
+    /// order (on one of the appending threads: callbacks of concurrent appends run one after
+    /// the other, in log order).
+    ///
+    /// A callback may append: its append returns at once, and its events are handed to every
+    /// subscriber after the current event, in log order, before the outermost append returns.
+    /// A callback must not wait for an append made on another thread (that append waits for
+    /// its turn, which comes after the callback's).
+    ///
+    /// A callback that fails or panics does not undo the append or stop the other callbacks:
+    /// the append still returns `Ok`, with the failure in its
+    /// [`subscriber_failures`](AppendResult::subscriber_failures); the failure also goes to the
+    /// [failure handler](Self::on_subscriber_failure), and [`redeliver`](Self::redeliver) runs
+    /// the callback on the event again.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use annals::{ExpectedVersion, Filter, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("users"))?;
+    /// let sent = Arc::new(Mutex::new(Vec::new()));
+    /// let outbox = sent.clone();
+    /// store.subscribe("welcome-mail", Filter::EventType("UserRegistered".into()), move |e| {
+    ///     outbox.lock().unwrap().push(String::from_utf8_lossy(e.payload()).into_owned());
+    ///     Ok(())
+    /// });
+    /// store.append("user-1", ExpectedVersion::NoStream, [NewEvent::new("UserRegistered", "test@example.com")])?;
+    /// assert_eq!(*sent.lock().unwrap(), ["test@example.com"]);
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn subscribe(
+        &self,
+        name: &str,
+        filter: Filter,
+        callback: impl Fn(&RecordedEvent) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
+    ) -> crate::SubscriptionId {
+        let callback: Arc<Callback> = Arc::new(move |_: &Engine, e: &RecordedEvent| callback(e));
+        self.engine
+            .subscribers
+            .add(name.to_owned(), filter, callback)
+    }
+
+    /// Removes a synchronous subscription; false if it was not registered.
+    pub fn unsubscribe(&self, id: crate::SubscriptionId) -> bool {
+        self.engine.subscribers.remove(id)
+    }
+
+    /// Sets what is told of every failed subscription callback (besides the append's
+    /// [`subscriber_failures`](AppendResult::subscriber_failures)), for failures of appends made
+    /// from callbacks too. By default each failure is logged as a `tracing` warning.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use annals::{ExpectedVersion, Filter, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// let failed = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = failed.clone();
+    /// store.on_subscriber_failure(move |f| seen.lock().unwrap().push(f.clone()));
+    /// store.subscribe("flaky", Filter::All, |_| Err("mail server down".into()));
+    /// let r = store.append("user-1", ExpectedVersion::Any, [NewEvent::new("Registered", "x")])?;
+    /// assert_eq!(r.subscriber_failures.len(), 1);
+    /// assert_eq!(failed.lock().unwrap()[0], r.subscriber_failures[0]);
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn on_subscriber_failure(
+        &self,
+        handler: impl Fn(&crate::SubscriberFailure) + Send + Sync + 'static,
+    ) {
+        self.engine
+            .subscribers
+            .set_failure_handler(Arc::new(handler));
+    }
+
+    /// Runs a failed subscription callback again on the event it failed on (read back from
+    /// the log), on this thread. `Ok` once it succeeds; [`Error::SubscriberFailed`](crate::Error::SubscriberFailed) if it fails
+    /// again; [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the subscription was removed.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use annals::{ExpectedVersion, Filter, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// let up = Arc::new(AtomicBool::new(false));
+    /// let server = up.clone();
+    /// store.subscribe("mailer", Filter::All, move |_| {
+    ///     if server.load(Ordering::SeqCst) { Ok(()) } else { Err("down".into()) }
+    /// });
+    /// let r = store.append("user-1", ExpectedVersion::Any, [NewEvent::new("Registered", "x")])?;
+    /// let failure = &r.subscriber_failures[0];
+    /// assert!(store.redeliver(failure).is_err());
+    /// up.store(true, Ordering::SeqCst);
+    /// store.redeliver(failure)?;
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn redeliver(&self, failure: &crate::SubscriberFailure) -> Result<()> {
+        let event = self
+            .read_log(failure.position, Direction::Forwards, 1)?
+            .next()
+            .transpose()?
+            .filter(|e| e.position() == failure.position)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("no event at position {}", failure.position))
+            })?;
+        match self
+            .engine
+            .subscribers
+            .redeliver(&self.engine, failure.subscription_id, &event)
+        {
+            None => Err(Error::InvalidArgument(format!(
+                "subscription `{}` is no longer registered",
+                failure.subscription
+            ))),
+            Some(Ok(())) => Ok(()),
+            Some(Err(error)) => Err(Error::SubscriberFailed(crate::SubscriberFailure {
+                error,
+                ..failure.clone()
+            })),
+        }
+    }
 }

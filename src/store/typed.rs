@@ -2,6 +2,10 @@
 //! `Metadata(name, schema_version, published)` of the `messagebus` library), sets of them
 //! ([`events!`](crate::events)), upcasting of old schema versions, and typed appends and reads.
 
+use super::subscriptions;
+use super::{AllEvents, Engine, StreamEvents};
+use crate::event::AppendResult;
+use crate::values::{Direction, ExpectedVersion, Position};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -12,8 +16,8 @@ use serde::de::DeserializeOwned;
 
 use super::codec::{self, Codec};
 use crate::error::{Error, Result};
-use crate::log::format::PayloadEncoding;
 use crate::event::{NewEvent, RecordedEvent};
+use crate::log::format::PayloadEncoding;
 
 /// The name, schema version and published flag of an event type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -429,5 +433,201 @@ impl Registry {
                 Ok((text.to_owned(), record.schema_version()))
             }
         }
+    }
+}
+
+impl super::Store {
+    /// The codec typed events are written with.
+    pub fn codec(&self) -> codec::Codec {
+        self.engine.codec
+    }
+
+    /// Registers an upcaster: events of type `event_type` stored at schema version
+    /// `from_version` are decoded as `Old`, passed through `upcast`, and read on as version
+    /// `from_version + 1`, on every typed read path. Chains of upcasters take old events all
+    /// the way to the current version.
+    ///
+    /// ```
+    /// use annals::{EventType, ExpectedVersion, NewEvent, PayloadEncoding, Store};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct RenamedV1 { name: String }
+    /// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    /// struct Renamed { first: String, last: String }
+    /// impl EventType for Renamed {
+    ///     const NAME: &'static str = "Renamed";
+    ///     const SCHEMA_VERSION: u32 = 2;
+    /// }
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("people"))?;
+    /// // An event written by an older program, at schema version 1:
+    /// let old = serde_json::to_vec(&RenamedV1 { name: "Ada Lovelace".into() }).unwrap();
+    /// let mut e = NewEvent::new("Renamed", old);
+    /// e.encoding = PayloadEncoding::Json;
+    /// store.append("person-1", ExpectedVersion::Any, [e])?;
+    ///
+    /// store.register_upcaster("Renamed", 1, |v1: RenamedV1| {
+    ///     let (first, last) = v1.name.split_once(' ').unwrap_or((&v1.name, ""));
+    ///     Renamed { first: first.into(), last: last.into() }
+    /// });
+    /// let read = store.read_stream_as::<Renamed>("person-1", 0, annals::Direction::Forwards, 1)?
+    ///     .next().unwrap()?;
+    /// assert_eq!(read.event, Renamed { first: "Ada".into(), last: "Lovelace".into() });
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn register_upcaster<Old, New>(
+        &self,
+        event_type: &str,
+        from_version: u32,
+        upcast: impl Fn(Old) -> New + Send + Sync + 'static,
+    ) where
+        Old: serde::de::DeserializeOwned,
+        New: serde::Serialize,
+    {
+        self.engine
+            .upcasters
+            .write()
+            .register(event_type, from_version, upcast);
+    }
+
+    /// Registers the event types of `E` with the store, so that their events have a JSON form
+    /// ([`to_json`](Self::to_json)): the outbox publishes it, whatever codec stored them.
+    pub fn register_events<E: Events>(&self) {
+        self.engine.registry.write().register::<E>();
+    }
+
+    /// Registers the event types of `E` unless they all are already: what the domain floor
+    /// calls for every repository and every aggregate a unit of work touches, so a read lock
+    /// is all it costs after the first time.
+    pub(crate) fn ensure_registered<E: Events>(&self) {
+        if !self.engine.registry.read().knows::<E>() {
+            self.register_events::<E>();
+        }
+    }
+
+    /// The JSON form of an event and the schema version it is at: through its registered type
+    /// if it has one (upcast to the current version), else its payload if that is JSON.
+    pub fn to_json(&self, event: &RecordedEvent) -> Result<(String, u32)> {
+        self.engine
+            .registry
+            .read()
+            .to_json(&self.engine.upcasters.read(), event)
+    }
+
+    /// The [`NewEvent`] for a typed event, encoded with the store's codec, with its type's
+    /// name, schema version and published flag; add tracing ids or metadata before appending.
+    pub fn new_event<E: Events>(&self, event: &E) -> Result<NewEvent> {
+        new_event(event, self.engine.codec)
+    }
+
+    /// Appends typed events (see [`append`](Self::append)).
+    ///
+    /// ```
+    /// use annals::{EventType, ExpectedVersion, Store};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    /// struct Deposited { cents: u64 }
+    /// impl EventType for Deposited {
+    ///     const NAME: &'static str = "Deposited";
+    /// }
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("bank"))?;
+    /// store.append_events("account-1", ExpectedVersion::NoStream, [Deposited { cents: 500 }])?;
+    /// let e = store.read_stream_as::<Deposited>("account-1", 0, annals::Direction::Forwards, 1)?
+    ///     .next().unwrap()?;
+    /// assert_eq!((e.event.cents, e.version(), e.event_type()), (500, 0, "Deposited"));
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn append_events<E: Events>(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: impl IntoIterator<Item = E>,
+    ) -> Result<AppendResult> {
+        let events = events
+            .into_iter()
+            .map(|e| self.new_event(&e))
+            .collect::<Result<Vec<_>>>()?;
+        self.append(stream, expected, events)
+    }
+
+    /// The upcasters registered so far (a copy).
+    pub fn upcasters(&self) -> Upcasters {
+        self.engine.upcasters.read().clone()
+    }
+
+    /// Decodes a recorded event as one of `E`'s types, upcast to the type's current schema
+    /// version. An event of another type or a payload that does not decode is
+    /// [`Error::Decode`](crate::Error::Decode), naming the position.
+    pub fn decode<E: Events>(&self, event: &RecordedEvent) -> Result<E> {
+        decode(&self.engine.upcasters.read(), event)
+    }
+
+    /// Reads a stream as typed events (see [`read_stream`](Self::read_stream)); an event of a
+    /// type not in `E` is an error.
+    pub fn read_stream_as<E: Events>(
+        &self,
+        stream: &str,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<TypedEvents<'_, StreamEvents<'_>, E>> {
+        Ok(self.typed(self.read_stream(stream, from, direction, limit)?, false))
+    }
+
+    /// Reads the whole log as typed events (see [`read_all`](Self::read_all)), passing over
+    /// events of types not in `E`.
+    pub fn read_all_as<E: Events>(
+        &self,
+        from: Position,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<TypedEvents<'_, AllEvents<'_>, E>> {
+        Ok(self.typed(self.read_all(from, direction, limit)?, true))
+    }
+
+    /// Decodes any iterator of records as typed events: with `skip_others`, records of types
+    /// not in `E` are passed over, otherwise they are errors.
+    pub fn typed<I, E>(&self, records: I, skip_others: bool) -> TypedEvents<'_, I, E>
+    where
+        I: Iterator<Item = Result<RecordedEvent>>,
+        E: Events,
+    {
+        TypedEvents {
+            inner: records,
+            upcasters: &self.engine.upcasters,
+            skip_others,
+            _events: std::marker::PhantomData,
+        }
+    }
+
+    /// Registers a synchronous subscription to the event types of `E`, decoded (and upcast):
+    /// see [`subscribe`](Self::subscribe).
+    pub fn subscribe_to<E: Events>(
+        &self,
+        name: &str,
+        callback: impl Fn(&TypedEvent<E>) -> std::result::Result<(), subscriptions::BoxError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> crate::SubscriptionId {
+        let filter = subscriptions::Filter::EventTypes(
+            E::types().iter().map(|m| m.name.to_owned()).collect(),
+        );
+        let callback: Arc<subscriptions::Callback> =
+            Arc::new(move |engine: &Engine, record: &RecordedEvent| {
+                let event = decode::<E>(&engine.upcasters.read(), record)?;
+                callback(&TypedEvent {
+                    event,
+                    record: record.clone(),
+                })
+            });
+        self.engine
+            .subscribers
+            .add(name.to_owned(), filter, callback)
     }
 }

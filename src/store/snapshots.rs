@@ -1,0 +1,53 @@
+//! Snapshots of streams, kept in the log as the engine's own records (see
+//! [`crate::log::records`]): an optimisation for the domain floor, never a source of truth.
+
+use super::Store;
+use crate::error::Result;
+use crate::event::{AppendResult, NewEvent};
+use crate::values::{Direction, ExpectedVersion};
+
+impl Store {
+    /// Stores a snapshot of the state of `stream` at `version` (in the log, in the reserved
+    /// stream `$snapshot-STREAM`): `state` is its encoding, `schema` the version of that
+    /// encoding. Snapshots are an optimisation for the domain floor, never a source of truth.
+    pub fn save_snapshot(
+        &self,
+        stream: &str,
+        version: u64,
+        schema: u32,
+        state: Vec<u8>,
+    ) -> Result<AppendResult> {
+        let event = NewEvent::new("Snapshot", state)
+            .with_schema_version(schema)
+            .with_metadata(version.to_le_bytes().to_vec());
+        self.append_system(
+            &format!("$snapshot-{stream}"),
+            ExpectedVersion::Any,
+            vec![event],
+        )
+    }
+
+    /// The latest snapshot of `stream`: (version it covers, schema, state), if any.
+    pub fn load_snapshot(&self, stream: &str) -> Result<Option<(u64, u32, bytes::Bytes)>> {
+        let Some(e) = self
+            .read_stream(
+                &format!("$snapshot-{stream}"),
+                u64::MAX,
+                Direction::Backwards,
+                1,
+            )?
+            .next()
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let Ok(version) = <[u8; 8]>::try_from(e.metadata()) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            u64::from_le_bytes(version),
+            e.schema_version(),
+            e.payload_bytes(),
+        )))
+    }
+}
