@@ -41,6 +41,7 @@ mod values;
 pub use error::{Error, Result, SubscriberFailure};
 pub use event::{AppendResult, NewEvent, RecordedEvent};
 pub use log::format::PayloadEncoding;
+pub use log::records;
 pub use log::recovery::Truncation;
 pub use names::category_of;
 pub use store::catch_up::{CatchUp, ProjectionHandle, ProjectionOptions, Start};

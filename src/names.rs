@@ -3,8 +3,7 @@
 use crate::error::{Error, Result};
 use crate::log::format::{MAX_EVENT_TYPE_LEN, MAX_STREAM_NAME_LEN};
 
-/// Prefix of stream names reserved for the engine's own records.
-pub const RESERVED_PREFIX: char = '$';
+pub use crate::log::records::RESERVED_PREFIX;
 
 fn common(name: &str, max: usize) -> std::result::Result<(), &'static str> {
     if name.is_empty() {

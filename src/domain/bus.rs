@@ -73,8 +73,8 @@ impl<A: Aggregate, S: EventStore> Tracked<S> for TrackedAggregate<A> {
 /// The most events and commands one [`MessageBus::settle`] hands on (a bound on listener loops).
 pub const MAX_SETTLE_STEPS: usize = 100_000;
 
-/// The event type of a [`UnitOfWork::claim_unique`] claim.
-pub const UNIQUE_CLAIMED: &str = "annals.UniqueClaimed";
+/// The event type of a [`UnitOfWork::claim_unique`] claim (specified in [`crate::records`]).
+pub use crate::records::UNIQUE_CLAIMED;
 
 /// Everything one piece of work changes, committed together or not at all.
 pub struct UnitOfWork<'s, S: EventStore> {
@@ -172,14 +172,17 @@ impl<'s, S: EventStore> UnitOfWork<'s, S> {
         value: &str,
         taken: impl FnOnce() -> E,
     ) -> std::result::Result<(), DomainError<E>> {
-        let stream = format!("$unique-{scope}-{value}");
+        let stream = crate::records::unique_stream(scope, value);
         let claimed_here = self.parts.iter().any(|(_, p)| p.stream == stream);
         if claimed_here || self.store.last_event(&stream)?.is_some() {
             return Err(DomainError::Rejected(taken()));
         }
         let claim = crate::NewEvent::json(
             UNIQUE_CLAIMED,
-            &serde_json::json!({ "scope": scope, "value": value }),
+            &crate::records::UniqueClaim {
+                scope: scope.to_owned(),
+                value: value.to_owned(),
+            },
         )?;
         self.parts.push((
             None,

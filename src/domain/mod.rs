@@ -90,8 +90,9 @@ mod repository;
 
 use crate::{BoxError, Error};
 
-/// The event type under which a dispatched command is stored in its workflow's stream.
-pub const COMMAND_EVENT_TYPE: &str = "annals.CommandDispatched";
+/// The event type under which a dispatched command is stored in its workflow's stream
+/// (specified in [`crate::records`]).
+pub use crate::records::COMMAND_DISPATCHED as COMMAND_EVENT_TYPE;
 
 /// Why a domain operation did not happen.
 #[derive(Debug, thiserror::Error)]

@@ -15,31 +15,16 @@
 //! it is not. Two relays with the same name cannot both handle a command: the second commit
 //! fails on the marker stream and is discarded.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::COMMAND_EVENT_TYPE;
 use super::bus::{BusError, MessageBus, UnitOfWork};
 use super::event_store::{EventStore, Part};
 use crate::{Error, ExpectedVersion, NewEvent, Position, RecordedEvent, Result};
 
-/// Marker event type: a command was handled and its effects committed.
-pub const COMMAND_HANDLED: &str = "annals.CommandHandled";
-/// Marker event type: a command's handler failed; it will not be retried.
-pub const COMMAND_FAILED: &str = "annals.CommandFailed";
-
-/// One entry of a relay's progress stream.
-#[derive(Debug, Serialize, Deserialize)]
-struct Marker {
-    /// Where to look for the next command.
-    next: u64,
-    /// The position of the command this marker is about.
-    source: u64,
-    /// Its name.
-    command: String,
-    /// Why it failed, for [`COMMAND_FAILED`] markers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
+pub use crate::records::{COMMAND_FAILED, COMMAND_HANDLED};
+/// One entry of a relay's progress stream (specified in [`crate::records`]).
+use crate::records::RelayMarker as Marker;
 
 /// A dispatched command as stored in the log.
 #[derive(Debug, Deserialize)]
@@ -167,7 +152,7 @@ impl CommandRelay {
             )));
         }
         Ok(CommandRelay {
-            stream: format!("$relay-{name}"),
+            stream: crate::records::relay_stream(name),
             attempts: 5,
         })
     }

@@ -91,6 +91,12 @@
 //! segment). A seal is a commit of its own; it is the last frame of a segment, and the writer
 //! keeps room for it (40 bytes) at the end of every segment.
 //!
+//! # The engine's own records
+//!
+//! Checkpoints, outbox progress, snapshots, relay markers and unique claims are ordinary event
+//! frames in streams whose names start with `$`; their streams, types and payloads are
+//! specified in [`super::records`].
+//!
 //! # Recovery rule
 //!
 //! Recovery reads frames forward from the position the index sidecar covers. The end of the log

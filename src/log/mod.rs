@@ -4,11 +4,13 @@
 //! - `reader`: reading frames at positions (mapped sealed segments, chunked positioned reads
 //!   elsewhere);
 //! - `writer`: staging commits, sealing and starting segments, writing and syncing;
+//! - `records`: the engine's own records (the `$` streams), specified;
 //! - `recovery`: the open-time scan that finds the end of the log and tells a torn tail from
 //!   corruption.
 
 pub mod format;
 pub(crate) mod reader;
+pub mod records;
 pub(crate) mod recovery;
 pub(crate) mod sync;
 pub(crate) mod writer;

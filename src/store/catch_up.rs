@@ -28,11 +28,11 @@ pub enum Start {
     At(Position),
 }
 
-const CHECKPOINT_TYPE: &str = "Checkpoint";
+use crate::log::records;
 
 /// The stream holding a subscription's checkpoints.
 fn checkpoint_stream(name: &str) -> Result<String> {
-    let stream = format!("$checkpoint-{name}");
+    let stream = records::checkpoint_stream(name);
     check_stream_name(&stream, true).map_err(|_| {
         Error::InvalidArgument(format!("{name:?} is not a usable subscription name"))
     })?;
@@ -103,12 +103,12 @@ impl Store {
 }
 
 fn decode_checkpoint(e: &RecordedEvent) -> Result<Position> {
-    let bytes: [u8; 8] = e.payload().try_into().map_err(|_| Error::Decode {
+    let position = records::decode_position(e.payload()).ok_or_else(|| Error::Decode {
         position: e.position().as_u64(),
         event_type: e.event_type().to_owned(),
-        reason: "a checkpoint holds 8 bytes".into(),
+        reason: format!("a checkpoint holds {} bytes", records::POSITION_LEN),
     })?;
-    Ok(Position::new(u64::from_le_bytes(bytes)))
+    Ok(Position::new(position))
 }
 
 impl CatchUp<'_> {
@@ -177,7 +177,10 @@ impl CatchUp<'_> {
         if self.checkpointed == Some(position) {
             return Ok(());
         }
-        let event = NewEvent::new(CHECKPOINT_TYPE, position.as_u64().to_le_bytes().to_vec());
+        let event = NewEvent::new(
+            records::CHECKPOINT,
+            records::encode_position(position.as_u64()).to_vec(),
+        );
         self.store
             .append_system(&self.stream, ExpectedVersion::Any, vec![event])?;
         self.checkpointed = Some(position);

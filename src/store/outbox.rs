@@ -122,25 +122,13 @@ pub struct RunReport {
     pub caught_up: bool,
 }
 
-/// A parked event: delivery gave up on it after `attempts` failures.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Parked {
-    /// Where the event is.
-    pub position: Position,
-    /// How many deliveries failed.
-    pub attempts: u32,
-    /// The last error.
-    pub error: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Replayed {
-    position: Position,
-}
-
-const PROGRESS: &str = "Progress";
-const PARKED: &str = "Parked";
-const REPLAYED: &str = "Replayed";
+/// A parked event: delivery gave up on it after `attempts` failures (the record is specified
+/// in [`crate::records`]).
+pub use crate::log::records::Parked;
+use crate::log::records::{
+    self, OUTBOX_PARKED as PARKED, OUTBOX_PROGRESS as PROGRESS, OUTBOX_REPLAYED as REPLAYED,
+    Replayed,
+};
 
 /// An outbox over a store (`&Store` or `Arc<Store>`); see the [module docs](self).
 pub struct Outbox<S: Deref<Target = Store>, P: Publisher> {
@@ -180,8 +168,8 @@ impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
     /// # Ok::<(), annals::Error>(())
     /// ```
     pub fn new(store: S, name: &str, publisher: P, options: OutboxOptions) -> Result<Self> {
-        let progress_stream = format!("$outbox-{name}");
-        let parked_stream = format!("$outbox-{name}-parked");
+        let progress_stream = records::outbox_stream(name);
+        let parked_stream = records::outbox_parked_stream(name);
         for s in [&progress_stream, &parked_stream] {
             check_stream_name(s, true).map_err(|_| {
                 Error::InvalidArgument(format!("{name:?} is not a usable outbox name"))
@@ -193,12 +181,12 @@ impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
         {
             Some(e) => {
                 let e = e?;
-                let bytes: [u8; 8] = e.payload().try_into().map_err(|_| Error::Decode {
+                let next = records::decode_position(e.payload()).ok_or_else(|| Error::Decode {
                     position: e.position().as_u64(),
                     event_type: PROGRESS.into(),
-                    reason: "progress holds 8 bytes".into(),
+                    reason: format!("progress holds {} bytes", records::POSITION_LEN),
                 })?;
-                Position::new(u64::from_le_bytes(bytes))
+                Position::new(next)
             }
             None => Position::START,
         };
@@ -315,7 +303,10 @@ impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
     }
 
     fn record_progress(&mut self) -> Result<()> {
-        let e = NewEvent::new(PROGRESS, self.next.as_u64().to_le_bytes().to_vec());
+        let e = NewEvent::new(
+            PROGRESS,
+            records::encode_position(self.next.as_u64()).to_vec(),
+        );
         self.store
             .append_system(&self.progress_stream, ExpectedVersion::Any, vec![e])?;
         Ok(())

@@ -2,6 +2,7 @@
 //! [`crate::log::records`]): an optimisation for the domain floor, never a source of truth.
 
 use super::Store;
+use crate::log::records;
 use crate::error::Result;
 use crate::event::{AppendResult, NewEvent};
 use crate::values::{Direction, ExpectedVersion};
@@ -17,11 +18,11 @@ impl Store {
         schema: u32,
         state: Vec<u8>,
     ) -> Result<AppendResult> {
-        let event = NewEvent::new("Snapshot", state)
+        let event = NewEvent::new(records::SNAPSHOT, state)
             .with_schema_version(schema)
-            .with_metadata(version.to_le_bytes().to_vec());
+            .with_metadata(records::encode_snapshot_version(version).to_vec());
         self.append_system(
-            &format!("$snapshot-{stream}"),
+            &records::snapshot_stream(stream),
             ExpectedVersion::Any,
             vec![event],
         )
@@ -31,7 +32,7 @@ impl Store {
     pub fn load_snapshot(&self, stream: &str) -> Result<Option<(u64, u32, bytes::Bytes)>> {
         let Some(e) = self
             .read_stream(
-                &format!("$snapshot-{stream}"),
+                &records::snapshot_stream(stream),
                 u64::MAX,
                 Direction::Backwards,
                 1,
@@ -41,11 +42,11 @@ impl Store {
         else {
             return Ok(None);
         };
-        let Ok(version) = <[u8; 8]>::try_from(e.metadata()) else {
+        let Some(version) = records::decode_snapshot_version(e.metadata()) else {
             return Ok(None);
         };
         Ok(Some((
-            u64::from_le_bytes(version),
+            version,
             e.schema_version(),
             e.payload_bytes(),
         )))

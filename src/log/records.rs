@@ -1,0 +1,203 @@
+//! The engine's own records: **the specification of every event the engine itself writes**,
+//! beside the frame format ([`super::format`]). They are ordinary event frames in streams whose
+//! names start with `$` (reserved: applications cannot append to them), so the log alone is
+//! authoritative and every index stays derivable. Reads of the whole log leave them out
+//! (`read_all`), `read_log` includes them.
+//!
+//! | family | stream | event type | payload | metadata |
+//! |---|---|---|---|---|
+//! | catch-up checkpoint | `$checkpoint-NAME` | `Checkpoint` | position, 8 bytes LE | none |
+//! | outbox progress | `$outbox-NAME` | `Progress` | position, 8 bytes LE | none |
+//! | outbox parked event | `$outbox-NAME-parked` | `Parked` | JSON [`Parked`] | none |
+//! | outbox replay | `$outbox-NAME-parked` | `Replayed` | JSON [`Replayed`] | none |
+//! | snapshot | `$snapshot-STREAM` | `Snapshot` | the state, as its encoder wrote it; schema version in the frame | version covered, 8 bytes LE |
+//! | command relay marker | `$relay-NAME` | `annals.CommandHandled` / `annals.CommandFailed` | JSON [`RelayMarker`] | none |
+//! | unique claim | `$unique-SCOPE-VALUE` | `annals.UniqueClaimed` | JSON [`UniqueClaim`] | none |
+//!
+//! One engine-defined event type lives in applications' own streams: a command stored by a
+//! workflow, `annals.CommandDispatched` ([`COMMAND_DISPATCHED`]), whose payload is the
+//! command's JSON.
+//!
+//! The latest record of a stream is the one that counts (the newest checkpoint, the newest
+//! progress, the newest snapshot); older ones are superseded. A record that does not decode is
+//! reported as [`crate::Error::Decode`] by whoever reads it, never skipped silently (snapshots
+//! excepted: a snapshot that does not decode is ignored, the stream is read whole).
+//!
+//! ```
+//! use annals::records;
+//!
+//! assert_eq!(records::checkpoint_stream("mailer"), "$checkpoint-mailer");
+//! let payload = records::encode_position(4096);
+//! assert_eq!(records::decode_position(&payload), Some(4096));
+//! assert_eq!(records::decode_position(b"short"), None);
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// The first character of every stream the engine reserves for its own records.
+pub const RESERVED_PREFIX: char = '$';
+
+/// Event type of a catch-up subscription's checkpoint.
+pub const CHECKPOINT: &str = "Checkpoint";
+/// Event type of an outbox's progress.
+pub const OUTBOX_PROGRESS: &str = "Progress";
+/// Event type of an event the outbox gave up on.
+pub const OUTBOX_PARKED: &str = "Parked";
+/// Event type of a parked event handed back for delivery.
+pub const OUTBOX_REPLAYED: &str = "Replayed";
+/// Event type of a snapshot.
+pub const SNAPSHOT: &str = "Snapshot";
+/// Event type of the marker a command relay commits with a command's effects.
+pub const COMMAND_HANDLED: &str = "annals.CommandHandled";
+/// Event type of the marker a command relay commits for a command that failed for good.
+pub const COMMAND_FAILED: &str = "annals.CommandFailed";
+/// Event type of a unique claim.
+pub const UNIQUE_CLAIMED: &str = "annals.UniqueClaimed";
+/// Event type of a command a workflow stored for its relay (in the workflow's own stream).
+pub const COMMAND_DISPATCHED: &str = "annals.CommandDispatched";
+
+/// Length of a position record's payload.
+pub const POSITION_LEN: usize = 8;
+
+/// The stream of catch-up subscription `name`'s checkpoints.
+pub fn checkpoint_stream(name: &str) -> String {
+    format!("{RESERVED_PREFIX}checkpoint-{name}")
+}
+
+/// The stream of outbox `name`'s progress.
+pub fn outbox_stream(name: &str) -> String {
+    format!("{RESERVED_PREFIX}outbox-{name}")
+}
+
+/// The stream of outbox `name`'s parked events.
+pub fn outbox_parked_stream(name: &str) -> String {
+    format!("{RESERVED_PREFIX}outbox-{name}-parked")
+}
+
+/// The stream of `stream`'s snapshots.
+pub fn snapshot_stream(stream: &str) -> String {
+    format!("{RESERVED_PREFIX}snapshot-{stream}")
+}
+
+/// The stream of command relay `name`'s markers.
+pub fn relay_stream(name: &str) -> String {
+    format!("{RESERVED_PREFIX}relay-{name}")
+}
+
+/// The stream that holds the claim of `value` within `scope`.
+pub fn unique_stream(scope: &str, value: &str) -> String {
+    format!("{RESERVED_PREFIX}unique-{scope}-{value}")
+}
+
+/// The payload of a position record (a checkpoint, outbox progress): 8 bytes, little-endian.
+pub fn encode_position(position: u64) -> [u8; POSITION_LEN] {
+    position.to_le_bytes()
+}
+
+/// Reads a position record's payload; `None` unless it is exactly 8 bytes.
+pub fn decode_position(payload: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(payload.try_into().ok()?))
+}
+
+/// The metadata of a snapshot: the stream version it covers, 8 bytes, little-endian.
+pub fn encode_snapshot_version(version: u64) -> [u8; 8] {
+    version.to_le_bytes()
+}
+
+/// Reads a snapshot's metadata; `None` unless it is exactly 8 bytes.
+pub fn decode_snapshot_version(metadata: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(metadata.try_into().ok()?))
+}
+
+/// An event the outbox gave up on after `attempts` failed deliveries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parked {
+    /// Where the event is.
+    pub position: crate::Position,
+    /// How many deliveries failed.
+    pub attempts: u32,
+    /// The last error.
+    pub error: String,
+}
+
+/// A parked event handed back for delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replayed {
+    /// Where the event is.
+    pub position: crate::Position,
+}
+
+/// What a command relay commits with a command's effects (or for a command that failed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayMarker {
+    /// Where to look for the next command.
+    pub next: u64,
+    /// The position of the command this marker is about.
+    pub source: u64,
+    /// The command's name.
+    pub command: String,
+    /// Why it failed, for [`COMMAND_FAILED`] markers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A unique claim: `value` is taken within `scope`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UniqueClaim {
+    /// What the value is unique within (e.g. `isbn`).
+    pub scope: String,
+    /// The value.
+    pub value: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_records_round_trip_and_reject_other_lengths() {
+        for p in [0, 4096, u64::MAX] {
+            assert_eq!(decode_position(&encode_position(p)), Some(p));
+            assert_eq!(decode_snapshot_version(&encode_snapshot_version(p)), Some(p));
+        }
+        for bad in [&b""[..], b"1234567", b"123456789"] {
+            assert_eq!(decode_position(bad), None);
+            assert_eq!(decode_snapshot_version(bad), None);
+        }
+    }
+
+    #[test]
+    fn every_family_lives_in_a_reserved_stream() {
+        for s in [
+            checkpoint_stream("a"),
+            outbox_stream("a"),
+            outbox_parked_stream("a"),
+            snapshot_stream("a"),
+            relay_stream("a"),
+            unique_stream("a", "b"),
+        ] {
+            assert!(s.starts_with(RESERVED_PREFIX), "{s}");
+        }
+    }
+
+    #[test]
+    fn json_records_round_trip() {
+        let m = RelayMarker {
+            next: 9,
+            source: 4096,
+            command: "Ship".into(),
+            error: None,
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(json, r#"{"next":9,"source":4096,"command":"Ship"}"#);
+        assert_eq!(serde_json::from_str::<RelayMarker>(&json).unwrap(), m);
+        let c = UniqueClaim {
+            scope: "isbn".into(),
+            value: "978".into(),
+        };
+        assert_eq!(
+            serde_json::from_str::<UniqueClaim>(&serde_json::to_string(&c).unwrap()).unwrap(),
+            c
+        );
+    }
+}
