@@ -33,20 +33,7 @@ fuzz_target!(|data: &[u8]| {
             if e.check_names().is_err() {
                 return;
             }
-            let record = EventRecord {
-                stream: e.stream(),
-                version: e.version(),
-                timestamp: e.timestamp(),
-                id: e.event_id(),
-                event_type: e.event_type(),
-                schema_version: e.schema_version(),
-                correlation_id: e.correlation_id(),
-                causation_id: e.causation_id(),
-                publish: e.publish(),
-                encoding: e.encoding(),
-                metadata: &frame_bytes[meta],
-                payload: &frame_bytes[payload],
-            };
+            let record = e.to_record();
             encode_event(&mut again, frame.link, key, &record);
         }
     }

@@ -22,9 +22,9 @@ use super::bus::{BusError, MessageBus, UnitOfWork};
 use super::event_store::{EventStore, Part};
 use crate::{Error, ExpectedVersion, NewEvent, Position, RecordedEvent, Result};
 
-pub use crate::records::{COMMAND_FAILED, COMMAND_HANDLED};
 /// One entry of a relay's progress stream (specified in [`crate::records`]).
 use crate::records::RelayMarker as Marker;
+pub use crate::records::{COMMAND_FAILED, COMMAND_HANDLED};
 
 /// A dispatched command as stored in the log.
 #[derive(Debug, Deserialize)]

@@ -44,6 +44,30 @@
 //! and every read check the field). Version 1 stores have the key 0, so their frames hold
 //! plain positions.
 //!
+//! # What we assume of the disk
+//!
+//! - A write that returned may be lost, torn at any byte, or reach the disk only in part (any
+//!   subset of its 512-byte sectors, in any order) until a sync that covers it returns.
+//! - After `fdatasync` (or a write with `RWF_DSYNC`) returns, the data written before it is
+//!   durable, and so is the file's length. After `fsync` of a directory, its entries are.
+//! - A failed sync may have lost what it was to make durable, while reads still return it from
+//!   the page cache; a later sync may succeed without writing it (Linux). Nothing is trusted
+//!   after a failed sync: the store is poisoned, and the next open writes the unproven tail
+//!   again before anything can build on it.
+//! - Reserved space (`fallocate`) reads as zeros; so do the bytes past a file's end after it
+//!   grows. A frame never decodes from zeros.
+//! - Bytes that were synced do not change by themselves, but may: every read checks the
+//!   checksum, and damage is reported, never repaired silently.
+//! - The file is not written by anything but annals while annals holds its lock.
+//!
+//! # Version history
+//!
+//! - **1** (annals 0.1, first stores): header, segments, frames as below with plain positions.
+//! - **2** (this build): the header gains `frame_key` (bytes 48..56, reserved in version 1),
+//!   and every frame's position field is stored under it. Version 1 stores are read and
+//!   written as version 1 (key 0); new stores are version 2. A version 1 build refuses a
+//!   version 2 file as a newer format.
+//!
 //! # Frame
 //!
 //! Every frame starts with a 32-byte header; its total length is a multiple of 8, and every byte
@@ -143,6 +167,77 @@ pub const SEGMENT_ALIGN: u64 = 4096;
 pub const MAX_STREAM_NAME_LEN: usize = 1024;
 /// Longest event type name, in bytes.
 pub const MAX_EVENT_TYPE_LEN: usize = 256;
+
+/// Where each field of the file header starts (see the table above).
+mod header_at {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 8;
+    pub const HEADER_LEN: usize = 12;
+    pub const STORE_ID: usize = 16;
+    pub const SEGMENT_SIZE: usize = 32;
+    pub const CREATED_AT: usize = 40;
+    pub const FRAME_KEY: usize = 48;
+    pub const RESERVED: usize = 56;
+    pub const CRC: usize = 60;
+}
+
+/// Where each field of a frame header starts (see the table above).
+mod frame_at {
+    pub const CRC: usize = 0;
+    pub const LEN: usize = 4;
+    pub const POSITION: usize = 8;
+    pub const DURABLE: usize = 16;
+    pub const PREV: usize = 24;
+    pub const KIND: usize = 28;
+    pub const FLAGS: usize = 29;
+    pub const RESERVED: usize = 30;
+    /// Where the body starts.
+    pub const BODY: usize = 32;
+}
+
+/// Where each fixed field of an event body starts, from the start of the frame.
+mod event_at {
+    use super::frame_at::BODY;
+    pub const VERSION: usize = BODY;
+    pub const TIMESTAMP: usize = BODY + 8;
+    pub const EVENT_ID: usize = BODY + 16;
+    pub const STREAM_LEN: usize = BODY + 32;
+    pub const TYPE_LEN: usize = BODY + 34;
+    pub const SCHEMA_VERSION: usize = BODY + 36;
+    pub const METADATA_LEN: usize = BODY + 40;
+    pub const PAYLOAD_LEN: usize = BODY + 44;
+    /// Where the optional ids (then the variable fields) start.
+    pub const IDS: usize = BODY + 48;
+}
+
+// How the constants relate, checked when the crate compiles.
+const _: () = {
+    assert!(header_at::CRC + 4 == HEADER_LEN);
+    assert!(header_at::RESERVED + 4 == header_at::CRC);
+    assert!(HEADER_LEN <= HEADER_BLOCK as usize);
+    assert!(HEADER_BLOCK.is_multiple_of(SEGMENT_ALIGN));
+    assert!(frame_at::POSITION == POSITION_FIELD);
+    assert!(frame_at::BODY == FRAME_HEADER_LEN);
+    assert!(frame_at::RESERVED + 2 == FRAME_HEADER_LEN);
+    assert!(event_at::IDS - frame_at::BODY == EVENT_FIXED_LEN);
+    assert!(SEAL_FRAME_LEN as usize == FRAME_HEADER_LEN + 8);
+    assert!(SEAL_FRAME_LEN.is_multiple_of(FRAME_ALIGN));
+    assert!(FRAME_HEADER_LEN.is_multiple_of(FRAME_ALIGN as usize));
+    assert!(MIN_SEGMENT_SIZE.is_multiple_of(SEGMENT_ALIGN));
+    assert!(MAX_SEGMENT_SIZE.is_multiple_of(SEGMENT_ALIGN));
+    assert!(SEGMENT_ALIGN.is_multiple_of(FRAME_ALIGN));
+    // Frame lengths and back-links are u32: a segment fits.
+    assert!(MAX_SEGMENT_SIZE <= u32::MAX as u64);
+    // Name lengths are u16 fields.
+    assert!(MAX_STREAM_NAME_LEN <= u16::MAX as usize);
+    assert!(MAX_EVENT_TYPE_LEN <= u16::MAX as usize);
+    // The largest possible header and names fit in the smallest segment with room for a seal.
+    assert!(
+        (FRAME_HEADER_LEN + EVENT_FIXED_LEN + 32 + MAX_STREAM_NAME_LEN + MAX_EVENT_TYPE_LEN) as u64
+            + SEAL_FRAME_LEN
+            <= MIN_SEGMENT_SIZE
+    );
+};
 
 const KIND_EVENT: u8 = 1;
 const KIND_SEAL: u8 = 2;
@@ -249,21 +344,26 @@ impl FileHeader {
     /// Encodes the header's 64 bytes.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
-        b[0..8].copy_from_slice(&MAGIC);
-        b[8..12].copy_from_slice(&self.format_version.to_le_bytes());
-        b[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
-        b[16..32].copy_from_slice(&self.store_id);
-        b[32..40].copy_from_slice(&self.segment_size.to_le_bytes());
-        b[40..48].copy_from_slice(&self.created_at.to_le_bytes());
-        b[48..56].copy_from_slice(&self.frame_key.to_le_bytes());
-        let crc = crc32(&b[..60]);
-        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        use header_at as at;
+        let put = |b: &mut [u8; HEADER_LEN], at: usize, v: &[u8]| {
+            b[at..at + v.len()].copy_from_slice(v);
+        };
+        put(&mut b, at::MAGIC, &MAGIC);
+        put(&mut b, at::VERSION, &self.format_version.to_le_bytes());
+        put(&mut b, at::HEADER_LEN, &(HEADER_LEN as u32).to_le_bytes());
+        put(&mut b, at::STORE_ID, &self.store_id);
+        put(&mut b, at::SEGMENT_SIZE, &self.segment_size.to_le_bytes());
+        put(&mut b, at::CREATED_AT, &self.created_at.to_le_bytes());
+        put(&mut b, at::FRAME_KEY, &self.frame_key.to_le_bytes());
+        let crc = crc32(&b[..at::CRC]);
+        put(&mut b, at::CRC, &crc.to_le_bytes());
         b
     }
 
     /// Decodes and checks a header from the first bytes of a file (at most 64 are looked at).
     pub fn decode(b: &[u8]) -> Result<FileHeader, HeaderError> {
-        if b.len() < MAGIC.len() || b[..8] != MAGIC {
+        use header_at as at;
+        if b.len() < MAGIC.len() || b[at::MAGIC..at::MAGIC + MAGIC.len()] != MAGIC {
             return Err(HeaderError::NotAStore(
                 "the file does not start with the annals magic".into(),
             ));
@@ -274,12 +374,12 @@ impl FileHeader {
                 b.len()
             )));
         }
-        let format_version = u32_at(b, 8);
+        let format_version = u32_at(b, at::VERSION);
         if format_version > FORMAT_VERSION {
             return Err(HeaderError::UnsupportedVersion(format_version));
         }
-        let crc = u32_at(b, 60);
-        if crc32(&b[..60]) != crc {
+        let crc = u32_at(b, at::CRC);
+        if crc32(&b[..at::CRC]) != crc {
             return Err(HeaderError::Corrupt("header checksum mismatch".into()));
         }
         if format_version < FORMAT_VERSION_1 {
@@ -287,18 +387,22 @@ impl FileHeader {
                 "format version {format_version} does not exist"
             )));
         }
-        let frame_key = u64_at(b, 48);
+        let frame_key = u64_at(b, at::FRAME_KEY);
         let key_ok = (format_version == FORMAT_VERSION_1) == (frame_key == 0);
-        if u32_at(b, 12) as usize != HEADER_LEN || b[56..60].iter().any(|&x| x != 0) || !key_ok {
+        let reserved = &b[at::RESERVED..at::CRC];
+        if u32_at(b, at::HEADER_LEN) as usize != HEADER_LEN
+            || reserved.iter().any(|&x| x != 0)
+            || !key_ok
+        {
             return Err(HeaderError::Corrupt("unexpected header layout".into()));
         }
-        let segment_size = u64_at(b, 32);
+        let segment_size = u64_at(b, at::SEGMENT_SIZE);
         check_segment_size(segment_size).map_err(HeaderError::Corrupt)?;
         Ok(FileHeader {
             format_version,
-            store_id: id_at(b, 16),
+            store_id: id_at(b, at::STORE_ID),
             segment_size,
-            created_at: u64_at(b, 40),
+            created_at: u64_at(b, at::CREATED_AT),
             frame_key,
         })
     }
@@ -410,6 +514,8 @@ pub fn encode_event(buf: &mut Vec<u8>, link: FrameLink, key: u64, e: &EventRecor
     buf.extend_from_slice(&e.schema_version.to_le_bytes());
     buf.extend_from_slice(&(e.metadata.len() as u32).to_le_bytes());
     buf.extend_from_slice(&(e.payload.len() as u32).to_le_bytes());
+    // Right before the variable fields: the fixed part ends where the layout says.
+    assert_eq!(buf.len() - start, event_at::IDS);
     for id in [e.correlation_id, e.causation_id].into_iter().flatten() {
         buf.extend_from_slice(&id);
     }
@@ -444,6 +550,14 @@ fn put_header(buf: &mut Vec<u8>, len: u32, link: FrameLink, key: u64, kind: u8, 
     buf.extend_from_slice(&link.durable.to_le_bytes());
     buf.extend_from_slice(&link.prev.to_le_bytes());
     buf.extend_from_slice(&[kind, flags, 0, 0]);
+    debug_assert_eq!(
+        u64::from_le_bytes(
+            buf[buf.len() - FRAME_HEADER_LEN + frame_at::POSITION..][..8]
+                .try_into()
+                .expect("8 bytes")
+        ),
+        link.position ^ key
+    );
 }
 
 fn finish_frame(buf: &mut Vec<u8>, start: usize, len: u64) -> u64 {
@@ -514,8 +628,6 @@ pub enum Body {
 #[derive(Debug, Clone, Copy)]
 pub struct EventRef<'a>(&'a [u8]);
 
-const BODY: usize = FRAME_HEADER_LEN;
-
 impl<'a> EventRef<'a> {
     /// A view of an event frame's bytes.
     pub fn new(frame: &'a [u8]) -> EventRef<'a> {
@@ -555,43 +667,43 @@ impl<'a> EventRef<'a> {
 
     #[inline]
     fn flags(&self) -> u8 {
-        self.0.get(29).copied().unwrap_or(0)
+        self.0.get(frame_at::FLAGS).copied().unwrap_or(0)
     }
 
     /// Version in its stream.
     #[inline]
     pub fn version(&self) -> u64 {
-        self.u64(BODY)
+        self.u64(event_at::VERSION)
     }
 
     /// Nanoseconds since the Unix epoch.
     #[inline]
     pub fn timestamp(&self) -> u64 {
-        self.u64(BODY + 8)
+        self.u64(event_at::TIMESTAMP)
     }
 
     /// Event id.
     #[inline]
     pub fn event_id(&self) -> [u8; 16] {
-        self.id(BODY + 16)
+        self.id(event_at::EVENT_ID)
     }
 
     /// Schema version of the event type.
     #[inline]
     pub fn schema_version(&self) -> u32 {
-        self.u32(BODY + 36)
+        self.u32(event_at::SCHEMA_VERSION)
     }
 
     /// Correlation id.
     #[inline]
     pub fn correlation_id(&self) -> Option<[u8; 16]> {
-        (self.flags() & FLAG_CORRELATION != 0).then(|| self.id(BODY + EVENT_FIXED_LEN))
+        (self.flags() & FLAG_CORRELATION != 0).then(|| self.id(event_at::IDS))
     }
 
     /// Causation id.
     #[inline]
     pub fn causation_id(&self) -> Option<[u8; 16]> {
-        let at = BODY + EVENT_FIXED_LEN + 16 * usize::from(self.flags() & FLAG_CORRELATION != 0);
+        let at = event_at::IDS + 16 * usize::from(self.flags() & FLAG_CORRELATION != 0);
         (self.flags() & FLAG_CAUSATION != 0).then(|| self.id(at))
     }
 
@@ -615,12 +727,12 @@ impl<'a> EventRef<'a> {
             * (usize::from(flags & FLAG_CORRELATION != 0)
                 + usize::from(flags & FLAG_CAUSATION != 0));
         let lens = [
-            usize::from(self.u16(BODY + 32)),
-            usize::from(self.u16(BODY + 34)),
-            self.u32(BODY + 40) as usize,
-            self.u32(BODY + 44) as usize,
+            usize::from(self.u16(event_at::STREAM_LEN)),
+            usize::from(self.u16(event_at::TYPE_LEN)),
+            self.u32(event_at::METADATA_LEN) as usize,
+            self.u32(event_at::PAYLOAD_LEN) as usize,
         ];
-        let mut at = BODY + EVENT_FIXED_LEN + ids;
+        let mut at = event_at::IDS + ids;
         lens.map(|n| {
             let r = at..at.saturating_add(n);
             at = r.end;
@@ -683,6 +795,26 @@ impl<'a> EventRef<'a> {
         self.text(r)
     }
 
+    /// The event's fields as the writer takes them: decoding then encoding gives the same
+    /// frame back (what the frame decoder's fuzz target checks).
+    pub fn to_record(&self) -> EventRecord<'a> {
+        let bytes = self.0;
+        EventRecord {
+            stream: self.stream(),
+            version: self.version(),
+            timestamp: self.timestamp(),
+            id: self.event_id(),
+            event_type: self.event_type(),
+            schema_version: self.schema_version(),
+            correlation_id: self.correlation_id(),
+            causation_id: self.causation_id(),
+            publish: self.publish(),
+            encoding: self.encoding(),
+            metadata: &bytes[self.metadata_range()],
+            payload: &bytes[self.payload_range()],
+        }
+    }
+
     /// Where the metadata is in the frame.
     #[inline]
     pub fn metadata_range(&self) -> Range<usize> {
@@ -701,7 +833,7 @@ impl<'a> EventRef<'a> {
 /// Reads the length field of the frame starting at `bytes`, unchecked: enough to know how many
 /// bytes [`decode_frame`] will need. `None` if fewer than a header's bytes are given.
 pub fn peek_len(bytes: &[u8]) -> Option<u32> {
-    (bytes.len() >= FRAME_HEADER_LEN).then(|| u32_at(bytes, 4))
+    (bytes.len() >= FRAME_HEADER_LEN).then(|| u32_at(bytes, frame_at::LEN))
 }
 
 /// Decodes and checks the frame at the start of `bytes`, which must run at least to the end of
@@ -712,7 +844,7 @@ pub fn decode_frame(bytes: &[u8], position: u64, key: u64) -> Result<Frame, Fram
         return Err(FrameError::Truncated);
     }
     let header = &bytes[..FRAME_HEADER_LEN];
-    let len = u32_at(header, 4);
+    let len = u32_at(header, frame_at::LEN);
     if len == 0 && header.iter().all(|&b| b == 0) {
         return Err(FrameError::Empty);
     }
@@ -722,19 +854,19 @@ pub fn decode_frame(bytes: &[u8], position: u64, key: u64) -> Result<Frame, Fram
     }
     // The position is checked before the checksum: it is cheap, and it makes probing every
     // 8-byte boundary of garbage (recovery) cost a compare instead of a checksum each.
-    let claimed = u64_at(header, POSITION_FIELD) ^ key;
+    let claimed = u64_at(header, frame_at::POSITION) ^ key;
     if claimed != position || !position.is_multiple_of(FRAME_ALIGN) {
         return Err(FrameError::BadPosition(claimed));
     }
     let frame = &bytes[..ulen];
-    if crc32(&frame[4..]) != u32_at(header, 0) {
+    if crc32(&frame[frame_at::LEN..]) != u32_at(header, frame_at::CRC) {
         return Err(FrameError::BadChecksum);
     }
     let link = FrameLink {
         position,
-        durable: u64_at(header, 16),
-        prev: u32_at(header, 24),
-        commit_end: header[29] & FLAG_COMMIT_END != 0,
+        durable: u64_at(header, frame_at::DURABLE),
+        prev: u32_at(header, frame_at::PREV),
+        commit_end: header[frame_at::FLAGS] & FLAG_COMMIT_END != 0,
     };
     if link.durable > position {
         return Err(FrameError::BadLayout("durable end beyond the frame"));
@@ -744,10 +876,10 @@ pub fn decode_frame(bytes: &[u8], position: u64, key: u64) -> Result<Frame, Fram
             "previous frame before the file start",
         ));
     }
-    if header[30] != 0 || header[31] != 0 {
+    if header[frame_at::RESERVED..FRAME_HEADER_LEN] != [0, 0] {
         return Err(FrameError::BadLayout("reserved header bytes are not zero"));
     }
-    let (kind, flags) = (header[28], header[29]);
+    let (kind, flags) = (header[frame_at::KIND], header[frame_at::FLAGS]);
     let body = match kind {
         KIND_EVENT => {
             if flags & !EVENT_FLAGS != 0 || PayloadEncoding::from_flags(flags).is_none() {
@@ -760,7 +892,7 @@ pub fn decode_frame(bytes: &[u8], position: u64, key: u64) -> Result<Frame, Fram
             if flags != FLAG_COMMIT_END || ulen != SEAL_FRAME_LEN as usize {
                 return Err(FrameError::BadLayout("malformed seal"));
             }
-            let next = u64_at(frame, FRAME_HEADER_LEN);
+            let next = u64_at(frame, frame_at::BODY);
             if next <= position {
                 return Err(FrameError::BadLayout("seal points backwards"));
             }

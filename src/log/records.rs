@@ -158,7 +158,10 @@ mod tests {
     fn position_records_round_trip_and_reject_other_lengths() {
         for p in [0, 4096, u64::MAX] {
             assert_eq!(decode_position(&encode_position(p)), Some(p));
-            assert_eq!(decode_snapshot_version(&encode_snapshot_version(p)), Some(p));
+            assert_eq!(
+                decode_snapshot_version(&encode_snapshot_version(p)),
+                Some(p)
+            );
         }
         for bad in [&b""[..], b"1234567", b"123456789"] {
             assert_eq!(decode_position(bad), None);

@@ -2,9 +2,9 @@
 //! [`crate::log::records`]): an optimisation for the domain floor, never a source of truth.
 
 use super::Store;
-use crate::log::records;
 use crate::error::Result;
 use crate::event::{AppendResult, NewEvent};
+use crate::log::records;
 use crate::values::{Direction, ExpectedVersion};
 
 impl Store {
@@ -45,10 +45,6 @@ impl Store {
         let Some(version) = records::decode_snapshot_version(e.metadata()) else {
             return Ok(None);
         };
-        Ok(Some((
-            version,
-            e.schema_version(),
-            e.payload_bytes(),
-        )))
+        Ok(Some((version, e.schema_version(), e.payload_bytes())))
     }
 }
