@@ -213,62 +213,85 @@ impl Committer {
         group
     }
 
+    /// Commits one group; on failure (the store is then poisoned) every request of the group
+    /// still waiting fails with the poison, in one place.
     fn lead(&self, engine: &Engine, group: &[Arc<Request>]) {
         let mut writer = self.writer.lock();
-        if let Err(e) = engine.poison.check() {
-            group.iter().for_each(|r| r.finish(Err(clone_poison(&e))));
-            return;
+        match self.commit_group(engine, &mut writer, group) {
+            Ok((done, wrote)) => {
+                // Hand out the results, wake readers and flush the index without the writer.
+                drop(writer);
+                for (request, outcome) in done {
+                    request.finish(Ok(outcome));
+                }
+                if wrote {
+                    engine.notify_appended();
+                    engine.after_commit();
+                }
+            }
+            Err(e) => {
+                drop(writer);
+                let err = clone_poison(&e);
+                for r in group {
+                    r.finish_if_waiting(|| Err(clone_poison(&err)));
+                }
+            }
         }
+    }
+
+    /// Stages, writes and indexes a group. A request that is refused is finished here with its
+    /// error; the others' outcomes are returned (with whether anything was written). An `Err`
+    /// means the store is poisoned and the rest of the group must fail.
+    #[allow(clippy::type_complexity)]
+    fn commit_group<'g>(
+        &self,
+        engine: &Engine,
+        writer: &mut LogWriter,
+        group: &'g [Arc<Request>],
+    ) -> Result<(Vec<(&'g Arc<Request>, Outcome)>, bool)> {
+        engine.poison.check()?;
         let mut overlay = Overlay::default();
         let mut accepted: Vec<(&Arc<Request>, Vec<AppendResult>, bool)> = Vec::new();
         let mut index_parts: Vec<PartIndex> = Vec::new();
         for request in group {
-            match stage(&mut writer, engine, &mut overlay, &request.parts) {
+            match stage(writer, engine, &mut overlay, &request.parts) {
                 Ok((results, parts)) => {
                     accepted.push((request, results, !parts.is_empty()));
                     index_parts.extend(parts);
                 }
                 Err(StageError::Refused(e)) => request.finish(Err(e)),
-                Err(StageError::Fatal(e)) => {
-                    // The store is poisoned (by the writer's syncer).
-                    let err = clone_poison(&e);
-                    group
-                        .iter()
-                        .for_each(|r| r.finish_if_waiting(|| Err(clone_poison(&err))));
-                    return;
-                }
+                // The writer's syncer poisoned the store.
+                Err(StageError::Fatal(e)) => return Err(e),
             }
         }
         if index_parts.is_empty() {
-            // Nothing new to write (every accepted request was a retry of stored events).
-            accepted.into_iter().for_each(|(r, results, _)| {
-                r.finish(Ok(Outcome {
-                    results,
-                    ticket: None,
-                }))
-            });
-            return;
+            // Nothing new to write (every accepted request was a retry of stored events, or
+            // appended no events).
+            let done = accepted
+                .into_iter()
+                .map(|(r, results, _)| {
+                    (
+                        r,
+                        Outcome {
+                            results,
+                            ticket: None,
+                        },
+                    )
+                })
+                .collect();
+            return Ok((done, false));
         }
         // Recovery skips probing past the end of a store closed cleanly: before the first write
         // after such an open, the sidecar must durably stop saying so.
         if engine.marked_clean.load(Ordering::Acquire) {
-            if let Err(e) = engine.index.set_clean(false) {
-                let err = engine
+            engine.index.set_clean(false).map_err(|e| {
+                engine
                     .poison
-                    .fail(format!("clearing the clean-close mark failed: {e}"));
-                accepted
-                    .iter()
-                    .for_each(|(r, _, _)| r.finish(Err(clone_poison(&err))));
-                return;
-            }
+                    .fail(format!("clearing the clean-close mark failed: {e}"))
+            })?;
             engine.marked_clean.store(false, Ordering::Release);
         }
-        if let Err(err) = writer.write_staged(engine.durability == Durability::Immediate) {
-            accepted
-                .iter()
-                .for_each(|(r, _, _)| r.finish(Err(clone_poison(&err))));
-            return;
-        }
+        writer.write_staged(engine.durability == Durability::Immediate)?;
         let committed = Committed {
             end: writer.end(),
             last_frame: writer.last_frame(),
@@ -277,7 +300,6 @@ impl Committer {
             // The group is in the log; reopening replays it into a sound index.
             engine.poison.set(format!("index update failed: {e}"));
         }
-        drop(writer);
         let events: u64 = index_parts.iter().map(|p| u64::from(p.add.run.count)).sum();
         engine.counters.groups.fetch_add(1, Ordering::Relaxed);
         engine
@@ -286,13 +308,16 @@ impl Committer {
             .fetch_add(accepted.len() as u64, Ordering::Relaxed);
         engine.counters.events.fetch_add(events, Ordering::Relaxed);
         let subscribed = engine.subscribers.any();
-        for (request, results, wrote) in accepted {
-            let ticket =
-                (subscribed && wrote).then(|| engine.subscribers.ticket(&results, request.root));
-            request.finish(Ok(Outcome { results, ticket }));
-        }
-        engine.notify_appended();
-        engine.after_commit();
+        let done = accepted
+            .into_iter()
+            .map(|(request, results, wrote)| {
+                // Tickets are handed out here, under the writer, in log order.
+                let ticket = (subscribed && wrote)
+                    .then(|| engine.subscribers.ticket(&results, request.root));
+                (request, Outcome { results, ticket })
+            })
+            .collect();
+        Ok((done, true))
     }
 }
 
