@@ -71,10 +71,10 @@ impl Request {
         self.wake.notify_one();
     }
 
-    /// Finishes the request unless it already is.
+    /// Finishes the request unless it already is (a leader's own request may be in `Lead`).
     fn finish_if_waiting(&self, result: impl FnOnce() -> Result<Outcome>) {
         let mut state = self.state.lock();
-        if matches!(*state, State::Waiting) {
+        if !matches!(*state, State::Done(_)) {
             *state = State::Done(result());
             drop(state);
             self.wake.notify_one();
