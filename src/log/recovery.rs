@@ -823,3 +823,280 @@ pub(crate) fn cut(file: &Arc<dyn StorageFile>, at: u64, end: u64) -> Result<()> 
     zero(file, at, end)?;
     Ok(file.sync_all()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::format::{EventRecord, FileHeader, FrameLink, HEADER_LEN, encode_event};
+    use crate::log::sync::{LogSync, Poison};
+    use crate::log::writer::LogWriter;
+    use crate::storage::{CrashPolicy, FaultFs, FaultMode, MemoryFs};
+
+    const SEG: u64 = 64 * 1024;
+    const KEY: u64 = 0x0123_4567_89AB_CDEF;
+    const PATH: &str = "/r/log.annals";
+
+    fn layout() -> Layout {
+        Layout {
+            segment_size: SEG,
+            key: KEY,
+        }
+    }
+
+    /// A log file with a header and one segment, and a writer at its start.
+    fn new_log(fs: &dyn FileSystem) -> (Arc<dyn StorageFile>, LogWriter) {
+        let file = fs.open(Path::new(PATH), OpenMode::CreateNew).unwrap();
+        fs.sync_dir(Path::new("/r")).unwrap();
+        let header = FileHeader {
+            format_version: crate::log::format::FORMAT_VERSION,
+            store_id: [1; 16],
+            segment_size: SEG,
+            created_at: 0,
+            frame_key: KEY,
+        };
+        let mut block = vec![0u8; 4096];
+        block[..HEADER_LEN].copy_from_slice(&header.encode());
+        file.write_all_at(&block, 0).unwrap();
+        file.allocate(4096, SEG).unwrap();
+        file.sync_all().unwrap();
+        let sync = Arc::new(LogSync::new(
+            file.clone(),
+            Layout::FIRST,
+            Arc::new(Poison::default()),
+        ));
+        let writer = LogWriter::new(
+            file.clone(),
+            layout(),
+            Layout::FIRST,
+            None,
+            4096 + SEG,
+            sync,
+        );
+        (file, writer)
+    }
+
+    fn record(payload: &[u8]) -> EventRecord<'_> {
+        EventRecord {
+            stream: "s",
+            version: 0,
+            timestamp: 0,
+            id: [7; 16],
+            event_type: "E",
+            schema_version: 0,
+            correlation_id: None,
+            causation_id: None,
+            publish: false,
+            encoding: crate::log::format::PayloadEncoding::Raw,
+            metadata: b"",
+            payload,
+        }
+    }
+
+    /// Appends one commit of `n` events with `size`-byte payloads; returns (first, end).
+    fn commit(w: &mut LogWriter, n: usize, size: usize) -> (u64, u64) {
+        let payload = vec![0xAB; size];
+        let records: Vec<_> = (0..n).map(|_| record(&payload)).collect();
+        let total: u64 = records.iter().map(|r| r.frame_len().unwrap()).sum();
+        w.reserve(total).unwrap();
+        let staged = w.stage_frames(records.into_iter(), true, &mut Vec::new());
+        w.write_staged(true).unwrap();
+        (staged.first, staged.end)
+    }
+
+    #[derive(Default)]
+    struct Count(Vec<Vec<u64>>);
+    impl Replay for Count {
+        fn commit(&mut self, events: &[RecoveredEvent]) -> Result<()> {
+            self.0.push(events.iter().map(|e| e.position).collect());
+            Ok(())
+        }
+    }
+
+    fn reader(file: &Arc<dyn StorageFile>) -> LogReader {
+        LogReader::new(file.clone(), layout(), false)
+    }
+
+    fn scan_all(file: &Arc<dyn StorageFile>) -> (Scanned, Count) {
+        let mut count = Count::default();
+        let mut durable = Durable {
+            file: None,
+            proven: Layout::FIRST,
+            rewritten: 0,
+        };
+        let len = file.len().unwrap();
+        let s = scan(
+            &reader(file),
+            layout(),
+            ScanStart::BEGINNING,
+            len,
+            &mut count,
+            &mut durable,
+        )
+        .unwrap();
+        (s, count)
+    }
+
+    fn flip(file: &Arc<dyn StorageFile>, at: u64) {
+        let mut b = [0u8];
+        file.read_exact_at(&mut b, at).unwrap();
+        file.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    }
+
+    #[test]
+    fn scan_hands_over_whole_commits_and_stops_at_zeros() {
+        let fs = MemoryFs::new();
+        let (file, mut w) = new_log(&fs);
+        let (a, _) = commit(&mut w, 1, 10);
+        let (b, end) = commit(&mut w, 3, 10);
+        let (s, count) = scan_all(&file);
+        assert_eq!(s.stop, Stop::Zeros);
+        assert_eq!(
+            (s.end, s.stopped_at, s.commits, s.pending),
+            (end, end, 2, false)
+        );
+        assert_eq!(count.0.len(), 2);
+        assert_eq!((count.0[0][0], count.0[1][0], count.0[1].len()), (a, b, 3));
+        // The second commit's frames record that the first was durable.
+        assert_eq!(s.proven, b);
+    }
+
+    #[test]
+    fn scan_stops_at_a_damaged_frame_and_keeps_the_commits_before_it() {
+        let fs = MemoryFs::new();
+        let (file, mut w) = new_log(&fs);
+        let (_, a_end) = commit(&mut w, 1, 10);
+        let (b, _) = commit(&mut w, 2, 10);
+        flip(&file, b + 40);
+        let (s, count) = scan_all(&file);
+        assert!(
+            matches!(s.stop, Stop::Bad(ref r) if r.contains("checksum")),
+            "{:?}",
+            s.stop
+        );
+        assert_eq!((s.end, s.stopped_at, count.0.len()), (a_end, b, 1));
+    }
+
+    #[test]
+    fn scan_reports_a_file_cut_inside_a_frame() {
+        let fs = MemoryFs::new();
+        let (file, mut w) = new_log(&fs);
+        let (_, a_end) = commit(&mut w, 1, 3000);
+        file.set_len(a_end - 100).unwrap();
+        let (s, _) = scan_all(&file);
+        assert!(matches!(s.stop, Stop::CutOff(_)), "{:?}", s.stop);
+        assert_eq!(s.end, Layout::FIRST);
+    }
+
+    #[test]
+    fn judge_tells_zeros_torn_bytes_and_acknowledged_damage_apart() {
+        let fs = MemoryFs::new();
+        let (file, mut w) = new_log(&fs);
+        let (_, a_end) = commit(&mut w, 1, 10);
+        let (b, b_end) = commit(&mut w, 1, 10);
+        let judged = |file: &Arc<dyn StorageFile>| {
+            let (s, _) = scan_all(file);
+            let len = file.len().unwrap();
+            judge(
+                &reader(file),
+                layout(),
+                ScanStart::BEGINNING,
+                &s,
+                len,
+                false,
+            )
+        };
+        assert_eq!(judged(&file).unwrap(), Verdict::Clean);
+        // Damage to the last commit: nothing after it claims it, a torn write it may be.
+        flip(&file, b + 40);
+        match judged(&file).unwrap() {
+            Verdict::Torn { last_nonzero, .. } => assert_eq!(last_nonzero, b_end),
+            v => panic!("{v:?}"),
+        }
+        flip(&file, b + 40);
+        // A later commit claims B durable: damage to B is corruption.
+        commit(&mut w, 1, 10);
+        flip(&file, b + 40);
+        assert!(matches!(judged(&file), Err(Error::Corrupt { position, .. }) if position == b));
+        assert!(a_end <= b);
+    }
+
+    #[test]
+    fn the_probe_takes_no_payload_bytes_for_a_frame() {
+        // A payload holding frames that claim to be durable, placed where they would be valid
+        // frames, under `forger_key`; the frame holding them is then damaged (a torn write).
+        let probe_with = |forger_key: u64| {
+            let fs = MemoryFs::new();
+            let (file, mut w) = new_log(&fs);
+            commit(&mut w, 1, 10);
+            let b = w.end();
+            let payload_at = b + 32 + 48 + 2; // header, fixed part, stream "s", type "E"
+            let mut payload = vec![0u8; 2000];
+            let mut k = ((8 - payload_at % 8) % 8) as usize;
+            while k + 200 < payload.len() {
+                let p = payload_at + k as u64;
+                let mut forged = Vec::new();
+                let link = FrameLink {
+                    position: p,
+                    durable: p,
+                    prev: 8,
+                    commit_end: true,
+                };
+                encode_event(&mut forged, link, forger_key, &record(b"x"));
+                payload[k..k + forged.len()].copy_from_slice(&forged);
+                k += 200;
+            }
+            let records = vec![record(&payload)];
+            w.reserve(records[0].frame_len().unwrap()).unwrap();
+            w.stage_frames(records.into_iter(), true, &mut Vec::new());
+            w.write_staged(true).unwrap();
+            flip(&file, b + 8);
+            let (s, _) = scan_all(&file);
+            assert_eq!(s.end, b);
+            probe(&reader(&file), layout(), s.end, file.len().unwrap()).unwrap()
+        };
+        // Plain positions (what a caller who does not know the key can write): ignored.
+        assert_eq!(probe_with(0).claim, None, "a forged frame was believed");
+        // Only someone who read the key from the file could forge one.
+        assert!(probe_with(KEY).claim.is_some());
+    }
+
+    #[test]
+    fn repair_saves_what_it_drops_and_makes_the_tail_durable() {
+        let fs = FaultFs::new();
+        let (file, mut w) = new_log(&fs);
+        commit(&mut w, 1, 10);
+        let (b, b_end) = commit(&mut w, 2, 100);
+        // B's sync fails as on Linux: its bytes stay readable, not durable.
+        file.write_all_at(b"torn tail", b_end).unwrap();
+        fs.fail_at(fs.op_count(), FaultMode::Once, std::io::ErrorKind::Other);
+        assert!(file.sync_data().is_err());
+        let restarted = fs.restart();
+        let file = restarted.open(Path::new(PATH), OpenMode::Existing).unwrap();
+        let mut count = Count::default();
+        let mode = Mode::Repair {
+            fs: &restarted,
+            path: Path::new(PATH),
+            accept_loss: false,
+        };
+        let r = recover(&file, layout(), ScanStart::BEGINNING, mode, &mut count).unwrap();
+        assert_eq!((r.end, count.0.len()), (b_end, 2));
+        let t = r.truncated.expect("the torn tail is reported");
+        assert_eq!((t.at, t.dropped_bytes), (b_end, 16));
+        let saved = restarted
+            .open(t.saved_to.as_deref().unwrap(), OpenMode::ReadOnly)
+            .unwrap();
+        let mut kept = vec![0u8; 9];
+        saved.read_exact_at(&mut kept, 0).unwrap();
+        assert_eq!(&kept, b"torn tail");
+        assert!(
+            r.rewritten >= b_end - b,
+            "B was written again ({})",
+            r.rewritten
+        );
+        // B survives a power cut now, and the tail is gone.
+        let after = restarted.crash(CrashPolicy::DropUnsynced);
+        let file = after.open(Path::new(PATH), OpenMode::ReadOnly).unwrap();
+        let (s, count) = scan_all(&file);
+        assert_eq!((s.end, count.0.len(), s.stop), (b_end, 2, Stop::Zeros));
+    }
+}

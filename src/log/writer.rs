@@ -288,3 +288,166 @@ impl Drop for LogWriter {
         self.finish_preparation();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::format::{Body, FileHeader, HEADER_LEN, PayloadEncoding, decode_frame};
+    use crate::log::sync::Poison;
+    use crate::storage::{CrashPolicy, FaultFs, FaultMode, FileSystem, OpenMode};
+    use std::path::Path;
+
+    const SEG: u64 = 64 * 1024;
+    const KEY: u64 = 99;
+
+    fn setup(fs: &FaultFs) -> (Arc<dyn StorageFile>, LogWriter, Arc<LogSync>) {
+        let file = fs.open(Path::new("/w/log"), OpenMode::CreateNew).unwrap();
+        fs.sync_dir(Path::new("/w")).unwrap();
+        let header = FileHeader {
+            format_version: crate::log::format::FORMAT_VERSION,
+            store_id: [1; 16],
+            segment_size: SEG,
+            created_at: 0,
+            frame_key: KEY,
+        };
+        let mut block = vec![0u8; 4096];
+        block[..HEADER_LEN].copy_from_slice(&header.encode());
+        file.write_all_at(&block, 0).unwrap();
+        file.allocate(4096, SEG).unwrap();
+        file.sync_all().unwrap();
+        let sync = Arc::new(LogSync::new(
+            file.clone(),
+            Layout::FIRST,
+            Arc::new(Poison::default()),
+        ));
+        let layout = Layout {
+            segment_size: SEG,
+            key: KEY,
+        };
+        let w = LogWriter::new(
+            file.clone(),
+            layout,
+            Layout::FIRST,
+            None,
+            4096 + SEG,
+            sync.clone(),
+        );
+        (file, w, sync)
+    }
+
+    fn record(payload: &[u8]) -> EventRecord<'_> {
+        EventRecord {
+            stream: "s",
+            version: 0,
+            timestamp: 0,
+            id: [7; 16],
+            event_type: "E",
+            schema_version: 0,
+            correlation_id: None,
+            causation_id: None,
+            publish: false,
+            encoding: PayloadEncoding::Raw,
+            metadata: b"",
+            payload,
+        }
+    }
+
+    fn append(w: &mut LogWriter, payload: &[u8]) -> Staged {
+        let r = record(payload);
+        w.reserve(r.frame_len().unwrap()).unwrap();
+        let staged = w.stage_frames([r].into_iter(), true, &mut Vec::new());
+        w.write_staged(true).unwrap();
+        staged
+    }
+
+    fn frame_at(file: &Arc<dyn StorageFile>, at: u64) -> crate::log::format::Frame {
+        let mut buf = vec![0u8; 8192];
+        let n = (file.len().unwrap() - at).min(8192) as usize;
+        file.read_exact_at(&mut buf[..n], at).unwrap();
+        decode_frame(&buf[..n], at, KEY).unwrap()
+    }
+
+    #[test]
+    fn frames_chain_and_record_the_durable_end_before_their_group() {
+        let fs = FaultFs::new();
+        let (file, mut w, sync) = setup(&fs);
+        let a = append(&mut w, b"a");
+        let b = append(&mut w, b"b");
+        assert_eq!(sync.durable(), b.end);
+        let fa = frame_at(&file, a.first);
+        let fb = frame_at(&file, b.first);
+        assert_eq!((fa.link.prev, fa.link.durable), (0, Layout::FIRST));
+        assert_eq!(fb.link.prev as u64, b.first - a.first);
+        assert_eq!(
+            fb.link.durable, a.end,
+            "B claims what was durable before it"
+        );
+        assert!(fa.link.commit_end && fb.link.commit_end);
+    }
+
+    #[test]
+    fn a_seal_is_durable_before_anything_lands_in_the_next_segment() {
+        let fs = FaultFs::new();
+        let (file, mut w, _) = setup(&fs);
+        let payload = vec![1u8; 3000];
+        let mut last = append(&mut w, &payload);
+        while last.first < 4096 + SEG {
+            last = append(&mut w, &payload);
+        }
+        let next = 4096 + SEG;
+        assert_eq!(
+            last.first, next,
+            "the commit that did not fit opens the next segment"
+        );
+        let f = frame_at(&file, last.first);
+        assert!(f.link.durable >= next, "it records the seal durable");
+        // The seal is on disk even if nothing written after it survives.
+        // The first frame of the new segment links back to the seal.
+        let seal = last.first - u64::from(f.link.prev);
+        assert!(seal < next);
+        let crashed = fs.crash(CrashPolicy::DropUnsynced);
+        let g = crashed
+            .open(Path::new("/w/log"), OpenMode::Existing)
+            .unwrap();
+        let mut buf = vec![0u8; 64];
+        g.read_exact_at(&mut buf, seal).unwrap();
+        assert_eq!(
+            decode_frame(&buf, seal, KEY).unwrap().body,
+            Body::Seal { next }
+        );
+    }
+
+    #[test]
+    fn a_commit_larger_than_a_segment_is_refused_before_anything_is_staged() {
+        let fs = FaultFs::new();
+        let (_, mut w, _) = setup(&fs);
+        let end = w.end();
+        assert!(matches!(
+            w.reserve(SEG),
+            Err(ReserveError::Refused(Error::TooLarge { .. }))
+        ));
+        assert_eq!(w.end(), end);
+        assert!(
+            w.write_staged(true).is_ok(),
+            "nothing staged, nothing written"
+        );
+    }
+
+    #[test]
+    fn a_failed_durable_write_poisons_and_moves_nothing() {
+        let fs = FaultFs::new();
+        let (_, mut w, sync) = setup(&fs);
+        let a = append(&mut w, b"a");
+        let r = record(b"b");
+        w.reserve(r.frame_len().unwrap()).unwrap();
+        w.stage_frames([r].into_iter(), true, &mut Vec::new());
+        fs.fail_at(
+            fs.op_count() + 1,
+            FaultMode::Once,
+            std::io::ErrorKind::Other,
+        );
+        assert!(w.write_staged(true).is_err());
+        assert!(sync.poison().is_set());
+        assert_eq!(sync.durable(), a.end);
+    }
+}

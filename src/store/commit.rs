@@ -594,3 +594,98 @@ fn stage(
     overlay.streams.extend(after);
     Ok((results, index_parts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{FaultFs, FaultMode};
+    use crate::{Store, StoreBuilder};
+
+    fn part(stream: &str, expected: ExpectedVersion, n: usize) -> Part {
+        Part {
+            stream: Arc::from(stream),
+            expected,
+            events: (0..n).map(|_| NewEvent::new("E", "x")).collect(),
+            frames_len: 0,
+        }
+    }
+
+    #[test]
+    fn versions_are_checked_without_overflow() {
+        let at = |count| StreamInfo { id: Some(1), count };
+        assert!(check_expected(&part("s", ExpectedVersion::Exact(u64::MAX), 1), at(0)).is_err());
+        assert!(
+            check_expected(
+                &part("s", ExpectedVersion::Exact(u64::MAX), 1),
+                at(u64::MAX)
+            )
+            .is_err()
+        );
+        assert!(check_expected(&part("s", ExpectedVersion::NoStream, 1), at(0)).is_ok());
+        assert!(check_expected(&part("s", ExpectedVersion::Exact(4), 1), at(5)).is_ok());
+        assert!(count_after("s", u64::MAX, 1).is_err());
+        assert!(count_after("s", u64::MAX - 2, 2).is_ok());
+        assert_eq!(version_of(0), None);
+        assert_eq!(version_of(3), Some(2));
+    }
+
+    fn open(fs: &FaultFs) -> Store {
+        StoreBuilder::default()
+            .file_system(fs.clone())
+            .segment_size(64 * 1024)
+            .open("/c/s")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_failing_disk_fails_every_waiting_request_and_hangs_no_thread() {
+        for cut in (3u64..90).step_by(3) {
+            let fs = FaultFs::new();
+            let store = Arc::new(open(&fs));
+            fs.fail_at(
+                fs.op_count() + cut,
+                FaultMode::Always,
+                std::io::ErrorKind::Other,
+            );
+            let threads: Vec<_> = (0..6)
+                .map(|t| {
+                    let store = store.clone();
+                    std::thread::spawn(move || {
+                        (0..20)
+                            .map(|i| {
+                                store
+                                    .append(
+                                        &format!("t-{t}"),
+                                        ExpectedVersion::Any,
+                                        [NewEvent::new("E", vec![i as u8; 300])],
+                                    )
+                                    .is_ok()
+                            })
+                            .collect::<Vec<bool>>()
+                    })
+                })
+                .collect();
+            for t in threads {
+                let oks = t.join().expect("no appending thread panics");
+                // Once the store is poisoned, nothing succeeds any more.
+                if let Some(first_err) = oks.iter().position(|ok| !ok) {
+                    assert!(oks[first_err..].iter().all(|ok| !ok), "cut {cut}: {oks:?}");
+                }
+            }
+            assert!(store.engine.poison.is_set(), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn an_append_of_no_events_writes_nothing() {
+        let fs = FaultFs::new();
+        let store = open(&fs);
+        let end = store.end_position();
+        let ops = fs.op_count();
+        let r = store.append("s", ExpectedVersion::NoStream, []).unwrap();
+        assert_eq!(
+            (r.version, store.end_position(), fs.op_count()),
+            (None, end, ops)
+        );
+    }
+}
