@@ -75,15 +75,19 @@ mod bus;
 mod event_store;
 pub mod testing;
 mod transport;
+mod unit_of_work;
 mod workflow;
 
 use std::convert::Infallible;
 
 pub use aggregate::{Aggregate, Command, Dispatched, Recorder, Snapshot};
-pub use bus::{BusError, MAX_SETTLE_STEPS, MessageBus, UNIQUE_CLAIMED, UnitOfWork};
-pub use event_store::{EventStore, InMemoryEventStore, Part, PublishingStore, SinkholeEventStore};
+pub use bus::{BusError, MAX_SETTLE_STEPS, MessageBus};
+pub use event_store::{
+    AnnalsBacked, EventStore, InMemoryEventStore, Part, PublishingStore, SinkholeEventStore,
+};
 pub use repository::Repository;
 pub use transport::{EventstreamPublisher, InMemoryTransport, Transport};
+pub use unit_of_work::{UNIQUE_CLAIMED, UnitOfWork};
 pub use workflow::{COMMAND_FAILED, COMMAND_HANDLED, CommandRelay, RelayFailure, RelayReport};
 
 mod repository;

@@ -18,8 +18,9 @@
 use serde::Deserialize;
 
 use super::COMMAND_EVENT_TYPE;
-use super::bus::{BusError, MessageBus, UnitOfWork};
+use super::bus::{BusError, MessageBus};
 use super::event_store::{EventStore, Part};
+use super::unit_of_work::UnitOfWork;
 use crate::{Error, ExpectedVersion, NewEvent, Position, RecordedEvent, Result};
 
 /// One entry of a relay's progress stream (specified in [`crate::records`]).

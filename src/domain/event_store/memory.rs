@@ -1,0 +1,165 @@
+//! [`InMemoryEventStore`]: events in memory, with annals' checks, for tests of domain code.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
+use super::{EventStore, Part};
+use crate::{
+    AppendResult, Codec, Error, Events, NewEvent, Position, RecordedEvent, Result, Upcasters,
+};
+
+#[derive(Default)]
+struct Memory {
+    streams: HashMap<String, Vec<RecordedEvent>>,
+    log: Vec<RecordedEvent>,
+    snapshots: HashMap<String, (u64, u32, bytes::Bytes)>,
+}
+
+/// An event store in memory, with the same checks as annals (expected versions, atomic
+/// multi-stream appends): for tests of domain code.
+#[derive(Default)]
+pub struct InMemoryEventStore {
+    memory: Mutex<Memory>,
+    codec: Codec,
+    upcasters: Upcasters,
+}
+
+impl Memory {
+    /// Where the next event goes.
+    fn end(&self) -> Position {
+        self.log
+            .last()
+            .map_or(Position::START, RecordedEvent::next_position)
+    }
+}
+
+impl InMemoryEventStore {
+    /// An empty store encoding typed events with `codec` and upcasting with `upcasters`.
+    pub fn new(codec: Codec, upcasters: Upcasters) -> Self {
+        InMemoryEventStore {
+            memory: Mutex::default(),
+            codec,
+            upcasters,
+        }
+    }
+
+    /// Every event, in order.
+    pub fn events(&self) -> Vec<RecordedEvent> {
+        self.memory.lock().log.clone()
+    }
+}
+
+impl EventStore for InMemoryEventStore {
+    fn append(&self, parts: Vec<Part>) -> Result<Vec<AppendResult>> {
+        let mut memory = self.memory.lock();
+        // Check every part (each seeing the ones before it) before changing anything.
+        let mut versions: HashMap<&str, Option<u64>> = HashMap::new();
+        for p in &parts {
+            let current = *versions
+                .entry(&p.stream)
+                .or_insert_with(|| memory.streams.get(&p.stream).map(|s| s.len() as u64 - 1));
+            if !p.expected.matches(current) {
+                return Err(Error::WrongExpectedVersion {
+                    stream: p.stream.clone(),
+                    expected: p.expected,
+                    actual: current,
+                });
+            }
+            versions.insert(
+                &p.stream,
+                Some(current.map_or(0, |v| v + 1) + p.events.len() as u64 - 1),
+            );
+        }
+        let mut results = Vec::with_capacity(parts.len());
+        for p in parts {
+            let mut first = None;
+            let mut last = memory.end();
+            for e in &p.events {
+                let version = memory.streams.get(&p.stream).map_or(0, |s| s.len() as u64);
+                // Events follow one another as in a log: each starts where the last ends.
+                let position = memory.end();
+                let recorded = RecordedEvent::detached(&p.stream, version, position, e)?;
+                memory.log.push(recorded.clone());
+                memory
+                    .streams
+                    .entry(p.stream.clone())
+                    .or_default()
+                    .push(recorded);
+                first.get_or_insert(position);
+                last = position;
+            }
+            let version = memory
+                .streams
+                .get(&p.stream)
+                .and_then(|s| (s.len() as u64).checked_sub(1));
+            let mut result = AppendResult::nothing(version, last);
+            result.first_position = first.unwrap_or(last);
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        visit: &mut dyn FnMut(&RecordedEvent) -> Result<()>,
+    ) -> Result<()> {
+        let events = self
+            .memory
+            .lock()
+            .streams
+            .get(stream)
+            .cloned()
+            .unwrap_or_default();
+        events.iter().skip(from as usize).try_for_each(visit)
+    }
+
+    fn read_event_type(
+        &self,
+        event_type: &str,
+        from: Position,
+        visit: &mut dyn FnMut(&RecordedEvent) -> Result<bool>,
+    ) -> Result<()> {
+        let log = self.memory.lock().log.clone();
+        for e in log
+            .iter()
+            .filter(|e| e.position() >= from && e.event_type() == event_type)
+        {
+            if !visit(e)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn last_event(&self, stream: &str) -> Result<Option<RecordedEvent>> {
+        Ok(self
+            .memory
+            .lock()
+            .streams
+            .get(stream)
+            .and_then(|s| s.last().cloned()))
+    }
+
+    fn new_event<E: Events>(&self, event: &E) -> Result<NewEvent> {
+        crate::new_event(event, self.codec)
+    }
+
+    fn decode<E: Events>(&self, event: &RecordedEvent) -> Result<E> {
+        crate::decode_with(&self.upcasters, event)
+    }
+
+    fn save_snapshot(&self, stream: &str, version: u64, schema: u32, state: Vec<u8>) -> Result<()> {
+        self.memory
+            .lock()
+            .snapshots
+            .insert(stream.to_owned(), (version, schema, state.into()));
+        Ok(())
+    }
+
+    fn load_snapshot(&self, stream: &str) -> Result<Option<(u64, u32, bytes::Bytes)>> {
+        Ok(self.memory.lock().snapshots.get(stream).cloned())
+    }
+}
