@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use annals::domain::{
     Aggregate, DomainError, MessageBus, Recorder, Repository, Snapshot, UnitOfWork,
 };
-use annals::{EventType, ExpectedVersion, Store, events};
+use annals::typed::EventType;
+use annals::{ExpectedVersion, Store, events};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use redb::{ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};

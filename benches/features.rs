@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use annals::outbox::{Outbox, OutboxMessage, OutboxOptions};
-use annals::{Direction, ExpectedVersion, Filter, NewEvent, Position, Start, Store};
+use annals::subscriptions::CatchUpStart;
+use annals::subscriptions::Filter;
+use annals::{Direction, ExpectedVersion, NewEvent, Position, Store};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn dir() -> tempfile::TempDir {
@@ -109,7 +111,11 @@ fn history(c: &mut Criterion) {
         b.iter(|| {
             run += 1;
             let mut sub = store
-                .catch_up(&format!("bench-{run}"), Start::Beginning, Filter::All)
+                .catch_up(
+                    &format!("bench-{run}"),
+                    CatchUpStart::Beginning,
+                    Filter::All,
+                )
                 .unwrap();
             let mut n = 0u64;
             loop {

@@ -5,7 +5,8 @@
 //! Run it with `cargo run --example light_switch`.
 
 use annals::domain::{Aggregate, DomainError, Recorder, Repository};
-use annals::{Direction, EventType, Store, events};
+use annals::typed::EventType;
+use annals::{Direction, Store, events};
 use serde::{Deserialize, Serialize};
 
 /// The light was turned on.

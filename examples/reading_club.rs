@@ -12,7 +12,8 @@ use annals::domain::{
     Aggregate, DomainError, EventStore, InMemoryTransport, MessageBus, PublishingStore, Recorder,
     UnitOfWork,
 };
-use annals::{EventType, Store, events};
+use annals::typed::EventType;
+use annals::{Store, events};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

@@ -20,7 +20,8 @@
 //! # Ok::<(), annals::Error>(())
 //! ```
 //!
-//! The on-disk format is specified in [`log::format`]; the recovery rule in `log::recovery`.
+//! The on-disk format is specified in `src/log/format.rs` (and the engine's own records in
+//! [`records`]); the recovery rule in `src/log/recovery.rs`.
 
 #![deny(missing_docs)]
 
@@ -32,34 +33,62 @@ mod event;
 mod index;
 #[cfg(feature = "internals")]
 pub mod internals;
+/// The log floor: the file format, the engine's own records, reading, writing and recovery.
+/// Public only with the `internals` feature (for fuzz targets and tests); the format is
+/// specified in `src/log/format.rs`, the recovery rule in `src/log/recovery.rs`.
+#[cfg(feature = "internals")]
 pub mod log;
+#[cfg(not(feature = "internals"))]
+mod log;
 mod names;
 pub mod storage;
 mod store;
 mod values;
 
-pub use error::{Error, Result, SubscriberFailure};
+pub use error::{Error, Result};
 pub use event::{AppendResult, NewEvent, RecordedEvent};
 pub use log::format::PayloadEncoding;
 pub use log::records;
-pub use log::recovery::Truncation;
 pub use names::category_of;
-pub use store::catch_up::{CatchUp, ProjectionHandle, ProjectionOptions, Start};
-pub use store::codec::{Codec, to_json_string};
-pub use store::maintenance::{StoreInfo, TruncateReport, VerifyReport};
 pub use store::options::{
     DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability,
 };
 pub use store::outbox;
-pub use store::subscriptions::{BoxError, Filter};
-pub use store::typed::{
-    EventMeta, EventType, Events, TypedEvent, TypedEvents, Upcasters, decode_with, new_event,
-};
-pub use store::{
-    AllEvents, IndexedEvents, Lost, RecoveryReport, Store, StoreBuilder, StoreStats, StreamEvents,
-    Transaction,
-};
-pub use values::{Direction, ExpectedVersion, Position, SubscriptionId};
+pub use store::subscriptions::BoxError;
+pub use store::{Store, StoreBuilder, Transaction};
+pub use values::{Direction, ExpectedVersion, Position};
+
+/// Typed events: serde types with a name, a schema version and a published flag
+/// ([`EventType`](typed::EventType)), enums of them ([`Events`](typed::Events), made with
+/// [`events!`]), the codecs that encode them, and upcasting of old schema versions.
+pub mod typed {
+    pub use crate::store::codec::{Codec, to_json_string};
+    pub use crate::store::typed::{
+        EventMeta, EventType, Events, TypedEvent, TypedEvents, Upcasters, decode_with, new_event,
+    };
+}
+
+/// Subscriptions: synchronous ones ([`Store::subscribe`](crate::Store::subscribe), run before
+/// `append` returns), catch-up ones with durable checkpoints
+/// ([`Store::catch_up`](crate::Store::catch_up)), and projections.
+pub mod subscriptions {
+    pub use crate::error::SubscriberFailure;
+    pub use crate::store::catch_up::{CatchUp, CatchUpStart, ProjectionHandle, ProjectionOptions};
+    pub use crate::store::subscriptions::Filter;
+    pub use crate::values::SubscriptionId;
+}
+
+/// The iterators reads return.
+pub mod read {
+    pub use crate::store::{AllEvents, IndexedEvents, StreamEvents};
+}
+
+/// What a store reports about itself: what recovery did at open, counters, `info`, `verify`.
+pub mod reports {
+    pub use crate::log::recovery::Truncation;
+    pub use crate::store::maintenance::{StoreInfo, TruncateReport, VerifyReport};
+    pub use crate::store::{Lost, RecoveryReport, StoreStats};
+}
 
 #[doc(hidden)]
 pub mod __private {

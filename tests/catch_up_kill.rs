@@ -10,7 +10,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use annals::{Direction, ExpectedVersion, Filter, NewEvent, Position, Start, Store};
+use annals::subscriptions::CatchUpStart;
+use annals::subscriptions::Filter;
+use annals::{Direction, ExpectedVersion, NewEvent, Position, Store};
 
 const DIR_VAR: &str = "ANNALS_CATCH_UP_CHILD_DIR";
 
@@ -39,7 +41,7 @@ fn child_follower() {
             }
         });
         let mut sub = store
-            .catch_up("follower", Start::Beginning, Filter::All)
+            .catch_up("follower", CatchUpStart::Beginning, Filter::All)
             .expect("catch up");
         println!("READY");
         let mut since = 0;

@@ -11,9 +11,8 @@ use annals::domain::{
     CommandRelay, DomainError, EventStore, InMemoryEventStore, InMemoryTransport, MessageBus, Part,
     PublishingStore, Recorder, Repository, SinkholeEventStore, Snapshot, UnitOfWork,
 };
-use annals::{
-    Codec, Direction, Error, EventType, ExpectedVersion, Position, Store, Upcasters, events,
-};
+use annals::typed::{Codec, EventType, Upcasters};
+use annals::{Direction, Error, ExpectedVersion, Position, Store, events};
 use serde::{Deserialize, Serialize};
 
 // ---- a counter: the aggregate most tests use ----

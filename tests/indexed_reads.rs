@@ -12,7 +12,7 @@ fn open(fs: &MemoryFs, flush: u64) -> Store {
         .unwrap()
 }
 
-fn collect(events: annals::IndexedEvents<'_>) -> Vec<RecordedEvent> {
+fn collect(events: annals::read::IndexedEvents<'_>) -> Vec<RecordedEvent> {
     events.collect::<Result<_, _>>().unwrap()
 }
 

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use annals::outbox::{Outbox, OutboxMessage, OutboxOptions};
 use annals::storage::{CrashPolicy, FaultFs};
-use annals::{
-    Direction, Error, ExpectedVersion, Filter, NewEvent, Position, RecordedEvent, Start, Store,
-};
+use annals::subscriptions::CatchUpStart;
+use annals::subscriptions::Filter;
+use annals::{Direction, Error, ExpectedVersion, NewEvent, Position, RecordedEvent, Store};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -175,7 +175,7 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
         // The catch-up subscription restarts from its checkpoint.
         model.cursor = model.checkpoint;
         store
-            .catch_up("model", Start::Beginning, Filter::All)
+            .catch_up("model", CatchUpStart::Beginning, Filter::All)
             .unwrap()
             .position()
     };
@@ -319,7 +319,7 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
             Op::FlushIndex => store.flush_index().unwrap(),
             Op::Poll(max) => {
                 let mut sub = store
-                    .catch_up("model", Start::Beginning, Filter::All)
+                    .catch_up("model", CatchUpStart::Beginning, Filter::All)
                     .unwrap();
                 sub.seek(cursor);
                 let got = sub
@@ -338,7 +338,7 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
             }
             Op::Checkpoint => {
                 let mut sub = store
-                    .catch_up("model", Start::Beginning, Filter::All)
+                    .catch_up("model", CatchUpStart::Beginning, Filter::All)
                     .unwrap();
                 sub.checkpoint_at(cursor).unwrap();
                 model.checkpoint = model.cursor;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use annals::outbox::{Envelope, Outbox, OutboxMessage, OutboxOptions};
 use annals::storage::{FaultFs, FaultMode, MemoryFs};
-use annals::{Codec, EventType, ExpectedVersion, NewEvent, Position, Store};
+use annals::typed::{Codec, EventType};
+use annals::{ExpectedVersion, NewEvent, Position, Store};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

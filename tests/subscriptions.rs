@@ -4,10 +4,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use annals::storage::MemoryFs;
-use annals::{
-    Direction, Error, EventType, ExpectedVersion, Filter, NewEvent, Position, ProjectionOptions,
-    RecordedEvent, Start, Store, events,
-};
+use annals::subscriptions::CatchUpStart;
+use annals::subscriptions::{Filter, ProjectionOptions};
+use annals::typed::EventType;
+use annals::{Direction, Error, ExpectedVersion, NewEvent, Position, RecordedEvent, Store, events};
 use serde::{Deserialize, Serialize};
 
 fn mem() -> Store {
@@ -269,7 +269,11 @@ fn a_catch_up_subscription_reads_history_then_follows_and_resumes_from_its_check
             .unwrap();
     }
     let mut sub = store
-        .catch_up("orders", Start::Beginning, Filter::Category("order".into()))
+        .catch_up(
+            "orders",
+            CatchUpStart::Beginning,
+            Filter::Category("order".into()),
+        )
         .unwrap();
     let first: Vec<u8> = sub
         .poll(4)
@@ -305,7 +309,11 @@ fn a_catch_up_subscription_reads_history_then_follows_and_resumes_from_its_check
     // After a restart: from the checkpoint, so events after it come again (at least once).
     let store = Store::open(&path).unwrap();
     let mut sub = store
-        .catch_up("orders", Start::Now, Filter::Category("order".into()))
+        .catch_up(
+            "orders",
+            CatchUpStart::Now,
+            Filter::Category("order".into()),
+        )
         .unwrap();
     let again: Vec<u8> = sub
         .poll(100)
@@ -315,7 +323,9 @@ fn a_catch_up_subscription_reads_history_then_follows_and_resumes_from_its_check
         .collect();
     assert_eq!(again, [4, 5, 6, 7, 8, 9, 10]);
     // A new subscription from now sees only what comes next.
-    let mut late = store.catch_up("late", Start::Now, Filter::All).unwrap();
+    let mut late = store
+        .catch_up("late", CatchUpStart::Now, Filter::All)
+        .unwrap();
     assert!(late.poll(10).unwrap().is_empty());
     store
         .append("x-1", ExpectedVersion::Any, [NewEvent::new("X", "")])
@@ -349,7 +359,7 @@ fn a_catch_up_subscription_following_concurrent_appenders_sees_everything_once_i
         })
         .collect();
     let mut sub = store
-        .catch_up("follower", Start::Beginning, Filter::All)
+        .catch_up("follower", CatchUpStart::Beginning, Filter::All)
         .unwrap();
     let mut seen = Vec::new();
     while seen.len() < 800 {
@@ -372,7 +382,7 @@ fn a_projection_gives_read_your_writes_and_resumes_after_a_restart() {
         store
             .run_projection(
                 "totals",
-                Start::Beginning,
+                CatchUpStart::Beginning,
                 Filter::EventType("Deposited".into()),
                 0u64,
                 |total, e, _| {
@@ -435,7 +445,7 @@ fn a_failing_projection_stops_and_says_so() {
     let handle = store
         .run_projection(
             "strict",
-            Start::Beginning,
+            CatchUpStart::Beginning,
             Filter::All,
             (),
             |_, e, _| {

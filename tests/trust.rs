@@ -12,7 +12,9 @@ use annals::log::format::{EventRecord, FrameLink, PayloadEncoding, encode_event}
 use annals::storage::{
     CrashPolicy, FaultFs, FaultMode, FileSystem, MemoryFs, OpenMode, StorageFile,
 };
-use annals::{Direction, Error, ExpectedVersion, Filter, NewEvent, Position, Start, Store};
+use annals::subscriptions::CatchUpStart;
+use annals::subscriptions::Filter;
+use annals::{Direction, Error, ExpectedVersion, NewEvent, Position, Store};
 use common::{Commit, verify};
 
 const SEGMENT: u64 = 64 * 1024;
@@ -400,7 +402,9 @@ fn reads_from_a_position_inside_a_payload_never_return_a_forged_event() {
                 assert_ne!(e.stream(), "forged", "read from {p}");
             }
         }
-        let mut sub = store.catch_up("c", Start::At(p), Filter::All).unwrap();
+        let mut sub = store
+            .catch_up("c", CatchUpStart::At(p), Filter::All)
+            .unwrap();
         let got = sub.poll(10).unwrap();
         assert!(
             got.iter().all(|e| e.stream() != "forged"),

@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use annals::outbox::{Outbox, OutboxMessage, OutboxOptions};
 use annals::storage::MemoryFs;
-use annals::{
-    Direction, EventType, ExpectedVersion, Filter, NewEvent, PayloadEncoding, Position, Start,
-    Store,
-};
+use annals::subscriptions::CatchUpStart;
+use annals::subscriptions::Filter;
+use annals::typed::EventType;
+use annals::{Direction, ExpectedVersion, NewEvent, PayloadEncoding, Position, Store};
 use serde::{Deserialize, Serialize};
 
 /// Version 1: a single name.
@@ -147,7 +147,7 @@ fn old_versions_come_out_current_on_every_read_path() {
     assert_eq!(category, want, "read_category");
     assert_eq!(*sync_seen.lock().unwrap(), want, "synchronous subscription");
     let mut sub = store
-        .catch_up("people", Start::Beginning, Filter::All)
+        .catch_up("people", CatchUpStart::Beginning, Filter::All)
         .unwrap();
     let caught: Vec<Renamed> = sub
         .poll(100)

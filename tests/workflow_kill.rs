@@ -20,7 +20,8 @@ use annals::domain::{
     Aggregate, BusError, COMMAND_EVENT_TYPE, COMMAND_HANDLED, Command, CommandRelay, MessageBus,
     Part, Recorder, UnitOfWork,
 };
-use annals::{Direction, EventType, ExpectedVersion, NewEvent, Position, Store, events};
+use annals::typed::EventType;
+use annals::{Direction, ExpectedVersion, NewEvent, Position, Store, events};
 use serde::{Deserialize, Serialize};
 
 const DIR_VAR: &str = "ANNALS_WORKFLOW_KILL_DIR";

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Events;
+use crate::typed::Events;
 
 /// A command: a request to change something, handled by exactly one handler. Commands that
 /// workflows dispatch are stored in the log, so they need a name and serde.
@@ -92,7 +92,8 @@ impl<E> Recorder<E> {
 ///
 /// ```
 /// use annals::domain::{Aggregate, Recorder};
-/// use annals::{EventType, events};
+/// use annals::events;
+/// use annals::typed::EventType;
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,7 +176,7 @@ pub trait Aggregate: Default + Send + 'static {
     where
         Self: Sized,
     {
-        let body = crate::to_json_string(command).map_err(|e| crate::Error::Encode {
+        let body = crate::typed::to_json_string(command).map_err(|e| crate::Error::Encode {
             event_type: C::NAME.into(),
             reason: e.to_string(),
         })?;

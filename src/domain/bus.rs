@@ -17,7 +17,8 @@ use super::DomainError;
 use super::unit_of_work::UnitOfWork;
 
 use super::event_store::EventStore;
-use crate::{BoxError, Error, EventType};
+use crate::typed::EventType;
+use crate::{BoxError, Error};
 
 /// The most events and commands one [`MessageBus::settle`] hands on (a bound on listener loops).
 pub const MAX_SETTLE_STEPS: usize = 100_000;

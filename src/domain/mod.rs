@@ -18,7 +18,8 @@
 //!
 //! ```
 //! use annals::domain::{Aggregate, DomainError, Recorder, Repository};
-//! use annals::{EventType, Store, events};
+//! use annals::{Store, events};
+//! use annals::typed::EventType;
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +74,7 @@
 mod aggregate;
 mod bus;
 mod event_store;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod transport;
 mod unit_of_work;

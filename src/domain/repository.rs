@@ -25,7 +25,8 @@ struct Snapshotting<A> {
 ///
 /// ```
 /// # use annals::domain::{Aggregate, Recorder};
-/// # use annals::{EventType, events};
+/// # use annals::events;
+/// # use annals::typed::EventType;
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 /// # struct Added { n: u32 }

@@ -4,7 +4,8 @@
 //! ```
 //! use annals::domain::testing::AggregateTest;
 //! use annals::domain::{Aggregate, Recorder};
-//! use annals::{EventType, events};
+//! use annals::events;
+//! use annals::typed::EventType;
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,7 +250,8 @@ pub type TestStore = PublishingStore<InMemoryTransport>;
 /// ```
 /// use annals::domain::testing::{BusOutcome, BusTest, TestStore};
 /// use annals::domain::{Aggregate, Recorder, UnitOfWork};
-/// use annals::{EventType, events};
+/// use annals::events;
+/// use annals::typed::EventType;
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,8 @@ use super::DomainError;
 use super::aggregate::Aggregate;
 use super::event_store::{EventStore, Part};
 use super::repository::Repository;
-use crate::{AppendResult, Events, Result};
+use crate::typed::Events;
+use crate::{AppendResult, Result};
 
 /// A recorded event on its way to listeners, without its aggregate's event type.
 pub(super) trait AnyEvent: Send {

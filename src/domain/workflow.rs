@@ -76,7 +76,8 @@ pub struct RelayReport {
 /// ```
 /// use annals::Store;
 /// use annals::domain::{Aggregate, Command, CommandRelay, MessageBus, Recorder, UnitOfWork};
-/// use annals::{EventType, events};
+/// use annals::events;
+/// use annals::typed::EventType;
 /// use serde::{Deserialize, Serialize};
 ///
 /// // The workflow: when an order is placed, ask for it to be shipped.

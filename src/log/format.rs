@@ -797,6 +797,7 @@ impl<'a> EventRef<'a> {
 
     /// The event's fields as the writer takes them: decoding then encoding gives the same
     /// frame back (what the frame decoder's fuzz target checks).
+    #[cfg(any(test, feature = "internals"))]
     pub fn to_record(&self) -> EventRecord<'a> {
         let bytes = self.0;
         EventRecord {
@@ -1090,6 +1091,9 @@ mod tests {
         assert_eq!(frame.link, link(4096));
         assert_eq!(frame.body, Body::Event);
         let ev = EventRef::new(&buf);
+        let mut again = vec![];
+        encode_event(&mut again, link(4096), KEY, &ev.to_record());
+        assert_eq!(again, buf, "decoding then encoding gives the frame back");
         assert_eq!(ev.stream(), "order-42");
         assert_eq!(ev.event_type(), "OrderPlaced");
         assert_eq!(&buf[ev.payload_range()], b"hello world");

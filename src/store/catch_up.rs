@@ -19,7 +19,7 @@ use crate::values::{Direction, ExpectedVersion, Position};
 
 /// Where a catch-up subscription without a checkpoint starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
+pub enum CatchUpStart {
     /// With the first event of the log.
     Beginning,
     /// After the last event acknowledged now.
@@ -58,26 +58,27 @@ impl Store {
     /// [`checkpoint`](CatchUp::checkpoint) records progress durably.
     ///
     /// ```
-    /// use annals::{ExpectedVersion, Filter, NewEvent, Start, Store};
+    /// use annals::{ExpectedVersion, NewEvent, Store};
+    /// use annals::subscriptions::{Filter, CatchUpStart};
     ///
     /// let dir = tempfile::tempdir()?;
     /// let store = Store::open(dir.path().join("s"))?;
     /// store.append("order-1", ExpectedVersion::Any, [NewEvent::new("Placed", "1")])?;
     ///
-    /// let mut sub = store.catch_up("mailer", Start::Beginning, Filter::All)?;
+    /// let mut sub = store.catch_up("mailer", CatchUpStart::Beginning, Filter::All)?;
     /// assert_eq!(sub.poll(10)?.len(), 1);
     /// sub.checkpoint()?;
     /// store.append("order-2", ExpectedVersion::Any, [NewEvent::new("Placed", "2")])?;
     /// drop(sub);
     ///
     /// // Reopened, it resumes after its checkpoint.
-    /// let mut sub = store.catch_up("mailer", Start::Beginning, Filter::All)?;
+    /// let mut sub = store.catch_up("mailer", CatchUpStart::Beginning, Filter::All)?;
     /// let next = sub.poll(10)?;
     /// assert_eq!(next.len(), 1);
     /// assert_eq!(next[0].stream(), "order-2");
     /// # Ok::<(), annals::Error>(())
     /// ```
-    pub fn catch_up(&self, name: &str, start: Start, filter: Filter) -> Result<CatchUp<'_>> {
+    pub fn catch_up(&self, name: &str, start: CatchUpStart, filter: Filter) -> Result<CatchUp<'_>> {
         let stream = checkpoint_stream(name)?;
         let checkpointed = self
             .read_stream(&stream, u64::MAX, Direction::Backwards, 1)?
@@ -87,9 +88,9 @@ impl Store {
             .transpose()?;
         let next = match (checkpointed, start) {
             (Some(p), _) => p,
-            (None, Start::Beginning) => Position::START,
-            (None, Start::Now) => self.end_position(),
-            (None, Start::At(p)) => p,
+            (None, CatchUpStart::Beginning) => Position::START,
+            (None, CatchUpStart::Now) => self.end_position(),
+            (None, CatchUpStart::At(p)) => p,
         };
         Ok(CatchUp {
             store: self,
@@ -237,13 +238,14 @@ impl Store {
     /// ```
     /// use std::sync::Arc;
     /// use std::time::Duration;
-    /// use annals::{ExpectedVersion, Filter, NewEvent, ProjectionOptions, Start, Store};
+    /// use annals::{ExpectedVersion, NewEvent, Store};
+    /// use annals::subscriptions::{Filter, ProjectionOptions, CatchUpStart};
     ///
     /// let dir = tempfile::tempdir()?;
     /// let store = Arc::new(Store::open(dir.path().join("s"))?);
     /// let orders = store.run_projection(
     ///     "order-count",
-    ///     Start::Beginning,
+    ///     CatchUpStart::Beginning,
     ///     Filter::Category("order".into()),
     ///     0u64,
     ///     |count, _event, _store| {
@@ -261,7 +263,7 @@ impl Store {
     pub fn run_projection<P, F>(
         self: &Arc<Self>,
         name: &str,
-        start: Start,
+        start: CatchUpStart,
         filter: Filter,
         state: P,
         apply: F,
@@ -308,7 +310,7 @@ fn run<P, F>(
     store: &Store,
     ctx: &Projection<P>,
     name: &str,
-    start: Start,
+    start: CatchUpStart,
     filter: Filter,
     mut apply: F,
     options: ProjectionOptions,

@@ -201,7 +201,7 @@ impl StoreBuilder {
     }
 
     /// Registers the event types of `E`; same as [`Store::register_events`], before opening.
-    pub fn register_events<E: crate::Events>(mut self) -> Self {
+    pub fn register_events<E: crate::typed::Events>(mut self) -> Self {
         self.registry.register::<E>();
         self
     }

@@ -377,7 +377,8 @@ impl super::Store {
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
-    /// use annals::{ExpectedVersion, Filter, NewEvent, Store};
+    /// use annals::{ExpectedVersion, NewEvent, Store};
+    /// use annals::subscriptions::Filter;
     ///
     /// let dir = tempfile::tempdir()?;
     /// let store = Store::open(dir.path().join("users"))?;
@@ -396,7 +397,7 @@ impl super::Store {
         name: &str,
         filter: Filter,
         callback: impl Fn(&RecordedEvent) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
-    ) -> crate::SubscriptionId {
+    ) -> crate::subscriptions::SubscriptionId {
         let callback: Arc<Callback> = Arc::new(move |_: &Engine, e: &RecordedEvent| callback(e));
         self.engine
             .subscribers
@@ -404,7 +405,7 @@ impl super::Store {
     }
 
     /// Removes a synchronous subscription; false if it was not registered.
-    pub fn unsubscribe(&self, id: crate::SubscriptionId) -> bool {
+    pub fn unsubscribe(&self, id: crate::subscriptions::SubscriptionId) -> bool {
         self.engine.subscribers.remove(id)
     }
 
@@ -414,7 +415,8 @@ impl super::Store {
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
-    /// use annals::{ExpectedVersion, Filter, NewEvent, Store};
+    /// use annals::{ExpectedVersion, NewEvent, Store};
+    /// use annals::subscriptions::Filter;
     ///
     /// let dir = tempfile::tempdir()?;
     /// let store = Store::open(dir.path().join("s"))?;
@@ -429,7 +431,7 @@ impl super::Store {
     /// ```
     pub fn on_subscriber_failure(
         &self,
-        handler: impl Fn(&crate::SubscriberFailure) + Send + Sync + 'static,
+        handler: impl Fn(&crate::subscriptions::SubscriberFailure) + Send + Sync + 'static,
     ) {
         self.engine
             .subscribers
@@ -443,7 +445,8 @@ impl super::Store {
     /// ```
     /// use std::sync::atomic::{AtomicBool, Ordering};
     /// use std::sync::Arc;
-    /// use annals::{ExpectedVersion, Filter, NewEvent, Store};
+    /// use annals::{ExpectedVersion, NewEvent, Store};
+    /// use annals::subscriptions::Filter;
     ///
     /// let dir = tempfile::tempdir()?;
     /// let store = Store::open(dir.path().join("s"))?;
@@ -459,7 +462,7 @@ impl super::Store {
     /// store.redeliver(failure)?;
     /// # Ok::<(), annals::Error>(())
     /// ```
-    pub fn redeliver(&self, failure: &crate::SubscriberFailure) -> Result<()> {
+    pub fn redeliver(&self, failure: &crate::subscriptions::SubscriberFailure) -> Result<()> {
         let event = self
             .read_log(failure.position, Direction::Forwards, 1)?
             .next()
@@ -478,10 +481,12 @@ impl super::Store {
                 failure.subscription
             ))),
             Some(Ok(())) => Ok(()),
-            Some(Err(error)) => Err(Error::SubscriberFailed(crate::SubscriberFailure {
-                error,
-                ..failure.clone()
-            })),
+            Some(Err(error)) => Err(Error::SubscriberFailed(
+                crate::subscriptions::SubscriberFailure {
+                    error,
+                    ..failure.clone()
+                },
+            )),
         }
     }
 }

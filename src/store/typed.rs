@@ -33,7 +33,7 @@ pub struct EventMeta {
 /// An event type: a serde type with a name, a schema version and a published flag.
 ///
 /// ```
-/// use annals::EventType;
+/// use annals::typed::EventType;
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,7 +122,8 @@ impl<T: EventType> Events for T {
 /// `From` each type) for it.
 ///
 /// ```
-/// use annals::{EventType, Events, events};
+/// use annals::events;
+/// use annals::typed::{EventType, Events};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,26 +161,26 @@ macro_rules! events {
             )+
         }
 
-        impl $crate::Events for $name {
-            fn types() -> &'static [$crate::EventMeta] {
-                const { &[$(<$ty as $crate::EventType>::META),+] }
+        impl $crate::typed::Events for $name {
+            fn types() -> &'static [$crate::typed::EventMeta] {
+                const { &[$(<$ty as $crate::typed::EventType>::META),+] }
             }
 
-            fn meta(&self) -> $crate::EventMeta {
+            fn meta(&self) -> $crate::typed::EventMeta {
                 match self {
-                    $(Self::$variant(_) => <$ty as $crate::EventType>::META,)+
+                    $(Self::$variant(_) => <$ty as $crate::typed::EventType>::META,)+
                 }
             }
 
             fn encode(&self, encoding: $crate::PayloadEncoding) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
                 match self {
-                    $(Self::$variant(e) => $crate::Events::encode(e, encoding),)+
+                    $(Self::$variant(e) => $crate::typed::Events::encode(e, encoding),)+
                 }
             }
 
             fn to_json(&self) -> $crate::__private::serde_json::Result<::std::string::String> {
                 match self {
-                    $(Self::$variant(e) => $crate::Events::to_json(e),)+
+                    $(Self::$variant(e) => $crate::typed::Events::to_json(e),)+
                 }
             }
 
@@ -195,8 +196,8 @@ macro_rules! events {
                 encoding: $crate::PayloadEncoding,
             ) -> ::std::option::Option<::std::result::Result<Self, ::std::string::String>> {
                 $(
-                    if name == <$ty as $crate::EventType>::NAME {
-                        return <$ty as $crate::Events>::decode(name, payload, encoding)
+                    if name == <$ty as $crate::typed::EventType>::NAME {
+                        return <$ty as $crate::typed::Events>::decode(name, payload, encoding)
                             .map(|r| r.map(Self::$variant));
                     }
                 )+
@@ -448,7 +449,8 @@ impl super::Store {
     /// the way to the current version.
     ///
     /// ```
-    /// use annals::{EventType, ExpectedVersion, NewEvent, PayloadEncoding, Store};
+    /// use annals::{ExpectedVersion, NewEvent, PayloadEncoding, Store};
+    /// use annals::typed::EventType;
     /// use serde::{Deserialize, Serialize};
     ///
     /// #[derive(Serialize, Deserialize)]
@@ -525,7 +527,8 @@ impl super::Store {
     /// Appends typed events (see [`append`](Self::append)).
     ///
     /// ```
-    /// use annals::{EventType, ExpectedVersion, Store};
+    /// use annals::{ExpectedVersion, Store};
+    /// use annals::typed::EventType;
     /// use serde::{Deserialize, Serialize};
     ///
     /// #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -614,7 +617,7 @@ impl super::Store {
         + Send
         + Sync
         + 'static,
-    ) -> crate::SubscriptionId {
+    ) -> crate::subscriptions::SubscriptionId {
         let filter = subscriptions::Filter::EventTypes(
             E::types().iter().map(|m| m.name.to_owned()).collect(),
         );

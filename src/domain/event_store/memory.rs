@@ -5,9 +5,8 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 
 use super::{EventStore, Part};
-use crate::{
-    AppendResult, Codec, Error, Events, NewEvent, Position, RecordedEvent, Result, Upcasters,
-};
+use crate::typed::{Codec, Events, Upcasters};
+use crate::{AppendResult, Error, NewEvent, Position, RecordedEvent, Result};
 
 #[derive(Default)]
 struct Memory {
@@ -144,11 +143,11 @@ impl EventStore for InMemoryEventStore {
     }
 
     fn new_event<E: Events>(&self, event: &E) -> Result<NewEvent> {
-        crate::new_event(event, self.codec)
+        crate::typed::new_event(event, self.codec)
     }
 
     fn decode<E: Events>(&self, event: &RecordedEvent) -> Result<E> {
-        crate::decode_with(&self.upcasters, event)
+        crate::typed::decode_with(&self.upcasters, event)
     }
 
     fn save_snapshot(&self, stream: &str, version: u64, schema: u32, state: Vec<u8>) -> Result<()> {

@@ -12,9 +12,9 @@ pub use memory::InMemoryEventStore;
 pub use publishing::PublishingStore;
 pub use sinkhole::SinkholeEventStore;
 
+use crate::typed::Events;
 use crate::{
-    AppendResult, Direction, Events, ExpectedVersion, NewEvent, Position, RecordedEvent, Result,
-    Store,
+    AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent, Result, Store,
 };
 
 /// One stream's part of an atomic append.

@@ -5,9 +5,8 @@ use parking_lot::Mutex;
 use super::{EventStore, Part};
 use crate::domain::transport::Transport;
 use crate::outbox::Envelope;
-use crate::{
-    AppendResult, Codec, Error, Events, NewEvent, Position, RecordedEvent, Result, Upcasters,
-};
+use crate::typed::{Codec, Events, Upcasters};
+use crate::{AppendResult, Error, NewEvent, Position, RecordedEvent, Result};
 
 /// An event store that stores nothing and publishes only: every committed published event goes
 /// straight to the transport (the `messagebus` library's sink-hole event store). Streams always
@@ -78,11 +77,11 @@ impl<T: Transport> EventStore for SinkholeEventStore<T> {
     }
 
     fn new_event<E: Events>(&self, event: &E) -> Result<NewEvent> {
-        crate::new_event(event, Codec::Json)
+        crate::typed::new_event(event, Codec::Json)
     }
 
     fn decode<E: Events>(&self, event: &RecordedEvent) -> Result<E> {
-        crate::decode_with(&Upcasters::default(), event)
+        crate::typed::decode_with(&Upcasters::default(), event)
     }
 
     fn committed(&self) -> Result<()> {
