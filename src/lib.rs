@@ -21,7 +21,7 @@
 //! ```
 //!
 //! The on-disk format is specified in `src/log/format.rs` (and the engine's own records in
-//! [`records`]); the recovery rule in `src/log/recovery.rs`.
+//! `src/log/records.rs`); the recovery rule in `src/log/recovery.rs`.
 
 #![deny(missing_docs)]
 
@@ -48,7 +48,7 @@ mod values;
 pub use error::{Error, Result};
 pub use event::{AppendResult, NewEvent, RecordedEvent};
 pub use log::format::PayloadEncoding;
-pub use log::records;
+pub(crate) use log::records;
 pub use names::category_of;
 pub use store::options::{
     DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability,

@@ -9,7 +9,7 @@
 //!   ([`PublishingStore`]) or straight away ([`SinkholeEventStore`]).
 //! - Workflows: aggregates that [`dispatch`] commands; the commands are saved with the
 //!   workflow's events and handed to their handler exactly once by a [`CommandRelay`].
-//! - [`testing`]: given/when/then for aggregates and for the bus, on a real store in a
+//! - `testing` (feature `testing`): given/when/then for aggregates and for the bus, on a real store in a
 //!   temporary folder.
 //!
 //! Everything is written against the small [`EventStore`] trait, implemented by the annals
@@ -97,7 +97,7 @@ mod repository;
 use crate::{BoxError, Error};
 
 /// The event type under which a dispatched command is stored in its workflow's stream
-/// (specified in [`crate::records`]).
+/// (specified in `src/log/records.rs`).
 pub use crate::records::COMMAND_DISPATCHED as COMMAND_EVENT_TYPE;
 
 /// Why a domain operation did not happen.

@@ -63,7 +63,7 @@ impl<A: Aggregate, S: EventStore> Tracked<S> for TrackedAggregate<A> {
     }
 }
 
-/// The event type of a [`UnitOfWork::claim_unique`] claim (specified in [`crate::records`]).
+/// The event type of a [`UnitOfWork::claim_unique`] claim (specified in `src/log/records.rs`).
 pub use crate::records::UNIQUE_CLAIMED;
 
 /// Everything one piece of work changes, committed together or not at all.

@@ -23,7 +23,7 @@ use super::event_store::{EventStore, Part};
 use super::unit_of_work::UnitOfWork;
 use crate::{Error, ExpectedVersion, NewEvent, Position, RecordedEvent, Result};
 
-/// One entry of a relay's progress stream (specified in [`crate::records`]).
+/// One entry of a relay's progress stream (specified in `src/log/records.rs`).
 use crate::records::RelayMarker as Marker;
 pub use crate::records::{COMMAND_FAILED, COMMAND_HANDLED};
 

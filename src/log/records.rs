@@ -24,7 +24,7 @@
 //! excepted: a snapshot that does not decode is ignored, the stream is read whole).
 //!
 //! ```
-//! use annals::records;
+//! use annals::log::records;
 //!
 //! assert_eq!(records::checkpoint_stream("mailer"), "$checkpoint-mailer");
 //! let payload = records::encode_position(4096);

@@ -123,7 +123,7 @@ pub struct RunReport {
 }
 
 /// A parked event: delivery gave up on it after `attempts` failures (the record is specified
-/// in [`crate::records`]).
+/// in `src/log/records.rs`).
 pub use crate::log::records::Parked;
 use crate::log::records::{
     self, OUTBOX_PARKED as PARKED, OUTBOX_PROGRESS as PROGRESS, OUTBOX_REPLAYED as REPLAYED,
