@@ -7,7 +7,7 @@
 //!   against the bare durable append of the same event, measured interleaved (the disk's
 //!   latency drifts more between two runs than the bus costs).
 //!
-//! Run: `cargo bench --features bench --bench domain`.
+//! Run: `cargo bench -p annals-bench --bench domain`.
 
 use std::hint::black_box;
 use std::path::Path;

@@ -2,24 +2,24 @@
 //! in the same run, plus the raw `write + fdatasync` loop as the physical limit, and the time to
 //! reopen each after a clean close.
 //!
-//! Run: `cargo bench --features bench --bench engine`. The workload code is `annals::bench`,
-//! shared with `annals bench`.
+//! Run: `cargo bench -p annals-bench --bench engine`. The workload code is the `annals-bench`
+//! crate (`crates/annals-bench`), shared with `annals bench`.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
-use annals::bench::{self, Event, System};
+use annals_bench::{Event, System};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const PAYLOAD: usize = 100;
 
 fn systems(dir: &Path) -> Vec<Box<dyn System>> {
     vec![
-        Box::new(bench::open_annals(dir).unwrap()),
-        Box::new(bench::open_sqlite(dir).unwrap()),
-        Box::new(bench::open_redb(dir).unwrap()),
+        Box::new(annals_bench::open_annals(dir).unwrap()),
+        Box::new(annals_bench::open_sqlite(dir).unwrap()),
+        Box::new(annals_bench::open_redb(dir).unwrap()),
     ]
 }
 
@@ -74,7 +74,7 @@ fn durable_appends(c: &mut Criterion) {
         g.bench_function(sys.name(), |b| {
             b.iter_custom(|iters| {
                 let total = iters.max(8);
-                let elapsed = bench::appends(sys.as_ref(), 8, total, PAYLOAD).unwrap();
+                let elapsed = annals_bench::appends(sys.as_ref(), 8, total, PAYLOAD).unwrap();
                 elapsed.mul_f64(iters as f64 / total.div_ceil(8).saturating_mul(8) as f64)
             })
         });
@@ -89,7 +89,9 @@ fn durable_appends(c: &mut Criterion) {
         g.throughput(Throughput::Elements(batch as u64));
         for sys in &systems {
             g.bench_with_input(BenchmarkId::new(sys.name(), batch), &batch, |b, &batch| {
-                b.iter_custom(|iters| bench::batches(sys.as_ref(), iters, batch, PAYLOAD).unwrap())
+                b.iter_custom(|iters| {
+                    annals_bench::batches(sys.as_ref(), iters, batch, PAYLOAD).unwrap()
+                })
             });
         }
         g.finish();
@@ -103,7 +105,7 @@ fn reads(c: &mut Criterion) {
     let systems = systems(dir.path());
     // 10 streams of 10,000 events, written round robin in batches of 1000.
     for sys in &systems {
-        bench::fill(sys.as_ref(), 100_000, 10, PAYLOAD).unwrap();
+        annals_bench::fill(sys.as_ref(), 100_000, 10, PAYLOAD).unwrap();
     }
     let mut g = c.benchmark_group("read_stream_10000");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
@@ -132,18 +134,18 @@ fn reads(c: &mut Criterion) {
     g.sample_size(20).measurement_time(Duration::from_secs(5));
     for name in names {
         g.bench_function(name, |b| {
-            b.iter_custom(|iters| bench::reopen(iters, || open(name, dir.path())).unwrap())
+            b.iter_custom(|iters| annals_bench::reopen(iters, || open(name, dir.path())).unwrap())
         });
     }
     g.finish();
 }
 
 /// Opens the system called `name` in `dir`.
-fn open(name: &str, dir: &Path) -> bench::BenchResult<Box<dyn System>> {
+fn open(name: &str, dir: &Path) -> annals_bench::BenchResult<Box<dyn System>> {
     Ok(match name {
-        "annals" => Box::new(bench::open_annals(dir)?),
-        "sqlite" => Box::new(bench::open_sqlite(dir)?),
-        _ => Box::new(bench::open_redb(dir)?),
+        "annals" => Box::new(annals_bench::open_annals(dir)?),
+        "sqlite" => Box::new(annals_bench::open_sqlite(dir)?),
+        _ => Box::new(annals_bench::open_redb(dir)?),
     })
 }
 

@@ -5,7 +5,7 @@
 //! - a catch-up subscription through a 1,000,000-event history, against `read_all`;
 //! - outbox delivery to an in-memory publisher.
 //!
-//! Run: `cargo bench --bench features`.
+//! Run: `cargo bench -p annals-bench --bench features`.
 
 use std::hint::black_box;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! close, after a crash, and without its index sidecar) and how much memory the process holds
 //! afterwards. Each reopen runs in a fresh process, so its memory figure is its own.
 //!
-//! Run: `cargo bench --features bench --bench scale`. `ANNALS_SCALE_EVENTS` changes the size,
+//! Run: `cargo bench -p annals-bench --bench scale`. `ANNALS_SCALE_EVENTS` changes the size,
 //! `ANNALS_BENCH_DIR` the disk. Prints a table; asserts nothing about time.
 
 use std::path::{Path, PathBuf};

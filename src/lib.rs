@@ -25,8 +25,6 @@
 
 #![deny(missing_docs)]
 
-#[cfg(feature = "bench")]
-pub mod bench;
 pub mod domain;
 mod error;
 mod event;

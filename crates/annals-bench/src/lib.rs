@@ -1,12 +1,12 @@
 //! Side-by-side workloads: annals, SQLite and a plain redb table doing the same work, plus the
-//! disk's own limits. The criterion benches in `benches/` and `annals bench` both run this
-//! code, so their figures never disagree. Enabled by the `bench` feature.
+//! disk's own limits. The criterion benches in the repository's `benches/` folder and
+//! `annals bench` (the `annals-cli` crate) both run this code, so their figures never disagree.
 //!
 //! Every system stores the same events (stream, version, id, type, timestamp, 100-byte payload
 //! by default), checks the stream's current version on every append, and makes every append
 //! durable before returning:
 //!
-//! - **annals**: [`crate::Store`] with [`crate::Durability::Immediate`];
+//! - **annals**: [`annals::Store`] with [`annals::Durability::Immediate`];
 //! - **SQLite**: WAL, `synchronous=FULL`, one `events` table with a unique `(stream, version)`;
 //!   one `BEGIN IMMEDIATE` transaction per append that reads the stream's last version and
 //!   inserts; one connection per thread;
@@ -14,14 +14,16 @@
 //!   ((stream, version) → sequence), one durable write transaction per append.
 //!
 //! ```
-//! use annals::bench::{Event, System, open_annals};
+//! use annals_bench::{Event, System, open_annals};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let sys = open_annals(dir.path())?;
 //! sys.append("s", &[Event::new(100)])?;
 //! assert_eq!(sys.read_stream("s")?, 1);
-//! # Ok::<(), annals::bench::BenchError>(())
+//! # Ok::<(), annals_bench::BenchError>(())
 //! ```
+
+#![deny(missing_docs)]
 
 mod systems;
 

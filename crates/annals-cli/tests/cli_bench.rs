@@ -1,7 +1,6 @@
 //! `annals bench`, run as a real process: JSON and table output, the SVG chart, bad options.
 //! Sizes are tiny (`--events 2000 --appends 40`) so that each run takes a few seconds; the
 //! figures are only checked to be positive, never compared.
-#![cfg(feature = "cli")]
 
 use std::process::{Command, Output};
 

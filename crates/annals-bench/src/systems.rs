@@ -2,12 +2,12 @@
 
 use std::path::Path;
 
+use annals::{Direction, ExpectedVersion, NewEvent, PayloadEncoding, Position, Store};
 use parking_lot::Mutex;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{BenchResult, Event, System};
-use crate::{Direction, ExpectedVersion, NewEvent, Position, Store};
+use crate::{BenchResult, Event, System};
 
 /// annals, default options (durable appends, group commit).
 pub struct Annals {
@@ -37,7 +37,7 @@ impl System for Annals {
             correlation_id: None,
             causation_id: None,
             publish: false,
-            encoding: crate::PayloadEncoding::Raw,
+            encoding: PayloadEncoding::Raw,
             metadata: bytes::Bytes::new(),
             payload: e.payload.clone(),
         });
@@ -137,7 +137,7 @@ impl System for Sqlite {
                     .optional()?
                     .flatten();
                 let first = last.map_or(0, |v| v + 1);
-                let created = crate::event::nanos_since_epoch(std::time::SystemTime::now()) as i64;
+                let created = nanos_since_epoch(std::time::SystemTime::now()) as i64;
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO events (stream, version, id, type, created, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
@@ -264,7 +264,7 @@ impl System for Redb {
                 Some((k, _)) => k.value() + 1,
                 None => 0,
             };
-            let created = crate::event::nanos_since_epoch(std::time::SystemTime::now());
+            let created = nanos_since_epoch(std::time::SystemTime::now());
             for (i, e) in (0u64..).zip(events) {
                 log.insert(seq + i, encode(stream, version + i, e, created).as_slice())?;
                 streams.insert((stream, version + i), seq + i)?;
@@ -298,4 +298,11 @@ impl System for Redb {
         }
         Ok(n)
     }
+}
+
+/// Nanoseconds since the Unix epoch (0 before it, saturating far after it): the `created`
+/// column of SQLite and redb, as annals stores its timestamps.
+fn nanos_since_epoch(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

@@ -1,7 +1,6 @@
 //! The `annals` binary on real stores: each command's output and exit code, a corrupted store
 //! (verify names the damaged frame's position, repair cuts there), a locked store, and an
 //! export/import round trip that reproduces every event byte for byte.
-#![cfg(feature = "cli")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

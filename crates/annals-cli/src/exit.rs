@@ -70,8 +70,8 @@ impl From<std::io::Error> for CliError {
     }
 }
 
-impl From<annals::bench::BenchError> for CliError {
-    fn from(e: annals::bench::BenchError) -> Self {
+impl From<annals_bench::BenchError> for CliError {
+    fn from(e: annals_bench::BenchError) -> Self {
         CliError::new(ERROR, e.to_string())
     }
 }

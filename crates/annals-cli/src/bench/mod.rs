@@ -1,0 +1,186 @@
+//! `annals bench`: annals, SQLite and a plain redb table side by side on the standard
+//! workloads, in one run, in a temporary folder, with the disk's own limits for reference.
+//!
+//! The workloads themselves are [`annals_bench`], shared with the criterion benches
+//! (`benches/engine.rs`); this module chooses their sizes ([`plan`]), runs them ([`measure`])
+//! in a temporary folder on the disk to measure ([`host`]), and prints the results as a table,
+//! as JSON, or as an SVG chart ([`report`]).
+
+mod host;
+mod measure;
+mod plan;
+mod report;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use crate::exit::{CliError, CliResult, ERROR};
+use host::{filesystem, remove_temp_folder, temp_folder};
+use measure::{Progress, measure};
+use plan::{Item, Plan, Size, SystemKind};
+use report::{Report, json, plot, print_table};
+
+/// Examples and notes printed after `annals bench --help`.
+const AFTER_HELP: &str = "\
+Examples:
+  annals bench                                   # small: seconds on an SSD
+  annals bench --size medium --plot bench.svg    # also draw a bar chart
+  annals bench --dir /mnt/data                   # measure the disk mounted there
+  annals bench --systems annals,sqlite --workloads append-1,batch-100
+  annals bench --events 50000 --payload 1024 --json > bench.json
+
+Every append is durable (synced to the disk) before it returns, in all three systems: annals
+(default options), SQLite (WAL, synchronous=FULL, an events table with a unique (stream,
+version), one BEGIN IMMEDIATE transaction per append) and redb (a log table and a stream index,
+one durable write transaction per append). Rates are events per second (opens per second for
+reopen), higher is better; annals/peer above 1× means annals is faster. Disks vary from minute
+to minute: compare the ratios within one run. The temporary folder is removed at the end.";
+/// Largest payload accepted by `--payload`.
+const MAX_PAYLOAD: usize = 1 << 20;
+
+/// Options of `annals bench`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct BenchArgs {
+    /// How much work to do; --events and --appends override parts of it.
+    #[arg(long, value_enum, default_value_t = Size::Small)]
+    size: Size,
+
+    /// Events in the store the read and reopen workloads use, and events written by each batch
+    /// workload [default: 20,000 small, 200,000 medium, 1,000,000 large].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    events: Option<u64>,
+
+    /// Single-event appends made by each of append-1 and append-8 [default: 500 small, 3,000
+    /// medium, 20,000 large].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
+    appends: Option<u64>,
+
+    /// Payload of every event, in bytes (1 to 1048576).
+    #[arg(long, value_name = "BYTES", default_value_t = 100, value_parser = parse_payload)]
+    payload: usize,
+
+    /// Systems to measure, comma-separated; the ratio columns need annals.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "SYSTEMS",
+        default_value = "annals,sqlite,redb"
+    )]
+    systems: Vec<SystemKind>,
+
+    /// Workloads to run, comma-separated [default: all].
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "WORKLOADS")]
+    workloads: Vec<Item>,
+
+    /// Folder in which to create the temporary folder; put it on the disk to measure [default:
+    /// the system's temporary folder].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+
+    /// Print one JSON document (machine, parameters, results) instead of the table.
+    #[arg(long)]
+    json: bool,
+
+    /// Also draw the results as a grouped bar chart (SVG, log scale) into this file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+/// Parses `--payload`: a whole number of bytes from 1 to 1 MiB.
+fn parse_payload(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of bytes"))?;
+    if (1..=MAX_PAYLOAD).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "the payload must be 1 to {MAX_PAYLOAD} bytes (1 MiB), not {n}"
+        ))
+    }
+}
+
+/// Runs `annals bench`.
+pub fn run(args: BenchArgs) -> CliResult {
+    let start = Instant::now();
+    let plan = Plan::new(&args)?;
+    if let Some(path) = &args.plot {
+        check_plot_target(path)?;
+    }
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let tmp = temp_folder(&base)?;
+    let progress = Progress::new(plan.steps());
+    let measured = measure(&plan, tmp.path(), &progress);
+    progress.finish();
+    let (limits, rows) = measured?;
+    remove_temp_folder(tmp)?;
+    let report = Report {
+        filesystem: filesystem(&base),
+        plan,
+        base,
+        limits,
+        rows,
+        took: start.elapsed(),
+    };
+    let mut out = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &json(&report))
+            .map_err(|e| CliError::new(ERROR, format!("cannot write the JSON: {e}")))?;
+        writeln!(out)?;
+    } else {
+        print_table(&mut out, &report)?;
+    }
+    if let Some(path) = &args.plot {
+        plot::draw(path, &report)?;
+        if !args.json {
+            writeln!(out, "chart written to {}", path.display())?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An I/O failure with what was being done; "not found" maps to its own exit code.
+fn io_error(what: String, e: io::Error) -> CliError {
+    let code = CliError::from(io::Error::new(e.kind(), "")).code;
+    CliError::new(code, format!("{what}: {e}"))
+}
+
+/// Fails early when the chart could not be written to `path`.
+fn check_plot_target(path: &Path) -> CliResult<()> {
+    if path.is_dir() {
+        return Err(CliError::new(
+            ERROR,
+            format!("--plot {} is a folder, not a file", path.display()),
+        ));
+    }
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() && !parent.is_dir() => Err(CliError::new(
+            ERROR,
+            format!(
+                "cannot write the chart to {}: folder {} does not exist",
+                path.display(),
+                parent.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_is_checked() {
+        assert!(parse_payload("0").is_err());
+        assert!(parse_payload("x").is_err());
+        assert!(parse_payload("1048577").is_err());
+        assert_eq!(parse_payload("100"), Ok(100));
+    }
+}
