@@ -1,9 +1,9 @@
 //! The seeds' examples, asserted as the seeds' own tests assert them.
 
-#[path = "../examples/light_switch.rs"]
+#[path = "../../examples/light_switch.rs"]
 #[allow(dead_code)]
 mod light_switch;
-#[path = "../examples/reading_club.rs"]
+#[path = "../../examples/reading_club.rs"]
 #[allow(dead_code)]
 mod reading_club;
 

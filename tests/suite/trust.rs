@@ -1,13 +1,12 @@
 //! Regression tests for the "Trust" issue: each names the scenario that broke the promise
 //! "nothing acknowledged is lost, no damage is silent" (on commit 99ffab1) and checks it holds.
 
-mod common;
-
 use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::common::{Commit, verify};
 use annals::log::format::{EventRecord, FrameLink, PayloadEncoding, encode_event};
 use annals::storage::{
     CrashPolicy, FaultFs, FaultMode, FileSystem, MemoryFs, OpenMode, StorageFile,
@@ -15,7 +14,6 @@ use annals::storage::{
 use annals::subscriptions::CatchUpStart;
 use annals::subscriptions::Filter;
 use annals::{Direction, Error, ExpectedVersion, NewEvent, Position, Store};
-use common::{Commit, verify};
 
 const SEGMENT: u64 = 64 * 1024;
 const FIRST: u64 = 4096;

@@ -9,97 +9,26 @@
 //!
 //! `ANNALS_WORKFLOW_KILL_ROUNDS` sets the number of rounds (default 30).
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::domain::shop::{Order, Placed, Ship, orders_bus};
 use annals::domain::{
-    Aggregate, BusError, COMMAND_EVENT_TYPE, COMMAND_HANDLED, Command, CommandRelay, MessageBus,
-    Part, Recorder, UnitOfWork,
+    Aggregate, BusError, COMMAND_EVENT_TYPE, COMMAND_HANDLED, CommandRelay, MessageBus, Part,
+    UnitOfWork,
 };
-use annals::typed::EventType;
-use annals::{Direction, ExpectedVersion, NewEvent, Position, Store, events};
-use serde::{Deserialize, Serialize};
+use annals::{Direction, ExpectedVersion, NewEvent, Position, Store};
 
 const DIR_VAR: &str = "ANNALS_WORKFLOW_KILL_DIR";
 const START_VAR: &str = "ANNALS_WORKFLOW_KILL_START";
 const EFFECTS: &str = "shipped-log";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Placed {
-    order: u64,
-}
-impl EventType for Placed {
-    const NAME: &'static str = "Placed";
-}
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Requested {
-    order: u64,
-}
-impl EventType for Requested {
-    const NAME: &'static str = "ShippingRequested";
-}
-events! { #[derive(Debug, Clone)] enum OrderEvent { Placed(Placed) } }
-events! { #[derive(Debug, Clone)] enum FlowEvent { Requested(Requested) } }
-
-#[derive(Default)]
-struct Order {
-    recorder: Recorder<OrderEvent>,
-}
-impl Aggregate for Order {
-    const CATEGORY: &'static str = "order";
-    type Event = OrderEvent;
-    fn apply(&mut self, _: &OrderEvent) {}
-    fn recorder(&self) -> &Recorder<OrderEvent> {
-        &self.recorder
-    }
-    fn recorder_mut(&mut self) -> &mut Recorder<OrderEvent> {
-        &mut self.recorder
-    }
-}
-
-#[derive(Default)]
-struct Shipping {
-    requested: bool,
-    recorder: Recorder<FlowEvent>,
-}
-impl Aggregate for Shipping {
-    const CATEGORY: &'static str = "shipping";
-    type Event = FlowEvent;
-    fn apply(&mut self, _: &FlowEvent) {
-        self.requested = true;
-    }
-    fn recorder(&self) -> &Recorder<FlowEvent> {
-        &self.recorder
-    }
-    fn recorder_mut(&mut self) -> &mut Recorder<FlowEvent> {
-        &mut self.recorder
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Ship {
-    order: u64,
-}
-impl Command for Ship {
-    const NAME: &'static str = "Ship";
-}
-
+/// The shop's orders bus, with a `Ship` handler whose effect nothing but the relay's marker
+/// keeps from being repeated.
 fn bus() -> MessageBus<Store> {
-    let mut bus = MessageBus::new();
-    bus.listen(
-        |e: &Placed, uow: &mut UnitOfWork<'_, Store>| -> annals::Result<()> {
-            let flow = uow.get_or_create::<Shipping>(&e.order.to_string())?;
-            if !flow.requested {
-                flow.record(Requested { order: e.order });
-                flow.dispatch(&Ship { order: e.order })?;
-            }
-            Ok(())
-        },
-    );
+    let mut bus = orders_bus();
     bus.handle_command(
         |c: Ship, uow: &mut UnitOfWork<'_, Store>| -> Result<(), BusError> {
             // An effect that nothing but the relay's marker keeps from being repeated.
@@ -144,7 +73,7 @@ fn child_workflows() {
         for order in start.. {
             let mut uow = UnitOfWork::new(&store);
             uow.create::<Order>(&order.to_string())
-                .record(Placed { order });
+                .record(Placed { order, fail: false });
             bus.settle(&mut uow).expect("child settle");
             uow.commit().expect("child commit");
             let mut out = std::io::stdout().lock();
@@ -224,7 +153,7 @@ fn check(store: &Store, acked: &HashSet<u64>) -> Result<usize, String> {
 
 #[test]
 fn kill_9_never_loses_or_repeats_a_dispatched_command() {
-    let rounds = common::rounds("ANNALS_WORKFLOW_KILL_ROUNDS", 30);
+    let rounds = crate::common::rounds("ANNALS_WORKFLOW_KILL_ROUNDS", 30);
     let dir = tempfile::tempdir().unwrap();
     let mut acked: HashSet<u64> = HashSet::new();
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
@@ -232,8 +161,8 @@ fn kill_9_never_loses_or_repeats_a_dispatched_command() {
     let mut orders = 0;
     for round in 0..rounds {
         let start = (round * 1_000_000).to_string();
-        let lines = common::run_and_kill(
-            "child_workflows",
+        let lines = crate::common::run_and_kill(
+            "workflow_kill::child_workflows",
             &[
                 (DIR_VAR, dir.path().as_os_str()),
                 (START_VAR, std::ffi::OsStr::new(&start)),

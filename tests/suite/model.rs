@@ -3,8 +3,6 @@
 //! catch-up subscription polled and checkpointed, an outbox run, and a synchronous
 //! subscription, compared after every step with a plain in-memory model.
 
-mod common;
-
 use std::collections::BTreeMap;
 
 use std::sync::{Arc, Mutex};
@@ -398,14 +396,14 @@ fn run(ops: Vec<Op>, flush_every: u64) -> Result<(), TestCaseError> {
                 Some(ids_.len() as u64 - 1)
             );
         }
-        let acked = vec![common::Commit {
+        let acked = vec![crate::common::Commit {
             parts: model
                 .streams
                 .iter()
                 .map(|(s, i)| (s.clone(), i.clone()))
                 .collect(),
         }];
-        common::verify(&store, &acked, &[]).map_err(TestCaseError::fail)?;
+        crate::common::verify(&store, &acked, &[]).map_err(TestCaseError::fail)?;
         prop_assert_eq!(ids(&read_all(&store)), model.log.clone());
         // The synchronous subscription saw every event, once, in log order.
         prop_assert_eq!(&*seen.lock().unwrap(), &model.log);

@@ -9,13 +9,11 @@
 //!
 //! Each test prints how many crashes it simulated; together they simulate more than 10,000.
 
-mod common;
-
 use std::io::ErrorKind;
 
+use crate::common::{Commit, verify};
 use annals::storage::{CrashPolicy, FaultFs, FaultMode};
 use annals::{ExpectedVersion, NewEvent, Store};
-use common::{Commit, verify};
 
 const PATH: &str = "/db/store";
 

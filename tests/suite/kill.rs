@@ -6,14 +6,12 @@
 //!
 //! `ANNALS_KILL_ROUNDS` sets the number of rounds (default 100).
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
+use crate::common::{Commit, verify};
 use annals::{ExpectedVersion, NewEvent, Store};
-use common::{Commit, verify};
 use uuid::Uuid;
 
 const DIR_VAR: &str = "ANNALS_KILL_CHILD_DIR";
@@ -67,15 +65,15 @@ fn child_appender() {
 
 #[test]
 fn kill_9_at_random_moments_loses_nothing_acknowledged() {
-    let rounds = common::rounds("ANNALS_KILL_ROUNDS", 100);
+    let rounds = crate::common::rounds("ANNALS_KILL_ROUNDS", 100);
     let dir = tempfile::tempdir().unwrap();
     let mut tried: HashMap<Uuid, Commit> = HashMap::new();
     let mut acked: Vec<Uuid> = Vec::new();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut total_acked = 0;
     for round in 0..rounds {
-        let lines = common::run_and_kill(
-            "child_appender",
+        let lines = crate::common::run_and_kill(
+            "kill::child_appender",
             &[(DIR_VAR, dir.path().as_os_str())],
             &mut rng,
             1,

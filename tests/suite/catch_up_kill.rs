@@ -4,8 +4,6 @@
 //!
 //! `ANNALS_CATCH_UP_ROUNDS` sets the number of kills (default 40).
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -70,7 +68,7 @@ fn child_follower() {
 
 #[test]
 fn a_killed_catch_up_subscription_never_skips() {
-    let rounds = common::rounds("ANNALS_CATCH_UP_ROUNDS", 40);
+    let rounds = crate::common::rounds("ANNALS_CATCH_UP_ROUNDS", 40);
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path()).unwrap();
@@ -88,8 +86,8 @@ fn a_killed_catch_up_subscription_never_skips() {
     let mut last_processed: Option<u64> = None;
     let (mut processed_total, mut repeated_total) = (0usize, 0usize);
     for round in 0..rounds {
-        let lines = common::run_and_kill(
-            "child_follower",
+        let lines = crate::common::run_and_kill(
+            "catch_up_kill::child_follower",
             &[(DIR_VAR, dir.path().as_os_str())],
             &mut rng,
             5,

@@ -1,0 +1,20 @@
+//! The integration tests, as one test binary (one link of the crate instead of one per file).
+//! Each module is one topic; `common` holds the checks they share. The kill tests start this
+//! same binary again as their child process.
+
+mod common;
+
+mod catch_up_kill;
+mod crash;
+mod domain;
+mod examples;
+mod idempotency;
+mod indexed_reads;
+mod kill;
+mod model;
+mod outbox;
+mod store;
+mod subscriptions;
+mod trust;
+mod upcasting;
+mod workflow_kill;
