@@ -198,7 +198,7 @@ pub struct SubscriberFailure {
     /// The subscription's name.
     pub subscription: String,
     /// The subscription (to run it again with [`crate::Store::redeliver`]).
-    pub subscription_id: crate::subscriptions::SubscriptionId,
+    pub subscription_id: crate::values::SubscriptionId,
     /// The event it was handed.
     pub position: crate::Position,
     /// What it returned, or that it panicked and with what.

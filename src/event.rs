@@ -100,7 +100,7 @@ impl NewEvent {
         event_type: &'static str,
         value: &T,
     ) -> crate::Result<NewEvent> {
-        let payload = crate::typed::to_json_string(value).map_err(|e| crate::Error::Encode {
+        let payload = crate::json::to_json_string(value).map_err(|e| crate::Error::Encode {
             event_type: event_type.into(),
             reason: e.to_string(),
         })?;
@@ -387,7 +387,7 @@ pub struct AppendResult {
     /// Synchronous subscribers that failed on this append's events. The events are durable
     /// whatever these say: never retry the append because of them (see
     /// [`crate::Store::subscribe`] and [`crate::Store::redeliver`]).
-    pub subscriber_failures: Vec<crate::subscriptions::SubscriberFailure>,
+    pub subscriber_failures: Vec<crate::error::SubscriberFailure>,
 }
 
 impl AppendResult {

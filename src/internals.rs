@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::log::Layout;
-use crate::log::format::{EventRecord, FileHeader, HEADER_BLOCK, HEADER_LEN, PayloadEncoding};
+use crate::log::format::{EventRecord, FileHeader, HEADER_BLOCK, HEADER_LEN};
 use crate::log::recovery::{self, Mode, RecoveredEvent, Replay, ScanStart};
 use crate::log::sync::{LogSync, Poison};
 use crate::log::writer::LogWriter;
@@ -102,22 +102,14 @@ impl LogFile {
         if events.is_empty() {
             return Err(Error::InvalidArgument("a commit has events".into()));
         }
+        let new_events: Vec<crate::NewEvent> = events
+            .iter()
+            .map(|(_, _, payload)| crate::NewEvent::new("E", payload.to_vec()))
+            .collect();
         let records: Vec<EventRecord<'_>> = events
             .iter()
-            .map(|(stream, version, payload)| EventRecord {
-                stream,
-                version: *version,
-                timestamp: 0,
-                id: uuid::Uuid::new_v4().into_bytes(),
-                event_type: "E",
-                schema_version: 0,
-                correlation_id: None,
-                causation_id: None,
-                publish: false,
-                encoding: PayloadEncoding::Raw,
-                metadata: b"",
-                payload,
-            })
+            .zip(&new_events)
+            .map(|((stream, version, _), e)| e.record(stream, *version))
             .collect();
         for r in &records {
             crate::names::check_stream_name(r.stream, true)?;

@@ -31,6 +31,7 @@ mod event;
 mod index;
 #[cfg(feature = "internals")]
 pub mod internals;
+mod json;
 /// The log floor: the file format, the engine's own records, reading, writing and recovery.
 /// Public only with the `internals` feature (for fuzz targets and tests); the format is
 /// specified in `src/log/format.rs`, the recovery rule in `src/log/recovery.rs`.
@@ -60,7 +61,8 @@ pub use values::{Direction, ExpectedVersion, Position};
 /// ([`EventType`](typed::EventType)), enums of them ([`Events`](typed::Events), made with
 /// [`events!`]), the codecs that encode them, and upcasting of old schema versions.
 pub mod typed {
-    pub use crate::store::codec::{Codec, to_json_string};
+    pub use crate::json::to_json_string;
+    pub use crate::store::codec::Codec;
     pub use crate::store::typed::{
         EventMeta, EventType, Events, TypedEvent, TypedEvents, Upcasters, decode_with, new_event,
     };

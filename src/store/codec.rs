@@ -8,8 +8,6 @@
 //! `": "` after keys), so payloads and outbox envelopes read the same as those of the Python
 //! libraries annals follows.
 
-use std::io;
-
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -48,7 +46,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
             bincode::serde::encode_to_vec(value, bincode::config::standard())
                 .map_err(|e| e.to_string())
         }
-        PayloadEncoding::Json => to_json_vec(value).map_err(|e| e.to_string()),
+        PayloadEncoding::Json => crate::json::to_json_vec(value).map_err(|e| e.to_string()),
         PayloadEncoding::Raw => Err("a typed event cannot be stored as raw bytes".into()),
     }
 }
@@ -73,52 +71,6 @@ pub(crate) fn decode<T: DeserializeOwned>(
         }
         PayloadEncoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
         PayloadEncoding::Raw => Err("the payload is raw bytes, not an encoded value".into()),
-    }
-}
-
-/// JSON with Python's default separators.
-pub fn to_json_string<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
-    let bytes = to_json_vec(value)?;
-    Ok(String::from_utf8(bytes).expect("serde_json writes UTF-8"))
-}
-
-fn to_json_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(128);
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
-    value.serialize(&mut ser)?;
-    Ok(out)
-}
-
-/// `", "` between items and `": "` after keys, like Python's `json.dumps`.
-struct PythonFormatter;
-
-impl serde_json::ser::Formatter for PythonFormatter {
-    fn begin_array_value<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
-    }
-
-    fn begin_object_key<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
-    }
-
-    fn begin_object_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
-        writer.write_all(b": ")
     }
 }
 

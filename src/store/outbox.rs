@@ -53,7 +53,7 @@ impl Envelope {
 
     /// The envelope as JSON text (`", "` and `": "` separators, keys in the order above).
     pub fn to_json(&self) -> String {
-        crate::typed::to_json_string(self).expect("an envelope is four strings")
+        crate::json::to_json_string(self).expect("an envelope is four strings")
     }
 }
 

@@ -102,7 +102,7 @@ impl<T: EventType> Events for T {
     }
 
     fn to_json(&self) -> serde_json::Result<String> {
-        codec::to_json_string(self)
+        crate::json::to_json_string(self)
     }
 
     fn inner(&self) -> &(dyn std::any::Any + Send) {

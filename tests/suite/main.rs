@@ -8,6 +8,7 @@ mod catch_up_kill;
 mod crash;
 mod domain;
 mod examples;
+mod floors;
 mod idempotency;
 mod indexed_reads;
 mod kill;
