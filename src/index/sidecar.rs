@@ -150,7 +150,17 @@ impl Sidecar {
     /// and removed when closed, so the next open rebuilds it.
     fn guard<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         match catch_unwind(AssertUnwindSafe(f)) {
-            Ok(result) => result,
+            Ok(Ok(value)) => Ok(value),
+            // An intact database does not fail to read: whatever failed (a missing table, a
+            // page that fails its checksum, an I/O error) is damage, rebuilt at the next open.
+            Ok(Err(e)) => {
+                self.damaged
+                    .store(true, std::sync::atomic::Ordering::Release);
+                Err(crate::Error::Index(format!(
+                    "the index sidecar is damaged ({e}); it is removed when the store closes, \
+                     and the next open rebuilds it from the log"
+                )))
+            }
             Err(_) => {
                 self.damaged
                     .store(true, std::sync::atomic::Ordering::Release);
@@ -364,11 +374,12 @@ impl Sidecar {
             };
             let get =
                 |k: &str| -> Result<Option<Vec<u8>>> { Ok(t.get(k)?.map(|v| v.value().to_vec())) };
-            let max_run_stream = match txn.open_table(RUNS) {
-                Ok(runs) => runs.last()?.map(|(k, _)| k.value().0),
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(e) => return Err(e.into()),
-            };
+            // Every table must be there (a sidecar is created with all of them at once).
+            txn.open_table(STREAMS)?;
+            txn.open_table(CATEGORIES)?;
+            txn.open_table(TYPES)?;
+            txn.open_table(IDS)?;
+            let max_run_stream = txn.open_table(RUNS)?.last()?.map(|(k, _)| k.value().0);
             Ok(Some((
                 (
                     get("index_version")?,
@@ -412,6 +423,21 @@ impl Sidecar {
                 max_run_stream.unwrap_or_default(),
                 meta.next_stream_id
             )));
+        }
+        let mut db = db;
+        if let Db::Write(database) = &mut db
+            && !meta.clean
+        {
+            // After an unclean shutdown, check every page before trusting the file: on Linux a
+            // sync that failed in an earlier process leaves pages readable that never reached
+            // the disk, and a commit made on top of them points at garbage after a power cut.
+            let checked = catch_unwind(AssertUnwindSafe(|| database.check_integrity()));
+            match checked {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Ok(Err("was damaged (its database repaired itself)".into())),
+                Ok(Err(e)) => return Ok(Err(format!("failed its integrity check: {e}"))),
+                Err(_) => return Ok(Err("failed its integrity check: redb panicked".into())),
+            }
         }
         let file = matches!(db, Db::Write(_)).then(|| (fs.clone(), path.to_owned()));
         Ok(Ok((Sidecar::new(db, file, frozen), meta)))
