@@ -975,3 +975,24 @@ fn a_durable_append_is_ok_whatever_its_subscribers_do() {
     store.redeliver(&r.subscriber_failures[0]).unwrap();
     assert_eq!(log_events(&store).len(), 1);
 }
+
+#[test]
+fn a_sidecar_missing_a_table_is_rebuilt_not_used() {
+    const STREAMS: redb::TableDefinition<&str, (u64, u64)> = redb::TableDefinition::new("streams");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let store = Store::open(&path).unwrap();
+    store
+        .append("a", ExpectedVersion::Any, [ev("E", "1")])
+        .unwrap();
+    store.close().unwrap();
+    {
+        let db = redb::Database::create(dir.path().join("s.annals.index")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(STREAMS).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert!(store.recovery_report().index_rebuilt.is_some());
+    assert_eq!(store.stream_version("a").unwrap(), Some(0));
+}
