@@ -149,11 +149,11 @@ pub enum Error {
         reason: String,
     },
 
-    /// A subscription callback run again with [`crate::Store::redeliver`] failed again.
+    /// A subscription callback run again with [`crate::store::Store::redeliver`] failed again.
     #[error("{0}")]
     SubscriberFailed(SubscriberFailure),
 
-    /// The store was opened read-only ([`crate::Store::open_read_only`]): it cannot be
+    /// The store was opened read-only ([`crate::store::Store::open_read_only`]): it cannot be
     /// written.
     #[error("store {} is open read-only", path.display())]
     ReadOnly {
@@ -192,15 +192,15 @@ pub enum Error {
 }
 
 /// A synchronous subscription callback that failed (or panicked) on an event. The event is
-/// durable regardless: see [`crate::Store::redeliver`] to run the callback again.
+/// durable regardless: see [`crate::store::Store::redeliver`] to run the callback again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberFailure {
     /// The subscription's name.
     pub subscription: String,
-    /// The subscription (to run it again with [`crate::Store::redeliver`]).
+    /// The subscription (to run it again with [`crate::store::Store::redeliver`]).
     pub subscription_id: crate::values::SubscriptionId,
     /// The event it was handed.
-    pub position: crate::Position,
+    pub position: crate::values::Position,
     /// What it returned, or that it panicked and with what.
     pub error: String,
 }

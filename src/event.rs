@@ -87,7 +87,7 @@ impl NewEvent {
     }
 
     /// An event whose payload is `value` as JSON (the JSON of
-    /// [`to_json_string`](crate::typed::to_json_string)), marked [`PayloadEncoding::Json`].
+    /// [`to_json_string`](crate::json::to_json_string)), marked [`PayloadEncoding::Json`].
     ///
     /// ```
     /// use annals::{NewEvent, PayloadEncoding};
@@ -99,11 +99,12 @@ impl NewEvent {
     pub fn json<T: serde::Serialize + ?Sized>(
         event_type: &'static str,
         value: &T,
-    ) -> crate::Result<NewEvent> {
-        let payload = crate::json::to_json_string(value).map_err(|e| crate::Error::Encode {
-            event_type: event_type.into(),
-            reason: e.to_string(),
-        })?;
+    ) -> crate::error::Result<NewEvent> {
+        let payload =
+            crate::json::to_json_string(value).map_err(|e| crate::error::Error::Encode {
+                event_type: event_type.into(),
+                reason: e.to_string(),
+            })?;
         let mut event = NewEvent::new(event_type, payload);
         event.encoding = PayloadEncoding::Json;
         Ok(event)
@@ -207,13 +208,13 @@ impl RecordedEvent {
         version: u64,
         position: Position,
         event: &NewEvent,
-    ) -> crate::Result<RecordedEvent> {
+    ) -> crate::error::Result<RecordedEvent> {
         use crate::log::format::{Body, FrameLink, decode_frame, encode_event};
         crate::names::check_stream_name(stream, true)?;
         crate::names::check_event_type(&event.event_type)?;
         let record = event.record(stream, version);
         if record.frame_len().is_none() {
-            return Err(crate::Error::TooLarge {
+            return Err(crate::error::Error::TooLarge {
                 what: "event",
                 size: (event.payload.len() + event.metadata.len()) as u64,
                 limit: u64::from(u32::MAX),
@@ -230,7 +231,7 @@ impl RecordedEvent {
         };
         encode_event(&mut buf, link, 0, &record);
         let frame = decode_frame(&buf, 0, 0)
-            .map_err(|e| crate::Error::corrupt(position.as_u64(), e.to_string()))?;
+            .map_err(|e| crate::error::Error::corrupt(position.as_u64(), e.to_string()))?;
         debug_assert_eq!(frame.body, Body::Event);
         Ok(RecordedEvent::new(Bytes::from(buf), position.as_u64()))
     }
@@ -386,7 +387,7 @@ pub struct AppendResult {
     pub last_position: Position,
     /// Synchronous subscribers that failed on this append's events. The events are durable
     /// whatever these say: never retry the append because of them (see
-    /// [`crate::Store::subscribe`] and [`crate::Store::redeliver`]).
+    /// [`crate::store::Store::subscribe`] and [`crate::store::Store::redeliver`]).
     pub subscriber_failures: Vec<crate::error::SubscriberFailure>,
 }
 
@@ -425,10 +426,10 @@ impl AppendResult {
     /// assert_eq!(r.next_expected(), ExpectedVersion::Exact(0));
     /// # Ok::<(), annals::Error>(())
     /// ```
-    pub fn next_expected(&self) -> crate::ExpectedVersion {
+    pub fn next_expected(&self) -> crate::values::ExpectedVersion {
         match self.version {
-            Some(v) => crate::ExpectedVersion::Exact(v),
-            None => crate::ExpectedVersion::NoStream,
+            Some(v) => crate::values::ExpectedVersion::Exact(v),
+            None => crate::values::ExpectedVersion::NoStream,
         }
     }
 }

@@ -51,7 +51,7 @@ impl fmt::Display for ExpectedVersion {
 }
 
 /// A place in the global log: the byte offset of an event's frame in the store file. Positions
-/// strictly increase in log order; they are the cursor of [`crate::Store::read_all`] and of
+/// strictly increase in log order; they are the cursor of [`crate::store::Store::read_all`] and of
 /// checkpoints.
 ///
 /// ```

@@ -238,7 +238,7 @@ impl Index {
                         None => {
                             let id = layers.next_stream_id;
                             layers.next_stream_id = id.checked_add(1).ok_or_else(|| {
-                                crate::Error::Index("stream ids are exhausted".into())
+                                crate::error::Error::Index("stream ids are exhausted".into())
                             })?;
                             id
                         }

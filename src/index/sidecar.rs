@@ -109,16 +109,16 @@ impl Db {
         match self {
             Db::Write(db) => Ok(db.begin_read()?),
             Db::Read(db) => Ok(db.begin_read()?),
-            Db::Closed => Err(crate::Error::Index("the sidecar is closed".into())),
+            Db::Closed => Err(crate::error::Error::Index("the sidecar is closed".into())),
         }
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction> {
         match self {
             Db::Write(db) => Ok(db.begin_write()?),
-            Db::Read(_) | Db::Closed => {
-                Err(crate::Error::Index("the sidecar is open read-only".into()))
-            }
+            Db::Read(_) | Db::Closed => Err(crate::error::Error::Index(
+                "the sidecar is open read-only".into(),
+            )),
         }
     }
 }
@@ -156,7 +156,7 @@ impl Sidecar {
             Ok(Err(e)) => {
                 self.damaged
                     .store(true, std::sync::atomic::Ordering::Release);
-                Err(crate::Error::Index(format!(
+                Err(crate::error::Error::Index(format!(
                     "the index sidecar is damaged ({e}); it is removed when the store closes, \
                      and the next open rebuilds it from the log"
                 )))
@@ -164,7 +164,7 @@ impl Sidecar {
             Err(_) => {
                 self.damaged
                     .store(true, std::sync::atomic::Ordering::Release);
-                Err(crate::Error::Index(
+                Err(crate::error::Error::Index(
                     "the index sidecar is damaged (its database failed a consistency check); it \
                      is removed when the store closes, and the next open rebuilds it from the log"
                         .into(),
@@ -434,7 +434,9 @@ impl Sidecar {
             let checked = catch_unwind(AssertUnwindSafe(|| database.check_integrity()));
             match checked {
                 Ok(Ok(true)) => {}
-                Ok(Ok(false)) => return Ok(Err("was damaged (its database repaired itself)".into())),
+                Ok(Ok(false)) => {
+                    return Ok(Err("was damaged (its database repaired itself)".into()));
+                }
                 Ok(Err(e)) => return Ok(Err(format!("failed its integrity check: {e}"))),
                 Err(_) => return Ok(Err("failed its integrity check: redb panicked".into())),
             }

@@ -20,7 +20,7 @@
 //!
 //! The latest record of a stream is the one that counts (the newest checkpoint, the newest
 //! progress, the newest snapshot); older ones are superseded. A record that does not decode is
-//! reported as [`crate::Error::Decode`] by whoever reads it, never skipped silently (snapshots
+//! reported as [`crate::error::Error::Decode`] by whoever reads it, never skipped silently (snapshots
 //! excepted: a snapshot that does not decode is ignored, the stream is read whole).
 //!
 //! ```
@@ -113,7 +113,7 @@ pub fn decode_snapshot_version(metadata: &[u8]) -> Option<u64> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parked {
     /// Where the event is.
-    pub position: crate::Position,
+    pub position: crate::values::Position,
     /// How many deliveries failed.
     pub attempts: u32,
     /// The last error.
@@ -124,7 +124,7 @@ pub struct Parked {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replayed {
     /// Where the event is.
-    pub position: crate::Position,
+    pub position: crate::values::Position,
 }
 
 /// What a command relay commits with a command's effects (or for a command that failed).

@@ -65,7 +65,7 @@
 //! open fails). Only then may a new frame claim them durable; the index sidecar is written
 //! during a replay only after the same has been done for what it covers.
 //!
-//! [`Durability::Periodic`]: crate::Durability::Periodic
+//! [`Durability::Periodic`]: crate::store::options::Durability::Periodic
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

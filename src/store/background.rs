@@ -1,5 +1,5 @@
 //! The store's background threads: the index flusher (writes frozen memtables to the sidecar)
-//! and, with [`Durability::Periodic`](crate::Durability::Periodic), the syncer. They hold only what they need, never the
+//! and, with [`Durability::Periodic`](crate::store::options::Durability::Periodic), the syncer. They hold only what they need, never the
 //! store itself, so they cannot keep it open.
 
 use std::sync::Arc;
@@ -134,8 +134,10 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::NewEvent;
     use crate::storage::{FaultFs, FaultMode};
-    use crate::{ExpectedVersion, NewEvent, Store};
+    use crate::store::Store;
+    use crate::values::ExpectedVersion;
 
     #[test]
     fn the_background_flusher_never_writes_after_a_failed_sync() {

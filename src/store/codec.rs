@@ -1,7 +1,7 @@
 //! How typed events become payload bytes and back.
 //!
 //! Two codecs: bincode 2 (standard configuration; compact; the default) and JSON. A store
-//! picks one for the events it writes ([`crate::StoreBuilder::codec`]); every event records
+//! picks one for the events it writes ([`crate::store::StoreBuilder::codec`]); every event records
 //! which encoding its payload has, so a store can hold both and reads never guess.
 //!
 //! JSON is written the way Python's `json.dumps` writes it by default (`", "` between items,

@@ -8,7 +8,7 @@
 //! the next group, so concurrent appenders share syncs.
 //!
 //! A failed write or sync poisons the store: that group and every later request fail with
-//! [`Error::Poisoned`](crate::Error::Poisoned) until the store is reopened, and recovery decides from the disk what
+//! [`Error::Poisoned`](crate::error::Error::Poisoned) until the store is reopened, and recovery decides from the disk what
 //! was written. So does a panic inside the leader (a bug): its group fails, and no thread is
 //! left waiting for a leader that is gone. A request that is refused (wrong expected version,
 //! too large, disk full at a segment start) fails alone and writes nothing.
@@ -506,8 +506,8 @@ fn already_appended(
         }
         results.push(AppendResult::new(
             last.version,
-            crate::Position::new(first.position),
-            crate::Position::new(last.position),
+            crate::values::Position::new(first.position),
+            crate::values::Position::new(last.position),
         ));
     }
     Ok(results)
@@ -554,7 +554,7 @@ fn stage(
             let version = version_of(info.count);
             results.push(AppendResult::nothing(
                 version,
-                crate::Position::new(writer.end()),
+                crate::values::Position::new(writer.end()),
             ));
             continue;
         }
@@ -570,8 +570,8 @@ fn stage(
         let count = part.events.len() as u64;
         results.push(AppendResult::new(
             info.count + count - 1,
-            crate::Position::new(staged.first),
-            crate::Position::new(staged.last),
+            crate::values::Position::new(staged.first),
+            crate::values::Position::new(staged.last),
         ));
         for (k, (e, position)) in part.events.iter().zip(&positions).enumerate() {
             let version = info.count + k as u64;
@@ -599,7 +599,8 @@ fn stage(
 mod tests {
     use super::*;
     use crate::storage::{FaultFs, FaultMode};
-    use crate::{Store, StoreBuilder};
+    use crate::store::Store;
+    use crate::store::StoreBuilder;
 
     fn part(stream: &str, expected: ExpectedVersion, n: usize) -> Part {
         Part {

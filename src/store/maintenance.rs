@@ -48,7 +48,7 @@ pub struct RecoveryReport {
 }
 
 /// Acknowledged events missing from a log whose index was rebuilt with
-/// [`StoreBuilder::accept_loss`](crate::StoreBuilder::accept_loss): the log ended before what the old index covered.
+/// [`StoreBuilder::accept_loss`](crate::store::StoreBuilder::accept_loss): the log ended before what the old index covered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Lost {
@@ -276,7 +276,7 @@ impl Store {
     }
 
     /// Checks that the index finds `e` where the log has it; the problem if not.
-    fn check_indexed(&self, e: &crate::RecordedEvent) -> Result<Option<String>> {
+    fn check_indexed(&self, e: &crate::event::RecordedEvent) -> Result<Option<String>> {
         let by_stream = self
             .read_stream(e.stream(), e.version(), Direction::Forwards, 1)?
             .next()
@@ -309,7 +309,7 @@ impl Store {
     /// Cuts the log of the (closed) store at `path` at byte position `at`: the written bytes
     /// from `at` on are first saved beside the store (`NAME.annals.removed-AT`, synced), then
     /// zeroed; the index sidecar is removed (the next open rebuilds it). For a store that
-    /// [`open`](Store::open) refuses as [`Error::Corrupt`](crate::Error::Corrupt) at `at`: cutting there keeps every
+    /// [`open`](Store::open) refuses as [`Error::Corrupt`](crate::error::Error::Corrupt) at `at`: cutting there keeps every
     /// commit before it. Commits that `at` splits are dropped whole by the next open.
     ///
     /// Only on explicit request: this removes events.

@@ -72,14 +72,14 @@ impl Store {
     /// Opens the store at `path` (`.annals` is appended if the name lacks it), creating it if
     /// it does not exist, with default options. See [`Store::builder`] for the options.
     ///
-    /// Fails with [`Error::Locked`](crate::Error::Locked) if the store is open elsewhere, [`Error::NotAStore`](crate::Error::NotAStore) for a
-    /// foreign file, [`Error::UnsupportedVersion`](crate::Error::UnsupportedVersion) for a newer format, and [`Error::Corrupt`](crate::Error::Corrupt)
+    /// Fails with [`Error::Locked`](crate::error::Error::Locked) if the store is open elsewhere, [`Error::NotAStore`](crate::error::Error::NotAStore) for a
+    /// foreign file, [`Error::UnsupportedVersion`](crate::error::Error::UnsupportedVersion) for a newer format, and [`Error::Corrupt`](crate::error::Error::Corrupt)
     /// when acknowledged data fails its checks; none of these changes anything on disk.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         StoreBuilder::default().open(path)
     }
 
-    /// Opens the store at `path` read-only: see [`StoreBuilder::read_only`](crate::StoreBuilder::read_only).
+    /// Opens the store at `path` read-only: see [`StoreBuilder::read_only`](crate::store::StoreBuilder::read_only).
     ///
     /// ```
     /// use annals::{Error, ExpectedVersion, NewEvent, Store};
@@ -106,8 +106,8 @@ impl Store {
 
     /// Appends `events` to `stream` if its version matches `expected`; all or nothing.
     ///
-    /// Returns after the events are durable (with the default [`Durability::Immediate`](crate::Durability::Immediate)). A
-    /// version mismatch is [`Error::WrongExpectedVersion`](crate::Error::WrongExpectedVersion) and writes nothing. Stream names
+    /// Returns after the events are durable (with the default [`Durability::Immediate`](crate::store::options::Durability::Immediate)). A
+    /// version mismatch is [`Error::WrongExpectedVersion`](crate::error::Error::WrongExpectedVersion) and writes nothing. Stream names
     /// starting with `$` are reserved.
     ///
     /// An append of no events is a successful no-op: the expected version is checked, nothing

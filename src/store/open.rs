@@ -125,7 +125,7 @@ impl Store {
             read_only,
             flusher: Mutex::new(Default::default()),
             recovery: RecoveryReport {
-                index_covered: crate::Position::new(start.position),
+                index_covered: crate::values::Position::new(start.position),
                 index_rebuilt,
                 commits_replayed: recovered.commits,
                 truncated: recovered.truncated,

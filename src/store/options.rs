@@ -101,7 +101,7 @@ impl Default for StoreBuilder {
 }
 
 impl StoreBuilder {
-    /// When appends reach the disk (default [`Durability::Immediate`](crate::Durability::Immediate)).
+    /// When appends reach the disk (default [`Durability::Immediate`](crate::store::options::Durability::Immediate)).
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
         self
@@ -115,7 +115,7 @@ impl StoreBuilder {
     }
 
     /// Largest payload plus metadata of one event; default 4 MiB. Larger events are refused
-    /// with [`Error::TooLarge`](crate::Error::TooLarge).
+    /// with [`Error::TooLarge`](crate::error::Error::TooLarge).
     pub fn max_event_size(mut self, bytes: u64) -> Self {
         self.max_event_size = bytes;
         self
@@ -143,7 +143,7 @@ impl StoreBuilder {
     }
 
     /// Opens the store read-only: nothing on disk changes (not the log, not the index
-    /// sidecar), appends fail with [`Error::ReadOnly`](crate::Error::ReadOnly), and the store is never created. What
+    /// sidecar), appends fail with [`Error::ReadOnly`](crate::error::Error::ReadOnly), and the store is never created. What
     /// an open for writing would do to a damaged tail is reported in
     /// [`Store::recovery_report`] instead of done. See [`Store::open_read_only`].
     pub fn read_only(mut self, read_only: bool) -> Self {
@@ -201,7 +201,7 @@ impl StoreBuilder {
     }
 
     /// Registers the event types of `E`; same as [`Store::register_events`], before opening.
-    pub fn register_events<E: crate::typed::Events>(mut self) -> Self {
+    pub fn register_events<E: crate::store::typed::Events>(mut self) -> Self {
         self.registry.register::<E>();
         self
     }

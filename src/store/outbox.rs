@@ -2,7 +2,7 @@
 //! process) in log order, at least once, even across crashes and broker outages.
 //!
 //! An event is published if it was appended with the publish flag (typed events of a type whose
-//! [`EventType::PUBLISHED`](crate::typed::EventType::PUBLISHED) is true get it). The outbox reads the
+//! [`EventType::PUBLISHED`](crate::store::typed::EventType::PUBLISHED) is true get it). The outbox reads the
 //! log from its progress position; each event is handed to the [`Publisher`] as an
 //! [`OutboxMessage`] with the `messagebus` [`Envelope`]
 //! `{"id", "created_at", "payload": "<JSON of the event>", "type": "<name>_v<version>"}`.

@@ -21,7 +21,7 @@ use crate::values::{Direction, Position};
 /// How many index runs a stream read fetches at a time.
 const RUN_BATCH: usize = 256;
 
-/// Events of one stream; see [`crate::Store::read_stream`].
+/// Events of one stream; see [`crate::store::Store::read_stream`].
 pub struct StreamEvents<'a> {
     engine: &'a Engine,
     stream: String,
@@ -180,7 +180,7 @@ fn fuse<T>(
     item
 }
 
-/// Events of the whole log in position order; see [`crate::Store::read_all`].
+/// Events of the whole log in position order; see [`crate::store::Store::read_all`].
 pub struct AllEvents<'a> {
     engine: &'a Engine,
     backwards: bool,
@@ -367,7 +367,7 @@ impl Iterator for AllEvents<'_> {
 const POS_BATCH: usize = 256;
 
 /// Events of one category or one event type in log order; see
-/// [`crate::Store::read_category`] and [`crate::Store::read_event_type`].
+/// [`crate::store::Store::read_category`] and [`crate::store::Store::read_event_type`].
 pub struct IndexedEvents<'a> {
     engine: &'a Engine,
     index: PosIndex,

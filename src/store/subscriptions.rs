@@ -16,10 +16,10 @@
 //!
 //! **Failures.** A callback that returns an error or panics does not undo or lose the append,
 //! and the other callbacks still run. Its failure is reported in the
-//! [`AppendResult::subscriber_failures`](crate::AppendResult::subscriber_failures) of the
+//! [`AppendResult::subscriber_failures`](crate::event::AppendResult::subscriber_failures) of the
 //! outermost append, and to the store's failure handler
-//! ([`Store::on_subscriber_failure`](crate::Store::on_subscriber_failure); by default a
-//! `tracing` warning); [`Store::redeliver`](crate::Store::redeliver) runs the callback on the
+//! ([`Store::on_subscriber_failure`](crate::store::Store::on_subscriber_failure); by default a
+//! `tracing` warning); [`Store::redeliver`](crate::store::Store::redeliver) runs the callback on the
 //! event again.
 
 use crate::error::{Error, Result};
@@ -339,7 +339,7 @@ fn commit_events(
     engine: &Engine,
     first: Position,
     last: Position,
-) -> crate::Result<Vec<RecordedEvent>> {
+) -> crate::error::Result<Vec<RecordedEvent>> {
     let limit = engine.index.committed().end;
     let mut cursor = Cursor::default();
     let mut events = Vec::new();
@@ -397,7 +397,7 @@ impl super::Store {
         name: &str,
         filter: Filter,
         callback: impl Fn(&RecordedEvent) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
-    ) -> crate::subscriptions::SubscriptionId {
+    ) -> crate::values::SubscriptionId {
         let callback: Arc<Callback> = Arc::new(move |_: &Engine, e: &RecordedEvent| callback(e));
         self.engine
             .subscribers
@@ -405,7 +405,7 @@ impl super::Store {
     }
 
     /// Removes a synchronous subscription; false if it was not registered.
-    pub fn unsubscribe(&self, id: crate::subscriptions::SubscriptionId) -> bool {
+    pub fn unsubscribe(&self, id: crate::values::SubscriptionId) -> bool {
         self.engine.subscribers.remove(id)
     }
 
@@ -431,7 +431,7 @@ impl super::Store {
     /// ```
     pub fn on_subscriber_failure(
         &self,
-        handler: impl Fn(&crate::subscriptions::SubscriberFailure) + Send + Sync + 'static,
+        handler: impl Fn(&crate::error::SubscriberFailure) + Send + Sync + 'static,
     ) {
         self.engine
             .subscribers
@@ -439,8 +439,8 @@ impl super::Store {
     }
 
     /// Runs a failed subscription callback again on the event it failed on (read back from
-    /// the log), on this thread. `Ok` once it succeeds; [`Error::SubscriberFailed`](crate::Error::SubscriberFailed) if it fails
-    /// again; [`Error::InvalidArgument`](crate::Error::InvalidArgument) if the subscription was removed.
+    /// the log), on this thread. `Ok` once it succeeds; [`Error::SubscriberFailed`](crate::error::Error::SubscriberFailed) if it fails
+    /// again; [`Error::InvalidArgument`](crate::error::Error::InvalidArgument) if the subscription was removed.
     ///
     /// ```
     /// use std::sync::atomic::{AtomicBool, Ordering};
@@ -462,7 +462,7 @@ impl super::Store {
     /// store.redeliver(failure)?;
     /// # Ok::<(), annals::Error>(())
     /// ```
-    pub fn redeliver(&self, failure: &crate::subscriptions::SubscriberFailure) -> Result<()> {
+    pub fn redeliver(&self, failure: &crate::error::SubscriberFailure) -> Result<()> {
         let event = self
             .read_log(failure.position, Direction::Forwards, 1)?
             .next()
@@ -481,12 +481,10 @@ impl super::Store {
                 failure.subscription
             ))),
             Some(Ok(())) => Ok(()),
-            Some(Err(error)) => Err(Error::SubscriberFailed(
-                crate::subscriptions::SubscriberFailure {
-                    error,
-                    ..failure.clone()
-                },
-            )),
+            Some(Err(error)) => Err(Error::SubscriberFailed(crate::error::SubscriberFailure {
+                error,
+                ..failure.clone()
+            })),
         }
     }
 }

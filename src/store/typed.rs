@@ -53,7 +53,7 @@ pub trait EventType: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Type name, stored with every event: keep it stable.
     const NAME: &'static str;
     /// Current schema version (1 by default). Raise it when the type changes, and register an
-    /// upcaster from the old version ([`crate::Store::register_upcaster`]).
+    /// upcaster from the old version ([`crate::store::Store::register_upcaster`]).
     const SCHEMA_VERSION: u32 = 1;
     /// Whether the outbox publishes events of this type (no by default).
     const PUBLISHED: bool = false;
@@ -237,7 +237,7 @@ type Step =
     Arc<dyn Fn(&[u8], PayloadEncoding) -> std::result::Result<Vec<u8>, String> + Send + Sync>;
 
 /// Schema migrations of event types, by (type name, version they migrate from). A store keeps
-/// its own ([`crate::Store::register_upcaster`]); other event stores (the domain floor's
+/// its own ([`crate::store::Store::register_upcaster`]); other event stores (the domain floor's
 /// in-memory one) use this directly with [`decode_with`].
 #[derive(Default, Clone)]
 pub struct Upcasters {
@@ -384,7 +384,7 @@ where
 /// serialized; with the schema version it is then at.
 type JsonForm = Arc<dyn Fn(&Upcasters, &RecordedEvent) -> Result<(String, u32)> + Send + Sync>;
 
-/// Event types registered with a store ([`crate::Store::register_events`]).
+/// Event types registered with a store ([`crate::store::Store::register_events`]).
 #[derive(Default, Clone)]
 pub(crate) struct Registry {
     json: HashMap<&'static str, JsonForm>,
@@ -565,7 +565,7 @@ impl super::Store {
 
     /// Decodes a recorded event as one of `E`'s types, upcast to the type's current schema
     /// version. An event of another type or a payload that does not decode is
-    /// [`Error::Decode`](crate::Error::Decode), naming the position.
+    /// [`Error::Decode`](crate::error::Error::Decode), naming the position.
     pub fn decode<E: Events>(&self, event: &RecordedEvent) -> Result<E> {
         decode(&self.engine.upcasters.read(), event)
     }
@@ -617,7 +617,7 @@ impl super::Store {
         + Send
         + Sync
         + 'static,
-    ) -> crate::subscriptions::SubscriptionId {
+    ) -> crate::values::SubscriptionId {
         let filter = subscriptions::Filter::EventTypes(
             E::types().iter().map(|m| m.name.to_owned()).collect(),
         );
