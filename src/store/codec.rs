@@ -77,6 +77,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::to_json_string;
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     struct Book {

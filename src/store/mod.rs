@@ -261,6 +261,11 @@ impl Store {
         uuid::Uuid::from_bytes(self.engine.header.store_id)
     }
 
+    /// The format version of the store's file (1 for stores made before frame keys, 2 since).
+    pub fn format_version(&self) -> u32 {
+        self.engine.header.format_version
+    }
+
     /// The segment size chosen when the store was created.
     pub fn segment_size(&self) -> u64 {
         self.engine.layout.segment_size

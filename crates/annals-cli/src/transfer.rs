@@ -191,7 +191,7 @@ pub fn export(args: ExportArgs) -> CliResult {
     let header = Header {
         annals_export: EXPORT_VERSION,
         store_id: info_id,
-        format_version: annals::log::format::FORMAT_VERSION,
+        format_version: store.format_version(),
         exported_at: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
     };
     writeln!(out, "{}", to_line(&header))?;

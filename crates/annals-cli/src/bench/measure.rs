@@ -12,8 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::host::{remove, subdir};
 use super::io_error;
-use super::plan::{Item, Plan, READ_STREAMS, SystemKind, batch_size, is_write};
-use super::report::label;
+use super::plan::{Item, Plan, READ_STREAMS, SystemKind, batch_size, is_write, label};
 use crate::exit::{CliError, CliResult, ERROR};
 
 /// The stream `read-stream` reads.

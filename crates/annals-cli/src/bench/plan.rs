@@ -309,6 +309,32 @@ impl Plan {
     }
 }
 
+/// The table label of `w`.
+pub(super) fn label(plan: &Plan, w: Workload) -> String {
+    match w {
+        Workload::Append1 => "append 1 event, 1 thread".into(),
+        Workload::Append1Threads8 => "append 1 event, 8 threads".into(),
+        Workload::Batch100 => "batches of 100".into(),
+        Workload::Batch1000 => "batches of 1,000".into(),
+        Workload::ReadStream => format!("read 1 stream of {}", thousands(plan.per_stream())),
+        Workload::ReadAll => format!("read all {} events", thousands(plan.read_events())),
+        Workload::Reopen => format!("reopen, {} events", thousands(plan.read_events())),
+    }
+}
+
+/// `n` with thousands separators.
+pub(super) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

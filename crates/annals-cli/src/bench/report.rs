@@ -5,11 +5,9 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use annals_bench::Workload;
-
 use super::host::{cpu_model, cpus, kernel};
 use super::measure::{Limits, Measure, Row};
-use super::plan::{Plan, READ_STREAMS, SystemKind};
+use super::plan::{Plan, READ_STREAMS, SystemKind, thousands};
 
 /// Everything one run measured.
 #[derive(Debug)]
@@ -41,32 +39,6 @@ impl Report {
             .filter(|k| *k != SystemKind::Annals)
             .collect()
     }
-}
-
-/// The table label of `w`.
-pub(super) fn label(plan: &Plan, w: Workload) -> String {
-    match w {
-        Workload::Append1 => "append 1 event, 1 thread".into(),
-        Workload::Append1Threads8 => "append 1 event, 8 threads".into(),
-        Workload::Batch100 => "batches of 100".into(),
-        Workload::Batch1000 => "batches of 1,000".into(),
-        Workload::ReadStream => format!("read 1 stream of {}", thousands(plan.per_stream())),
-        Workload::ReadAll => format!("read all {} events", thousands(plan.read_events())),
-        Workload::Reopen => format!("reopen, {} events", thousands(plan.read_events())),
-    }
-}
-
-/// `n` with thousands separators.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// A rate for the table: whole with separators from 100 up, else three significant digits.
