@@ -25,6 +25,7 @@
 
 #![deny(missing_docs)]
 
+mod aggregate;
 mod systems;
 
 use std::fs::OpenOptions;
@@ -33,7 +34,11 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-pub use systems::{Annals, Redb, Sqlite, open_annals, open_redb, open_sqlite};
+pub use aggregate::{
+    AGGREGATE_EVENTS, AGGREGATE_ID, AGGREGATE_STREAM, Account, AccountEvent, Deposited, balance_of,
+    deposit, deposit_events, fill_aggregate,
+};
+pub use systems::{Annals, Redb, Sqlite, disk_usage, open_annals, open_redb, open_sqlite};
 
 /// Error of the workloads (they come from three different engines).
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,6 +55,8 @@ pub struct Event {
     pub event_type: &'static str,
     /// Payload bytes (shared: cloning an event does not copy them).
     pub payload: bytes::Bytes,
+    /// Whether the payload is bincode (annals records the encoding; the aggregate's events).
+    pub bincode: bool,
 }
 
 impl Event {
@@ -62,6 +69,7 @@ impl Event {
                 .map(|i| (i % 251) as u8)
                 .collect::<Vec<u8>>()
                 .into(),
+            bincode: false,
         }
     }
 }
@@ -76,6 +84,11 @@ pub trait System: Send + Sync {
     fn read_stream(&self, stream: &str) -> BenchResult<u64>;
     /// Reads every event in log order (touching stream, type and payload); returns how many.
     fn read_all(&self) -> BenchResult<u64>;
+    /// Loads the [`Account`] of [`AGGREGATE_STREAM`]: reads its events, decodes each payload
+    /// and applies it.
+    fn load_aggregate(&self) -> BenchResult<Account>;
+    /// Bytes the system's files take on the disk (allocated blocks, not apparent lengths).
+    fn disk_bytes(&self) -> BenchResult<u64>;
 }
 
 /// The workloads, as `annals bench` names them.
@@ -93,19 +106,22 @@ pub enum Workload {
     ReadStream,
     /// Reading the whole log.
     ReadAll,
+    /// Loading an aggregate of [`AGGREGATE_EVENTS`] events (read, decode, apply).
+    LoadAggregate,
     /// Reopening a large store after a clean close (see [`reopen`]).
     Reopen,
 }
 
 impl Workload {
     /// Every workload, in the order `annals bench` runs and prints them.
-    pub const ALL: [Workload; 7] = [
+    pub const ALL: [Workload; 8] = [
         Workload::Append1,
         Workload::Append1Threads8,
         Workload::Batch100,
         Workload::Batch1000,
         Workload::ReadStream,
         Workload::ReadAll,
+        Workload::LoadAggregate,
         Workload::Reopen,
     ];
 
@@ -118,6 +134,7 @@ impl Workload {
             Workload::Batch1000 => "batch-1000",
             Workload::ReadStream => "read-stream",
             Workload::ReadAll => "read-all",
+            Workload::LoadAggregate => "aggregate",
             Workload::Reopen => "reopen",
         }
     }
@@ -131,6 +148,9 @@ impl Workload {
             Workload::Batch1000 => "durable batches of 1,000 events, one stream",
             Workload::ReadStream => "read one stream of a filled store",
             Workload::ReadAll => "read every event of a filled store, in log order",
+            Workload::LoadAggregate => {
+                "load a 10,000-event aggregate: read its stream, decode and apply each event"
+            }
             Workload::Reopen => "open a filled store after a clean close, ready to serve",
         }
     }
@@ -157,6 +177,14 @@ impl<S: System + ?Sized> System for Box<S> {
 
     fn read_all(&self) -> BenchResult<u64> {
         (**self).read_all()
+    }
+
+    fn load_aggregate(&self) -> BenchResult<Account> {
+        (**self).load_aggregate()
+    }
+
+    fn disk_bytes(&self) -> BenchResult<u64> {
+        (**self).disk_bytes()
     }
 }
 

@@ -1,24 +1,44 @@
 //! The three systems under test.
 
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use annals::{Direction, ExpectedVersion, NewEvent, PayloadEncoding, Position, Store};
 use parking_lot::Mutex;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::aggregate::{AGGREGATE_ID, AGGREGATE_STREAM, Account};
 use crate::{BenchResult, Event, System};
+
+/// Bytes taken on the disk (allocated blocks) by the files in `dir` whose names start with
+/// `prefix`.
+pub fn disk_usage(dir: &Path, prefix: &str) -> BenchResult<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            let meta = entry.metadata()?;
+            if meta.is_file() {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    Ok(total)
+}
 
 /// annals, default options (durable appends, group commit).
 pub struct Annals {
     /// The store.
     pub store: Store,
+    dir: PathBuf,
 }
 
 /// Opens (or creates) an annals store named `annals` in `dir`.
 pub fn open_annals(dir: &Path) -> BenchResult<Annals> {
     Ok(Annals {
         store: Store::open(dir.join("annals"))?,
+        dir: dir.to_owned(),
     })
 }
 
@@ -37,7 +57,11 @@ impl System for Annals {
             correlation_id: None,
             causation_id: None,
             publish: false,
-            encoding: PayloadEncoding::Raw,
+            encoding: if e.bincode {
+                PayloadEncoding::Bincode
+            } else {
+                PayloadEncoding::Raw
+            },
             metadata: bytes::Bytes::new(),
             payload: e.payload.clone(),
         });
@@ -69,6 +93,14 @@ impl System for Annals {
             n += 1;
         }
         Ok(n)
+    }
+
+    fn load_aggregate(&self) -> BenchResult<Account> {
+        Ok(annals::domain::Repository::<Account, _>::new(&self.store).get(AGGREGATE_ID)?)
+    }
+
+    fn disk_bytes(&self) -> BenchResult<u64> {
+        disk_usage(&self.dir, "annals")
     }
 }
 
@@ -184,6 +216,25 @@ impl System for Sqlite {
             Ok(n)
         })
     }
+
+    fn load_aggregate(&self) -> BenchResult<Account> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT type, payload FROM events WHERE stream = ?1 ORDER BY version",
+            )?;
+            let mut rows = stmt.query(params![AGGREGATE_STREAM])?;
+            let mut account = Account::default();
+            while let Some(row) = rows.next()? {
+                account.apply_bincode(row.get_ref(0)?.as_str()?, row.get_ref(1)?.as_blob()?)?;
+            }
+            Ok(account)
+        })
+    }
+
+    fn disk_bytes(&self) -> BenchResult<u64> {
+        let dir = self.path.parent().ok_or("no folder")?;
+        disk_usage(dir, "sqlite.db")
+    }
 }
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -193,6 +244,7 @@ const STREAMS: TableDefinition<(&str, u64), u64> = TableDefinition::new("streams
 /// sequence), one durable write transaction per append.
 pub struct Redb {
     db: redb::Database,
+    dir: PathBuf,
 }
 
 /// Opens (or creates) a redb database `redb.db` in `dir`. The tables are created by a write
@@ -205,7 +257,10 @@ pub fn open_redb(dir: &Path) -> BenchResult<Redb> {
         txn.open_table(STREAMS)?;
         txn.commit()?;
     }
-    Ok(Redb { db })
+    Ok(Redb {
+        db,
+        dir: dir.to_owned(),
+    })
 }
 
 /// Whether both tables of the benchmark exist in `db`.
@@ -240,10 +295,17 @@ fn encode(stream: &str, version: u64, e: &Event, created: u64) -> Vec<u8> {
 
 /// Stream length, type length and first payload byte of an encoded event.
 fn touch(b: &[u8]) -> (usize, usize, u8) {
+    let (s, t, payload) = fields(b);
+    (s, t.len(), payload.first().copied().unwrap_or(0))
+}
+
+/// Stream length, type and payload of an encoded event.
+fn fields(b: &[u8]) -> (usize, &str, &[u8]) {
     let s = u16::from_le_bytes([b[0], b[1]]) as usize;
     let t_at = 2 + s + 8 + 16;
     let t = u16::from_le_bytes([b[t_at], b[t_at + 1]]) as usize;
-    (s, t, b.get(t_at + 2 + t + 8).copied().unwrap_or(0))
+    let kind = std::str::from_utf8(&b[t_at + 2..t_at + 2 + t]).unwrap_or("");
+    (s, kind, &b[t_at + 2 + t + 8..])
 }
 
 impl System for Redb {
@@ -297,6 +359,24 @@ impl System for Redb {
             n += 1;
         }
         Ok(n)
+    }
+
+    fn load_aggregate(&self) -> BenchResult<Account> {
+        let txn = self.db.begin_read()?;
+        let streams = txn.open_table(STREAMS)?;
+        let log = txn.open_table(LOG)?;
+        let mut account = Account::default();
+        for entry in streams.range((AGGREGATE_STREAM, 0)..=(AGGREGATE_STREAM, u64::MAX))? {
+            let seq = entry?.1.value();
+            let event = log.get(seq)?.ok_or("dangling stream entry")?;
+            let (_, kind, payload) = fields(event.value());
+            account.apply_bincode(kind, payload)?;
+        }
+        Ok(account)
+    }
+
+    fn disk_bytes(&self) -> BenchResult<u64> {
+        disk_usage(&self.dir, "redb.db")
     }
 }
 

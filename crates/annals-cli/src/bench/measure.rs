@@ -85,12 +85,15 @@ impl Row {
 }
 
 /// The disk's own limits, as measured.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct Limits {
     /// `write + fdatasync` rounds per second, and how many were timed.
     pub(super) fdatasync: Option<(f64, u64)>,
     /// Sequential write bytes per second, and how many bytes were written.
     pub(super) seq_write: Option<(f64, u64)>,
+    /// Disk bytes per event of each system's filled read store (allocated blocks of all its
+    /// files over the events it holds).
+    pub(super) disk_per_event: Vec<(SystemKind, f64)>,
 }
 
 /// Runs every selected measure in `dir`.
@@ -99,9 +102,9 @@ pub(super) fn measure(
     dir: &Path,
     progress: &Progress,
 ) -> CliResult<(Limits, Vec<Row>)> {
-    let limits = measure_limits(plan, dir, progress)?;
+    let mut limits = measure_limits(plan, dir, progress)?;
     let mut rows = run_writes(plan, dir, progress)?;
-    rows.extend(run_reads(plan, dir, progress)?);
+    rows.extend(run_reads(plan, dir, progress, &mut limits)?);
     Ok((limits, rows))
 }
 
@@ -239,7 +242,12 @@ fn measure_write(plan: &Plan, w: Workload, sys: &dyn System) -> BenchResult<Meas
 }
 
 /// Fills one store per system, then runs the read workloads and the reopens on them.
-fn run_reads(plan: &Plan, dir: &Path, progress: &Progress) -> CliResult<Vec<Row>> {
+fn run_reads(
+    plan: &Plan,
+    dir: &Path,
+    progress: &Progress,
+    limits: &mut Limits,
+) -> CliResult<Vec<Row>> {
     if !plan.needs_fill() {
         return Ok(Vec::new());
     }
@@ -248,9 +256,17 @@ fn run_reads(plan: &Plan, dir: &Path, progress: &Progress) -> CliResult<Vec<Row>
     for (kind, sys) in &systems {
         progress
             .step(format!("fill · {}", kind.name()), || {
-                workloads::fill(sys.as_ref(), plan.events, READ_STREAMS, plan.payload)
+                workloads::fill(sys.as_ref(), plan.events, READ_STREAMS, plan.payload)?;
+                if plan.has(Item::Run(Workload::LoadAggregate)) {
+                    workloads::fill_aggregate(sys.as_ref())?;
+                }
+                Ok(())
             })
             .map_err(failed(*kind, "fill"))?;
+        let bytes = sys.disk_bytes().map_err(failed(*kind, "disk usage"))?;
+        limits
+            .disk_per_event
+            .push((*kind, bytes as f64 / plan.stored_events().max(1) as f64));
     }
     let mut rows = Vec::new();
     for w in plan
@@ -272,13 +288,26 @@ fn run_reads(plan: &Plan, dir: &Path, progress: &Progress) -> CliResult<Vec<Row>
 fn measure_read(plan: &Plan, w: Workload, sys: &dyn System) -> BenchResult<Measure> {
     let expect = match w {
         Workload::ReadStream => plan.per_stream(),
-        _ => plan.read_events(),
+        Workload::LoadAggregate => workloads::AGGREGATE_EVENTS,
+        _ => plan.stored_events(),
     };
+    let balance = workloads::balance_of(workloads::AGGREGATE_EVENTS);
     let (reps, elapsed) = calibrated(plan.min_time, MAX_READS, |n| {
         let start = Instant::now();
         for _ in 0..n {
             let got = match w {
                 Workload::ReadStream => sys.read_stream(READ_STREAM)?,
+                Workload::LoadAggregate => {
+                    let account = sys.load_aggregate()?;
+                    if account.balance != balance {
+                        return Err(format!(
+                            "loaded a balance of {}, expected {balance}",
+                            account.balance
+                        )
+                        .into());
+                    }
+                    account.deposits
+                }
                 _ => sys.read_all()?,
             };
             if got != expect {
@@ -305,7 +334,7 @@ fn run_reopens(plan: &Plan, dir: &Path, progress: &Progress) -> CliResult<Row> {
             })?;
             Ok::<_, BenchError>(Measure {
                 ops: reps,
-                events: reps * plan.read_events(),
+                events: reps * plan.stored_events(),
                 elapsed,
             })
         });

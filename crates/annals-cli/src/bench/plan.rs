@@ -122,7 +122,7 @@ pub(super) enum Item {
 }
 
 /// Everything `--workloads` accepts, in the order it runs.
-const ITEMS: [Item; 9] = [
+const ITEMS: [Item; 10] = [
     Item::Fdatasync,
     Item::SeqWrite,
     Item::Run(Workload::Append1),
@@ -131,6 +131,7 @@ const ITEMS: [Item; 9] = [
     Item::Run(Workload::Batch1000),
     Item::Run(Workload::ReadStream),
     Item::Run(Workload::ReadAll),
+    Item::Run(Workload::LoadAggregate),
     Item::Run(Workload::Reopen),
 ];
 
@@ -287,9 +288,26 @@ impl Plan {
         self.events / READ_STREAMS
     }
 
-    /// Events in the read store.
+    /// Events in the read store (the aggregate's history comes on top when it is selected).
     pub(super) fn read_events(&self) -> u64 {
         self.per_stream() * READ_STREAMS
+    }
+
+    /// Events in the read store, the aggregate's history included when it is selected.
+    pub(super) fn stored_events(&self) -> u64 {
+        let aggregate = if self.has(Item::Run(Workload::LoadAggregate)) {
+            workloads::AGGREGATE_EVENTS
+        } else {
+            0
+        };
+        self.read_events() + aggregate
+    }
+
+    /// Bytes the caller supplies per event of the read store: payload, type, stream name, id
+    /// (16) and timestamp (8).
+    pub(super) fn caller_bytes(&self) -> u64 {
+        let stream = "fill-0".len() as u64;
+        self.payload as u64 + "Deposited".len() as u64 + stream + 16 + 8
     }
 
     /// Whether the read store is needed.
@@ -317,8 +335,12 @@ pub(super) fn label(plan: &Plan, w: Workload) -> String {
         Workload::Batch100 => "batches of 100".into(),
         Workload::Batch1000 => "batches of 1,000".into(),
         Workload::ReadStream => format!("read 1 stream of {}", thousands(plan.per_stream())),
-        Workload::ReadAll => format!("read all {} events", thousands(plan.read_events())),
-        Workload::Reopen => format!("reopen, {} events", thousands(plan.read_events())),
+        Workload::ReadAll => format!("read all {} events", thousands(plan.stored_events())),
+        Workload::LoadAggregate => format!(
+            "load a {}-event aggregate",
+            thousands(workloads::AGGREGATE_EVENTS)
+        ),
+        Workload::Reopen => format!("reopen, {} events", thousands(plan.stored_events())),
     }
 }
 

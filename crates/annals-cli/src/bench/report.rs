@@ -92,6 +92,7 @@ pub(super) fn print_table(out: &mut impl Write, report: &Report) -> io::Result<(
         }
     }
     print_limits(out, report)?;
+    print_disk(out, report)?;
     let ratios = if peers.is_empty() {
         ""
     } else {
@@ -185,8 +186,57 @@ fn print_limits(out: &mut impl Write, report: &Report) -> io::Result<()> {
             "MB/s",
             rate(v / 1e6)
         )?;
+        let caller = report.plan.caller_bytes();
+        let limit = v / caller as f64;
+        writeln!(
+            out,
+            "{:<LABEL_WIDTH$} {:<UNIT_WIDTH$} {:>VALUE_WIDTH$}",
+            format!("  ÷ {caller} B supplied per event"),
+            "events/s",
+            rate(limit)
+        )?;
+        let batch = report
+            .rows
+            .iter()
+            .find(|r| r.workload == annals_bench::Workload::Batch1000)
+            .and_then(|r| r.get(SystemKind::Annals));
+        if let Some(annals) = batch {
+            writeln!(
+                out,
+                "annals batches of 1,000 reach {:.0} % of that limit",
+                100.0 * annals / limit
+            )?;
+        }
     }
     Ok(())
+}
+
+/// Prints the disk taken per stored event by each system's filled read store.
+fn print_disk(out: &mut impl Write, report: &Report) -> io::Result<()> {
+    let disk = &report.limits.disk_per_event;
+    if disk.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    write!(out, "{:<LABEL_WIDTH$} {:<UNIT_WIDTH$}", "disk use", "unit")?;
+    for (kind, _) in disk {
+        write!(out, " {:>VALUE_WIDTH$}", kind.name())?;
+    }
+    writeln!(out)?;
+    write!(
+        out,
+        "{:<LABEL_WIDTH$} {:<UNIT_WIDTH$}",
+        "per event of the read store", "bytes"
+    )?;
+    for (_, v) in disk {
+        write!(out, " {:>VALUE_WIDTH$}", rate(*v))?;
+    }
+    writeln!(
+        out,
+        "\n(allocated blocks of every file over {} events; {} B supplied per event; lower is better)",
+        thousands(report.plan.stored_events()),
+        report.plan.caller_bytes()
+    )
 }
 
 /// The results as one JSON document.
@@ -249,8 +299,16 @@ pub(super) fn json(report: &Report) -> serde_json::Value {
             "sequential_write": report.limits.seq_write.map(|(rate, bytes)| json!({
                 "bytes_per_sec": rate,
                 "bytes": bytes,
+                "events_per_sec_at_caller_bytes": rate / plan.caller_bytes() as f64,
             })),
+            "caller_bytes_per_event": plan.caller_bytes(),
         },
+        "disk_bytes_per_event": report
+            .limits
+            .disk_per_event
+            .iter()
+            .map(|(k, v)| (k.name().to_string(), json!(v)))
+            .collect::<serde_json::Map<_, _>>(),
         "results": results,
         "elapsed_secs": report.took.as_secs_f64(),
     })
