@@ -5,13 +5,14 @@
 use std::process::{Command, Output};
 
 /// Every workload `annals bench` runs on every system, by JSON name.
-const WORKLOADS: [&str; 7] = [
+const WORKLOADS: [&str; 8] = [
     "append-1",
     "append-8",
     "batch-100",
     "batch-1000",
     "read-stream",
     "read-all",
+    "aggregate",
     "reopen",
 ];
 
@@ -96,6 +97,12 @@ fn json_has_every_workload_and_system_and_the_plot_is_written() {
             .unwrap()
             > 0.0
     );
+    for system in SYSTEMS {
+        // The read store holds 2,000 + 10,000 events of about 100 bytes: each takes some.
+        let per_event = doc["disk_bytes_per_event"][system].as_f64().unwrap_or(0.0);
+        assert!(per_event > 50.0, "{system}: {per_event} disk bytes per event");
+    }
+    assert_eq!(doc["limits"]["caller_bytes_per_event"], 139);
     assert_eq!(doc["parameters"]["events"], 2000);
     assert_eq!(doc["parameters"]["payload_bytes"], 100);
     assert!(doc["machine"]["cpus"].as_u64().unwrap() >= 1);
@@ -121,8 +128,11 @@ fn table_has_every_workload_row_and_the_disk_limits() {
         "batches of 100 ",
         "batches of 1,000",
         "read 1 stream of 200",
-        "read all 2,000 events",
-        "reopen, 2,000 events",
+        "read all 12,000 events",
+        "load a 10,000-event aggregate",
+        "reopen, 12,000 events",
+        "per event of the read store",
+        "B supplied per event",
         "fdatasync",
         "sequential write",
         "annals/sqlite",
