@@ -280,7 +280,11 @@ impl Sidecar {
                 }
                 let file = fs.open(path, OpenMode::CreateNew)?;
                 fs.sync_dir(parent(path))?;
-                builder.create_with_backend(RedbBackend::new(file, frozen.clone()))?
+                builder.create_with_backend(RedbBackend::new(
+                    file,
+                    frozen.clone(),
+                    Arc::default(),
+                ))?
             }
             SidecarMode::ReadOnly => {
                 builder.create_with_backend(redb::backends::InMemoryBackend::new())?
@@ -349,17 +353,24 @@ impl Sidecar {
         // redb may panic on a file altered behind its back; the sidecar is derived, so any
         // failure to open it just means it is rebuilt.
         let frozen: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        // See `RedbBackend::sync_data`: opening defers a sync of redb's header alone.
+        let opening = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let opened = catch_unwind(AssertUnwindSafe(|| {
             let builder = builder(cache_size);
             match mode {
                 SidecarMode::Write => builder
-                    .create_with_backend(RedbBackend::new(file, frozen.clone()))
+                    .create_with_backend(RedbBackend::new(file, frozen.clone(), opening.clone()))
                     .map(Db::Write),
                 SidecarMode::ReadOnly => builder
-                    .open_read_only_with_backend(RedbBackend::new(file, frozen.clone()))
+                    .open_read_only_with_backend(RedbBackend::new(
+                        file,
+                        frozen.clone(),
+                        Arc::default(),
+                    ))
                     .map(Db::Read),
             }
         }));
+        opening.store(false, std::sync::atomic::Ordering::Release);
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => return Ok(Err(format!("cannot be opened: {e}"))),

@@ -662,6 +662,8 @@ fn repair(
 ) -> Result<()> {
     let end = recovered.end;
     let seg_end = layout.segment_end(end);
+    // Whether repair changed the file (a cut tail, a length): then it is synced whole.
+    let mut changed = recovered.truncated.is_some();
     if let Some(t) = &mut recovered.truncated {
         let last_nonzero = t.at + t.dropped_bytes;
         if t.dropped_bytes > 0 {
@@ -691,9 +693,14 @@ fn repair(
         if len > seg_end {
             file.set_len(seg_end)?;
         }
+        changed = true;
     }
     recovered.allocated_end = file.len()?;
-    durable.make_durable(end, true)?;
+    // After a clean close nothing is unproven and nothing changed: the close's own sync made
+    // the log durable, and a sync here would cost every open a disk round trip for nothing.
+    if changed || end > durable.proven {
+        durable.make_durable(end, true)?;
+    }
     recovered.rewritten = durable.rewritten;
     Ok(())
 }

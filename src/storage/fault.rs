@@ -106,6 +106,7 @@ pub struct FaultFs {
 struct Inner {
     state: Mutex<State>,
     op_count: AtomicU64,
+    sync_count: AtomicU64,
     next_handle: AtomicU64,
     /// False for [`super::MemoryFs`]: changes are durable at once and nothing is tracked.
     untracked: bool,
@@ -201,6 +202,11 @@ impl FaultFs {
     /// How many fallible operations have run so far.
     pub fn op_count(&self) -> u64 {
         self.inner.op_count.load(Ordering::SeqCst)
+    }
+
+    /// How many syncs (of files and folders, failed ones included) have run so far.
+    pub fn sync_count(&self) -> u64 {
+        self.inner.sync_count.load(Ordering::SeqCst)
     }
 
     /// Number of changes not yet made durable by a sync.
@@ -532,6 +538,7 @@ impl FileSystem for FaultFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.inner.sync_count.fetch_add(1, Ordering::SeqCst);
         let mut state = self.inner.state.lock();
         self.tick(&mut state)?;
         let State {
@@ -666,6 +673,7 @@ impl StorageFile for FaultFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        self.fs.inner.sync_count.fetch_add(1, Ordering::SeqCst);
         let mut state = self.fs.inner.state.lock();
         if let Err(e) = self.fs.tick(&mut state) {
             // Linux: the failed write-back's pages are marked clean. Their data stays readable

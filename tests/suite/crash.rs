@@ -364,3 +364,44 @@ fn concurrent_appenders_cut_by_a_crash_lose_nothing_acknowledged() {
         }
     }
 }
+
+#[test]
+fn reopening_a_cleanly_closed_store_syncs_nothing_and_the_next_append_still_survives_a_power_cut()
+{
+    let fs = FaultFs::new();
+    let first = NewEvent::new("E", vec![1u8; 10]);
+    {
+        let store = open(&fs).unwrap();
+        store
+            .append("s", ExpectedVersion::NoStream, [first.clone()])
+            .unwrap();
+    }
+    let before = fs.sync_count();
+    let store = open(&fs).unwrap();
+    let read: Vec<_> = store
+        .read_stream("s", 0, annals::Direction::Forwards, 10)
+        .unwrap()
+        .collect::<annals::Result<_>>()
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(
+        fs.sync_count(),
+        before,
+        "an open after a clean close has nothing to make durable"
+    );
+    let second = NewEvent::new("E", vec![2u8; 10]);
+    store
+        .append("s", ExpectedVersion::Exact(0), [second.clone()])
+        .unwrap();
+    assert!(fs.sync_count() > before, "the append was synced");
+    for policy in [CrashPolicy::DropUnsynced, CrashPolicy::KeepAll] {
+        let crashed = fs.crash(policy);
+        let reopened = open(&crashed).unwrap();
+        let ids: Vec<_> = reopened
+            .read_stream("s", 0, annals::Direction::Forwards, 10)
+            .unwrap()
+            .map(|e| e.unwrap().id())
+            .collect();
+        assert_eq!(ids, vec![first.id, second.id], "{policy:?}");
+    }
+}

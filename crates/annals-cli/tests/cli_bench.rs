@@ -100,7 +100,10 @@ fn json_has_every_workload_and_system_and_the_plot_is_written() {
     for system in SYSTEMS {
         // The read store holds 2,000 + 10,000 events of about 100 bytes: each takes some.
         let per_event = doc["disk_bytes_per_event"][system].as_f64().unwrap_or(0.0);
-        assert!(per_event > 50.0, "{system}: {per_event} disk bytes per event");
+        assert!(
+            per_event > 50.0,
+            "{system}: {per_event} disk bytes per event"
+        );
     }
     assert_eq!(doc["limits"]["caller_bytes_per_event"], 139);
     assert_eq!(doc["parameters"]["events"], 2000);
