@@ -167,6 +167,7 @@ impl Index {
             position: meta.covered,
             last_frame: meta.last_frame,
             clean: meta.clean,
+            prepared: meta.prepared,
         };
         let index = Index {
             sidecar,
@@ -433,6 +434,8 @@ impl Index {
                 last_frame: layers.committed.last_frame,
                 next_stream_id: layers.next_stream_id,
                 clean,
+                // Filled in by the sidecar when it writes the mark.
+                prepared: None,
             },
         });
         layers.frozen = Some(frozen.clone());
@@ -483,6 +486,11 @@ impl Index {
             self.sidecar.discard();
         }
         result
+    }
+
+    /// Records how far the log is prepared, for the clean mark of the close.
+    pub fn set_prepared_end(&self, end: u64) {
+        self.sidecar.set_prepared_end(end);
     }
 
     /// Blocks while a flush is under way and the active memtable has grown past `limit` events

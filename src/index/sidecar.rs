@@ -5,7 +5,8 @@
 //! - `meta`: `index_version`, `store_id` (must equal the log's), `covered` (every frame before
 //!   this log position is indexed), `last_frame` (the frame just before `covered`; 0 for none),
 //!   `next_stream_id`, `clean` (1 only between a clean close and the first write to the log after
-//!   it, which clears it durably before writing: nothing was written after `covered`);
+//!   it, which clears it durably before writing: nothing was written after `covered`),
+//!   `prepared` (written with `clean`: how far the log was prepared at that close; 0 unknown);
 //! - `streams`: stream name → (internal id, event count);
 //! - `runs`: (stream id, first version) → (position of the first frame, event count);
 //! - `categories`, `types`: (name, position of a run's first frame) → frames in the run;
@@ -65,6 +66,8 @@ pub(crate) struct SidecarMeta {
     pub next_stream_id: u64,
     /// The store was closed cleanly at `covered` and its log not written since.
     pub clean: bool,
+    /// How far the log was prepared at that clean close (meaningful only with `clean`).
+    pub prepared: Option<u64>,
 }
 
 impl SidecarMeta {
@@ -74,6 +77,7 @@ impl SidecarMeta {
             last_frame: None,
             next_stream_id: 1,
             clean: false,
+            prepared: None,
         }
     }
 }
@@ -89,6 +93,8 @@ pub(crate) enum SidecarMode {
 
 pub(crate) struct Sidecar {
     db: Db,
+    /// How far the log is prepared, recorded with every clean mark (0: unknown).
+    prepared: std::sync::atomic::AtomicU64,
     /// Set when redb failed a consistency check on this file: it is removed when closed, so
     /// the next open rebuilds it.
     damaged: std::sync::atomic::AtomicBool,
@@ -131,6 +137,7 @@ impl Sidecar {
     ) -> Sidecar {
         Sidecar {
             db,
+            prepared: std::sync::atomic::AtomicU64::new(0),
             damaged: std::sync::atomic::AtomicBool::new(false),
             file,
             frozen,
@@ -399,11 +406,14 @@ impl Sidecar {
                     get("last_frame")?,
                     get("next_stream_id")?,
                     get("clean")?,
+                    get("prepared")?,
                 ),
                 max_run_stream,
             )))
         }));
-        let Ok(Ok(Some(((version, id, covered, last, next, clean), max_run_stream)))) = read else {
+        let Ok(Ok(Some(((version, id, covered, last, next, clean, prepared), max_run_stream)))) =
+            read
+        else {
             return Ok(Err("has no readable metadata".into()));
         };
         if version.as_deref().and_then(u64_of) != Some(INDEX_VERSION) {
@@ -424,6 +434,7 @@ impl Sidecar {
             last_frame: (last != 0).then_some(last),
             next_stream_id: next,
             clean: clean.as_deref().and_then(u64_of) == Some(1),
+            prepared: prepared.as_deref().and_then(u64_of).filter(|&p| p != 0),
         };
         if let Err(why) = check_meta(&meta, segment_size) {
             return Ok(Err(why));
@@ -541,11 +552,26 @@ impl Sidecar {
                 return Ok(());
             }
             let txn = self.db.begin_write()?;
-            txn.open_table(META)?
-                .insert("clean", &u64::from(clean).to_le_bytes()[..])?;
+            {
+                let mut t = txn.open_table(META)?;
+                t.insert("clean", &u64::from(clean).to_le_bytes()[..])?;
+                if clean {
+                    t.insert("prepared", &self.prepared_end().to_le_bytes()[..])?;
+                }
+            }
             txn.commit()?;
             Ok(())
         })
+    }
+
+    /// Records how far the log is prepared, for the next clean mark.
+    pub fn set_prepared_end(&self, end: u64) {
+        self.prepared
+            .store(end, std::sync::atomic::Ordering::Release);
+    }
+
+    fn prepared_end(&self) -> u64 {
+        self.prepared.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The largest event id stored.
@@ -645,7 +671,11 @@ impl Sidecar {
                 for (id, position) in ids {
                     t.insert(id, position)?;
                 }
-                write_meta(&mut txn.open_table(META)?, meta)?;
+                let meta = SidecarMeta {
+                    prepared: Some(self.prepared_end()),
+                    ..*meta
+                };
+                write_meta(&mut txn.open_table(META)?, &meta)?;
             }
             txn.commit()?;
             Ok(())
@@ -655,6 +685,9 @@ impl Sidecar {
 
 fn write_meta(t: &mut redb::Table<&str, &[u8]>, meta: &SidecarMeta) -> Result<()> {
     t.insert("clean", &u64::from(meta.clean).to_le_bytes()[..])?;
+    if meta.clean {
+        t.insert("prepared", &meta.prepared.unwrap_or(0).to_le_bytes()[..])?;
+    }
     t.insert("covered", &meta.covered.to_le_bytes()[..])?;
     t.insert(
         "last_frame",

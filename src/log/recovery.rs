@@ -87,6 +87,9 @@ pub(crate) struct ScanStart {
     /// The store was closed cleanly at `position` and not written since: if nothing follows
     /// `position`, nothing after it was ever written, and the probe can be skipped.
     pub clean: bool,
+    /// How far the log was prepared when it was closed cleanly (see
+    /// [`super::writer::prepared_after_open`]); trusted only when `clean` holds.
+    pub prepared: Option<u64>,
 }
 
 impl ScanStart {
@@ -95,6 +98,7 @@ impl ScanStart {
         position: Layout::FIRST,
         last_frame: None,
         clean: false,
+        prepared: None,
     };
 }
 
@@ -142,8 +146,9 @@ pub(crate) struct Recovered {
     pub end: u64,
     /// The last frame of the log.
     pub last_frame: Option<u64>,
-    /// End of the space reserved in the file (a segment boundary at or after `end`).
-    pub allocated_end: u64,
+    /// How far the log counts as prepared for the writer (see
+    /// [`super::writer::prepared_after_open`]).
+    pub prepared_end: u64,
     /// Number of complete commits scanned.
     pub commits: u64,
     /// The tail that was (or would be) dropped, if any.
@@ -259,11 +264,11 @@ pub(crate) fn recover(
             saved_to: None,
         }),
     };
-    let seg_end = layout.segment_end(scanned.end);
     let mut recovered = Recovered {
         end: scanned.end,
         last_frame: scanned.last_frame,
-        allocated_end: file_len.max(seg_end),
+        // Set below, once the file's final length is known.
+        prepared_end: scanned.end,
         commits: scanned.commits,
         truncated,
         rewritten: durable.rewritten + (scanned.end - durable.proven),
@@ -274,7 +279,16 @@ pub(crate) fn recover(
             repair(file, layout, fs, path, &mut recovered, &mut durable)?;
         }
     }
-    recovered.allocated_end -= (recovered.allocated_end - Layout::FIRST) % layout.segment_size;
+    let clean = matches!(verdict, Verdict::Clean) && start.clean;
+    let len_now = match mode {
+        Mode::Inspect { .. } => file_len,
+        Mode::Repair { .. } => file.len()?,
+    };
+    recovered.prepared_end = super::writer::prepared_after_open(
+        recovered.end,
+        len_now,
+        start.prepared.filter(|_| clean),
+    );
     Ok(recovered)
 }
 
@@ -685,17 +699,15 @@ fn repair(
         );
     }
     let len = file.len()?;
-    if len < seg_end || !(len - Layout::FIRST).is_multiple_of(SEGMENT_ALIGN) {
-        // The segment the log ends in exists whole (also after a tail cut from outside was
-        // accepted as lost).
-        let seg_start = seg_end - layout.segment_size;
-        file.allocate(seg_start, layout.segment_size)?;
-        if len > seg_end {
-            file.set_len(seg_end)?;
-        }
+    let block = end.next_multiple_of(SEGMENT_ALIGN);
+    if len < block || !(len - Layout::FIRST).is_multiple_of(SEGMENT_ALIGN) {
+        // The 4 KiB block the log ends in exists whole, and the file ends on a block boundary
+        // (also after a tail cut from outside was accepted as lost). The writer prepares what
+        // follows before it writes there.
+        let to = len.max(block).next_multiple_of(SEGMENT_ALIGN);
+        file.allocate(len.min(to), to - len.min(to))?;
         changed = true;
     }
-    recovered.allocated_end = file.len()?;
     // After a clean close nothing is unproven and nothing changed: the close's own sync made
     // the log durable, and a sync here would cost every open a disk round trip for nothing.
     if changed || end > durable.proven {

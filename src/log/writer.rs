@@ -12,18 +12,30 @@
 //! (which would silently drop the acknowledged commit that opened the next segment); and a seal
 //! never points at space that a crash could take away. This costs one sync per segment.
 //!
-//! On file systems that ask for it ([`StorageFile::zero_fill_ahead`]), the segment after the
-//! current one is prepared in the background: allocated, filled with written zeros and synced.
-//! Syncing data written over zeros costs no file-system metadata (a write into freshly
-//! allocated space must also record that the space now holds data), which makes large durable
-//! commits markedly faster. The writer never writes into a segment before its preparation has
-//! finished. The preparation syncs through the log's [`LogSync`], so a failure it meets poisons
-//! the store like any other.
+//! **Preparation.** The writer only writes into *prepared* space: allocated in the file, that
+//! allocation made durable, and (on file systems that ask for it,
+//! [`StorageFile::zero_fill_ahead`]) filled with written zeros and synced. Syncing data written
+//! over zeros costs the file system no metadata, where a write into space that was only
+//! reserved must also record that the space now holds data, which makes durable commits
+//! markedly slower. The log grows in chunks ([`chunk_end`]): the first is [`FIRST_CHUNK`], each
+//! next one makes the file twice the log, up to the end of the segment; so a new store takes a
+//! few hundred KiB, a store keeps within about twice its contents, and a large store prepares
+//! whole segments. The next chunk is prepared in the background once the room left is less than
+//! half the log (at most half a segment); a commit that finds no prepared room waits for that
+//! preparation, or prepares its chunk itself. The preparation syncs through the log's [`LogSync`], so a failure it meets
+//! poisons the store like any other.
+//!
+//! A crash can cut a preparation short, leaving space that is allocated but not zero-filled.
+//! So after an unclean shutdown only the log's last 4 KiB block counts as prepared
+//! ([`prepared_after_open`]) and the rest is prepared again; a clean close records how far the
+//! log was prepared, and the next open trusts that.
 
 use std::sync::Arc;
 
 use super::Layout;
-use super::format::{EventRecord, FrameLink, encode_event, encode_seal};
+use super::format::{
+    EventRecord, FrameLink, SEAL_FRAME_LEN, SEGMENT_ALIGN, encode_event, encode_seal,
+};
 use super::sync::LogSync;
 use crate::error::{Error, Result};
 
@@ -38,8 +50,8 @@ pub(crate) struct LogWriter {
     end: u64,
     /// Position of the last frame staged or written.
     last_frame: Option<u64>,
-    /// End of the space reserved in the file (its allocation is durable).
-    allocated_end: u64,
+    /// End of the prepared space (see the module docs): frames are written only before it.
+    prepared_end: u64,
     sync: Arc<LogSync>,
     /// Staged frames, to be written at `buf_at`.
     buf: Vec<u8>,
@@ -50,25 +62,65 @@ pub(crate) struct LogWriter {
 
 #[derive(Debug)]
 struct Preparation {
-    segment: u64,
-    done: std::thread::JoinHandle<Result<()>>,
+    /// End of the space being prepared.
+    end: u64,
+    done: std::thread::JoinHandle<Result<(), ReserveError>>,
 }
 
-/// Allocates, zero-fills and syncs `[start, start + len)`.
-fn zero_fill(file: &dyn StorageFile, sync: &LogSync, start: u64, len: u64) -> Result<()> {
+/// The first chunk of a new log.
+pub(crate) const FIRST_CHUNK: u64 = 256 * 1024;
+
+/// Where the chunk that starts at `from` ends, for a log that ends at `end`: the file reaches
+/// twice the log (at least [`FIRST_CHUNK`] past `from`), at least `need`, ends on a 4 KiB
+/// boundary and stays within `from`'s segment (a chunk that starts at a segment boundary lies
+/// in the segment that starts there).
+pub(crate) fn chunk_end(layout: Layout, from: u64, need: u64, end: u64) -> u64 {
+    let double = Layout::FIRST.saturating_add(end.saturating_sub(Layout::FIRST).saturating_mul(2));
+    double
+        .max(from.saturating_add(FIRST_CHUNK))
+        .max(need)
+        .next_multiple_of(SEGMENT_ALIGN)
+        .min(layout.segment_end(from))
+}
+
+/// How far a log ending at `end` counts as prepared when it is opened: what a clean close
+/// recorded (`recorded`, if it covers `end` and the file holds it), else only the 4 KiB block
+/// that holds the end (a crash may have cut a preparation short after it).
+pub(crate) fn prepared_after_open(end: u64, file_len: u64, recorded: Option<u64>) -> u64 {
+    let block = end.next_multiple_of(SEGMENT_ALIGN);
+    match recorded {
+        Some(p) if p >= block && p <= file_len && p.is_multiple_of(SEGMENT_ALIGN) => p,
+        _ => block.min(file_len).max(end),
+    }
+}
+
+/// Prepares `[start, end)`: allocates it, fills it with written zeros if the file system asks
+/// for it, and syncs. A failed allocation or write (a full disk) refuses the commit that needed
+/// the space; nothing of the log changed. A failed sync poisons the store.
+fn prepare(
+    file: &dyn StorageFile,
+    sync: &LogSync,
+    start: u64,
+    end: u64,
+) -> Result<(), ReserveError> {
     const CHUNK: u64 = 1 << 20;
-    sync.poison().check()?;
-    file.allocate(start, len)?;
-    let zeros = vec![0u8; CHUNK as usize];
-    let mut at = start;
-    while at < start + len {
-        let n = (start + len - at).min(CHUNK);
-        file.write_all_at(&zeros[..n as usize], at)?;
-        at += n;
+    assert!(start.is_multiple_of(SEGMENT_ALIGN) && end.is_multiple_of(SEGMENT_ALIGN));
+    sync.poison().check().map_err(ReserveError::Fatal)?;
+    let refused = |e: std::io::Error| ReserveError::Refused(e.into());
+    file.allocate(start, end - start).map_err(refused)?;
+    if file.zero_fill_ahead() {
+        let zeros = vec![0u8; CHUNK.min(end - start) as usize];
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(CHUNK);
+            file.write_all_at(&zeros[..n as usize], at)
+                .map_err(refused)?;
+            at += n;
+        }
     }
     // Through the log's syncer: on Linux this sync may be the one that reports a failed
     // write-back of the log's own pages.
-    sync.sync(0, true)
+    sync.sync(0, true).map_err(ReserveError::Fatal)
 }
 
 /// Why [`LogWriter::reserve`] failed.
@@ -97,16 +149,16 @@ impl LogWriter {
         layout: Layout,
         end: u64,
         last_frame: Option<u64>,
-        allocated_end: u64,
+        prepared_end: u64,
         sync: Arc<LogSync>,
     ) -> LogWriter {
-        assert!(end >= Layout::FIRST && end <= allocated_end);
+        assert!(end >= Layout::FIRST && end <= prepared_end);
         LogWriter {
             file,
             layout,
             end,
             last_frame,
-            allocated_end,
+            prepared_end,
             sync,
             buf: Vec::with_capacity(1 << 16),
             buf_at: end,
@@ -114,28 +166,26 @@ impl LogWriter {
         }
     }
 
-    /// Starts preparing the segment after the current one in the background, if the file
-    /// system wants it, the current segment is half full, and the next one is not allocated.
+    /// Starts preparing the next chunk in the background, if the file system wants it, none is
+    /// under way, and the prepared room left is less than half the log (at most half a
+    /// segment).
     pub fn prepare_next(&mut self) {
         if self.prepared.is_some() || !self.file.zero_fill_ahead() {
             return;
         }
-        let next = self.layout.segment_of(self.end) + 1;
-        let start = self.layout.segment_start(next);
-        let half_full = start - self.end <= self.layout.segment_size / 2;
-        if !half_full || self.allocated_end > start {
+        let left = self.prepared_end - self.end;
+        let half_log = (self.end - Layout::FIRST).max(FIRST_CHUNK) / 2;
+        if left >= half_log.min(self.layout.segment_size / 2) {
             return;
         }
+        let start = self.prepared_end;
+        let end = chunk_end(self.layout, start, start, self.end);
         let (file, sync) = (self.file.clone(), self.sync.clone());
-        let len = self.layout.segment_size;
         let spawned = std::thread::Builder::new()
             .name("annals-prepare".into())
-            .spawn(move || zero_fill(&*file, &sync, start, len));
+            .spawn(move || prepare(&*file, &sync, start, end));
         if let Ok(done) = spawned {
-            self.prepared = Some(Preparation {
-                segment: next,
-                done,
-            });
+            self.prepared = Some(Preparation { end, done });
         }
     }
 
@@ -144,9 +194,31 @@ impl LogWriter {
         if let Some(p) = self.prepared.take()
             && let Ok(Ok(())) = p.done.join()
         {
-            let end = self.layout.segment_start(p.segment + 1);
-            self.allocated_end = self.allocated_end.max(end);
+            self.prepared_end = self.prepared_end.max(p.end);
         }
+    }
+
+    /// Makes sure `[end, need)` is prepared: waits for the background preparation, then
+    /// prepares the chunk that covers `need` if it still is not.
+    fn prepare_to(&mut self, need: u64) -> Result<(), ReserveError> {
+        if need <= self.prepared_end {
+            return Ok(());
+        }
+        self.finish_preparation();
+        if need <= self.prepared_end {
+            return Ok(());
+        }
+        let start = self.prepared_end;
+        let end = chunk_end(self.layout, start, need, self.end);
+        prepare(&*self.file, &self.sync, start, end)?;
+        self.prepared_end = end;
+        Ok(())
+    }
+
+    /// How far the log is prepared, once background work is done (what a clean close records).
+    pub fn prepared_end(&mut self) -> u64 {
+        self.finish_preparation();
+        self.prepared_end
     }
 
     pub fn end(&self) -> u64 {
@@ -183,25 +255,26 @@ impl LogWriter {
                 limit: self.layout.max_commit_len(),
             }));
         }
+        // The prepared space always reaches past the end by room for a seal: the log never
+        // ends the file (recovery reads a file that does as cut short from outside).
         if self.end + len <= self.layout.usable_end(self.end) {
-            return Ok(());
+            return self.prepare_to(self.end + len + SEAL_FRAME_LEN);
         }
         let segment = self.layout.segment_of(self.end);
         let next = self.layout.segment_start(segment + 1);
-        let next_end = next + self.layout.segment_size;
         self.finish_preparation();
-        if self.allocated_end < next_end {
-            // Nothing is written yet: a failed allocation (a full disk) is an ordinary error.
+        if self.prepared_end < next {
+            // The rest of this segment holds only the seal: reserved, not zero-filled. Nothing
+            // is written yet, so a failed allocation (a full disk) is an ordinary error.
             self.file
-                .allocate(next, self.layout.segment_size)
+                .allocate(self.prepared_end, next - self.prepared_end)
                 .map_err(|e| ReserveError::Refused(e.into()))?;
-            // The allocation is durable before a seal points at it. (A failed sync is fatal:
-            // what it left on disk is for recovery to judge.)
-            self.sync
-                .sync(self.buf_at, true)
-                .map_err(ReserveError::Fatal)?;
-            self.allocated_end = next_end;
+            self.prepared_end = next;
         }
+        // The next segment's first chunk (and the allocation above) is durable before a seal
+        // points at it. (A failed sync is fatal: what it left on disk is for recovery to judge.)
+        self.prepare_to(next + len + SEAL_FRAME_LEN)?;
+        debug_assert!(self.end + SEAL_FRAME_LEN <= next);
         let link = self.link(true);
         let key = self.layout.key;
         self.stage(|buf| encode_seal(buf, link, key, next));
@@ -250,8 +323,8 @@ impl LogWriter {
         // reserved space.
         assert_eq!(self.buf_at + self.buf.len() as u64, self.end + len);
         assert!(
-            self.end + len <= self.allocated_end,
-            "frame beyond the reserved space"
+            self.end + len <= self.prepared_end,
+            "frame beyond the prepared space"
         );
         self.last_frame = Some(self.end);
         self.end += len;
@@ -449,5 +522,81 @@ mod tests {
         assert!(w.write_staged(true).is_err());
         assert!(sync.poison().is_set());
         assert_eq!(sync.durable(), a.end);
+    }
+
+    #[test]
+    fn chunks_start_small_double_the_log_and_stay_in_their_segment() {
+        let layout = Layout {
+            segment_size: 64 << 20,
+            key: KEY,
+        };
+        let first = chunk_end(layout, Layout::FIRST, Layout::FIRST, Layout::FIRST);
+        assert_eq!(first, Layout::FIRST + FIRST_CHUNK);
+        // A log of 10 MiB: the file reaches twice it.
+        let end = Layout::FIRST + (10 << 20);
+        let next = chunk_end(layout, end + 4096, end, end);
+        assert_eq!(next, Layout::FIRST + (20 << 20));
+        // A commit that needs more gets it, on a 4 KiB boundary.
+        let need = Layout::FIRST + (30 << 20) + 5;
+        assert_eq!(
+            chunk_end(layout, next, need, end),
+            need.next_multiple_of(4096)
+        );
+        // Never past the segment; a chunk at a boundary lies in the next segment.
+        let seg_end = layout.segment_end(Layout::FIRST);
+        assert_eq!(chunk_end(layout, next, need, 1 << 40), seg_end);
+        assert_eq!(
+            chunk_end(layout, seg_end, seg_end, seg_end - 100),
+            seg_end + (64 << 20)
+        );
+        assert_eq!(
+            chunk_end(layout, seg_end, seg_end, Layout::FIRST + 100),
+            seg_end + FIRST_CHUNK
+        );
+    }
+
+    #[test]
+    fn after_an_unclean_shutdown_only_the_last_block_counts_as_prepared() {
+        let end = Layout::FIRST + 10_000;
+        let block = end.next_multiple_of(4096);
+        let len = Layout::FIRST + (1 << 20);
+        assert_eq!(prepared_after_open(end, len, None), block);
+        // What a clean close recorded is trusted when the file holds it and it covers the end.
+        assert_eq!(prepared_after_open(end, len, Some(len)), len);
+        assert_eq!(prepared_after_open(end, len, Some(len + 4096)), block);
+        assert_eq!(prepared_after_open(end, len, Some(block - 4096)), block);
+        assert_eq!(prepared_after_open(end, len, Some(len - 1)), block);
+        assert_eq!(prepared_after_open(end, len, Some(u64::MAX)), block);
+    }
+
+    #[test]
+    fn a_writer_prepares_room_before_writing_and_keeps_room_for_a_seal() {
+        let fs = FaultFs::new();
+        let (file, _, sync) = setup(&fs);
+        // Opened after an unclean shutdown: only the first block counts as prepared.
+        let layout = Layout {
+            segment_size: SEG,
+            key: KEY,
+        };
+        file.set_len(Layout::FIRST + 4096).unwrap();
+        file.sync_all().unwrap();
+        let mut w = LogWriter::new(
+            file.clone(),
+            layout,
+            Layout::FIRST,
+            None,
+            Layout::FIRST + 4096,
+            sync,
+        );
+        let syncs = fs.sync_count();
+        let staged = append(&mut w, &[9u8; 6000]);
+        assert!(
+            fs.sync_count() >= syncs + 2,
+            "the room was prepared (synced) before the commit was written and synced"
+        );
+        let len = file.len().unwrap();
+        assert!(len >= staged.end + SEAL_FRAME_LEN, "{len} {}", staged.end);
+        assert!(len.is_multiple_of(4096));
+        assert_eq!(frame_at(&file, staged.first).link.position, staged.first);
     }
 }

@@ -76,13 +76,14 @@ pub struct StoreInfo {
     pub store_id: uuid::Uuid,
     /// When the store was created.
     pub created_at: SystemTime,
-    /// Size of the store file in bytes (segments are allocated ahead of use).
+    /// Size of the store file in bytes (space is prepared ahead of use, a chunk at a time: the
+    /// first 256 KiB, then doubling the log, up to whole segments).
     pub file_size: u64,
     /// Size of the index sidecar in bytes (0 if it is missing).
     pub index_size: u64,
     /// Segment size in bytes.
     pub segment_size: u64,
-    /// Segments allocated in the file.
+    /// Segments the file reaches into (the last one possibly prepared only in part).
     pub segments: u64,
     /// Events in the log, the engine's own `$` streams included.
     pub events: u64,
@@ -178,7 +179,9 @@ impl Store {
             file_size,
             index_size,
             segment_size,
-            segments: file_size.saturating_sub(Layout::FIRST) / segment_size,
+            segments: file_size
+                .saturating_sub(Layout::FIRST)
+                .div_ceil(segment_size),
             events,
             system_events,
             streams: streams.len() as u64,

@@ -321,6 +321,7 @@ impl Store {
         }
         let mut writer = self.engine.committer.writer().lock();
         writer.quiesce();
+        self.engine.index.set_prepared_end(writer.prepared_end());
         self.engine.poison.check()?;
         self.engine.sync_unsynced()?;
         // The last flush also records the clean close (one sidecar commit, not two).

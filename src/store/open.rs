@@ -103,7 +103,7 @@ impl Store {
             layout,
             recovered.end,
             recovered.last_frame,
-            recovered.allocated_end,
+            recovered.prepared_end,
             sync.clone(),
         );
         if !read_only {
@@ -211,12 +211,17 @@ fn create(
         created_at: crate::event::nanos_since_epoch(std::time::SystemTime::now()),
         frame_key,
     };
-    let mut block = vec![0u8; HEADER_BLOCK as usize];
+    // The header block and segment 0's first chunk, prepared (written zeros, synced) like
+    // every chunk the writer prepares later (see `crate::log::writer`).
+    let layout = crate::log::Layout {
+        segment_size,
+        key: frame_key,
+    };
+    let first_chunk =
+        crate::log::writer::chunk_end(layout, HEADER_BLOCK, HEADER_BLOCK, HEADER_BLOCK);
+    let mut block = vec![0u8; first_chunk as usize];
     block[..HEADER_LEN].copy_from_slice(&header.encode());
-    let written = file
-        .write_all_at(&block, 0)
-        .and_then(|()| file.allocate(HEADER_BLOCK, segment_size))
-        .and_then(|()| file.sync_all());
+    let written = file.write_all_at(&block, 0).and_then(|()| file.sync_all());
     drop(file);
     let linked = written.and_then(|()| fs.rename_no_replace(&tmp, path));
     let _ = fs.remove_file(&tmp);

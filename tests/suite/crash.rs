@@ -366,8 +366,7 @@ fn concurrent_appenders_cut_by_a_crash_lose_nothing_acknowledged() {
 }
 
 #[test]
-fn reopening_a_cleanly_closed_store_syncs_nothing_and_the_next_append_still_survives_a_power_cut()
-{
+fn reopening_a_cleanly_closed_store_syncs_nothing_and_the_next_append_still_survives_a_power_cut() {
     let fs = FaultFs::new();
     let first = NewEvent::new("E", vec![1u8; 10]);
     {

@@ -6,6 +6,7 @@ mod common;
 
 mod catch_up_kill;
 mod crash;
+mod disk_use;
 mod domain;
 mod examples;
 mod floors;
