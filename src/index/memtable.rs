@@ -1,7 +1,21 @@
 //! The recent part of the index, in memory: what was committed since the last flush.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+/// The ids of one part's consecutive frames, recorded as one entry: they are strictly
+/// increasing and above every id stored before them (as time-ordered ids such as UUIDv7 are),
+/// so the span `[first, last]` holds no other stored id of that time, and the id of the `k`-th
+/// frame is found by reading the frames. Entered by `first` in a map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IdSpan {
+    /// The last (largest) id.
+    pub last: u128,
+    /// Position of the first frame.
+    pub position: u64,
+    /// Number of frames (and ids).
+    pub count: u32,
+}
 
 /// A run of consecutive versions of one stream stored in consecutive frames: the unit the index
 /// records (one per stream per commit, merged with the previous run when they touch).
@@ -99,13 +113,21 @@ pub(crate) struct MemTable {
     pub categories: HashMap<Arc<str>, PosRuns>,
     /// Runs by event type.
     pub types: HashMap<Arc<str>, PosRuns>,
-    /// Event id (as a big-endian integer) → position.
+    /// Event id (as a big-endian integer) → position, for ids not recorded in a span.
     pub ids: HashMap<u128, u64>,
+    /// First id → span, for parts whose ids were recorded as one span.
+    pub id_spans: BTreeMap<u128, IdSpan>,
     /// Events recorded (to decide when to flush).
     pub events: u64,
 }
 
 impl MemTable {
+    /// The span whose range holds `id`, if any (spans never overlap).
+    pub fn span_around(&self, id: u128) -> Option<IdSpan> {
+        let (_, span) = self.id_spans.range(..=id).next_back()?;
+        (id <= span.last).then_some(*span)
+    }
+
     /// Adds a run to the runs of `name` in `map`.
     pub fn add_pos_run(map: &mut HashMap<Arc<str>, PosRuns>, name: &str, add: PosRunAdd) {
         match map.get_mut(name) {

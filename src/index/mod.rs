@@ -23,7 +23,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::error::Result;
 use crate::log::recovery::ScanStart;
 use crate::names::category_of;
-use memtable::{MemStream, MemTable, PosRun, PosRunAdd, Run, RunAdd};
+use memtable::{IdSpan, MemStream, MemTable, PosRun, PosRunAdd, Run, RunAdd};
 use sidecar::{Sidecar, SidecarMeta};
 
 pub(crate) use sidecar::{SidecarMode, sidecar_path};
@@ -50,18 +50,49 @@ pub(crate) struct PartIndex {
     pub add: RunAdd,
     /// The part's frames by event type, as runs of consecutive frames.
     pub types: Vec<(std::borrow::Cow<'static, str>, PosRunAdd)>,
-    /// Each event's id (big-endian integer) and position.
-    pub ids: Vec<(u128, u64)>,
+    /// The events' ids (big-endian integers).
+    pub ids: PartIds,
+}
+
+/// How a part's event ids are recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PartIds {
+    /// Strictly increasing and above every id stored before the part: one [`IdSpan`].
+    Span { first: u128, last: u128 },
+    /// Each id with its frame's position.
+    Each(Vec<(u128, u64)>),
+}
+
+impl PartIds {
+    /// The largest id.
+    pub fn max(&self) -> Option<u128> {
+        match self {
+            PartIds::Span { last, .. } => Some(*last),
+            PartIds::Each(ids) => ids.iter().map(|(id, _)| *id).max(),
+        }
+    }
+}
+
+/// Where the index says an event id is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdHit {
+    /// At this position.
+    At(u64),
+    /// If stored at all, among this span's frames.
+    InSpan(IdSpan),
 }
 
 impl PartIndex {
     /// The index entries of one stream's consecutive frames: their event types and ids, given
-    /// each frame's position (`end` is just after the last frame).
+    /// each frame's position (`end` is just after the last frame). `above` is the largest id
+    /// stored (or staged) before this part: ids that are strictly increasing and above it are
+    /// recorded as one span.
     pub fn new(
         stream: Arc<str>,
         before: StreamInfo,
         frames: impl ExactSizeIterator<Item = (u64, std::borrow::Cow<'static, str>, u128)>,
         end: u64,
+        above: Option<u128>,
     ) -> PartIndex {
         let count = frames.len();
         let mut types: Vec<(std::borrow::Cow<'static, str>, PosRunAdd)> = Vec::with_capacity(1);
@@ -90,6 +121,16 @@ impl PartIndex {
             }
         }
         let first = first_position.expect("a part has at least one event");
+        let increasing = ids.windows(2).all(|w| w[0].0 < w[1].0);
+        let ids = match (ids.first(), ids.last()) {
+            (Some(&(lo, _)), Some(&(hi, _))) if increasing && above.is_none_or(|a| lo > a) => {
+                PartIds::Span {
+                    first: lo,
+                    last: hi,
+                }
+            }
+            _ => PartIds::Each(ids),
+        };
         PartIndex {
             stream,
             before,
@@ -132,6 +173,8 @@ struct Layers {
     sidecar_covered: u64,
     /// The largest event id in the sidecar: a larger id cannot be there.
     sidecar_max_id: Option<u128>,
+    /// The largest event id stored (in any layer).
+    max_id: Option<u128>,
 }
 
 /// A memtable on its way to the sidecar, and the metadata it brings the sidecar to.
@@ -181,6 +224,7 @@ impl Index {
                 },
                 sidecar_covered: meta.covered,
                 sidecar_max_id,
+                max_id: sidecar_max_id,
             }),
             flushing: Mutex::new(false),
             flushed: Condvar::new(),
@@ -268,7 +312,24 @@ impl Index {
             for (event_type, run) in &part.types {
                 MemTable::add_pos_run(&mut table.types, event_type, *run);
             }
-            table.ids.extend(part.ids.iter().copied());
+            match &part.ids {
+                PartIds::Span { first, last } => {
+                    assert!(
+                        layers.max_id.is_none_or(|m| *first > m),
+                        "an id span lies above every stored id"
+                    );
+                    table.id_spans.insert(
+                        *first,
+                        IdSpan {
+                            last: *last,
+                            position: part.add.run.position,
+                            count: part.add.run.count,
+                        },
+                    );
+                }
+                PartIds::Each(ids) => table.ids.extend(ids.iter().copied()),
+            }
+            layers.max_id = layers.max_id.max(part.ids.max());
         }
         layers.committed = committed;
         Ok(())
@@ -328,20 +389,35 @@ impl Index {
         })
     }
 
-    /// The position of the event with this id, if one is stored.
-    pub fn find_id(&self, id: u128) -> Result<Option<u64>> {
+    /// The largest event id stored.
+    pub fn max_id(&self) -> Option<u128> {
+        self.layers.read().max_id
+    }
+
+    /// Where the event with this id is, if the index knows it: an exact position, or the one
+    /// span whose range holds the id (then the id is stored there or nowhere: ids recorded one
+    /// by one are looked up first, in every layer).
+    pub fn find_id(&self, id: u128) -> Result<Option<IdHit>> {
         let layers = self.layers.read();
+        if layers.max_id.is_none_or(|max| id > max) {
+            return Ok(None);
+        }
+        let mut span = None;
         for table in layers.tables() {
             if let Some(&position) = table.ids.get(&id) {
-                return Ok(Some(position));
+                return Ok(Some(IdHit::At(position)));
             }
+            span = span.or_else(|| table.span_around(id));
         }
         if layers.sidecar_max_id.is_none_or(|max| id > max) {
-            return Ok(None);
+            return Ok(span.map(IdHit::InSpan));
         }
         let txn = self.sidecar.begin_read()?;
         drop(layers);
-        self.sidecar.find_id(&txn, id)
+        Ok(match self.sidecar.find_id(&txn, id)? {
+            Some(IdHit::At(position)) => Some(IdHit::At(position)),
+            stored => span.map(IdHit::InSpan).or(stored),
+        })
     }
 
     /// Up to `max` runs of a category or event type that hold positions at or after `from`, in
@@ -458,7 +534,8 @@ impl Index {
             layers.frozen = None;
             layers.sidecar_covered = frozen.meta.covered;
             let frozen_max = frozen.table.ids.keys().max().copied();
-            layers.sidecar_max_id = layers.sidecar_max_id.max(frozen_max);
+            let span_max = frozen.table.id_spans.values().map(|s| s.last).max();
+            layers.sidecar_max_id = layers.sidecar_max_id.max(frozen_max).max(span_max);
         }
         *flushing = false;
         self.flushed.notify_all();

@@ -27,8 +27,9 @@ use redb::{
     Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
 };
 
+use super::IdHit;
 use super::PosIndex;
-use super::memtable::{MemTable, PosRun, Run};
+use super::memtable::{IdSpan, MemTable, PosRun, Run};
 use crate::error::Result;
 use crate::log::Layout;
 use crate::storage::{FileSystem, OpenMode, RedbBackend, is_not_found, parent_dir as parent};
@@ -39,6 +40,8 @@ const RUNS: TableDefinition<(u64, u64), (u64, u32)> = TableDefinition::new("runs
 const CATEGORIES: TableDefinition<(&str, u64), u32> = TableDefinition::new("categories");
 const TYPES: TableDefinition<(&str, u64), u32> = TableDefinition::new("types");
 const IDS: TableDefinition<u128, u64> = TableDefinition::new("ids");
+/// First id → (last id, position of the first frame, frames): see [`IdSpan`].
+const ID_SPANS: TableDefinition<u128, (u128, u64, u32)> = TableDefinition::new("id_spans");
 
 fn pos_table(index: PosIndex) -> TableDefinition<'static, (&'static str, u64), u32> {
     match index {
@@ -56,7 +59,7 @@ type RunEntry<'a> = std::result::Result<
 >;
 
 /// Bumped whenever the sidecar's tables change meaning; an older sidecar is rebuilt.
-const INDEX_VERSION: u64 = 2;
+const INDEX_VERSION: u64 = 3;
 
 /// What the sidecar's `meta` table says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,6 +310,7 @@ impl Sidecar {
             txn.open_table(CATEGORIES)?;
             txn.open_table(TYPES)?;
             txn.open_table(IDS)?;
+            txn.open_table(ID_SPANS)?;
             let mut t = txn.open_table(META)?;
             t.insert("index_version", &INDEX_VERSION.to_le_bytes()[..])?;
             t.insert("store_id", &store_id[..])?;
@@ -397,6 +401,7 @@ impl Sidecar {
             txn.open_table(CATEGORIES)?;
             txn.open_table(TYPES)?;
             txn.open_table(IDS)?;
+            txn.open_table(ID_SPANS)?;
             let max_run_stream = txn.open_table(RUNS)?.last()?.map(|(k, _)| k.value().0);
             Ok(Some((
                 (
@@ -578,14 +583,37 @@ impl Sidecar {
     pub fn max_id(&self) -> Result<Option<u128>> {
         self.guard(|| {
             let txn = self.db.begin_read()?;
-            let t = txn.open_table(IDS)?;
-            Ok(t.last()?.map(|(k, _)| k.value()))
+            let one = txn.open_table(IDS)?.last()?.map(|(k, _)| k.value());
+            let span = txn.open_table(ID_SPANS)?.last()?.map(|(_, v)| v.value().0);
+            Ok(one.max(span))
         })
     }
 
-    /// The position of an event id.
-    pub fn find_id(&self, txn: &ReadTransaction, id: u128) -> Result<Option<u64>> {
-        self.guard(|| Ok(txn.open_table(IDS)?.get(id)?.map(|v| v.value())))
+    /// Where an event id is: its position, or the span whose range holds it.
+    pub fn find_id(&self, txn: &ReadTransaction, id: u128) -> Result<Option<IdHit>> {
+        self.guard(|| {
+            if let Some(position) = txn.open_table(IDS)?.get(id)? {
+                return Ok(Some(IdHit::At(position.value())));
+            }
+            let spans = txn.open_table(ID_SPANS)?;
+            let Some(entry) = spans.range(..=id)?.next_back() else {
+                return Ok(None);
+            };
+            let (first, value) = entry?;
+            let (first, (last, position, count)) = (first.value(), value.value());
+            // Checked right after reading: a span is ordered, starts at a frame and holds one.
+            if last < first || count == 0 || position < Layout::FIRST || !position.is_multiple_of(8)
+            {
+                return Err(crate::error::Error::Index(format!(
+                    "impossible id span at {position} ({count} frames)"
+                )));
+            }
+            Ok((id <= last).then_some(IdHit::InSpan(IdSpan {
+                last,
+                position,
+                count,
+            })))
+        })
     }
 
     /// Runs of a category or type: the last one starting before `from` (it may hold `from`),
@@ -670,6 +698,10 @@ impl Sidecar {
                 let mut t = txn.open_table(IDS)?;
                 for (id, position) in ids {
                     t.insert(id, position)?;
+                }
+                let mut t = txn.open_table(ID_SPANS)?;
+                for (first, span) in &table.id_spans {
+                    t.insert(*first, (span.last, span.position, span.count))?;
                 }
                 let meta = SidecarMeta {
                     prepared: Some(self.prepared_end()),

@@ -27,7 +27,7 @@ use parking_lot::{Condvar, Mutex};
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, NewEvent};
-use crate::index::{Committed, PartIndex, StreamInfo};
+use crate::index::{Committed, PartIds, PartIndex, StreamInfo};
 pub(crate) use crate::log::sync::Poison;
 use crate::log::writer::{LogWriter, ReserveError};
 use crate::store::options::Durability;
@@ -341,8 +341,53 @@ enum StageError {
 #[derive(Default)]
 struct Overlay {
     streams: HashMap<Arc<str>, StreamInfo>,
-    /// Event id → (stream, version, position) of events staged in this group.
+    /// Event id → (stream, version, position) of events staged in this group, for parts whose
+    /// ids are not a span.
     ids: HashMap<u128, (Arc<str>, u64, u64)>,
+    /// Parts staged in this group whose ids are a span (see [`crate::index::PartIds`]).
+    spans: Vec<OverlaySpan>,
+    /// The largest id staged in this group.
+    max_id: Option<u128>,
+}
+
+/// A part staged in this group whose ids are strictly increasing and above every id before it.
+struct OverlaySpan {
+    stream: Arc<str>,
+    first_version: u64,
+    ids: Vec<u128>,
+    positions: Vec<u64>,
+}
+
+impl Overlay {
+    /// Where an event staged in this group is: (stream, version, position).
+    fn find(&self, id: u128) -> Option<(Arc<str>, u64, u64)> {
+        if let Some(found) = self.ids.get(&id) {
+            return Some(found.clone());
+        }
+        self.spans.iter().find_map(|span| {
+            let k = span.ids.binary_search(&id).ok()?;
+            Some((
+                span.stream.clone(),
+                span.first_version + k as u64,
+                span.positions[k],
+            ))
+        })
+    }
+}
+
+/// Whether the request's ids are strictly increasing, part after part, and all above `above`:
+/// then none of them is stored or staged, and none repeats (time-ordered ids, the common case,
+/// need no lookup).
+fn all_above(parts: &[Part], above: Option<u128>) -> bool {
+    let mut last = above;
+    for e in parts.iter().flat_map(|p| &p.events) {
+        let id = e.id.as_u128();
+        if last.is_some_and(|l| id <= l) {
+            return false;
+        }
+        last = Some(id);
+    }
+    true
 }
 
 /// Where an already-stored event is.
@@ -361,6 +406,9 @@ fn find_stored(
     overlay: &Overlay,
     parts: &[Part],
 ) -> Result<Option<Vec<Vec<Stored>>>> {
+    if all_above(parts, engine.index.max_id().max(overlay.max_id)) {
+        return Ok(None);
+    }
     let mut found: Vec<Vec<Stored>> = Vec::with_capacity(parts.len());
     let mut seen = std::collections::HashSet::new();
     let (mut any, mut all) = (false, true);
@@ -377,13 +425,13 @@ fn find_stored(
                     detail: "appears twice in one append".into(),
                 });
             }
-            let at = match overlay.ids.get(&id) {
+            let at = match overlay.find(id) {
                 Some((stream, version, position)) => Some(Stored {
                     stream: stream.to_string(),
-                    version: *version,
-                    position: *position,
+                    version,
+                    position,
                 }),
-                None => match engine.index.find_id(id)? {
+                None => match engine.locate_id(id)? {
                     Some(position) => {
                         let (bytes, _) = engine.reader.read(position, limit, &mut cursor)?;
                         let stored = crate::log::format::EventRef::new(&bytes);
@@ -573,23 +621,31 @@ fn stage(
             crate::values::Position::new(staged.first),
             crate::values::Position::new(staged.last),
         ));
-        for (k, (e, position)) in part.events.iter().zip(&positions).enumerate() {
-            let version = info.count + k as u64;
-            overlay
-                .ids
-                .insert(e.id.as_u128(), (part.stream.clone(), version, *position));
-        }
         let frames = part
             .events
             .iter()
             .zip(&positions)
             .map(|(e, p)| (*p, e.event_type.clone(), e.id.as_u128()));
-        index_parts.push(PartIndex::new(
-            part.stream.clone(),
-            *info,
-            frames,
-            staged.end,
-        ));
+        let above = engine.index.max_id().max(overlay.max_id);
+        let index = PartIndex::new(part.stream.clone(), *info, frames, staged.end, above);
+        match &index.ids {
+            PartIds::Span { .. } => overlay.spans.push(OverlaySpan {
+                stream: part.stream.clone(),
+                first_version: info.count,
+                ids: part.events.iter().map(|e| e.id.as_u128()).collect(),
+                positions: positions.clone(),
+            }),
+            PartIds::Each(_) => {
+                for (k, (e, position)) in part.events.iter().zip(&positions).enumerate() {
+                    let version = info.count + k as u64;
+                    overlay
+                        .ids
+                        .insert(e.id.as_u128(), (part.stream.clone(), version, *position));
+                }
+            }
+        }
+        overlay.max_id = overlay.max_id.max(index.ids.max());
+        index_parts.push(index);
     }
     overlay.streams.extend(after);
     Ok((results, index_parts))

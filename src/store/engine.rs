@@ -62,6 +62,35 @@ pub(crate) struct Counters {
 }
 
 impl Engine {
+    /// The position of the stored event with this id, if there is one: where the index puts
+    /// it, or found by reading the frames of the span the index names.
+    pub(crate) fn locate_id(&self, id: u128) -> Result<Option<u64>> {
+        let span = match self.index.find_id(id)? {
+            None => return Ok(None),
+            Some(crate::index::IdHit::At(position)) => return Ok(Some(position)),
+            Some(crate::index::IdHit::InSpan(span)) => span,
+        };
+        let limit = self.index.committed().end;
+        let mut cursor = crate::log::reader::Cursor::default();
+        let mut at = span.position;
+        for _ in 0..span.count {
+            let (bytes, frame) = self.reader.read(at, limit, &mut cursor)?;
+            if frame.body != crate::log::format::Body::Event {
+                return Err(Error::corrupt(
+                    at,
+                    "the index names a span of events holding a seal",
+                ));
+            }
+            let found = u128::from_be_bytes(crate::log::format::EventRef::new(&bytes).event_id());
+            if found >= id {
+                // A span's ids increase: past `id`, it is not there.
+                return Ok((found == id).then_some(at));
+            }
+            at += u64::from(frame.len);
+        }
+        Ok(None)
+    }
+
     pub(crate) fn part(
         &self,
         stream: &str,

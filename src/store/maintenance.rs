@@ -302,7 +302,7 @@ impl Store {
                 )));
             }
         }
-        match self.engine.index.find_id(e.id().as_u128())? {
+        match self.engine.locate_id(e.id().as_u128())? {
             Some(at) if at == e.position().as_u64() => Ok(None),
             Some(at) => Ok(Some(format!("the id index puts event {} at {at}", e.id()))),
             None => Ok(Some(format!("the id index does not know event {}", e.id()))),

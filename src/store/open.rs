@@ -401,7 +401,7 @@ impl Replay for IndexReplay<'_> {
                 )
             });
             let end = events[j - 1].position + events[j - 1].bytes.len() as u64;
-            let part = PartIndex::new(Arc::from(stream), before, frames, end);
+            let part = PartIndex::new(Arc::from(stream), before, frames, end, index.max_id());
             index.apply(&[part], committed)?;
             i = j;
         }

@@ -255,7 +255,7 @@ impl<'a> AllEvents<'a> {
         };
         let event_at = |this: &mut Self, at: u64, bytes: &[u8]| -> Result<bool> {
             let id = u128::from_be_bytes(EventRef::new(bytes).event_id());
-            Ok(this.engine.index.find_id(id)? == Some(at))
+            Ok(this.engine.locate_id(id)? == Some(at))
         };
         let genuine = match frame.body {
             Body::Event => event_at(self, position, &bytes)?,

@@ -180,3 +180,94 @@ fn concurrent_retries_in_one_group_write_once() {
     assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
     assert_eq!(log_len(&store), 1);
 }
+
+/// An event with the id `id` (as a big-endian integer).
+fn with_id(id: u128) -> NewEvent {
+    NewEvent::new("E", "x").with_id(uuid::Uuid::from_u128(id))
+}
+
+/// The ids of a stream's events, in order.
+fn stream_ids(store: &Store, stream: &str) -> Vec<u128> {
+    store
+        .read_stream(stream, 0, Direction::Forwards, usize::MAX)
+        .unwrap()
+        .map(|e| e.unwrap().id().as_u128())
+        .collect()
+}
+
+/// Time-ordered ids are recorded as one span per append; ids that are not (random, reused,
+/// or falling inside a span's range without being one of its ids) one by one. Every kind is
+/// found again, in memory, in the sidecar, after a reopen and after a rebuilt index, and none
+/// can be stored twice.
+#[test]
+fn ids_inside_and_outside_spans_are_all_found_and_never_stored_twice() {
+    let fs = MemoryFs::new();
+    let span: Vec<u128> = vec![100, 110, 120, 130, 140];
+    let inside = 115; // within the span's range, not one of its ids
+    let below = 7; // below everything stored before it
+    let appended = {
+        let store = open(&fs, 1_000_000);
+        let appended = store
+            .append(
+                "a",
+                ExpectedVersion::NoStream,
+                span.iter().map(|&i| with_id(i)),
+            )
+            .unwrap();
+        store
+            .append("b", ExpectedVersion::NoStream, [with_id(inside)])
+            .unwrap();
+        store
+            .append("c", ExpectedVersion::NoStream, [with_id(below)])
+            .unwrap();
+        // Refused: an id twice in one append, alone or after new ids.
+        duplicate(store.append("d", ExpectedVersion::Any, [with_id(500), with_id(500)]));
+        duplicate(store.append("d", ExpectedVersion::Any, [with_id(501), with_id(120)]));
+        appended
+    };
+    let checks = |store: &Store| {
+        // Retries are recognised, whichever way the ids were recorded.
+        let again = store
+            .append(
+                "a",
+                ExpectedVersion::NoStream,
+                span.iter().map(|&i| with_id(i)),
+            )
+            .unwrap();
+        assert_eq!(again, appended);
+        for (stream, id, version) in [("b", inside, 0), ("c", below, 0)] {
+            let r = store
+                .append(stream, ExpectedVersion::NoStream, [with_id(id)])
+                .unwrap();
+            assert_eq!(r.version, Some(version), "{stream}");
+        }
+        // The same ids anywhere else are refused: span ids (first, middle, last), the id
+        // inside the span's range, the one below it.
+        for (stream, id) in [
+            ("z", 100),
+            ("z", 120),
+            ("z", 140),
+            ("a", inside),
+            ("z", below),
+        ] {
+            duplicate(store.append(stream, ExpectedVersion::Any, [with_id(id)]));
+        }
+        assert_eq!(stream_ids(store, "a"), span);
+        assert_eq!(stream_ids(store, "b"), vec![inside]);
+        assert_eq!(stream_ids(store, "c"), vec![below]);
+        assert!(stream_ids(store, "d").is_empty() && stream_ids(store, "z").is_empty());
+        assert!(store.verify(&mut |_, _| {}).unwrap().is_clean());
+    };
+    let store = open(&fs, 1_000_000);
+    checks(&store);
+    store.flush_index().unwrap();
+    checks(&store);
+    drop(store);
+    // Without the sidecar: the index is rebuilt from the log, spans and all.
+    use annals::storage::FileSystem;
+    fs.remove_file(std::path::Path::new("/i/s.annals.index"))
+        .unwrap();
+    let store = open(&fs, 2);
+    assert!(store.recovery_report().index_rebuilt.is_some());
+    checks(&store);
+}
