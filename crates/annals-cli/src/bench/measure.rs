@@ -19,6 +19,8 @@ use crate::exit::{CliError, CliResult, ERROR};
 const READ_STREAM: &str = "fill-3";
 /// Most repetitions of one read workload.
 const MAX_READS: u64 = 10_000;
+/// Rounds of the batch write + fdatasync loop.
+const BATCH_SYNC_OPS: u64 = 500;
 /// Most reopens of one store.
 const MAX_REOPENS: u64 = 1_000;
 
@@ -91,6 +93,9 @@ pub(super) struct Limits {
     pub(super) fdatasync: Option<(f64, u64)>,
     /// Sequential write bytes per second, and how many bytes were written.
     pub(super) seq_write: Option<(f64, u64)>,
+    /// `write + fdatasync` rounds per second of one batch of 1,000 events' caller bytes, and
+    /// how many were timed: the most durable batches of 1,000 one thread can commit.
+    pub(super) batch_sync: Option<(f64, u64)>,
     /// Disk bytes per event of each system's filled read store (allocated blocks of all its
     /// files over the events it holds).
     pub(super) disk_per_event: Vec<(SystemKind, f64)>,
@@ -162,6 +167,13 @@ fn measure_limits(plan: &Plan, dir: &Path, progress: &Progress) -> CliResult<Lim
         });
         let rate = rate.map_err(|e| io_error("sequential write".into(), e))?;
         limits.seq_write = Some((rate, bytes));
+        let ops = BATCH_SYNC_OPS;
+        let size = (1000 * plan.caller_bytes()) as usize;
+        let rate = progress.step("disk: batch + fdatasync", || {
+            workloads::raw_fdatasync(dir, ops, size)
+        });
+        let rate = rate.map_err(|e| io_error("batch write + fdatasync loop".into(), e))?;
+        limits.batch_sync = Some((rate, ops));
     }
     Ok(limits)
 }

@@ -150,7 +150,10 @@ impl Item {
         match self {
             Item::Run(w) => w.description(),
             Item::Fdatasync => "disk limit: raw write of one payload + fdatasync, one thread",
-            Item::SeqWrite => "disk limit: sequential write bandwidth (1 MiB writes, one sync)",
+            Item::SeqWrite => {
+                "disk limits: sequential write bandwidth (1 MiB writes, one sync), and one batch of \
+                 1,000 events' bytes + fdatasync"
+            }
         }
     }
 }
@@ -321,7 +324,9 @@ impl Plan {
             .items
             .iter()
             .filter(|i| !matches!(i, Item::Run(_)))
-            .count();
+            .count()
+            // The sequential write also times one batch's bytes + fdatasync.
+            + usize::from(self.has(Item::SeqWrite));
         let runs = self.workloads().count() + usize::from(self.needs_fill());
         (limits + runs * self.systems.len()) as u64
     }

@@ -207,6 +207,23 @@ fn print_limits(out: &mut impl Write, report: &Report) -> io::Result<()> {
                 100.0 * annals / limit
             )?;
         }
+        if let Some((syncs, _)) = limits.batch_sync {
+            writeln!(
+                out,
+                "{:<LABEL_WIDTH$} {:<UNIT_WIDTH$} {:>VALUE_WIDTH$}",
+                format!("write {caller} KB + fdatasync"),
+                "events/s",
+                rate(syncs * 1000.0)
+            )?;
+            if let Some(annals) = batch {
+                writeln!(
+                    out,
+                    "(one durable sync per batch of 1,000 events' caller bytes: annals batches of \
+                     1,000 reach {:.0} % of it)",
+                    100.0 * annals / (syncs * 1000.0)
+                )?;
+            }
+        }
     }
     Ok(())
 }
@@ -300,6 +317,12 @@ pub(super) fn json(report: &Report) -> serde_json::Value {
                 "bytes_per_sec": rate,
                 "bytes": bytes,
                 "events_per_sec_at_caller_bytes": rate / plan.caller_bytes() as f64,
+            })),
+            "batch_fdatasync": report.limits.batch_sync.map(|(rate, ops)| json!({
+                "ops_per_sec": rate,
+                "ops": ops,
+                "bytes_per_op": 1000 * plan.caller_bytes(),
+                "events_per_sec": rate * 1000.0,
             })),
             "caller_bytes_per_event": plan.caller_bytes(),
         },
