@@ -120,10 +120,14 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
-    let sizes: Vec<u64> = [100_000u64, 1_000_000, 10_000_000, 100_000_000]
-        .into_iter()
-        .filter(|&n| n <= max)
-        .collect();
+    // `ANNALS_GROWTH_SIZES=100000,3000000` measures at other sizes.
+    let sizes: Vec<u64> = match std::env::var("ANNALS_GROWTH_SIZES") {
+        Ok(list) => list.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        Err(_) => [100_000u64, 1_000_000, 10_000_000, 100_000_000]
+            .into_iter()
+            .filter(|&n| n <= max)
+            .collect(),
+    };
     let base = std::env::var("ANNALS_BENCH_DIR").unwrap_or_else(|_| ".".into());
     let dir = tempfile::tempdir_in(base).unwrap();
     let path: PathBuf = dir.path().join("growth.annals");
