@@ -127,10 +127,23 @@ fn reads(c: &mut Criterion) {
     }
     g.finish();
 
-    // Closed cleanly here; each reopen opens the 100,000-event store and reads one stream.
+    // The same aggregate load as `annals bench --workloads aggregate` (annals through its
+    // repository; see also `benches/domain.rs` against a single-table redb layout).
+    let mut g = c.benchmark_group("load_aggregate_10000");
+    g.sample_size(20).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(annals_bench::AGGREGATE_EVENTS));
+    let balance = annals_bench::balance_of(annals_bench::AGGREGATE_EVENTS);
+    for sys in &systems {
+        annals_bench::fill_aggregate(sys.as_ref()).unwrap();
+        assert_eq!(sys.load_aggregate().unwrap().balance, balance);
+        g.bench_function(sys.name(), |b| b.iter(|| sys.load_aggregate().unwrap()));
+    }
+    g.finish();
+
+    // Closed cleanly here; each reopen opens the store (110,000 events) and reads one stream.
     let names: Vec<&'static str> = systems.iter().map(|s| s.name()).collect();
     drop(systems);
-    let mut g = c.benchmark_group("reopen_100000");
+    let mut g = c.benchmark_group("reopen_110000");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
     for name in names {
         g.bench_function(name, |b| {
