@@ -113,7 +113,7 @@ impl Engine {
                 });
             }
             let record = e.record(stream, 0);
-            frames_len += record.frame_len().ok_or(Error::TooLarge {
+            frames_len += record.frame_len().ok_or_else(|| Error::TooLarge {
                 what: "event frame",
                 size,
                 limit: u64::from(u32::MAX),
