@@ -122,7 +122,10 @@ fn main() {
         .unwrap_or(10_000_000);
     // `ANNALS_GROWTH_SIZES=100000,3000000` measures at other sizes.
     let sizes: Vec<u64> = match std::env::var("ANNALS_GROWTH_SIZES") {
-        Ok(list) => list.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        Ok(list) => list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect(),
         Err(_) => [100_000u64, 1_000_000, 10_000_000, 100_000_000]
             .into_iter()
             .filter(|&n| n <= max)

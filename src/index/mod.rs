@@ -1,7 +1,9 @@
 //! The index: for every stream its current version, and for every version the position of its
 //! frame (recorded as *runs*: consecutive versions in consecutive frames); the positions of each
 //! category's and each event type's frames (also as runs of consecutive frames); and the
-//! position of every event id.
+//! position of every event id: one by one, or, for a part whose ids increase and lie above
+//! every stored id (time-ordered ids such as UUIDv7), as one span found again by reading its
+//! frames. An append whose ids all lie above every stored id needs no duplicate search.
 //!
 //! Three layers, newest first: the *active* memtable (commits since the last freeze), a *frozen*
 //! memtable being written to the sidecar, and the redb [sidecar]. A lookup asks them in that

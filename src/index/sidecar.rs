@@ -10,7 +10,10 @@
 //! - `streams`: stream name → (internal id, event count);
 //! - `runs`: (stream id, first version) → (position of the first frame, event count);
 //! - `categories`, `types`: (name, position of a run's first frame) → frames in the run;
-//! - `ids`: event id (big-endian integer) → position.
+//! - `ids`: event id (big-endian integer) → position, for ids not recorded in a span;
+//! - `id_spans`: first id → (last id, position of the first frame, frames): the ids of one
+//!   commit part that increase and lie above every id stored before them (time-ordered ids),
+//!   recorded as one entry and found again by reading the span's frames.
 //!
 //! The sidecar is derived from the log: a missing, foreign, outdated or unreadable one is
 //! deleted and rebuilt, and so is one whose metadata is out of range (everything read from it

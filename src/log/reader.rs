@@ -42,8 +42,9 @@ impl AsRef<[u8]> for View {
     fn as_ref(&self) -> &[u8] {
         assert!(self.len <= self.map.len());
         // SAFETY: the pointer is valid for `len` bytes: the map is alive (we hold an `Arc` to
-        // it), covers a segment whose space was allocated in the file before it was mapped, and
-        // `len` is within it (asserted). The bytes do not change while this slice lives: a view
+        // it) and covers a segment, `len` is within it (asserted), and those `len` bytes lie
+        // below the log's committed end, which is inside the file (a map may reach past the
+        // file's end, into a segment not yet prepared whole, but no view does). The bytes do not change while this slice lives: a view
         // only ever covers bytes below the log's committed end at the time it was made, and the
         // engine never writes, zeroes or truncates below the committed end of an open store —
         // the writer only writes beyond it, and recovery (which may rewrite a torn tail) reads
