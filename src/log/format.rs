@@ -14,8 +14,9 @@
 //! Segment `i` covers bytes `[4096 + i·S, 4096 + (i+1)·S)`. The file need not reach the end
 //! of its last segment: space is prepared (reserved with `fallocate`, zero-filled, synced) a
 //! chunk at a time ahead of the log's end, and always reaches at least a seal's length past it
-//! (see the writer, `src/log/writer.rs`); reserved but unwritten bytes, and bytes past a file's end, read as
-//! zero. The file's length is 4096 plus a multiple of 4096.
+//! (see the writer, `src/log/writer.rs`); reserved but unwritten bytes, and bytes past a
+//! file's end, read as zero. The file's length is 4096 plus a multiple of 4096.
+//!
 //! Records ("frames") are laid end to end inside a segment, each starting at a multiple of 8,
 //! and never straddle two segments. A **position** is the byte offset of a frame in the file;
 //! positions are `u64` and strictly increase in log order.
