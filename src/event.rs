@@ -351,6 +351,133 @@ impl RecordedEvent {
     }
 }
 
+/// An event read in place: it borrows the bytes of the store's log (no copy, no reference
+/// count), for scans that look at many events and keep few, such as rebuilding a projection.
+/// Every frame is checked before a view of it is made, as for [`RecordedEvent`]. Get views
+/// with `next_ref` on the read iterators ([`crate::read::AllEvents::next_ref`],
+/// [`crate::read::StreamEvents::next_ref`]); keep one with [`EventView::to_owned`].
+///
+/// ```
+/// use annals::{Direction, ExpectedVersion, NewEvent, Position, Store};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path().join("views"))?;
+/// store.append("order-1", ExpectedVersion::NoStream, [NewEvent::new("Placed", "x"), NewEvent::new("Paid", "yy")])?;
+/// let mut events = store.read_all(Position::START, Direction::Forwards, usize::MAX)?;
+/// let mut bytes = 0;
+/// while let Some(e) = events.next_ref() {
+///     let e = e?;
+///     assert_eq!(e.stream(), "order-1");
+///     bytes += e.payload().len();
+/// }
+/// assert_eq!(bytes, 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy)]
+pub struct EventView<'a> {
+    frame: &'a [u8],
+    position: u64,
+    prev: u32,
+}
+
+impl<'a> EventView<'a> {
+    /// A view of the bytes of a frame that passed its checks as an event.
+    pub(crate) fn new(frame: &'a [u8], position: u64, prev: u32) -> EventView<'a> {
+        EventView {
+            frame,
+            position,
+            prev,
+        }
+    }
+
+    #[inline]
+    fn fields(&self) -> EventRef<'a> {
+        EventRef::new(self.frame)
+    }
+
+    /// The stream the event belongs to.
+    #[inline]
+    pub fn stream(&self) -> &'a str {
+        self.fields().stream()
+    }
+
+    /// The event's version in its stream (from 0).
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.fields().version()
+    }
+
+    /// The event's position in the global log.
+    #[inline]
+    pub fn position(&self) -> Position {
+        Position::new(self.position)
+    }
+
+    /// The position just after this event.
+    #[inline]
+    pub fn next_position(&self) -> Position {
+        Position::new(self.position + self.frame.len() as u64)
+    }
+
+    /// The event's id.
+    #[inline]
+    pub fn id(&self) -> Uuid {
+        Uuid::from_bytes(self.fields().event_id())
+    }
+
+    /// The event type name.
+    #[inline]
+    pub fn event_type(&self) -> &'a str {
+        self.fields().event_type()
+    }
+
+    /// The schema version of the event type.
+    #[inline]
+    pub fn schema_version(&self) -> u32 {
+        self.fields().schema_version()
+    }
+
+    /// Creation time in nanoseconds since the Unix epoch.
+    #[inline]
+    pub fn timestamp_nanos(&self) -> u64 {
+        self.fields().timestamp()
+    }
+
+    /// How the payload is encoded.
+    #[inline]
+    pub fn encoding(&self) -> PayloadEncoding {
+        self.fields().encoding()
+    }
+
+    /// User metadata.
+    #[inline]
+    pub fn metadata(&self) -> &'a [u8] {
+        &self.frame[self.fields().metadata_range()]
+    }
+
+    /// The event's data.
+    #[inline]
+    pub fn payload(&self) -> &'a [u8] {
+        &self.frame[self.fields().payload_range()]
+    }
+
+    /// The event as a [`RecordedEvent`] of its own (copies its frame).
+    pub fn to_owned(&self) -> RecordedEvent {
+        RecordedEvent::new(Bytes::copy_from_slice(self.frame), self.position).with_prev(self.prev)
+    }
+}
+
+impl fmt::Debug for EventView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventView")
+            .field("stream", &self.stream())
+            .field("version", &self.version())
+            .field("position", &self.position)
+            .field("event_type", &self.event_type())
+            .finish_non_exhaustive()
+    }
+}
+
 impl fmt::Debug for RecordedEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RecordedEvent")

@@ -45,7 +45,7 @@ mod store;
 mod values;
 
 pub use error::{Error, Result};
-pub use event::{AppendResult, NewEvent, RecordedEvent};
+pub use event::{AppendResult, EventView, NewEvent, RecordedEvent};
 pub use log::format::PayloadEncoding;
 pub(crate) use log::records;
 pub use names::category_of;

@@ -219,6 +219,40 @@ impl LogReader {
         )
     }
 
+    /// Reads and checks the frame at `position` like [`read`](Self::read), without handing out
+    /// its bytes: get them from the cursor with [`frame_bytes`](Self::frame_bytes), borrowed.
+    pub fn check(&self, position: u64, limit: u64, cursor: &mut Cursor) -> Result<Frame> {
+        if position >= limit {
+            return Err(Error::corrupt(position, "read past the end of the log"));
+        }
+        let checked = if let Some((view, seg_start)) = self.view(position, limit, cursor)? {
+            decode_frame(
+                &view[(position - seg_start) as usize..],
+                position,
+                self.layout.key,
+            )
+        } else {
+            self.try_read(position, limit, cursor)?
+                .map(|(_, frame)| frame)
+        };
+        checked.map_err(|e| Error::corrupt(position, e.to_string()))
+    }
+
+    /// The bytes of the frame at `position`, `len` long, that [`check`](Self::check) just
+    /// checked with this cursor.
+    pub fn frame_bytes<'c>(&self, cursor: &'c Cursor, position: u64, len: u32) -> &'c [u8] {
+        let len = len as usize;
+        if let Some((seg_start, view)) = &cursor.view
+            && position >= *seg_start
+            && ((position - seg_start) as usize + len) <= view.len()
+        {
+            let from = (position - seg_start) as usize;
+            return &view[from..from + len];
+        }
+        let from = (position - cursor.start) as usize;
+        &cursor.data[from..from + len]
+    }
+
     pub fn file(&self) -> &Arc<dyn StorageFile> {
         &self.file
     }

@@ -699,11 +699,13 @@ fn repair(
         );
     }
     let len = file.len()?;
-    let block = end.next_multiple_of(SEGMENT_ALIGN);
+    // Room for a seal after the end (the log never ends the file: see rule 1), to the end of
+    // that 4 KiB block (a seal always fits in the end's segment).
+    let block = (end + SEAL_FRAME_LEN).next_multiple_of(SEGMENT_ALIGN);
     if len < block || !(len - Layout::FIRST).is_multiple_of(SEGMENT_ALIGN) {
-        // The 4 KiB block the log ends in exists whole, and the file ends on a block boundary
-        // (also after a tail cut from outside was accepted as lost). The writer prepares what
-        // follows before it writes there.
+        // The file holds that block whole and ends on a block boundary (also after a tail cut
+        // from outside was accepted as lost). The writer prepares what follows before it
+        // writes there.
         let to = len.max(block).next_multiple_of(SEGMENT_ALIGN);
         file.allocate(len.min(to), to - len.min(to))?;
         changed = true;
@@ -1117,5 +1119,37 @@ mod tests {
         let file = after.open(Path::new(PATH), OpenMode::ReadOnly).unwrap();
         let (s, count) = scan_all(&file);
         assert_eq!((s.end, count.0.len(), s.stop), (b_end, 2, Stop::Zeros));
+    }
+
+    #[test]
+    fn a_repaired_log_always_leaves_room_for_a_seal_after_its_end() {
+        // A header-only file (accepted as a loss), and logs ending on a 4 KiB boundary: after
+        // repair, the file reaches at least a seal past the end, so the next open needs no
+        // loss accepted (found by the recovery fuzzer).
+        for cut in [Layout::FIRST, Layout::FIRST + 4096] {
+            let fs = MemoryFs::new();
+            let (file, mut w) = new_log(&fs);
+            while w.end() < cut {
+                commit(&mut w, 1, 8);
+            }
+            let end = w.end();
+            file.set_len(end.next_multiple_of(8)).unwrap();
+            let repair = |accept_loss| {
+                let mut count = Count::default();
+                let mode = Mode::Repair {
+                    fs: &fs,
+                    path: Path::new(PATH),
+                    accept_loss,
+                };
+                recover(&file, layout(), ScanStart::BEGINNING, mode, &mut count)
+            };
+            let first = repair(true).unwrap();
+            let len = file.len().unwrap();
+            assert!(len >= first.end + SEAL_FRAME_LEN, "{len} {}", first.end);
+            assert!((len - Layout::FIRST).is_multiple_of(SEGMENT_ALIGN));
+            let again = repair(false).expect("no loss to accept the second time");
+            assert_eq!(again.end, first.end);
+            assert!(again.truncated.is_none());
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use super::Engine;
 use crate::error::{Error, Result};
-use crate::event::RecordedEvent;
+use crate::event::{EventView, RecordedEvent};
 use crate::index::PosIndex;
 use crate::index::memtable::{PosRun, Run};
 use crate::log::Layout;
@@ -156,6 +156,73 @@ impl<'a> StreamEvents<'a> {
             self.next = None;
         }
         Ok(Some(event))
+    }
+}
+
+impl StreamEvents<'_> {
+    /// The next event, borrowed in place instead of owned (see [`EventView`]): the same events
+    /// in the same order as [`Iterator::next`], without a reference count or a copy for each.
+    /// After an error the read is done.
+    pub fn next_ref(&mut self) -> Option<Result<EventView<'_>>> {
+        match self.step_view() {
+            Ok(Some((position, len, prev))) => {
+                let bytes = self.engine.reader.frame_bytes(&self.cursor, position, len);
+                Some(Ok(EventView::new(bytes, position, prev)))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.next = None;
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// Like `step`, leaving the checked frame in the cursor: its position, length and the
+    /// distance back to the frame before it.
+    fn step_view(&mut self) -> Result<Option<(u64, u32, u32)>> {
+        let Some(version) = self.next else {
+            return Ok(None);
+        };
+        let (run, position) = match self.at.take() {
+            Some(at) => at,
+            None => self.locate(version)?,
+        };
+        let frame = self
+            .engine
+            .reader
+            .check(position, self.limit, &mut self.cursor)?;
+        let bytes = self
+            .engine
+            .reader
+            .frame_bytes(&self.cursor, position, frame.len);
+        let event = EventRef::new(bytes);
+        if frame.body != Body::Event
+            || event.stream_bytes() != self.stream.as_bytes()
+            || event.version() != version
+        {
+            // The owned read names what is wrong.
+            return Err(self
+                .read_event(position, version)
+                .err()
+                .unwrap_or_else(|| Error::corrupt(position, "the index and the log disagree")));
+        }
+        self.remaining -= 1;
+        let next_position = position + u64::from(frame.len);
+        if self.backwards {
+            self.next = version.checked_sub(1);
+            if self.next.is_some_and(|v| run.contains(v)) {
+                self.at = Some((run, position - u64::from(frame.link.prev)));
+            }
+        } else {
+            self.next = Some(version + 1).filter(|v| *v < self.count);
+            if self.next.is_some_and(|v| run.contains(v)) {
+                self.at = Some((run, next_position));
+            }
+        }
+        if self.remaining == 0 {
+            self.next = None;
+        }
+        Ok(Some((position, frame.len, frame.link.prev)))
     }
 }
 
@@ -351,6 +418,62 @@ impl<'a> AllEvents<'a> {
             }
         }
         Ok(None)
+    }
+}
+
+impl AllEvents<'_> {
+    /// The next event, borrowed in place instead of owned (see [`EventView`]): the same events
+    /// in the same order as [`Iterator::next`], without a reference count or a copy for each.
+    /// After an error the read is done.
+    pub fn next_ref(&mut self) -> Option<Result<EventView<'_>>> {
+        self.step_ref().transpose()
+    }
+
+    fn step_ref(&mut self) -> Result<Option<EventView<'_>>> {
+        let (position, frame) = loop {
+            let Some(position) = self.next else {
+                return Ok(None);
+            };
+            if position >= self.limit {
+                self.next = None;
+                return Ok(None);
+            }
+            let reader = &self.engine.reader;
+            let frame = match reader.check(position, self.limit, &mut self.cursor) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    self.next = None;
+                    return Err(e);
+                }
+            };
+            let len = u64::from(frame.len);
+            self.next = if self.backwards {
+                position
+                    .checked_sub(u64::from(frame.link.prev))
+                    .filter(|_| frame.link.prev != 0)
+            } else {
+                Some(match frame.body {
+                    Body::Seal { next } => next,
+                    Body::Event => position + len,
+                })
+            };
+            if frame.body == Body::Event
+                && (self.include_system
+                    || !EventRef::new(reader.frame_bytes(&self.cursor, position, frame.len))
+                        .is_system())
+            {
+                self.remaining -= 1;
+                if self.remaining == 0 {
+                    self.next = None;
+                }
+                break (position, frame);
+            }
+        };
+        let bytes = self
+            .engine
+            .reader
+            .frame_bytes(&self.cursor, position, frame.len);
+        Ok(Some(EventView::new(bytes, position, frame.link.prev)))
     }
 }
 

@@ -27,6 +27,11 @@ pub fn disk_usage(dir: &Path, prefix: &str) -> BenchResult<u64> {
     Ok(total)
 }
 
+/// Whether annals' reads take owned events (`ANNALS_BENCH_OWNED=1`) rather than borrowed views.
+fn owned_reads() -> bool {
+    std::env::var_os("ANNALS_BENCH_OWNED").is_some_and(|v| v == "1")
+}
+
 /// annals, default options (durable appends, group commit).
 pub struct Annals {
     /// The store.
@@ -69,12 +74,22 @@ impl System for Annals {
         Ok(())
     }
 
+    /// Reads events in place (`next_ref`: borrowed, as SQLite's `get_ref` and redb's access
+    /// guards lend theirs); `ANNALS_BENCH_OWNED=1` reads owned events instead.
     fn read_stream(&self, stream: &str) -> BenchResult<u64> {
-        let mut n = 0;
-        for e in self
+        let mut events = self
             .store
-            .read_stream(stream, 0, Direction::Forwards, usize::MAX)?
-        {
+            .read_stream(stream, 0, Direction::Forwards, usize::MAX)?;
+        let mut n = 0;
+        if owned_reads() {
+            for e in events {
+                let e = e?;
+                std::hint::black_box((e.event_type().len(), e.payload()[0]));
+                n += 1;
+            }
+            return Ok(n);
+        }
+        while let Some(e) = events.next_ref() {
             let e = e?;
             std::hint::black_box((e.event_type().len(), e.payload()[0]));
             n += 1;
@@ -83,11 +98,19 @@ impl System for Annals {
     }
 
     fn read_all(&self) -> BenchResult<u64> {
-        let mut n = 0;
-        for e in self
+        let mut events = self
             .store
-            .read_all(Position::START, Direction::Forwards, usize::MAX)?
-        {
+            .read_all(Position::START, Direction::Forwards, usize::MAX)?;
+        let mut n = 0;
+        if owned_reads() {
+            for e in events {
+                let e = e?;
+                std::hint::black_box((e.stream().len(), e.event_type().len(), e.payload()[0]));
+                n += 1;
+            }
+            return Ok(n);
+        }
+        while let Some(e) = events.next_ref() {
             let e = e?;
             std::hint::black_box((e.stream().len(), e.event_type().len(), e.payload()[0]));
             n += 1;
