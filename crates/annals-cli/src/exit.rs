@@ -21,6 +21,9 @@ pub struct CliError {
     pub message: String,
     /// The exit code.
     pub code: u8,
+    /// The reader of standard output went away (`annals export store - | head`): the command
+    /// ends quietly with 0, as command-line tools do.
+    pub broken_pipe: bool,
 }
 
 impl CliError {
@@ -29,11 +32,15 @@ impl CliError {
         CliError {
             message: message.into(),
             code,
+            broken_pipe: false,
         }
     }
 
-    /// Prints the error and returns its exit code.
+    /// Prints the error and returns its exit code (nothing, and 0, for a closed pipe).
     pub fn report(&self) -> ExitCode {
+        if self.broken_pipe {
+            return ExitCode::SUCCESS;
+        }
         eprintln!("annals: {}", self.message);
         ExitCode::from(self.code)
     }
@@ -66,7 +73,10 @@ impl From<std::io::Error> for CliError {
         } else {
             ERROR
         };
-        CliError::new(code, e.to_string())
+        CliError {
+            broken_pipe: e.kind() == std::io::ErrorKind::BrokenPipe,
+            ..CliError::new(code, e.to_string())
+        }
     }
 }
 

@@ -196,10 +196,20 @@ pub fn export(args: ExportArgs) -> CliResult {
     };
     writeln!(out, "{}", to_line(&header))?;
     let mut events = 0u64;
+    let bar = progress(
+        "exporting",
+        store.end_position().as_u64(),
+        "{bytes}/{total_bytes} of log",
+    );
     for e in store.read_all(Position::START, Direction::Forwards, usize::MAX)? {
-        writeln!(out, "{}", to_line(&Line::of(&e?)))?;
+        let e = e?;
+        writeln!(out, "{}", to_line(&Line::of(&e)))?;
         events += 1;
+        if events.is_multiple_of(PROGRESS_EVERY) {
+            bar.set_position(e.position().as_u64());
+        }
     }
+    bar.finish_and_clear();
     writeln!(
         out,
         "{}",
@@ -215,6 +225,32 @@ pub fn export(args: ExportArgs) -> CliResult {
         eprintln!("exported {events} events to {}", args.file.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often (in events or lines) the progress bars move.
+const PROGRESS_EVERY: u64 = 1024;
+
+/// A progress bar on standard error, drawn only when it is a terminal (never into a pipe or a
+/// file); `total` 0 is a spinner.
+fn progress(what: &str, total: u64, counts: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = if total == 0 {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::new(total)
+    };
+    let template = if total == 0 {
+        format!("{what} {{spinner}} {counts} ({{elapsed}})")
+    } else {
+        format!("{what} {{bar:40}} {counts} ({{eta}})")
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// One JSON line.
@@ -297,8 +333,12 @@ pub fn import(args: ImportArgs) -> CliResult {
     }
     let mut events = Vec::new();
     let mut n = 1;
+    let bar = progress("reading", 0, "{pos} events");
     let trailer = loop {
         n += 1;
+        if n % PROGRESS_EVERY == 0 {
+            bar.set_position(n);
+        }
         let Some(line) = next_line(&mut *input, n)? else {
             return Err(bad(
                 n,
@@ -312,6 +352,7 @@ pub fn import(args: ImportArgs) -> CliResult {
         let parsed: Line = serde_json::from_str(&line).map_err(|e| bad(n, e))?;
         events.push(parsed.into_event().map_err(|e| bad(n, e))?);
     };
+    bar.finish_and_clear();
     if trailer.events != events.len() as u64 {
         return Err(bad(
             n,
@@ -328,8 +369,10 @@ pub fn import(args: ImportArgs) -> CliResult {
         .durability(Durability::NoSync)
         .open(&args.store)?;
     let before = store.end_position();
+    let bar = progress("importing", events.len() as u64, "{pos}/{len} events");
     let mut i = 0;
     while i < events.len() {
+        bar.set_position(i as u64);
         let stream = events[i].0.clone();
         let first_version = events[i].1;
         let mut j = i;
@@ -357,6 +400,7 @@ pub fn import(args: ImportArgs) -> CliResult {
         })?;
         i = j;
     }
+    bar.finish_and_clear();
     let written = store.end_position() != before;
     store.close()?;
     eprintln!(

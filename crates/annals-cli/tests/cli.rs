@@ -461,3 +461,60 @@ fn a_log_cut_short_is_refused_until_the_loss_is_accepted() {
     let left = all_events(&file).len();
     assert!(left > 0 && left < 90, "{left}");
 }
+
+/// `annals export STORE - | head` and `annals dump STORE | head`: the reader closes the pipe
+/// early; the command ends quietly with exit 0 (no "Broken pipe"). With standard error not a
+/// terminal, no progress bar is drawn: `export` to a file writes only its summary line.
+#[test]
+fn a_closed_pipe_ends_quietly_and_pipes_get_no_progress_bars() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.annals");
+    {
+        let store = Store::open(&file).unwrap();
+        for i in 0..20u32 {
+            let events =
+                (0..1000).map(|k| NewEvent::new("E", format!("event {i}-{k} with some text")));
+            store
+                .append(&format!("s-{i}"), ExpectedVersion::Any, events)
+                .unwrap();
+        }
+    }
+    for args in [vec!["export", path(&file), "-"], vec!["dump", path(&file)]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_annals"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = vec![0u8; 4096];
+        child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+        // The pipe's reader is gone (dropped above): like `| head`.
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {:?} {}",
+            out.status,
+            stderr(&out)
+        );
+        assert_eq!(stderr(&out), "", "{args:?}");
+        assert!(first.starts_with(b"{"), "{args:?}");
+    }
+    let export = dir.path().join("big.jsonl");
+    let out = annals(&["export", path(&file), path(&export)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("exported 20000 events"),
+        "{}",
+        stderr(&out)
+    );
+    let out = annals(&[
+        "import",
+        path(&export),
+        path(&dir.path().join("copy.annals")),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
