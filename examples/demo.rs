@@ -20,11 +20,34 @@ fn rate(n: u64, started: Instant) -> String {
     }
 }
 
+/// `n` with thousands separators.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("demo");
     println!("annals demo: store at {}.annals", path.display());
     let store = Arc::new(Store::open(&path)?);
+
+    // 0. Warm-up, untimed: right after `cargo build` the disk is still writing back the build's
+    // files, and the first syncs of a run can be many times slower than the rest.
+    for _ in 0..200 {
+        store.append(
+            "warm-up",
+            ExpectedVersion::Any,
+            [NewEvent::new("Tick", "x")],
+        )?;
+    }
 
     // 1. One thread, one durable append per event.
     let started = Instant::now();
@@ -103,8 +126,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(Error::WrongExpectedVersion {
             expected, actual, ..
         }) => {
+            let actual = actual.map_or_else(|| "no stream".to_owned(), |v| format!("version {v}"));
             println!(
-                "  conflict : expected version {expected}, stream is at {actual:?}: nothing written"
+                "  conflict : expected version {expected}, the stream is at {actual}: nothing written"
             )
         }
         other => return Err(format!("expected a conflict, got {other:?}").into()),
@@ -118,7 +142,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         n += 1;
     }
     println!(
-        "  read     : stream `ledger`, {n} events               {:>10}",
+        "  read     : stream `ledger`, {} events          {:>10}",
+        thousands(n),
         rate(n, started)
     );
     let started = Instant::now();
@@ -126,7 +151,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .read_all(Position::START, Direction::Forwards, usize::MAX)?
         .count() as u64;
     println!(
-        "  read     : whole log, {total} events                {:>10}",
+        "  read     : whole log, {} events                {:>10}",
+        thousands(total),
         rate(total, started)
     );
     let end = store.end_position();
@@ -144,8 +170,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(store.stream_version("account-0")?, Some(1_000));
     let report = store.recovery_report();
     println!(
-        "  reopen   : {:.1} ms, {again} events, {} commits replayed, torn tail: {}",
+        "  reopen   : {:.1} ms, {} events, {} commits replayed, torn tail: {}",
         reopen.as_secs_f64() * 1e3,
+        thousands(again),
         report.commits_replayed,
         if report.truncated.is_some() {
             "truncated"
@@ -154,8 +181,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     );
     println!(
-        "  file     : {} bytes on disk for {total} events",
-        std::fs::metadata(store.path())?.len()
+        "  file     : {:.1} MB for {} events (space is prepared ahead of the log, a chunk at a time)",
+        std::fs::metadata(store.path())?.len() as f64 / 1e6,
+        thousands(total)
     );
     store.close()?;
     println!("done: every acknowledged event read back after reopen");
