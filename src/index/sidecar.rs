@@ -265,6 +265,21 @@ fn check_meta(meta: &SidecarMeta, segment_size: u64) -> std::result::Result<(), 
     Ok(())
 }
 
+/// A failure to create the sidecar at `path`: an I/O error keeps its kind (a full disk stays
+/// `StorageFull`) and names the file.
+fn creation_error(path: &Path, e: redb::Error) -> crate::error::Error {
+    match e {
+        redb::Error::Io(io) => crate::error::Error::io_at(
+            path,
+            std::io::Error::new(io.kind(), format!("creating the index sidecar: {io}")),
+        ),
+        other => crate::error::Error::Index(format!(
+            "creating the index sidecar {}: {other}",
+            path.display()
+        )),
+    }
+}
+
 /// Why an existing sidecar was not used.
 pub(crate) type RebuildReason = String;
 
@@ -286,18 +301,17 @@ impl Sidecar {
         };
         let builder = builder(cache_size);
         let frozen: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let named = |e: std::io::Error| crate::error::Error::io_at(path, e);
         let db = match mode {
             SidecarMode::Write => {
-                if fs.exists(path)? {
-                    fs.remove_file(path)?;
+                if fs.exists(path).map_err(named)? {
+                    fs.remove_file(path).map_err(named)?;
                 }
-                let file = fs.open(path, OpenMode::CreateNew)?;
-                fs.sync_dir(parent(path))?;
-                builder.create_with_backend(RedbBackend::new(
-                    file,
-                    frozen.clone(),
-                    Arc::default(),
-                ))?
+                let file = fs.open(path, OpenMode::CreateNew).map_err(named)?;
+                fs.sync_dir(parent(path)).map_err(named)?;
+                builder
+                    .create_with_backend(RedbBackend::new(file, frozen.clone(), Arc::default()))
+                    .map_err(|e| creation_error(path, e.into()))?
             }
             SidecarMode::ReadOnly => {
                 builder.create_with_backend(redb::backends::InMemoryBackend::new())?
@@ -306,20 +320,27 @@ impl Sidecar {
         let file = (mode == SidecarMode::Write).then(|| (fs.clone(), path.to_owned()));
         let sidecar = Sidecar::new(Db::Write(db), file, frozen);
         let meta = SidecarMeta::empty();
-        let txn = sidecar.db.begin_write()?;
-        {
-            txn.open_table(STREAMS)?;
-            txn.open_table(RUNS)?;
-            txn.open_table(CATEGORIES)?;
-            txn.open_table(TYPES)?;
-            txn.open_table(IDS)?;
-            txn.open_table(ID_SPANS)?;
-            let mut t = txn.open_table(META)?;
-            t.insert("index_version", &INDEX_VERSION.to_le_bytes()[..])?;
-            t.insert("store_id", &store_id[..])?;
-            write_meta(&mut t, &meta)?;
-        }
-        txn.commit()?;
+        let create_tables = || -> std::result::Result<(), redb::Error> {
+            let txn = sidecar.db.begin_write().map_err(|e| match e {
+                crate::error::Error::Index(m) => redb::Error::Corrupted(m),
+                other => redb::Error::Corrupted(other.to_string()),
+            })?;
+            {
+                txn.open_table(STREAMS)?;
+                txn.open_table(RUNS)?;
+                txn.open_table(CATEGORIES)?;
+                txn.open_table(TYPES)?;
+                txn.open_table(IDS)?;
+                txn.open_table(ID_SPANS)?;
+                let mut t = txn.open_table(META)?;
+                t.insert("index_version", &INDEX_VERSION.to_le_bytes()[..])?;
+                t.insert("store_id", &store_id[..])?;
+                write_meta(&mut t, &meta).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        create_tables().map_err(|e| creation_error(path, e))?;
         Ok((sidecar, meta, Some(reason)))
     }
 

@@ -221,7 +221,18 @@ fn create(
         crate::log::writer::chunk_end(layout, HEADER_BLOCK, HEADER_BLOCK, HEADER_BLOCK);
     let mut block = vec![0u8; first_chunk as usize];
     block[..HEADER_LEN].copy_from_slice(&header.encode());
-    let written = file.write_all_at(&block, 0).and_then(|()| file.sync_all());
+    let written = file
+        .write_all_at(&block, 0)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "creating the store takes {} bytes (its header and first chunk): {e}",
+                    block.len()
+                ),
+            )
+        });
     drop(file);
     let linked = written.and_then(|()| fs.rename_no_replace(&tmp, path));
     let _ = fs.remove_file(&tmp);

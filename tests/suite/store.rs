@@ -950,3 +950,31 @@ fn borrowed_reads_see_what_owned_reads_see() {
         }
     }
 }
+
+/// A full disk when a store is created: the error names the file (the log, or its index
+/// sidecar), keeps its kind (`StorageFull`), and for the log says how much space it needed.
+#[test]
+fn a_full_disk_at_creation_names_the_file_and_the_space_it_needed() {
+    for (capacity, file) in [
+        (1_000u64, "/full/store.annals:"),
+        (100_000, "/full/store.annals:"),
+        (300_000, "/full/store.annals.index:"),
+    ] {
+        let fs = FaultFs::new();
+        fs.set_capacity(Some(capacity));
+        let err = Store::builder()
+            .file_system(fs.clone())
+            .open("/full/store")
+            .expect_err("no room for a store");
+        let text = err.to_string();
+        assert!(text.starts_with(file), "{capacity}: {text}");
+        if !file.contains("index") {
+            assert!(text.contains("takes 266240 bytes"), "{capacity}: {text}");
+        }
+        assert!(
+            err.io_error()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::StorageFull),
+            "{capacity}: {err:?}"
+        );
+    }
+}

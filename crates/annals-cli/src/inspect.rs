@@ -24,6 +24,16 @@ pub fn open_read_only(path: &Path) -> CliResult<Store> {
 
 /// Opens an existing store with `builder`'s options.
 pub fn open_with(path: &Path, builder: annals::StoreBuilder) -> CliResult<Store> {
+    if path.is_dir() {
+        return Err(CliError::new(
+            NOT_A_STORE,
+            format!(
+                "{} is a folder, not a store (a store is a file NAME.annals; give NAME or \
+                 NAME.annals)",
+                path.display()
+            ),
+        ));
+    }
     builder
         .create_if_missing(false)
         .open(path)

@@ -119,6 +119,32 @@ fn missing_foreign_and_locked_stores_have_their_exit_codes() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("no store at"), "{}", stderr(&o));
 
+    // A folder given as the store: exit 3, saying so.
+    for command in ["info", "verify", "dump", "export"] {
+        let mut args = vec![command, path(dir.path())];
+        if command == "export" {
+            args.push("-");
+        }
+        let o = annals(&args);
+        assert_eq!(o.status.code(), Some(3), "{command}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("is a folder, not a store"),
+            "{command}: {}",
+            stderr(&o)
+        );
+    }
+    // NAME and NAME.annals name the same store.
+    let named = make_store(dir.path());
+    let bare = named.with_extension("");
+    let (a, b) = (
+        annals(&["info", path(&named)]),
+        annals(&["info", path(&bare)]),
+    );
+    assert!(a.status.success() && b.status.success(), "{}", stderr(&b));
+    assert_eq!(stdout(&a), stdout(&b));
+    std::fs::remove_file(&named).unwrap();
+    std::fs::remove_file(named.with_extension("annals.index")).unwrap();
+
     let foreign = dir.path().join("foreign.annals");
     std::fs::write(&foreign, b"SQLite format 3\0 and more bytes than a header").unwrap();
     let o = annals(&["verify", path(&foreign)]);
