@@ -1,8 +1,10 @@
 //! How typed events become payload bytes and back.
 //!
-//! Two codecs: bincode 2 (standard configuration; compact; the default) and JSON. A store
-//! picks one for the events it writes ([`crate::store::StoreBuilder::codec`]); every event records
-//! which encoding its payload has, so a store can hold both and reads never guess.
+//! Two codecs: JSON (the default: people read stored events for years, and a field added with
+//! `#[serde(default)]` reads old events with no upcaster) and bincode 2 (standard
+//! configuration; compact and faster, a per-store choice). A store picks one for the events it
+//! writes ([`crate::store::StoreBuilder::codec`]); every event records which encoding its
+//! payload has, so a store can hold both and reads never guess.
 //!
 //! JSON is written the way Python's `json.dumps` writes it by default (`", "` between items,
 //! `": "` after keys), so payloads and outbox envelopes read the same as those of the Python
@@ -16,10 +18,11 @@ use crate::log::format::PayloadEncoding;
 /// The codec of a store's typed events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Codec {
-    /// bincode 2, standard configuration.
-    #[default]
+    /// bincode 2, standard configuration: compact and fast, but unreadable to people, and a
+    /// change to an event struct needs an upcaster for the old events.
     Bincode,
-    /// JSON (serde_json), Python-style separators.
+    /// JSON (serde_json), Python-style separators (the default).
+    #[default]
     Json,
 }
 

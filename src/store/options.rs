@@ -176,8 +176,9 @@ impl StoreBuilder {
         self
     }
 
-    /// The codec typed events are written with (default: bincode). Every event records its
-    /// encoding, so a store holds events of both codecs and reads each right.
+    /// The codec typed events are written with (default: JSON; [`Codec::Bincode`] is more
+    /// compact and faster, see `annals bench`). Every event records its encoding, so a store
+    /// holds events of both codecs and reads each right.
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
         self

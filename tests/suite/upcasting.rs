@@ -226,3 +226,91 @@ fn a_missing_upcaster_or_a_newer_version_is_a_clear_error() {
         2
     );
 }
+
+/// A withdrawal as the first release of an app wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct WithdrawnV1 {
+    cents: u64,
+}
+impl EventType for WithdrawnV1 {
+    const NAME: &'static str = "Withdrawn";
+}
+
+/// The same event type a release later: a field added with `#[serde(default)]`, same name, same
+/// schema version, no upcaster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Withdrawn {
+    cents: u64,
+    #[serde(default)]
+    memo: String,
+}
+impl EventType for Withdrawn {
+    const NAME: &'static str = "Withdrawn";
+}
+
+/// Typed events are JSON by default: people can read them (`annals dump` shows them as JSON),
+/// and a field added with `#[serde(default)]` reads the old events with no upcaster. Bincode
+/// stays a per-store choice, and a store with both reads each right.
+#[test]
+fn typed_events_are_json_by_default_and_survive_an_added_field() {
+    let fs = MemoryFs::new();
+    let store = Store::builder()
+        .file_system(fs.clone())
+        .open("/j/s")
+        .unwrap();
+    store
+        .append(
+            "account-1",
+            ExpectedVersion::NoStream,
+            [store.new_event(&WithdrawnV1 { cents: 60_000 }).unwrap()],
+        )
+        .unwrap();
+    let stored: Vec<_> = store
+        .read_stream("account-1", 0, Direction::Forwards, 10)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
+    assert_eq!(stored[0].encoding(), PayloadEncoding::Json);
+    assert_eq!(stored[0].payload(), br#"{"cents": 60000}"#);
+    let now: Withdrawn = store.decode(&stored[0]).unwrap();
+    assert_eq!(
+        now,
+        Withdrawn {
+            cents: 60_000,
+            memo: String::new()
+        }
+    );
+    drop(store);
+
+    // The same store opened with bincode writes bincode from then on and reads both.
+    let store = Store::builder()
+        .file_system(fs)
+        .codec(annals::typed::Codec::Bincode)
+        .open("/j/s")
+        .unwrap();
+    store
+        .append(
+            "account-1",
+            ExpectedVersion::Exact(0),
+            [store
+                .new_event(&Withdrawn {
+                    cents: 5,
+                    memo: "rent".into(),
+                })
+                .unwrap()],
+        )
+        .unwrap();
+    let all: Vec<Withdrawn> = store
+        .read_stream("account-1", 0, Direction::Forwards, 10)
+        .unwrap()
+        .map(|e| store.decode(&e.unwrap()).unwrap())
+        .collect();
+    assert_eq!(all[0].cents, 60_000);
+    assert_eq!(all[1].memo, "rent");
+    let encodings: Vec<_> = store
+        .read_stream("account-1", 0, Direction::Forwards, 10)
+        .unwrap()
+        .map(|e| e.unwrap().encoding())
+        .collect();
+    assert_eq!(encodings, [PayloadEncoding::Json, PayloadEncoding::Bincode]);
+}
