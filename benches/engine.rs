@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
-use annals_bench::{Event, System};
+use annals_bench::{Event, PayloadCodec, System};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const PAYLOAD: usize = 100;
@@ -135,15 +135,19 @@ fn reads(c: &mut Criterion) {
     let balance = annals_bench::balance_of(annals_bench::AGGREGATE_EVENTS);
     for sys in &systems {
         annals_bench::fill_aggregate(sys.as_ref()).unwrap();
-        assert_eq!(sys.load_aggregate().unwrap().balance, balance);
-        g.bench_function(sys.name(), |b| b.iter(|| sys.load_aggregate().unwrap()));
+        for codec in [PayloadCodec::Json, PayloadCodec::Bincode] {
+            assert_eq!(sys.load_aggregate(codec).unwrap().balance, balance);
+            g.bench_function(format!("{} {}", sys.name(), codec.name()), |b| {
+                b.iter(|| sys.load_aggregate(codec).unwrap())
+            });
+        }
     }
     g.finish();
 
-    // Closed cleanly here; each reopen opens the store (110,000 events) and reads one stream.
+    // Closed cleanly here; each reopen opens the store (120,000 events) and reads one stream.
     let names: Vec<&'static str> = systems.iter().map(|s| s.name()).collect();
     drop(systems);
-    let mut g = c.benchmark_group("reopen_110000");
+    let mut g = c.benchmark_group("reopen_120000");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
     for name in names {
         g.bench_function(name, |b| {

@@ -1,5 +1,5 @@
-//! The aggregate-load workload's domain: an `Account` built from `Deposited` events, each a
-//! bincode payload of about 70 bytes. annals loads it through its domain floor
+//! The aggregate-load and typed-append workloads' domain: an `Account` built from `Deposited`
+//! events, each a JSON (about 100 bytes) or bincode (about 70 bytes) payload. annals loads it through its domain floor
 //! ([`annals::domain::Repository`]); SQLite and redb read the same payloads from their stream
 //! index and decode and apply them the same way.
 
@@ -8,12 +8,16 @@ use annals::events;
 use annals::typed::EventType;
 use serde::{Deserialize, Serialize};
 
-use crate::{BenchResult, Event};
+use crate::{BenchResult, Event, PayloadCodec};
 
-/// The stream the aggregate lives in (category `account`, id `a`).
-pub const AGGREGATE_STREAM: &str = "account-a";
-/// The id of the aggregate in its category.
-pub const AGGREGATE_ID: &str = "a";
+/// The stream and the id (in category `account`) of the aggregate whose events use `codec`.
+pub fn aggregate_stream(codec: PayloadCodec) -> (&'static str, &'static str) {
+    match codec {
+        PayloadCodec::Json => ("account-a", "a"),
+        PayloadCodec::Bincode => ("account-b", "b"),
+    }
+}
+
 /// Events of the aggregate the workload loads.
 pub const AGGREGATE_EVENTS: u64 = 10_000;
 
@@ -65,13 +69,23 @@ impl Aggregate for Account {
 }
 
 impl Account {
-    /// Applies one stored event of type `event_type` with bincode `payload`, as the peers do.
-    pub fn apply_bincode(&mut self, event_type: &str, payload: &[u8]) -> BenchResult<()> {
+    /// Applies one stored event of type `event_type` whose `payload` is encoded with `codec`,
+    /// as the peers do.
+    pub fn apply_encoded(
+        &mut self,
+        event_type: &str,
+        payload: &[u8],
+        codec: PayloadCodec,
+    ) -> BenchResult<()> {
         if event_type != Deposited::NAME {
             return Err(format!("unexpected event type `{event_type}`").into());
         }
-        let (e, _): (Deposited, usize) =
-            bincode::serde::decode_from_slice(payload, bincode::config::standard())?;
+        let e: Deposited = match codec {
+            PayloadCodec::Json => serde_json::from_slice(payload)?,
+            PayloadCodec::Bincode => {
+                bincode::serde::decode_from_slice(payload, bincode::config::standard())?.0
+            }
+        };
         self.apply(&AccountEvent::Deposited(e));
         Ok(())
     }
@@ -91,28 +105,55 @@ pub fn balance_of(n: u64) -> u64 {
     (0..n).map(|i| deposit(i).amount).sum()
 }
 
-/// Deposits `from..to` as bench events (bincode payloads, type `Deposited`).
-pub fn deposit_events(from: u64, to: u64) -> BenchResult<Vec<Event>> {
+/// Deposits `from..to` as bench events (type `Deposited`, payloads encoded with `codec`).
+pub fn deposit_events(from: u64, to: u64, codec: PayloadCodec) -> BenchResult<Vec<Event>> {
     (from..to)
         .map(|i| {
-            let payload = bincode::serde::encode_to_vec(deposit(i), bincode::config::standard())?;
+            let payload = match codec {
+                PayloadCodec::Json => annals::typed::to_json_string(&deposit(i))?.into_bytes(),
+                PayloadCodec::Bincode => {
+                    bincode::serde::encode_to_vec(deposit(i), bincode::config::standard())?
+                }
+            };
             Ok(Event {
                 id: uuid::Uuid::now_v7(),
                 event_type: Deposited::NAME,
                 payload: payload.into(),
-                bincode: true,
+                codec: Some(codec),
             })
         })
         .collect()
 }
 
-/// Appends the aggregate's history ([`AGGREGATE_EVENTS`] deposits) to `sys`, in batches of 1000.
+/// Appends both aggregates' histories ([`AGGREGATE_EVENTS`] deposits each, JSON and bincode)
+/// to `sys`, in batches of 1000.
 pub fn fill_aggregate(sys: &dyn crate::System) -> BenchResult<()> {
-    let mut at = 0;
-    while at < AGGREGATE_EVENTS {
-        let to = (at + 1000).min(AGGREGATE_EVENTS);
-        sys.append(AGGREGATE_STREAM, &deposit_events(at, to)?)?;
-        at = to;
+    for codec in [PayloadCodec::Json, PayloadCodec::Bincode] {
+        let (stream, _) = aggregate_stream(codec);
+        let mut at = 0;
+        while at < AGGREGATE_EVENTS {
+            let to = (at + 1000).min(AGGREGATE_EVENTS);
+            sys.append(stream, &deposit_events(at, to, codec)?)?;
+            at = to;
+        }
     }
     Ok(())
+}
+
+/// Appends `batches` durable batches of `batch` typed deposits to one stream, each encoded with
+/// `codec` inside the timed part. Returns the elapsed time.
+pub fn typed_batches(
+    sys: &dyn crate::System,
+    batches: u64,
+    batch: u64,
+    codec: PayloadCodec,
+) -> BenchResult<std::time::Duration> {
+    let mut elapsed = std::time::Duration::ZERO;
+    for b in 0..batches {
+        let start = std::time::Instant::now();
+        let events = deposit_events(b * batch, (b + 1) * batch, codec)?;
+        sys.append(&format!("typed-{}", codec.name()), &events)?;
+        elapsed += start.elapsed();
+    }
+    Ok(elapsed)
 }

@@ -35,8 +35,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use aggregate::{
-    AGGREGATE_EVENTS, AGGREGATE_ID, AGGREGATE_STREAM, Account, AccountEvent, Deposited, balance_of,
-    deposit, deposit_events, fill_aggregate,
+    AGGREGATE_EVENTS, Account, AccountEvent, Deposited, aggregate_stream, balance_of, deposit,
+    deposit_events, fill_aggregate, typed_batches,
 };
 pub use systems::{Annals, Redb, Sqlite, disk_usage, open_annals, open_redb, open_sqlite};
 
@@ -55,8 +55,27 @@ pub struct Event {
     pub event_type: &'static str,
     /// Payload bytes (shared: cloning an event does not copy them).
     pub payload: bytes::Bytes,
-    /// Whether the payload is bincode (annals records the encoding; the aggregate's events).
-    pub bincode: bool,
+    /// How the payload encodes a typed event (`None`: raw bytes); annals records it.
+    pub codec: Option<PayloadCodec>,
+}
+
+/// How a typed event's payload is encoded (the two codecs of annals' typed events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadCodec {
+    /// JSON (annals' default).
+    Json,
+    /// bincode 2, standard configuration.
+    Bincode,
+}
+
+impl PayloadCodec {
+    /// Its name in workload names and labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            PayloadCodec::Json => "json",
+            PayloadCodec::Bincode => "bincode",
+        }
+    }
 }
 
 impl Event {
@@ -69,7 +88,7 @@ impl Event {
                 .map(|i| (i % 251) as u8)
                 .collect::<Vec<u8>>()
                 .into(),
-            bincode: false,
+            codec: None,
         }
     }
 }
@@ -84,9 +103,9 @@ pub trait System: Send + Sync {
     fn read_stream(&self, stream: &str) -> BenchResult<u64>;
     /// Reads every event in log order (touching stream, type and payload); returns how many.
     fn read_all(&self) -> BenchResult<u64>;
-    /// Loads the [`Account`] of [`AGGREGATE_STREAM`]: reads its events, decodes each payload
-    /// and applies it.
-    fn load_aggregate(&self) -> BenchResult<Account>;
+    /// Loads the [`Account`] whose events are encoded with `codec` (see [`aggregate_stream`]):
+    /// reads its events, decodes each payload and applies it.
+    fn load_aggregate(&self, codec: PayloadCodec) -> BenchResult<Account>;
     /// Bytes the system's files take on the disk (allocated blocks, not apparent lengths).
     fn disk_bytes(&self) -> BenchResult<u64>;
 }
@@ -102,26 +121,35 @@ pub enum Workload {
     Batch100,
     /// Durable batches of 1000 events.
     Batch1000,
+    /// Durable batches of 1000 typed events, each encoded as JSON in the timed part.
+    TypedJson,
+    /// Durable batches of 1000 typed events, each encoded as bincode in the timed part.
+    TypedBincode,
     /// Reading one stream of many events.
     ReadStream,
     /// Reading the whole log.
     ReadAll,
-    /// Loading an aggregate of [`AGGREGATE_EVENTS`] events (read, decode, apply).
+    /// Loading an aggregate of [`AGGREGATE_EVENTS`] JSON events (read, decode, apply).
     LoadAggregate,
+    /// The same with bincode events.
+    LoadAggregateBincode,
     /// Reopening a large store after a clean close (see [`reopen`]).
     Reopen,
 }
 
 impl Workload {
     /// Every workload, in the order `annals bench` runs and prints them.
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 11] = [
         Workload::Append1,
         Workload::Append1Threads8,
         Workload::Batch100,
         Workload::Batch1000,
+        Workload::TypedJson,
+        Workload::TypedBincode,
         Workload::ReadStream,
         Workload::ReadAll,
         Workload::LoadAggregate,
+        Workload::LoadAggregateBincode,
         Workload::Reopen,
     ];
 
@@ -132,9 +160,12 @@ impl Workload {
             Workload::Append1Threads8 => "append-8",
             Workload::Batch100 => "batch-100",
             Workload::Batch1000 => "batch-1000",
+            Workload::TypedJson => "typed-json",
+            Workload::TypedBincode => "typed-bincode",
             Workload::ReadStream => "read-stream",
             Workload::ReadAll => "read-all",
             Workload::LoadAggregate => "aggregate",
+            Workload::LoadAggregateBincode => "aggregate-bincode",
             Workload::Reopen => "reopen",
         }
     }
@@ -146,10 +177,15 @@ impl Workload {
             Workload::Append1Threads8 => "one event per durable append, eight threads",
             Workload::Batch100 => "durable batches of 100 events, one stream",
             Workload::Batch1000 => "durable batches of 1,000 events, one stream",
+            Workload::TypedJson => "durable batches of 1,000 typed events, encoded as JSON",
+            Workload::TypedBincode => "durable batches of 1,000 typed events, encoded as bincode",
             Workload::ReadStream => "read one stream of a filled store",
             Workload::ReadAll => "read every event of a filled store, in log order",
             Workload::LoadAggregate => {
-                "load a 10,000-event aggregate: read its stream, decode and apply each event"
+                "load a 10,000-event aggregate of JSON events: read, decode and apply each"
+            }
+            Workload::LoadAggregateBincode => {
+                "load a 10,000-event aggregate of bincode events: read, decode and apply each"
             }
             Workload::Reopen => "open a filled store after a clean close, ready to serve",
         }
@@ -179,8 +215,8 @@ impl<S: System + ?Sized> System for Box<S> {
         (**self).read_all()
     }
 
-    fn load_aggregate(&self) -> BenchResult<Account> {
-        (**self).load_aggregate()
+    fn load_aggregate(&self, codec: PayloadCodec) -> BenchResult<Account> {
+        (**self).load_aggregate(codec)
     }
 
     fn disk_bytes(&self) -> BenchResult<u64> {

@@ -8,8 +8,8 @@ use parking_lot::Mutex;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::aggregate::{AGGREGATE_ID, AGGREGATE_STREAM, Account};
-use crate::{BenchResult, Event, System};
+use crate::aggregate::{Account, aggregate_stream};
+use crate::{BenchResult, Event, PayloadCodec, System};
 
 /// Bytes taken on the disk (allocated blocks) by the files in `dir` whose names start with
 /// `prefix`.
@@ -62,10 +62,10 @@ impl System for Annals {
             correlation_id: None,
             causation_id: None,
             publish: false,
-            encoding: if e.bincode {
-                PayloadEncoding::Bincode
-            } else {
-                PayloadEncoding::Raw
+            encoding: match e.codec {
+                Some(PayloadCodec::Json) => PayloadEncoding::Json,
+                Some(PayloadCodec::Bincode) => PayloadEncoding::Bincode,
+                None => PayloadEncoding::Raw,
             },
             metadata: bytes::Bytes::new(),
             payload: e.payload.clone(),
@@ -118,8 +118,11 @@ impl System for Annals {
         Ok(n)
     }
 
-    fn load_aggregate(&self) -> BenchResult<Account> {
-        Ok(annals::domain::Repository::<Account, _>::new(&self.store).get(AGGREGATE_ID)?)
+    /// Through the domain floor's repository, which decodes each event by the encoding it
+    /// records.
+    fn load_aggregate(&self, codec: PayloadCodec) -> BenchResult<Account> {
+        let (_, id) = aggregate_stream(codec);
+        Ok(annals::domain::Repository::<Account, _>::new(&self.store).get(id)?)
     }
 
     fn disk_bytes(&self) -> BenchResult<u64> {
@@ -240,15 +243,17 @@ impl System for Sqlite {
         })
     }
 
-    fn load_aggregate(&self) -> BenchResult<Account> {
+    fn load_aggregate(&self, codec: PayloadCodec) -> BenchResult<Account> {
+        let (stream, _) = aggregate_stream(codec);
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT type, payload FROM events WHERE stream = ?1 ORDER BY version",
             )?;
-            let mut rows = stmt.query(params![AGGREGATE_STREAM])?;
+            let mut rows = stmt.query(params![stream])?;
             let mut account = Account::default();
             while let Some(row) = rows.next()? {
-                account.apply_bincode(row.get_ref(0)?.as_str()?, row.get_ref(1)?.as_blob()?)?;
+                let (kind, payload) = (row.get_ref(0)?.as_str()?, row.get_ref(1)?.as_blob()?);
+                account.apply_encoded(kind, payload, codec)?;
             }
             Ok(account)
         })
@@ -384,16 +389,17 @@ impl System for Redb {
         Ok(n)
     }
 
-    fn load_aggregate(&self) -> BenchResult<Account> {
+    fn load_aggregate(&self, codec: PayloadCodec) -> BenchResult<Account> {
+        let (stream, _) = aggregate_stream(codec);
         let txn = self.db.begin_read()?;
         let streams = txn.open_table(STREAMS)?;
         let log = txn.open_table(LOG)?;
         let mut account = Account::default();
-        for entry in streams.range((AGGREGATE_STREAM, 0)..=(AGGREGATE_STREAM, u64::MAX))? {
+        for entry in streams.range((stream, 0)..=(stream, u64::MAX))? {
             let seq = entry?.1.value();
             let event = log.get(seq)?.ok_or("dangling stream entry")?;
             let (_, kind, payload) = fields(event.value());
-            account.apply_bincode(kind, payload)?;
+            account.apply_encoded(kind, payload, codec)?;
         }
         Ok(account)
     }

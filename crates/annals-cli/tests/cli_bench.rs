@@ -5,14 +5,17 @@
 use std::process::{Command, Output};
 
 /// Every workload `annals bench` runs on every system, by JSON name.
-const WORKLOADS: [&str; 8] = [
+const WORKLOADS: [&str; 11] = [
     "append-1",
     "append-8",
     "batch-100",
     "batch-1000",
+    "typed-json",
+    "typed-bincode",
     "read-stream",
     "read-all",
     "aggregate",
+    "aggregate-bincode",
     "reopen",
 ];
 
@@ -98,7 +101,7 @@ fn json_has_every_workload_and_system_and_the_plot_is_written() {
             > 0.0
     );
     for system in SYSTEMS {
-        // The read store holds 2,000 + 10,000 events of about 100 bytes: each takes some.
+        // The read store holds 2,000 + 2 × 10,000 events of about 100 bytes: each takes some.
         let per_event = doc["disk_bytes_per_event"][system].as_f64().unwrap_or(0.0);
         assert!(
             per_event > 50.0,
@@ -131,9 +134,12 @@ fn table_has_every_workload_row_and_the_disk_limits() {
         "batches of 100 ",
         "batches of 1,000",
         "read 1 stream of 200",
-        "read all 12,000 events",
-        "load a 10,000-event aggregate",
-        "reopen, 12,000 events",
+        "typed batches of 1,000, JSON",
+        "typed batches of 1,000, bincode",
+        "read all 22,000 events",
+        "load a 10,000-event aggregate, JSON",
+        "load a 10,000-event aggregate, bincode",
+        "reopen, 22,000 events",
         "per event of the read store",
         "B supplied per event",
         "fdatasync",

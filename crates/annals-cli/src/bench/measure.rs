@@ -236,7 +236,15 @@ fn measure_write(plan: &Plan, w: Workload, sys: &dyn System) -> BenchResult<Meas
         _ => {
             let batch = batch_size(w).ok_or("not a write workload")?;
             let n = (plan.events / batch).max(1);
-            let elapsed = workloads::batches(sys, n, batch as usize, plan.payload)?;
+            let elapsed = match w {
+                Workload::TypedJson => {
+                    workloads::typed_batches(sys, n, batch, workloads::PayloadCodec::Json)?
+                }
+                Workload::TypedBincode => {
+                    workloads::typed_batches(sys, n, batch, workloads::PayloadCodec::Bincode)?
+                }
+                _ => workloads::batches(sys, n, batch as usize, plan.payload)?,
+            };
             return Ok(Measure {
                 ops: n,
                 events: n * batch,
@@ -269,7 +277,7 @@ fn run_reads(
         progress
             .step(format!("fill · {}", kind.name()), || {
                 workloads::fill(sys.as_ref(), plan.events, READ_STREAMS, plan.payload)?;
-                if plan.has(Item::Run(Workload::LoadAggregate)) {
+                if plan.has_aggregate() {
                     workloads::fill_aggregate(sys.as_ref())?;
                 }
                 Ok(())
@@ -300,7 +308,7 @@ fn run_reads(
 fn measure_read(plan: &Plan, w: Workload, sys: &dyn System) -> BenchResult<Measure> {
     let expect = match w {
         Workload::ReadStream => plan.per_stream(),
-        Workload::LoadAggregate => workloads::AGGREGATE_EVENTS,
+        Workload::LoadAggregate | Workload::LoadAggregateBincode => workloads::AGGREGATE_EVENTS,
         _ => plan.stored_events(),
     };
     let balance = workloads::balance_of(workloads::AGGREGATE_EVENTS);
@@ -309,8 +317,13 @@ fn measure_read(plan: &Plan, w: Workload, sys: &dyn System) -> BenchResult<Measu
         for _ in 0..n {
             let got = match w {
                 Workload::ReadStream => sys.read_stream(READ_STREAM)?,
-                Workload::LoadAggregate => {
-                    let account = sys.load_aggregate()?;
+                Workload::LoadAggregate | Workload::LoadAggregateBincode => {
+                    let codec = if w == Workload::LoadAggregate {
+                        workloads::PayloadCodec::Json
+                    } else {
+                        workloads::PayloadCodec::Bincode
+                    };
+                    let account = sys.load_aggregate(codec)?;
                     if account.balance != balance {
                         return Err(format!(
                             "loaded a balance of {}, expected {balance}",

@@ -122,16 +122,19 @@ pub(super) enum Item {
 }
 
 /// Everything `--workloads` accepts, in the order it runs.
-const ITEMS: [Item; 10] = [
+const ITEMS: [Item; 13] = [
     Item::Fdatasync,
     Item::SeqWrite,
     Item::Run(Workload::Append1),
     Item::Run(Workload::Append1Threads8),
     Item::Run(Workload::Batch100),
     Item::Run(Workload::Batch1000),
+    Item::Run(Workload::TypedJson),
+    Item::Run(Workload::TypedBincode),
     Item::Run(Workload::ReadStream),
     Item::Run(Workload::ReadAll),
     Item::Run(Workload::LoadAggregate),
+    Item::Run(Workload::LoadAggregateBincode),
     Item::Run(Workload::Reopen),
 ];
 
@@ -172,7 +175,12 @@ impl clap::ValueEnum for Item {
 pub(super) fn is_write(w: Workload) -> bool {
     matches!(
         w,
-        Workload::Append1 | Workload::Append1Threads8 | Workload::Batch100 | Workload::Batch1000
+        Workload::Append1
+            | Workload::Append1Threads8
+            | Workload::Batch100
+            | Workload::Batch1000
+            | Workload::TypedJson
+            | Workload::TypedBincode
     )
 }
 
@@ -180,7 +188,7 @@ pub(super) fn is_write(w: Workload) -> bool {
 pub(super) fn batch_size(w: Workload) -> Option<u64> {
     match w {
         Workload::Batch100 => Some(100),
-        Workload::Batch1000 => Some(1000),
+        Workload::Batch1000 | Workload::TypedJson | Workload::TypedBincode => Some(1000),
         _ => None,
     }
 }
@@ -296,14 +304,21 @@ impl Plan {
         self.per_stream() * READ_STREAMS
     }
 
-    /// Events in the read store, the aggregate's history included when it is selected.
+    /// Events in the read store, the aggregates' histories (JSON and bincode) included when an
+    /// aggregate load is selected.
     pub(super) fn stored_events(&self) -> u64 {
-        let aggregate = if self.has(Item::Run(Workload::LoadAggregate)) {
-            workloads::AGGREGATE_EVENTS
+        let aggregate = if self.has_aggregate() {
+            2 * workloads::AGGREGATE_EVENTS
         } else {
             0
         };
         self.read_events() + aggregate
+    }
+
+    /// Whether an aggregate load is selected (the read store then holds both aggregates).
+    pub(super) fn has_aggregate(&self) -> bool {
+        self.has(Item::Run(Workload::LoadAggregate))
+            || self.has(Item::Run(Workload::LoadAggregateBincode))
     }
 
     /// Bytes the caller supplies per event of the read store: payload, type, stream name, id
@@ -341,8 +356,14 @@ pub(super) fn label(plan: &Plan, w: Workload) -> String {
         Workload::Batch1000 => "batches of 1,000".into(),
         Workload::ReadStream => format!("read 1 stream of {}", thousands(plan.per_stream())),
         Workload::ReadAll => format!("read all {} events", thousands(plan.stored_events())),
+        Workload::TypedJson => "typed batches of 1,000, JSON".into(),
+        Workload::TypedBincode => "typed batches of 1,000, bincode".into(),
         Workload::LoadAggregate => format!(
-            "load a {}-event aggregate",
+            "load a {}-event aggregate, JSON",
+            thousands(workloads::AGGREGATE_EVENTS)
+        ),
+        Workload::LoadAggregateBincode => format!(
+            "load a {}-event aggregate, bincode",
             thousands(workloads::AGGREGATE_EVENTS)
         ),
         Workload::Reopen => format!("reopen, {} events", thousands(plan.stored_events())),
