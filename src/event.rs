@@ -449,6 +449,12 @@ impl<'a> EventView<'a> {
         self.fields().encoding()
     }
 
+    /// Whether the event was marked for publication.
+    #[inline]
+    pub fn is_published(&self) -> bool {
+        self.fields().publish()
+    }
+
     /// User metadata.
     #[inline]
     pub fn metadata(&self) -> &'a [u8] {

@@ -143,7 +143,13 @@ pub struct Outbox<S: Deref<Target = Store>, P: Publisher> {
     /// Failed attempts on the event at `next`.
     attempts: u32,
     retry_at: Option<Instant>,
+    /// What the outbox found at start that it cannot turn into JSON, if anything.
+    cannot_decode: Option<String>,
 }
+
+/// How many events ahead of its position an outbox looks, when it starts, for published events
+/// it could not turn into JSON.
+const START_LOOKAHEAD: usize = 10_000;
 
 impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
     /// Opens the outbox `name` of `store`, resuming from its recorded progress (or the start
@@ -190,6 +196,10 @@ impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
             }
             None => Position::START,
         };
+        let cannot_decode = undecodable_ahead(&store, next)?;
+        if let Some(why) = &cannot_decode {
+            tracing::warn!(outbox = name, "annals: {why}");
+        }
         Ok(Outbox {
             store,
             name: name.to_owned(),
@@ -200,7 +210,16 @@ impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
             next,
             attempts: 0,
             retry_at: None,
+            cannot_decode,
         })
+    }
+
+    /// What the outbox found when it started that it cannot turn into JSON (and would park),
+    /// if anything: published bincode events of a type not registered with
+    /// [`Store::register_events`] among the next 10,000 events. Also logged as a `tracing`
+    /// warning. JSON payloads (the default codec) need no registration.
+    pub fn cannot_decode(&self) -> Option<&str> {
+        self.cannot_decode.as_deref()
     }
 
     /// The outbox's name.
@@ -455,4 +474,33 @@ impl<P: Publisher + 'static> Drop for OutboxRunner<P> {
             let _ = thread.join();
         }
     }
+}
+
+/// Published bincode events of unregistered types among the next [`START_LOOKAHEAD`] events
+/// from `from`: what an outbox starting there could not turn into JSON.
+fn undecodable_ahead(store: &Store, from: Position) -> Result<Option<String>> {
+    let registry = store.engine.registry.read();
+    let mut types: Vec<String> = Vec::new();
+    let mut count = 0usize;
+    let mut events = store.read_all(from, Direction::Forwards, START_LOOKAHEAD)?;
+    while let Some(e) = events.next_ref() {
+        let e = e?;
+        if e.is_published()
+            && e.encoding() == crate::log::format::PayloadEncoding::Bincode
+            && !registry.knows_name(e.event_type())
+        {
+            count += 1;
+            if types.len() < 5 && !types.iter().any(|t| t == e.event_type()) {
+                types.push(e.event_type().to_owned());
+            }
+        }
+    }
+    Ok((count > 0).then(|| {
+        format!(
+            "{count} published events ahead (of the next {START_LOOKAHEAD}) are bincode events of \
+             types not registered with Store::register_events ({}): the outbox cannot turn them \
+             into JSON and will park them; register their types before starting it",
+            types.join(", ")
+        )
+    }))
 }

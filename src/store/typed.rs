@@ -391,6 +391,11 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// Whether event type `name` has a JSON form here.
+    pub fn knows_name(&self, name: &str) -> bool {
+        self.json.contains_key(name)
+    }
+
     /// Whether every event type of `E` has a JSON form here.
     pub fn knows<E: Events>(&self) -> bool {
         E::types().iter().all(|m| self.json.contains_key(m.name))

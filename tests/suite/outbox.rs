@@ -316,3 +316,60 @@ fn a_background_runner_delivers_live_appends_and_stops_cleanly() {
     assert_eq!(*got.lock().unwrap(), positions);
     assert!(outbox.position() > *positions.last().unwrap());
 }
+
+/// Without `register_events`: JSON events (the default codec) are delivered all the same;
+/// bincode events cannot be turned into JSON, and the outbox says so when it starts (and
+/// parks them, as before); registering their types fixes it.
+#[test]
+fn unregistered_types_deliver_as_json_and_an_outbox_that_cannot_decode_says_so_at_start() {
+    for codec in [Codec::Json, Codec::Bincode] {
+        let fs = MemoryFs::new();
+        let store = Store::builder()
+            .file_system(fs.clone())
+            .codec(codec)
+            .open("/o/s")
+            .unwrap();
+        for i in 0..12 {
+            store
+                .append_events(&format!("book-{i}"), ExpectedVersion::NoStream, [book()])
+                .unwrap();
+        }
+        let mut sent = 0;
+        let mut outbox = Outbox::new(
+            &store,
+            "broker",
+            |_: &OutboxMessage| {
+                sent += 1;
+                Ok(())
+            },
+            fast(),
+        )
+        .unwrap();
+        let warning = outbox.cannot_decode().map(str::to_owned);
+        let report = outbox.run_once().unwrap();
+        drop(outbox);
+        match codec {
+            Codec::Json => {
+                assert_eq!(warning, None);
+                assert_eq!((report.delivered, report.parked, sent), (12, 0, 12));
+            }
+            _ => {
+                let warning = warning.expect("the outbox says it cannot decode");
+                assert!(warning.contains("12 published events"), "{warning}");
+                assert!(warning.contains("register_book"), "{warning}");
+                assert!(warning.contains("register_events"), "{warning}");
+                assert_eq!(sent, 0);
+                drop(store);
+                // Registered, a new outbox sees nothing it cannot decode.
+                let store = Store::builder()
+                    .file_system(fs)
+                    .register_events::<BookRegistered>()
+                    .open("/o/s")
+                    .unwrap();
+                let outbox =
+                    Outbox::new(&store, "other", |_: &OutboxMessage| Ok(()), fast()).unwrap();
+                assert_eq!(outbox.cannot_decode(), None);
+            }
+        }
+    }
+}
