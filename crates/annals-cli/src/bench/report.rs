@@ -66,7 +66,7 @@ fn ratio(v: f64) -> String {
 }
 
 /// Width of the label column.
-const LABEL_WIDTH: usize = 30;
+const LABEL_WIDTH: usize = 38;
 /// Width of the unit column.
 const UNIT_WIDTH: usize = 9;
 /// Width of a system's column.
