@@ -339,6 +339,12 @@ fn insert_bytes(m: &mut Map<String, Value>, key: &str, bytes: &[u8]) {
         }
         Err(_) => {
             m.insert(format!("{key}_base64"), json!(BASE64.encode(bytes)));
+            if key == "payload" {
+                m.insert(
+                    "payload_note".into(),
+                    json!("binary, not JSON: shown as base64 (decode it with the event's type)"),
+                );
+            }
         }
     }
 }

@@ -275,6 +275,13 @@ fn dump_prints_json_lines_with_every_field() {
         lines[2]["payload_base64"], "/wACgA==",
         "bytes that are not JSON print as base64"
     );
+    assert!(
+        lines[2]["payload_note"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("binary, not JSON")),
+        "a binary payload is said to be one: {}",
+        lines[2]
+    );
     assert_eq!(lines[2]["schema_version"], 3);
     assert_eq!(lines[2]["metadata_base64"], "wyg=");
 
