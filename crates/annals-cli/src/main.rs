@@ -5,6 +5,7 @@ mod bench;
 mod exit;
 mod inspect;
 mod maintenance;
+mod progress;
 mod transfer;
 
 use std::process::ExitCode;

@@ -35,7 +35,11 @@ pub fn rebuild_index(args: RebuildIndexArgs) -> CliResult {
     let builder = Store::builder()
         .rebuild_index(true)
         .accept_loss(args.accept_loss);
-    let store = open_with(&args.store, builder)?;
+    // The rebuild reads the whole log inside the open: a spinner with the elapsed time.
+    let spinner = crate::progress::progress("rebuilding the index", 0, "from the log");
+    let opened = open_with(&args.store, builder);
+    spinner.finish_and_clear();
+    let store = opened?;
     let report = store.recovery_report().clone();
     if let Some(lost) = &report.lost {
         println!("accepted a loss: {}", lost.description);
@@ -98,7 +102,10 @@ pub fn repair(args: RepairArgs) -> CliResult {
             args.truncate_at
         ),
     }
-    let store = open_with(&args.store, Store::builder())?;
+    let spinner = crate::progress::progress("reopening and reindexing", 0, "the store");
+    let opened = open_with(&args.store, Store::builder());
+    spinner.finish_and_clear();
+    let store = opened?;
     let info = store.info()?;
     store.close()?;
     println!(

@@ -35,6 +35,7 @@ use uuid::Uuid;
 
 use crate::exit::{CliError, CliResult, ERROR, NOT_A_STORE};
 use crate::inspect::{encoding_name, open_existing};
+use crate::progress::progress;
 
 /// Version of the export format.
 const EXPORT_VERSION: u32 = 1;
@@ -229,29 +230,6 @@ pub fn export(args: ExportArgs) -> CliResult {
 
 /// How often (in events or lines) the progress bars move.
 const PROGRESS_EVERY: u64 = 1024;
-
-/// A progress bar on standard error, drawn only when it is a terminal (never into a pipe or a
-/// file); `total` 0 is a spinner.
-fn progress(what: &str, total: u64, counts: &str) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = if total == 0 {
-        indicatif::ProgressBar::new_spinner()
-    } else {
-        indicatif::ProgressBar::new(total)
-    };
-    let template = if total == 0 {
-        format!("{what} {{spinner}} {counts} ({{elapsed}})")
-    } else {
-        format!("{what} {{bar:40}} {counts} ({{eta}})")
-    };
-    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
-        bar.set_style(style);
-    }
-    bar
-}
 
 /// One JSON line.
 fn to_line<T: Serialize>(value: &T) -> String {
