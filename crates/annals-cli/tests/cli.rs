@@ -551,3 +551,41 @@ fn a_closed_pipe_ends_quietly_and_pipes_get_no_progress_bars() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }
+
+/// On a terminal (a pseudo-terminal made by util-linux `script`, when the machine has it),
+/// `export` draws its progress bar on standard error.
+#[test]
+fn on_a_terminal_export_draws_a_progress_bar() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("no `script` here to make a pseudo-terminal; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tty.annals");
+    {
+        let store = Store::open(&file).unwrap();
+        for i in 0..50u32 {
+            let events = (0..1000).map(|k| NewEvent::new("E", format!("event {i}-{k}")));
+            store.append("s", ExpectedVersion::Any, events).unwrap();
+        }
+    }
+    let export = dir.path().join("tty.jsonl");
+    let command = format!(
+        "{} export {} {}",
+        env!("CARGO_BIN_EXE_annals"),
+        path(&file),
+        path(&export)
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // `script` copies the terminal's output (stdout and stderr) to its stdout.
+    let shown = stdout(&out);
+    assert!(shown.contains("exported 50000 events"), "{shown}");
+    assert!(
+        shown.contains("exporting"),
+        "no progress bar drawn: {shown}"
+    );
+}
