@@ -154,7 +154,8 @@ fn main() {
     for &size in &sizes {
         // Grow to `size` (the events of the rate measure count).
         let rate_events = RATE_EVENTS.min(size / 2);
-        while held + rate_events < size {
+        // One durable batch to the next of the streams in turn.
+        let mut append_batch = |store: &Store| {
             store
                 .append(
                     &format!("account-{next_stream}"),
@@ -163,19 +164,15 @@ fn main() {
                 )
                 .unwrap();
             next_stream = (next_stream + 1) % STREAMS;
+        };
+        while held + rate_events < size {
+            append_batch(&store);
             held += BATCH;
         }
         let started = Instant::now();
         let mut appended = 0;
         while appended < rate_events {
-            store
-                .append(
-                    &format!("account-{next_stream}"),
-                    ExpectedVersion::Any,
-                    batch(&payload),
-                )
-                .unwrap();
-            next_stream = (next_stream + 1) % STREAMS;
+            append_batch(&store);
             appended += BATCH;
         }
         let append_rate = appended as f64 / started.elapsed().as_secs_f64();

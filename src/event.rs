@@ -236,12 +236,6 @@ impl RecordedEvent {
         Ok(RecordedEvent::new(Bytes::from(buf), position.as_u64()))
     }
 
-    /// Distance back to the previous frame of the log.
-    #[inline]
-    pub(crate) fn prev(&self) -> u32 {
-        self.prev
-    }
-
     /// The stream the event belongs to.
     #[inline]
     pub fn stream(&self) -> &str {

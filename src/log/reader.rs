@@ -253,6 +253,20 @@ impl LogReader {
         &cursor.data[from..from + len]
     }
 
+    /// The same bytes as [`frame_bytes`](Self::frame_bytes), shared (no copy).
+    pub fn frame_shared(&self, cursor: &Cursor, position: u64, len: u32) -> Bytes {
+        let len = len as usize;
+        if let Some((seg_start, view)) = &cursor.view
+            && position >= *seg_start
+            && ((position - seg_start) as usize + len) <= view.len()
+        {
+            let from = (position - seg_start) as usize;
+            return view.slice(from..from + len);
+        }
+        let from = (position - cursor.start) as usize;
+        cursor.data.slice(from..from + len)
+    }
+
     pub fn file(&self) -> &Arc<dyn StorageFile> {
         &self.file
     }

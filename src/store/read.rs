@@ -132,30 +132,11 @@ impl<'a> StreamEvents<'a> {
     }
 
     fn step(&mut self) -> Result<Option<RecordedEvent>> {
-        let Some(version) = self.next else {
+        let Some((position, len, prev)) = self.step_view()? else {
             return Ok(None);
         };
-        let (run, position) = match self.at.take() {
-            Some(at) => at,
-            None => self.locate(version)?,
-        };
-        let event = self.read_event(position, version)?;
-        self.remaining -= 1;
-        if self.backwards {
-            self.next = version.checked_sub(1);
-            if self.next.is_some_and(|v| run.contains(v)) {
-                self.at = Some((run, position - u64::from(event.prev())));
-            }
-        } else {
-            self.next = Some(version + 1).filter(|v| *v < self.count);
-            if self.next.is_some_and(|v| run.contains(v)) {
-                self.at = Some((run, event.next_position().as_u64()));
-            }
-        }
-        if self.remaining == 0 {
-            self.next = None;
-        }
-        Ok(Some(event))
+        let bytes = self.engine.reader.frame_shared(&self.cursor, position, len);
+        Ok(Some(RecordedEvent::new(bytes, position).with_prev(prev)))
     }
 }
 
@@ -386,38 +367,16 @@ impl<'a> AllEvents<'a> {
     }
 
     fn step(&mut self) -> Result<Option<RecordedEvent>> {
-        while let Some(position) = self.next {
-            if position >= self.limit {
-                self.next = None;
-                break;
-            }
-            let (bytes, frame) = self
-                .engine
-                .reader
-                .read(position, self.limit, &mut self.cursor)?;
-            self.next = if self.backwards {
-                position
-                    .checked_sub(u64::from(frame.link.prev))
-                    .filter(|_| frame.link.prev != 0)
-            } else {
-                Some(match frame.body {
-                    Body::Seal { next } => next,
-                    Body::Event => position + bytes.len() as u64,
-                })
-            };
-            if frame.body == Body::Event
-                && (self.include_system || !EventRef::new(&bytes).is_system())
-            {
-                self.remaining -= 1;
-                if self.remaining == 0 {
-                    self.next = None;
-                }
-                return Ok(Some(
-                    RecordedEvent::new(bytes, position).with_prev(frame.link.prev),
-                ));
-            }
-        }
-        Ok(None)
+        let Some((position, frame)) = self.advance()? else {
+            return Ok(None);
+        };
+        let bytes = self
+            .engine
+            .reader
+            .frame_shared(&self.cursor, position, frame.len);
+        Ok(Some(
+            RecordedEvent::new(bytes, position).with_prev(frame.link.prev),
+        ))
     }
 }
 
@@ -430,7 +389,20 @@ impl AllEvents<'_> {
     }
 
     fn step_ref(&mut self) -> Result<Option<EventView<'_>>> {
-        let (position, frame) = loop {
+        let Some((position, frame)) = self.advance()? else {
+            return Ok(None);
+        };
+        let bytes = self
+            .engine
+            .reader
+            .frame_bytes(&self.cursor, position, frame.len);
+        Ok(Some(EventView::new(bytes, position, frame.link.prev)))
+    }
+
+    /// Moves to the next event this read returns and checks its frame, which stays in the
+    /// cursor: its position and decoded form. After an error the read is done.
+    fn advance(&mut self) -> Result<Option<(u64, crate::log::format::Frame)>> {
+        loop {
             let Some(position) = self.next else {
                 return Ok(None);
             };
@@ -446,7 +418,6 @@ impl AllEvents<'_> {
                     return Err(e);
                 }
             };
-            let len = u64::from(frame.len);
             self.next = if self.backwards {
                 position
                     .checked_sub(u64::from(frame.link.prev))
@@ -454,7 +425,7 @@ impl AllEvents<'_> {
             } else {
                 Some(match frame.body {
                     Body::Seal { next } => next,
-                    Body::Event => position + len,
+                    Body::Event => position + u64::from(frame.len),
                 })
             };
             if frame.body == Body::Event
@@ -466,14 +437,9 @@ impl AllEvents<'_> {
                 if self.remaining == 0 {
                     self.next = None;
                 }
-                break (position, frame);
+                return Ok(Some((position, frame)));
             }
-        };
-        let bytes = self
-            .engine
-            .reader
-            .frame_bytes(&self.cursor, position, frame.len);
-        Ok(Some(EventView::new(bytes, position, frame.link.prev)))
+        }
     }
 }
 
