@@ -47,7 +47,10 @@ mod values;
 pub use error::{Error, Result};
 pub use event::{AppendResult, EventView, NewEvent, RecordedEvent};
 pub use log::format::PayloadEncoding;
-pub(crate) use log::records;
+/// The engine's own records (checkpoints, outbox progress, snapshots, relay markers, unique
+/// claims): their streams, types and payloads, and [`records::map_positions`] for moving them
+/// into another log.
+pub use log::records;
 pub use names::category_of;
 pub use store::options::{
     DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability,

@@ -24,7 +24,7 @@
 //! excepted: a snapshot that does not decode is ignored, the stream is read whole).
 //!
 //! ```
-//! use annals::log::records;
+//! use annals::records;
 //!
 //! assert_eq!(records::checkpoint_stream("mailer"), "$checkpoint-mailer");
 //! let payload = records::encode_position(4096);
@@ -150,6 +150,84 @@ pub struct UniqueClaim {
     pub value: String,
 }
 
+/// What a position held by an engine record means; see [`map_positions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionRole {
+    /// Where a reader resumes: every event before it has been handled (checkpoints, outbox
+    /// progress, a relay marker's `next`). It need not be an event's position.
+    Resume,
+    /// The position of one event (a parked or replayed event, a relay marker's `source`).
+    Event,
+}
+
+/// Rewrites every log position an engine record of type `event_type` holds, through `map`,
+/// for moving records into another log (`annals import`), where every position differs.
+/// Returns the new payload, or `None` when the record holds no position (snapshots, unique
+/// claims). A record of a type this build does not know, or one that does not decode, is an
+/// error: copying it unchanged could leave a position that points at the wrong event.
+///
+/// ```
+/// use annals::records::{self, PositionRole};
+///
+/// let checkpoint = records::encode_position(4096);
+/// let moved = records::map_positions(records::CHECKPOINT, &checkpoint, |role, p| {
+///     assert_eq!(role, PositionRole::Resume);
+///     Ok(p + 100)
+/// })?;
+/// assert_eq!(moved, Some(records::encode_position(4196).to_vec()));
+/// assert_eq!(records::map_positions(records::SNAPSHOT, b"state", |_, p| Ok(p))?, None);
+/// assert!(records::map_positions("Mystery", b"", |_, p| Ok(p)).is_err());
+/// # Ok::<(), String>(())
+/// ```
+pub fn map_positions(
+    event_type: &str,
+    payload: &[u8],
+    mut map: impl FnMut(PositionRole, u64) -> Result<u64, String>,
+) -> Result<Option<Vec<u8>>, String> {
+    fn json<T: serde::de::DeserializeOwned>(event_type: &str, payload: &[u8]) -> Result<T, String> {
+        serde_json::from_slice(payload).map_err(|e| format!("a {event_type} record: {e}"))
+    }
+    fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+        // As the engine writes them (`NewEvent::json`).
+        crate::json::to_json_vec(value).expect("engine records are plain data")
+    }
+    Ok(Some(match event_type {
+        CHECKPOINT | OUTBOX_PROGRESS => {
+            let p = decode_position(payload).ok_or_else(|| {
+                format!(
+                    "a {event_type} record holds {POSITION_LEN} bytes, not {}",
+                    payload.len()
+                )
+            })?;
+            encode_position(map(PositionRole::Resume, p)?).to_vec()
+        }
+        OUTBOX_PARKED => {
+            let mut r: Parked = json(event_type, payload)?;
+            r.position =
+                crate::values::Position::new(map(PositionRole::Event, r.position.as_u64())?);
+            to_json(&r)
+        }
+        OUTBOX_REPLAYED => {
+            let mut r: Replayed = json(event_type, payload)?;
+            r.position =
+                crate::values::Position::new(map(PositionRole::Event, r.position.as_u64())?);
+            to_json(&r)
+        }
+        COMMAND_HANDLED | COMMAND_FAILED => {
+            let mut r: RelayMarker = json(event_type, payload)?;
+            r.next = map(PositionRole::Resume, r.next)?;
+            r.source = map(PositionRole::Event, r.source)?;
+            to_json(&r)
+        }
+        SNAPSHOT | UNIQUE_CLAIMED => return Ok(None),
+        other => {
+            return Err(format!(
+                "`{other}` is not an engine record this build knows"
+            ));
+        }
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +259,85 @@ mod tests {
         ] {
             assert!(s.starts_with(RESERVED_PREFIX), "{s}");
         }
+    }
+
+    #[test]
+    fn map_positions_moves_every_position_and_nothing_else() {
+        let shift = |role: PositionRole, p: u64| {
+            Ok(match role {
+                PositionRole::Resume => p + 1000,
+                PositionRole::Event => p + 7,
+            })
+        };
+        let parked = Parked {
+            position: crate::values::Position::new(40),
+            attempts: 3,
+            error: "broker down".into(),
+        };
+        let moved = map_positions(OUTBOX_PARKED, &serde_json::to_vec(&parked).unwrap(), shift)
+            .unwrap()
+            .unwrap();
+        let moved: Parked = serde_json::from_slice(&moved).unwrap();
+        assert_eq!(moved.position.as_u64(), 47);
+        assert_eq!((moved.attempts, moved.error.as_str()), (3, "broker down"));
+
+        let replayed = serde_json::to_vec(&Replayed {
+            position: crate::values::Position::new(5),
+        })
+        .unwrap();
+        let moved = map_positions(OUTBOX_REPLAYED, &replayed, shift)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Replayed>(&moved)
+                .unwrap()
+                .position
+                .as_u64(),
+            12
+        );
+
+        for t in [COMMAND_HANDLED, COMMAND_FAILED] {
+            let m = RelayMarker {
+                next: 90,
+                source: 60,
+                command: "Ship".into(),
+                error: Some("no".into()),
+            };
+            let moved = map_positions(t, &serde_json::to_vec(&m).unwrap(), shift)
+                .unwrap()
+                .unwrap();
+            let moved: RelayMarker = serde_json::from_slice(&moved).unwrap();
+            assert_eq!((moved.next, moved.source), (1090, 67));
+            assert_eq!((moved.command, moved.error), (m.command, m.error));
+        }
+        for t in [CHECKPOINT, OUTBOX_PROGRESS] {
+            let moved = map_positions(t, &encode_position(u64::MAX - 1000), shift).unwrap();
+            assert_eq!(moved, Some(encode_position(u64::MAX).to_vec()));
+        }
+        assert_eq!(map_positions(UNIQUE_CLAIMED, b"{}", shift), Ok(None));
+    }
+
+    #[test]
+    fn map_positions_refuses_what_it_cannot_read() {
+        let keep = |_: PositionRole, p: u64| Ok(p);
+        assert!(
+            map_positions(CHECKPOINT, b"short", keep)
+                .unwrap_err()
+                .contains("8 bytes")
+        );
+        assert!(map_positions(OUTBOX_PARKED, b"{", keep).is_err());
+        assert!(map_positions(COMMAND_HANDLED, b"[]", keep).is_err());
+        assert!(
+            map_positions("annals.Future", b"", keep)
+                .unwrap_err()
+                .contains("annals.Future")
+        );
+        // The mapper's own refusal comes through.
+        let refuse = |_: PositionRole, _: u64| Err("no such event".to_string());
+        assert_eq!(
+            map_positions(CHECKPOINT, &encode_position(1), refuse),
+            Err("no such event".into())
+        );
     }
 
     #[test]

@@ -2,18 +2,27 @@
 //!
 //! The file is JSON lines, gzip-compressed when its name ends in `.gz` (or with `--gzip`):
 //!
-//! 1. a header `{"annals_export": 1, "store_id": ..., "format_version": ..., "exported_at": ...}`;
+//! 1. a header `{"annals_export": 2, "store_id": ..., "format_version": ..., "exported_at": ...,
+//!    "engine_records": true}`;
 //! 2. one line per event, in log order, with everything needed to recreate it exactly:
-//!    `stream`, `version`, `id`, `type`, `schema_version`, `timestamp_nanos`,
+//!    `position` (in the exported store), `stream`, `version`, `id`, `type`, `schema_version`, `timestamp_nanos`,
 //!    `correlation_id`, `causation_id`, `published`, `encoding`, and the payload and metadata
 //!    bytes, as text (`payload_text`) when they are UTF-8, else base64 (`payload_base64`);
 //! 3. a trailer `{"annals_export_end": true, "events": N}` (an export without it was cut short
 //!    and is refused).
 //!
-//! The engine's own `$` streams (checkpoints, outbox progress: positions of the old store) are
-//! not exported. Import appends each event with the expected version its stream version
-//! implies, so it refuses to mix into streams that went elsewhere, and keeps event ids, which
-//! makes it idempotent: importing the same file again writes nothing.
+//! The engine's own `$` streams are exported too (unless `--events-only`): catch-up checkpoints,
+//! outbox progress and parked events, snapshots, command-relay markers and unique claims, so a
+//! restored store continues exactly where the original stopped. Their positions are those of
+//! the exported store; import rewrites each one
+//! ([`annals::records::map_positions`]) to the position the same event has in the store
+//! it imports into: a resume point after event E becomes the position after E's copy, and a
+//! reference to event E becomes the position of E's copy.
+//!
+//! Import appends each event with the expected version its stream version implies, so it
+//! refuses to mix into streams that went elsewhere, and keeps event ids, which makes it
+//! idempotent: importing the same file again writes nothing. Files of format 1 (events only,
+//! no positions) still import.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -21,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use annals::records::{self, PositionRole};
 use annals::{
     Direction, Durability, ExpectedVersion, NewEvent, PayloadEncoding, Position, RecordedEvent,
     Store,
@@ -37,8 +47,8 @@ use crate::exit::{CliError, CliResult, ERROR, NOT_A_STORE};
 use crate::inspect::{encoding_name, open_existing};
 use crate::progress::progress;
 
-/// Version of the export format.
-const EXPORT_VERSION: u32 = 1;
+/// Version of the export format: 2 adds each event's `position` and the engine's records.
+const EXPORT_VERSION: u32 = 2;
 /// The longest line import reads (an event is at most 64 MiB; base64 and JSON add a third).
 const MAX_LINE: u64 = 96 << 20;
 /// Events per import append (consecutive events of one stream).
@@ -50,6 +60,9 @@ struct Header {
     store_id: String,
     format_version: u32,
     exported_at: String,
+    /// Whether the engine's `$` records are in the file (format 2).
+    #[serde(default)]
+    engine_records: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,6 +74,9 @@ struct Trailer {
 /// One event in the export.
 #[derive(Debug, Serialize, Deserialize)]
 struct Line {
+    /// The event's position in the exported store (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
     stream: String,
     version: u64,
     id: Uuid,
@@ -100,6 +116,7 @@ impl Line {
         };
         let (payload_text, payload_base64) = bytes_fields(e.payload());
         Line {
+            position: Some(e.position().as_u64()),
             stream: e.stream().to_owned(),
             version: e.version(),
             id: e.id(),
@@ -126,7 +143,7 @@ impl Line {
         }
     }
 
-    fn into_event(self) -> Result<(String, u64, NewEvent), String> {
+    fn into_event(self) -> Result<Imported, String> {
         let encoding = match self.encoding.as_str() {
             "json" => PayloadEncoding::Json,
             "bincode" => PayloadEncoding::Bincode,
@@ -144,7 +161,26 @@ impl Line {
         e.correlation_id = self.correlation_id;
         e.causation_id = self.causation_id;
         e.encoding = encoding;
-        Ok((self.stream, self.version, e))
+        Ok(Imported {
+            position: self.position,
+            stream: self.stream,
+            version: self.version,
+            event: e,
+        })
+    }
+}
+
+/// One event read from an export.
+struct Imported {
+    position: Option<u64>,
+    stream: String,
+    version: u64,
+    event: NewEvent,
+}
+
+impl Imported {
+    fn is_engine_record(&self) -> bool {
+        self.stream.starts_with(records::RESERVED_PREFIX)
     }
 }
 
@@ -153,7 +189,13 @@ impl Line {
 #[command(after_help = "Examples:
   annals export shop.annals backup.jsonl
   annals export shop.annals backup.jsonl.gz      # compressed (by the name)
-  annals export shop.annals - | head             # to standard output")]
+  annals export shop.annals - | head             # to standard output
+  annals export shop.annals events.jsonl --events-only
+
+By default the engine's own records go too (catch-up checkpoints, outbox progress and parked
+events, snapshots, command-relay markers, unique claims), so that a store restored with
+`annals import` continues where this one stopped: its outbox does not send again what it sent,
+its subscriptions resume after what they handled.")]
 pub struct ExportArgs {
     /// The store.
     pub store: PathBuf,
@@ -162,6 +204,10 @@ pub struct ExportArgs {
     /// Compress with gzip (the default when FILE ends in `.gz`).
     #[arg(long)]
     pub gzip: bool,
+    /// Leave out the engine's own `$` records: a store restored from the file starts its
+    /// outbox and subscriptions from the beginning.
+    #[arg(long)]
+    pub events_only: bool,
 }
 
 fn is_gzip(path: &Path, flag: bool) -> bool {
@@ -194,6 +240,7 @@ pub fn export(args: ExportArgs) -> CliResult {
         store_id: info_id,
         format_version: store.format_version(),
         exported_at: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+        engine_records: !args.events_only,
     };
     writeln!(out, "{}", to_line(&header))?;
     let mut events = 0u64;
@@ -202,10 +249,17 @@ pub fn export(args: ExportArgs) -> CliResult {
         store.end_position().as_u64(),
         "{bytes}/{total_bytes} of log",
     );
-    for e in store.read_all(Position::START, Direction::Forwards, usize::MAX)? {
+    let read = if args.events_only {
+        store.read_all(Position::START, Direction::Forwards, usize::MAX)?
+    } else {
+        store.read_log(Position::START, Direction::Forwards, usize::MAX)?
+    };
+    let mut engine_records = 0u64;
+    for e in read {
         let e = e?;
         writeln!(out, "{}", to_line(&Line::of(&e)))?;
         events += 1;
+        engine_records += u64::from(e.stream().starts_with(records::RESERVED_PREFIX));
         if events.is_multiple_of(PROGRESS_EVERY) {
             bar.set_position(e.position().as_u64());
         }
@@ -223,7 +277,15 @@ pub fn export(args: ExportArgs) -> CliResult {
     drop(out);
     if args.file.as_os_str() != "-" {
         File::open(&args.file)?.sync_all()?;
-        eprintln!("exported {events} events to {}", args.file.display());
+        eprintln!(
+            "exported {events} events to {}{}",
+            args.file.display(),
+            if args.events_only {
+                " (without the engine's records: --events-only)".to_owned()
+            } else {
+                format!(" ({engine_records} of them the engine's own records)")
+            }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -252,6 +314,10 @@ pub struct ImportArgs {
     pub file: PathBuf,
     /// The store to import into (created if missing).
     pub store: PathBuf,
+    /// Skip the engine's own `$` records in the file (checkpoints, outbox progress,
+    /// snapshots): the store's outbox and subscriptions start from the beginning.
+    #[arg(long)]
+    pub events_only: bool,
 }
 
 fn reader(path: &Path) -> CliResult<Box<dyn BufRead>> {
@@ -300,7 +366,7 @@ pub fn import(args: ImportArgs) -> CliResult {
         next_line(&mut *input, 1)?.ok_or_else(|| bad(1, "empty file: not an annals export"))?;
     let header: Header = serde_json::from_str(&header)
         .map_err(|e| bad(1, format!("not an annals export header ({e})")))?;
-    if header.annals_export != EXPORT_VERSION {
+    if !(1..=EXPORT_VERSION).contains(&header.annals_export) {
         return Err(bad(
             1,
             format!(
@@ -309,7 +375,9 @@ pub fn import(args: ImportArgs) -> CliResult {
             ),
         ));
     }
-    let mut events = Vec::new();
+    let mut events: Vec<Imported> = Vec::new();
+    let mut lines = 0u64;
+    let mut last_position = None;
     let mut n = 1;
     let bar = progress("reading", 0, "{pos} events");
     let trailer = loop {
@@ -328,16 +396,31 @@ pub fn import(args: ImportArgs) -> CliResult {
             break t;
         }
         let parsed: Line = serde_json::from_str(&line).map_err(|e| bad(n, e))?;
-        events.push(parsed.into_event().map_err(|e| bad(n, e))?);
+        let event = parsed.into_event().map_err(|e| bad(n, e))?;
+        lines += 1;
+        if event.is_engine_record() {
+            if event.position.is_none() {
+                return Err(bad(n, "an engine record without its position"));
+            }
+            if args.events_only {
+                continue;
+            }
+        }
+        if let Some(p) = event.position {
+            if last_position.is_some_and(|last| p <= last) {
+                return Err(bad(n, format!("position {p} is not after the line before")));
+            }
+            last_position = Some(p);
+        }
+        events.push(event);
     };
     bar.finish_and_clear();
-    if trailer.events != events.len() as u64 {
+    if trailer.events != lines {
         return Err(bad(
             n,
             format!(
-                "the trailer counts {} events, the file has {}",
+                "the trailer counts {} events, the file has {lines}",
                 trailer.events,
-                events.len()
             ),
         ));
     }
@@ -348,25 +431,97 @@ pub fn import(args: ImportArgs) -> CliResult {
         .open(&args.store)?;
     let before = store.end_position();
     let bar = progress("importing", events.len() as u64, "{pos}/{len} events");
-    let mut i = 0;
-    while i < events.len() {
-        bar.set_position(i as u64);
-        let stream = events[i].0.clone();
-        let first_version = events[i].1;
-        let mut j = i;
-        while j < events.len()
-            && j - i < IMPORT_BATCH
-            && events[j].0 == stream
-            && events[j].1 == first_version + (j - i) as u64
-        {
-            j += 1;
+    let mut pending = Pending::default();
+    let (mut records, mut clamped) = (0u64, 0u64);
+    for i in 0..events.len() {
+        if i % PROGRESS_EVERY as usize == 0 {
+            bar.set_position(i as u64);
         }
+        if events[i].is_engine_record() {
+            // Its positions name events before it: those must be in the store first.
+            pending.flush(&store, &events)?;
+            let moved = move_positions(&store, &events, i, before, &mut clamped)?;
+            if let Some(payload) = moved {
+                events[i].event.payload = payload.into();
+            }
+            records += 1;
+        }
+        pending.push(&store, &events, i)?;
+    }
+    pending.flush(&store, &events)?;
+    bar.finish_and_clear();
+    let written = store.end_position() != before;
+    store.close()?;
+    eprintln!(
+        "imported {} events from {} into {}{}{}",
+        events.len(),
+        args.file.display(),
+        args.store.display(),
+        if records > 0 {
+            format!(" ({records} of them the engine's own records, positions moved to this store)")
+        } else {
+            String::new()
+        },
+        if written {
+            ""
+        } else {
+            " (all were already there)"
+        }
+    );
+    if clamped > 0 {
+        eprintln!(
+            "note: {clamped} resume points lay past the record that held them (a subscription \
+             moved ahead of the log); they resume at that record"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Consecutive events of one stream with consecutive versions, appended together.
+#[derive(Default)]
+struct Pending {
+    /// Indexes into the events, `start..end`.
+    range: Option<(usize, usize)>,
+}
+
+impl Pending {
+    /// Adds event `i`, writing what is pending first when `i` does not continue it.
+    fn push(&mut self, store: &Store, events: &[Imported], i: usize) -> CliResult<()> {
+        if let Some((start, end)) = self.range {
+            let continues = end == i
+                && end - start < IMPORT_BATCH
+                && events[start].stream == events[i].stream
+                && events[i].version == events[start].version + (i - start) as u64;
+            if continues {
+                self.range = Some((start, i + 1));
+                return Ok(());
+            }
+            self.flush(store, events)?;
+        }
+        self.range = Some((i, i + 1));
+        Ok(())
+    }
+
+    fn flush(&mut self, store: &Store, events: &[Imported]) -> CliResult<()> {
+        let Some((start, end)) = self.range.take() else {
+            return Ok(());
+        };
+        let (stream, first_version) = (&events[start].stream, events[start].version);
         let expected = match first_version {
             0 => ExpectedVersion::NoStream,
             v => ExpectedVersion::Exact(v - 1),
         };
-        let batch: Vec<NewEvent> = events[i..j].iter().map(|(_, _, e)| e.clone()).collect();
-        store.append(&stream, expected, batch).map_err(|e| {
+        let batch = events[start..end].iter().map(|e| e.event.clone());
+        let result = if events[start].is_engine_record() {
+            store
+                .transaction()
+                .append_reserved(stream, expected, batch)
+                .commit()
+                .map(drop)
+        } else {
+            store.append(stream, expected, batch).map(drop)
+        };
+        result.map_err(|e| {
             let e = CliError::from(e);
             CliError::new(
                 e.code,
@@ -375,22 +530,73 @@ pub fn import(args: ImportArgs) -> CliResult {
                     e.message
                 ),
             )
-        })?;
-        i = j;
+        })
     }
-    bar.finish_and_clear();
-    let written = store.end_position() != before;
-    store.close()?;
-    eprintln!(
-        "imported {} events from {} into {}{}",
-        events.len(),
-        args.file.display(),
-        args.store.display(),
-        if written {
-            ""
-        } else {
-            " (all were already there)"
-        }
-    );
-    Ok(ExitCode::SUCCESS)
+}
+
+/// The payload of engine record `events[i]` with its positions moved from the exported store
+/// to `store`, where every event before `i` has been imported (`before`: where the import
+/// began); `None` when it holds no position.
+fn move_positions(
+    store: &Store,
+    events: &[Imported],
+    i: usize,
+    before: Position,
+    clamped: &mut u64,
+) -> CliResult<Option<Vec<u8>>> {
+    let record = &events[i];
+    let own = record.position.expect("engine records carry positions");
+    let earlier = &events[..i];
+    // The copy of event `k` in this store.
+    let copy = |k: usize| -> Result<RecordedEvent, String> {
+        let e = &earlier[k];
+        store
+            .read_stream(&e.stream, e.version, Direction::Forwards, 1)
+            .and_then(|mut r| r.next().transpose())
+            .map_err(|err| err.to_string())?
+            .ok_or_else(|| format!("`{}` version {} is not in the store", e.stream, e.version))
+    };
+    let at = |k: usize| earlier[k].position.unwrap_or(0);
+    records::map_positions(
+        &record.event.event_type,
+        &record.event.payload,
+        |role, p| {
+            match role {
+                PositionRole::Resume => {
+                    // Everything before `p` was handled: resume after the copy of the last event
+                    // before it.
+                    let p = if p > own {
+                        *clamped += 1;
+                        own
+                    } else {
+                        p
+                    };
+                    let handled = earlier.partition_point(|e| e.position.unwrap_or(0) < p);
+                    match handled {
+                        0 => Ok(before.as_u64()),
+                        k => Ok(copy(k - 1)?.next_position().as_u64()),
+                    }
+                }
+                PositionRole::Event => {
+                    let k = earlier.partition_point(|e| e.position.unwrap_or(0) < p);
+                    if k < earlier.len() && at(k) == p {
+                        Ok(copy(k)?.position().as_u64())
+                    } else {
+                        Err(format!(
+                            "it names position {p}, where the export has no event"
+                        ))
+                    }
+                }
+            }
+        },
+    )
+    .map_err(|e| {
+        CliError::new(
+            ERROR,
+            format!(
+                "the engine record `{}` version {} (position {own}): {e}",
+                record.stream, record.version
+            ),
+        )
+    })
 }

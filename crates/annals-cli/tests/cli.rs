@@ -589,3 +589,191 @@ fn on_a_terminal_export_draws_a_progress_bar() {
         "no progress bar drawn: {shown}"
     );
 }
+
+/// Delivers every published event of `store` through outbox `broker`, failing (and so parking,
+/// after one attempt) the events whose payload says `"poison"`; returns the delivered ids.
+fn run_outbox(store: &Store) -> (Vec<Uuid>, Vec<annals::records::Parked>) {
+    use annals::outbox::{Outbox, OutboxMessage, OutboxOptions};
+    let mut sent = Vec::new();
+    let options = OutboxOptions {
+        max_attempts: 1,
+        ..OutboxOptions::default()
+    };
+    let mut outbox = Outbox::new(
+        store,
+        "broker",
+        |m: &OutboxMessage| {
+            if m.event.payload().starts_with(b"\"poison") {
+                return Err("the broker refuses it".into());
+            }
+            sent.push(m.event.id());
+            Ok(())
+        },
+        options,
+    )
+    .unwrap();
+    while !outbox.run_once().unwrap().caught_up {}
+    let parked = outbox.parked().unwrap();
+    drop(outbox);
+    (sent, parked)
+}
+
+/// The events projection `totals` has not handled yet (and handles them, checkpointing).
+fn run_projection(store: &Store) -> Vec<Uuid> {
+    use annals::subscriptions::{CatchUpStart, Filter};
+    let mut sub = store
+        .catch_up(
+            "totals",
+            CatchUpStart::Beginning,
+            Filter::Category("order".into()),
+        )
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let batch = sub.poll(50).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        seen.extend(batch.iter().map(RecordedEvent::id));
+        sub.checkpoint().unwrap();
+    }
+    seen
+}
+
+fn place_orders(store: &Store, range: std::ops::Range<u32>) -> Vec<Uuid> {
+    range
+        .map(|i| {
+            let payload = if i == 7 {
+                "\"poison\"".to_owned()
+            } else {
+                format!(r#"{{"order": {i}, "cents": {}}}"#, i * 100)
+            };
+            let e = NewEvent::new("OrderPlaced", payload).published(true);
+            let id = e.id;
+            store
+                .append(&format!("order-{}", i % 13), ExpectedVersion::Any, [e])
+                .unwrap();
+            id
+        })
+        .collect()
+}
+
+#[test]
+fn a_restored_store_continues_where_the_original_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = dir.path().join("shop.annals");
+    // Small segments, so that seals sit where the restored store has none: no position of the
+    // original is a position of the copy.
+    let store = Store::builder()
+        .segment_size(64 * 1024)
+        .open(&original)
+        .unwrap();
+    let first = place_orders(&store, 0..192);
+    let (sent, parked) = run_outbox(&store);
+    assert_eq!(sent.len(), 191, "all but the poisoned one");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(run_projection(&store).len(), 192);
+    store
+        .save_snapshot("order-1", 14, 2, b"{\"total\": 9}".to_vec())
+        .unwrap();
+    // Not yet published nor projected when the backup is taken.
+    let later = place_orders(&store, 192..200);
+    store.close().unwrap();
+
+    let backup = dir.path().join("backup.jsonl.gz");
+    let o = annals(&["export", path(&original), path(&backup)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("engine's own records"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Restored into a store that already holds another stream: every position moves.
+    let restored = dir.path().join("restored.annals");
+    Store::open(&restored)
+        .unwrap()
+        .append(
+            "audit",
+            ExpectedVersion::NoStream,
+            [NewEvent::new("Opened", "x".repeat(3000))],
+        )
+        .unwrap();
+    let o = annals(&["import", path(&backup), path(&restored)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("positions moved"), "{}", stderr(&o));
+
+    let copy = Store::open(&restored).unwrap();
+    let position_of = |s: &Store, id: Uuid| {
+        s.read_log(Position::START, Direction::Forwards, usize::MAX)
+            .unwrap()
+            .map(Result::unwrap)
+            .find(|e| e.id() == id)
+            .unwrap()
+            .position()
+    };
+    let before = Store::open_read_only(&original).unwrap();
+    assert_ne!(
+        position_of(&before, first[100]),
+        position_of(&copy, first[100])
+    );
+
+    // The outbox sends only what the original had not sent, and its parked event is the copy
+    // of the one it parked.
+    let (sent, parked_copy) = run_outbox(&copy);
+    assert_eq!(
+        sent, later,
+        "only the 8 events appended after the last delivery"
+    );
+    assert_eq!(parked_copy.len(), 1);
+    let parked_event = |s: &Store, p: &annals::records::Parked| {
+        s.read_log(p.position, Direction::Forwards, 1)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(
+        parked_event(&copy, &parked_copy[0]).id(),
+        parked_event(&before, &parked[0]).id()
+    );
+    assert_eq!(parked_event(&copy, &parked_copy[0]).id(), first[7]);
+    // The projection resumes after its checkpoint, at the first event it had not seen.
+    assert_eq!(run_projection(&copy), later);
+    assert_eq!(
+        copy.load_snapshot("order-1")
+            .unwrap()
+            .map(|(v, s, _)| (v, s)),
+        Some((14, 2))
+    );
+    drop((copy, before));
+
+    // Importing again writes nothing.
+    let end = Store::open(&restored).unwrap().end_position();
+    let o = annals(&["import", path(&backup), path(&restored)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(Store::open(&restored).unwrap().end_position(), end);
+
+    // Events only: the outbox and the projection start over.
+    for (export_flag, import_flag) in [(true, false), (false, true)] {
+        let file = dir.path().join(format!("events-{export_flag}.jsonl"));
+        let target = dir.path().join(format!("events-{export_flag}.annals"));
+        let mut args = vec!["export", path(&original), path(&file)];
+        if export_flag {
+            args.push("--events-only");
+        }
+        let o = annals(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let mut args = vec!["import", path(&file), path(&target)];
+        if import_flag {
+            args.push("--events-only");
+        }
+        let o = annals(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let store = Store::open(&target).unwrap();
+        let (sent, parked) = run_outbox(&store);
+        assert_eq!((sent.len(), parked.len()), (199, 1));
+        assert_eq!(run_projection(&store).len(), 200);
+        assert_eq!(store.load_snapshot("order-1").unwrap(), None);
+    }
+}
