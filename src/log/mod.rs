@@ -5,10 +5,12 @@
 //!   elsewhere);
 //! - `writer`: staging commits, sealing and starting segments, writing and syncing;
 //! - `records`: the engine's own records (the `$` streams), specified;
+//! - `live`: the live file, where the writer publishes the durable end for read-only opens;
 //! - `recovery`: the open-time scan that finds the end of the log and tells a torn tail from
 //!   corruption.
 
 pub mod format;
+pub mod live;
 pub(crate) mod reader;
 pub mod records;
 pub(crate) mod recovery;

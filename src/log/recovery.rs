@@ -292,6 +292,39 @@ pub(crate) fn recover(
     Ok(recovered)
 }
 
+/// Reads the complete commits from `start` of a log that another handle writes, through a
+/// view that shows zeros past the end that writer made durable ([`super::live::Bounded`]),
+/// handing them to `replay`; changes nothing. Returns where the log ends, its last frame and
+/// the number of commits read. Everything before the zeros was made durable by the writer, so
+/// a frame that fails a check there is corruption, never a torn tail.
+pub(crate) fn follow(
+    file: &Arc<dyn StorageFile>,
+    layout: Layout,
+    start: ScanStart,
+    replay: &mut dyn Replay,
+) -> Result<(u64, Option<u64>, u64)> {
+    let file_len = file.len()?;
+    let reader = LogReader::new(file.clone(), layout, false);
+    check_start(&reader, start, file_len)?;
+    let mut durable = Durable {
+        file: None,
+        proven: start.position,
+        rewritten: 0,
+    };
+    let s = scan(&reader, layout, start, file_len, replay, &mut durable)?;
+    match s.stop {
+        Stop::Zeros if !s.pending => Ok((s.end, s.last_frame, s.commits)),
+        Stop::Zeros => Err(Error::corrupt(
+            s.end,
+            "a commit runs past the end its writer made durable",
+        )),
+        Stop::Bad(reason) | Stop::CutOff(reason) => Err(Error::corrupt(
+            s.stopped_at,
+            format!("{reason} (before the end the writer made durable)"),
+        )),
+    }
+}
+
 /// Checks that the file has a length the engine writes; see rule 1 of the module docs.
 fn check_length(file_len: u64, layout: Layout, accept_loss: bool) -> Result<()> {
     let past_header = file_len.checked_sub(Layout::FIRST);

@@ -66,6 +66,8 @@ pub(crate) struct LogSync {
     /// succeeded before any failure).
     durable: AtomicU64,
     poison: Arc<Poison>,
+    /// Where the durable end is published for read-only opens (see [`super::live`]).
+    live: std::sync::OnceLock<super::live::Publisher>,
 }
 
 impl LogSync {
@@ -76,12 +78,28 @@ impl LogSync {
             lock: Mutex::new(()),
             durable: AtomicU64::new(durable),
             poison,
+            live: std::sync::OnceLock::new(),
         }
     }
 
     /// End of the log known durable.
     pub fn durable(&self) -> u64 {
         self.durable.load(Ordering::Acquire)
+    }
+
+    /// Publishes every new durable end through `live` from now on.
+    pub fn set_live(&self, live: super::live::Publisher) {
+        let _one_at_a_time = self.lock.lock();
+        live.publish(self.durable());
+        let _ = self.live.set(live);
+    }
+
+    /// Moves the durable end (under the lock) and publishes it.
+    fn advance(&self, end: u64) {
+        let durable = self.durable.fetch_max(end, Ordering::AcqRel).max(end);
+        if let Some(live) = self.live.get() {
+            live.publish(durable);
+        }
     }
 
     pub fn poison(&self) -> &Arc<Poison> {
@@ -101,7 +119,7 @@ impl LogSync {
         };
         match synced {
             Ok(()) => {
-                self.durable.fetch_max(end, Ordering::AcqRel);
+                self.advance(end);
                 Ok(())
             }
             Err(e) => Err(self.poison.fail(format!(
@@ -119,7 +137,7 @@ impl LogSync {
         self.poison.check()?;
         match self.file.write_all_at_durable(bytes, offset) {
             Ok(()) => {
-                self.durable.fetch_max(end, Ordering::AcqRel);
+                self.advance(end);
                 Ok(())
             }
             Err(e) => Err(self

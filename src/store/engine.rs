@@ -13,13 +13,17 @@ use super::options::Durability;
 use super::{RecoveryReport, background, codec, subscriptions, typed};
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, NewEvent};
+use crate::index::Committed;
 use crate::index::{Frozen, Index};
 use crate::log::Layout;
 use crate::log::format::FileHeader;
+use crate::log::live::{Bounded, LiveEnd};
 use crate::log::reader::LogReader;
+use crate::log::recovery::{ScanStart, follow};
 use crate::log::sync::LogSync;
 use crate::names::check_event_type;
 use crate::storage::StorageFile;
+use crate::store::open::IndexReplay;
 use crate::values::{ExpectedVersion, Position};
 
 /// State shared by the store, its commit path, its readers and its background threads.
@@ -38,6 +42,8 @@ pub(crate) struct Engine {
     pub(crate) max_event_size: u64,
     /// Opened with [`Store::open_read_only`]: nothing is ever written.
     pub(crate) read_only: bool,
+    /// Opened read-only while a writer held the store: what follows the writer.
+    pub(crate) live: Option<Live>,
     pub(crate) flusher: Mutex<background::Flusher>,
     pub(crate) recovery: RecoveryReport,
     pub(crate) counters: Counters,
@@ -51,6 +57,15 @@ pub(crate) struct Engine {
     /// The sidecar still says "closed cleanly" (the store was opened clean and nothing was
     /// written since): the first write must clear that first.
     pub(crate) marked_clean: std::sync::atomic::AtomicBool,
+}
+
+/// A read-only open that follows a writer: its view of the log (zeros past the published
+/// durable end) and where the writer publishes that end.
+pub(crate) struct Live {
+    pub(crate) view: Arc<Bounded>,
+    pub(crate) end: LiveEnd,
+    /// One refresh at a time.
+    pub(crate) refreshing: Mutex<()>,
 }
 
 /// Activity counters since the store was opened.
@@ -163,6 +178,35 @@ impl Engine {
         Ok(results)
     }
 
+    /// For a read-only open that follows a writer: indexes the commits the writer made durable
+    /// since the last refresh. Does nothing otherwise.
+    pub(crate) fn refresh(&self) -> Result<()> {
+        let Some(live) = &self.live else {
+            return Ok(());
+        };
+        let durable = live.end.read()?;
+        if durable <= self.index.committed().end {
+            return Ok(());
+        }
+        let _one = live.refreshing.lock();
+        let committed = self.index.committed();
+        if durable <= committed.end {
+            return Ok(());
+        }
+        live.view.raise(durable);
+        let start = ScanStart {
+            position: committed.end,
+            last_frame: committed.last_frame,
+            clean: false,
+            prepared: None,
+        };
+        let file: Arc<dyn StorageFile> = live.view.clone();
+        let mut replay = IndexReplay { index: &self.index };
+        let (end, last_frame, _) = follow(&file, self.layout, start, &mut replay)?;
+        self.index.apply(&[], Committed { end, last_frame })?;
+        Ok(())
+    }
+
     /// Where the log ends (every acknowledged event is before it).
     pub(crate) fn end(&self) -> Position {
         Position::new(self.index.committed().end)
@@ -180,6 +224,19 @@ impl Engine {
     /// is.
     pub(crate) fn wait_past(&self, position: u64, timeout: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
+        if self.live.is_some() {
+            // Another handle writes: look at what it published, every few milliseconds.
+            loop {
+                if self.refresh().is_err() {
+                    return false;
+                }
+                let now = std::time::Instant::now();
+                if self.index.committed().end > position || now >= deadline {
+                    return self.index.committed().end > position;
+                }
+                std::thread::sleep((deadline - now).min(std::time::Duration::from_millis(5)));
+            }
+        }
         self.appended_waiters.fetch_add(1, Ordering::AcqRel);
         let mut guard = self.appended.0.lock();
         let past = loop {

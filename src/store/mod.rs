@@ -175,6 +175,7 @@ impl Store {
         limit: usize,
     ) -> Result<StreamEvents<'_>> {
         check_stream_name(stream, true)?;
+        self.engine.refresh()?;
         StreamEvents::new(&self.engine, stream, from, direction, limit)
     }
 
@@ -188,6 +189,7 @@ impl Store {
         direction: Direction,
         limit: usize,
     ) -> Result<AllEvents<'_>> {
+        self.engine.refresh()?;
         AllEvents::new(&self.engine, from, direction, limit, false)
     }
 
@@ -198,6 +200,7 @@ impl Store {
         direction: Direction,
         limit: usize,
     ) -> Result<AllEvents<'_>> {
+        self.engine.refresh()?;
         AllEvents::new(&self.engine, from, direction, limit, true)
     }
 
@@ -226,6 +229,7 @@ impl Store {
         from: Position,
         limit: usize,
     ) -> Result<IndexedEvents<'_>> {
+        self.engine.refresh()?;
         IndexedEvents::new(&self.engine, PosIndex::Category, category, from, limit)
     }
 
@@ -237,18 +241,29 @@ impl Store {
         from: Position,
         limit: usize,
     ) -> Result<IndexedEvents<'_>> {
+        self.engine.refresh()?;
         IndexedEvents::new(&self.engine, PosIndex::EventType, event_type, from, limit)
     }
 
     /// The version of the stream's last event, or `None` if the stream does not exist.
     pub fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
         check_stream_name(stream, true)?;
+        self.engine.refresh()?;
         Ok(self.engine.index.stream_info(stream)?.count.checked_sub(1))
     }
 
-    /// Where the next event will go: every acknowledged event is before this position.
+    /// Where the next event will go: every acknowledged event is before this position. (On a
+    /// read-only open that follows a writer: the end of what the writer has made durable, as
+    /// far as this handle has read; a failure to look further is left to the next read.)
     pub fn end_position(&self) -> Position {
+        let _ = self.engine.refresh();
         Position::new(self.engine.index.committed().end)
+    }
+
+    /// Whether this is a read-only open that follows a writer (one held the store when it
+    /// opened): see [`StoreBuilder::read_only`].
+    pub fn follows_writer(&self) -> bool {
+        self.engine.live.is_some()
     }
 
     /// The store file's path.

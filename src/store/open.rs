@@ -1,6 +1,8 @@
 //! Opening a store: create it if asked, lock it, check its header, open (or rebuild) the index,
 //! run recovery, and start the writer and the background threads. A read-only open takes a
-//! shared lock, changes nothing on disk, and starts no writer.
+//! shared lock, changes nothing on disk, and starts no writer; when a writer holds the store,
+//! it takes no lock and follows the durable end the writer publishes in the live file
+//! ([`crate::log::live`]), with an index of its own built by reading the log.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,14 +11,16 @@ use parking_lot::Mutex;
 
 use super::background::Background;
 use super::commit::{Committer, Poison};
+use super::engine::Live;
 use super::{Counters, Engine, RecoveryReport, Store, StoreBuilder};
 use crate::error::{Error, Result};
 use crate::index::sidecar::Sidecar;
 use crate::index::{Committed, Index, PartIndex, SidecarMode, StreamInfo, sidecar_path};
 use crate::log::Layout;
 use crate::log::format::{EventRef, FileHeader, HEADER_BLOCK, HEADER_LEN, HeaderError};
+use crate::log::live::{Bounded, LiveEnd, Publisher};
 use crate::log::reader::LogReader;
-use crate::log::recovery::{Mode, RecoveredEvent, Replay, ScanStart, recover};
+use crate::log::recovery::{Mode, Recovered, RecoveredEvent, Replay, ScanStart, follow, recover};
 use crate::log::sync::LogSync;
 use crate::log::writer::LogWriter;
 use crate::storage::parent_dir as parent;
@@ -39,10 +43,31 @@ impl Store {
             }
             Err(e) => return Err(Error::io_at(&path, e)),
         };
-        if !lock(&*file, read_only).map_err(|e| Error::io_at(&path, e))? {
+        let locked = lock(&*file, read_only).map_err(|e| Error::io_at(&path, e))?;
+        if !locked && !read_only {
             return Err(Error::Locked { path });
         }
         let header = read_header(&*file, &path)?;
+        // Read-only while a writer holds the store: follow what it makes durable.
+        let live = if locked {
+            None
+        } else {
+            match LiveEnd::open(&*fs, &path, header.store_id, LIVE_WAIT)? {
+                Some(end) => {
+                    let durable = end.read()?;
+                    Some(Live {
+                        view: Arc::new(Bounded::new(file.clone(), durable)),
+                        end,
+                        refreshing: Mutex::new(()),
+                    })
+                }
+                None => return Err(Error::Locked { path }),
+            }
+        };
+        let file: Arc<dyn StorageFile> = match &live {
+            Some(live) => live.view.clone(),
+            None => file,
+        };
         let layout = Layout {
             segment_size: header.segment_size,
             key: header.frame_key,
@@ -58,15 +83,26 @@ impl Store {
         } else {
             SidecarMode::Write
         };
+        // A live reader cannot share the writer's sidecar: it builds its own, in memory.
+        let private: Arc<dyn FileSystem> = Arc::new(crate::storage::MemoryFs::new());
+        let (index_fs, index_path, index_mode) = match &live {
+            Some(_) => (
+                &private,
+                Path::new("/live.annals.index"),
+                SidecarMode::Write,
+            ),
+            None => (&fs, sidecar.as_path(), sidecar_mode),
+        };
         let (index, start, index_rebuilt) = Index::open(
-            &fs,
-            &sidecar,
+            index_fs,
+            index_path,
             header.store_id,
             header.segment_size,
             options.index_cache_bytes,
             options.index_flush_events,
-            sidecar_mode,
+            index_mode,
         )?;
+        let index_rebuilt = index_rebuilt.filter(|_| live.is_none());
         if let Some(reason) = &index_rebuilt {
             tracing::info!(path = %path.display(), reason = %reason, "annals: rebuilding the index sidecar from the log");
         }
@@ -87,7 +123,26 @@ impl Store {
             }
         };
         let mut replay = IndexReplay { index: &index };
-        let recovered = recover(&file, layout, scan, recovery_mode, &mut replay)?;
+        let recovered = match &live {
+            None => recover(&file, layout, scan, recovery_mode, &mut replay)?,
+            Some(_) => {
+                let (end, last_frame, commits) =
+                    follow(&file, layout, ScanStart::BEGINNING, &mut replay)?;
+                Recovered {
+                    end,
+                    last_frame,
+                    prepared_end: end,
+                    commits,
+                    truncated: None,
+                    rewritten: 0,
+                }
+            }
+        };
+        if read_only && live.is_none() && recovered.rewritten > 0 {
+            // A writer died without syncing all it wrote: what this open shows must survive a
+            // power cut too, so the bytes it read are synced first (this changes no byte).
+            file.sync_data().map_err(|e| Error::io_at(&path, e))?;
+        }
         let committed = Committed {
             end: recovered.end,
             last_frame: recovered.last_frame,
@@ -108,6 +163,12 @@ impl Store {
         );
         if !read_only {
             writer.prepare_next();
+            // Read-only opens elsewhere follow the durable end from now on.
+            match Publisher::open(&*fs, &path, header.store_id, recovered.end) {
+                Ok(publisher) => sync.set_live(publisher),
+                Err(e) => tracing::warn!(error = %e,
+                    "annals: no live file; read-only opens cannot follow this writer"),
+            }
         }
         let index = Arc::new(index);
         let engine = Arc::new(Engine {
@@ -123,6 +184,7 @@ impl Store {
             durability: options.durability,
             max_event_size: options.max_event_size,
             read_only,
+            live,
             flusher: Mutex::new(Default::default()),
             recovery: RecoveryReport {
                 index_covered: crate::values::Position::new(start.position),
@@ -152,6 +214,10 @@ impl Store {
         })
     }
 }
+
+/// How long a read-only open waits for the live file of a writer that holds the store's lock
+/// but has not written it yet (it is still recovering the log).
+const LIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Takes the store's lock (shared for a read-only open). A lock held by a handle that is
 /// closing (another thread's store being dropped, or a child process forked by another thread
@@ -366,8 +432,8 @@ impl Replay for Counts {
 }
 
 /// Replays recovered commits into the index.
-struct IndexReplay<'a> {
-    index: &'a Index,
+pub(crate) struct IndexReplay<'a> {
+    pub(crate) index: &'a Index,
 }
 
 impl Replay for IndexReplay<'_> {

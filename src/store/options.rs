@@ -146,6 +146,53 @@ impl StoreBuilder {
     /// sidecar), appends fail with [`Error::ReadOnly`](crate::error::Error::ReadOnly), and the store is never created. What
     /// an open for writing would do to a damaged tail is reported in
     /// [`Store::recovery_report`] instead of done. See [`Store::open_read_only`].
+    ///
+    /// # Two kinds of read-only open
+    ///
+    /// **No writer holds the store**: the open takes a shared lock (other read-only opens may
+    /// share it; an open for writing fails with `Locked` until the last one closes), uses the
+    /// index sidecar, and sees the log as it is: every complete commit.
+    ///
+    /// **A writer holds it** (in this process or another): the open takes no lock and never
+    /// blocks the writer. [`Store::follows_writer`] says so. Its guarantees:
+    ///
+    /// - It sees **only commits the writer has made durable**: the writer publishes the end of
+    ///   the synced log after each sync (in `NAME.annals.live`, see the format docs), and this
+    ///   open reads the log only up to that end. A byte a power cut could still take away is
+    ///   never returned. With [`Durability::Immediate`] (the default) every acknowledged commit is
+    ///   durable, so it sees each one, usually before the append returns; with
+    ///   [`Durability::Periodic`] commits appear at each periodic sync, with
+    ///   [`Durability::NoSync`] only when the writer syncs (closing, flushing the index).
+    /// - Each read (and [`Store::end_position`]) sees every commit durable when it starts, and
+    ///   no part of a commit: commits appear whole, in log order, never out of order. Versions
+    ///   and positions never go back. Catch-up subscriptions on it follow new commits
+    ///   (their `wait` looks every 5 ms).
+    /// - It builds an index of its own, in memory, by reading the log once when it opens
+    ///   (the writer's sidecar stays the writer's): the open costs one pass over the log, and
+    ///   memory grows with the number of streams and events.
+    /// - It survives the writer closing and a new writer opening the store: the new writer
+    ///   publishes through the same file.
+    /// - Checkpoints cannot be written through it (appends fail with `ReadOnly`).
+    ///
+    /// ```
+    /// use annals::{ExpectedVersion, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("shop");
+    /// let writer = Store::open(&path)?;
+    /// writer.append("cart-1", ExpectedVersion::Any, [NewEvent::new("Added", "x")])?;
+    ///
+    /// let reader = Store::open_read_only(&path)?;
+    /// assert!(reader.follows_writer());
+    /// assert_eq!(reader.stream_version("cart-1")?, Some(0));
+    /// writer.append("cart-1", ExpectedVersion::Any, [NewEvent::new("Added", "y")])?;
+    /// assert_eq!(reader.stream_version("cart-1")?, Some(1), "acknowledged, so durable, so seen");
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    ///
+    /// [`Durability::Immediate`]: crate::Durability::Immediate
+    /// [`Durability::Periodic`]: crate::Durability::Periodic
+    /// [`Durability::NoSync`]: crate::Durability::NoSync
     pub fn read_only(mut self, read_only: bool) -> Self {
         self.read_only = read_only;
         self

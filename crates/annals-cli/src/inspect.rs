@@ -12,12 +12,8 @@ use serde_json::{Map, Value, json};
 
 use crate::exit::{CORRUPT, CliError, CliResult, NOT_A_STORE};
 
-/// Opens an existing store (never creates one): a missing file is exit code 3.
-pub fn open_existing(path: &Path) -> CliResult<Store> {
-    open_with(path, Store::builder())
-}
-
-/// Opens an existing store read-only: nothing on disk changes.
+/// Opens an existing store read-only (never creates one; a missing file is exit code 3):
+/// nothing on disk changes, and a store a writer holds is followed, not refused.
 pub fn open_read_only(path: &Path) -> CliResult<Store> {
     open_with(path, Store::builder().read_only(true))
 }
@@ -105,12 +101,20 @@ pub fn info(args: InfoArgs) -> CliResult {
         "an_open_would_drop": would_drop,
         "an_open_would_rewrite_bytes": recovery.rewritten,
         "saved_dropped_bytes": saved,
+        "open_for_writing_elsewhere": store.follows_writer(),
     });
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{doc}")?;
     } else {
         writeln!(out, "store           {}", info.path.display())?;
+        if store.follows_writer() {
+            writeln!(
+                out,
+                "writer          another handle has the store open for writing: shown is what \
+                 it has made durable, up to position {end}"
+            )?;
+        }
         writeln!(out, "format version  {}", info.format_version)?;
         writeln!(out, "store id        {}", info.store_id)?;
         writeln!(out, "created         {created}")?;

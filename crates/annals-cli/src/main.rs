@@ -6,6 +6,7 @@ mod exit;
 mod inspect;
 mod maintenance;
 mod progress;
+mod tail;
 mod transfer;
 
 use std::process::ExitCode;
@@ -25,6 +26,7 @@ Examples:
   annals info shop.annals
   annals verify shop.annals
   annals dump shop.annals --stream cart-7
+  annals tail -f shop.annals                 # while its program runs
   annals export shop.annals backup.jsonl.gz
   annals bench --size small
 
@@ -39,6 +41,8 @@ enum Command {
     Verify(inspect::VerifyArgs),
     /// Prints events as JSON lines (a stream, a category, a type, or the whole log).
     Dump(inspect::DumpArgs),
+    /// Prints the last events, and with -f each new one as it is committed (never blocks the writer).
+    Tail(tail::TailArgs),
     /// Writes every event to a portable JSON-lines file (gzip when it ends in .gz).
     Export(transfer::ExportArgs),
     /// Loads an export into a new or existing store (idempotent; checks stream versions).
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Info(args) => inspect::info(args),
         Command::Verify(args) => inspect::verify(args),
         Command::Dump(args) => inspect::dump(args),
+        Command::Tail(args) => tail::tail(args),
         Command::Export(args) => transfer::export(args),
         Command::Import(args) => transfer::import(args),
         Command::RebuildIndex(args) => maintenance::rebuild_index(args),

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::exit::{CliError, CliResult, ERROR, NOT_A_STORE};
-use crate::inspect::{encoding_name, open_existing};
+use crate::inspect::{encoding_name, open_read_only};
 use crate::progress::progress;
 
 /// Version of the export format: 2 adds each event's `position` and the engine's records.
@@ -216,7 +216,7 @@ fn is_gzip(path: &Path, flag: bool) -> bool {
 
 /// Runs `annals export`.
 pub fn export(args: ExportArgs) -> CliResult {
-    let store = open_existing(&args.store)?;
+    let store = open_read_only(&args.store)?;
     let sink: Box<dyn Write> = if args.file.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {

@@ -156,7 +156,8 @@ fn missing_foreign_and_locked_stores_have_their_exit_codes() {
 
     let file = make_store(dir.path());
     let held = Store::open(&file).unwrap();
-    for command in ["info", "verify", "dump", "rebuild-index"] {
+    // Commands that change the store refuse one a writer holds...
+    for command in ["rebuild-index"] {
         let o = annals(&[command, path(&file)]);
         assert_eq!(o.status.code(), Some(4), "{command}: {}", stderr(&o));
         assert!(stderr(&o).contains("locked"), "{command}: {}", stderr(&o));
@@ -406,6 +407,7 @@ fn every_command_has_help_with_examples() {
         "dump",
         "export",
         "import",
+        "tail",
         "rebuild-index",
         "repair",
         "bench",
@@ -776,4 +778,146 @@ fn a_restored_store_continues_where_the_original_stopped() {
         assert_eq!(run_projection(&store).len(), 200);
         assert_eq!(store.load_snapshot("order-1").unwrap(), None);
     }
+}
+
+#[test]
+fn reading_commands_work_while_a_writer_holds_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_store(dir.path());
+    let writer = Store::open(&file).unwrap();
+    writer
+        .append(
+            "cart-9",
+            ExpectedVersion::NoStream,
+            [NewEvent::new("ItemAdded", r#"{"sku": "pear"}"#)],
+        )
+        .unwrap();
+    let o = annals(&["info", path(&file), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["events"], 91, "the acknowledged append is there");
+    assert_eq!(doc["open_for_writing_elsewhere"], true);
+    let o = annals(&["info", path(&file)]);
+    assert!(
+        stdout(&o).contains("another handle has the store open"),
+        "{}",
+        stdout(&o)
+    );
+    let o = annals(&["verify", path(&file)]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let o = annals(&["dump", path(&file), "--stream", "cart-9"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(r#""sku":"pear""#), "{}", stdout(&o));
+    let backup = dir.path().join("hot.jsonl");
+    let o = annals(&["export", path(&file), path(&backup)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The writer goes on while they ran.
+    writer
+        .append(
+            "cart-9",
+            ExpectedVersion::Exact(0),
+            [NewEvent::new("CheckedOut", "{}")],
+        )
+        .unwrap();
+    let restored = dir.path().join("restored.annals");
+    let o = annals(&["import", path(&backup), path(&restored)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(all_events(&restored).len(), 91);
+}
+
+/// Reads lines from `tail` until `n` arrived (or 30 s passed).
+fn read_lines(rx: &std::sync::mpsc::Receiver<String>, n: usize) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|_| {
+            let line = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("tail printed the line in time");
+            serde_json::from_str(&line).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn tail_follows_a_running_writer_and_lets_one_start() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_store(dir.path());
+    // No writer yet: tail prints the last events, then must let the writer in.
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_annals"))
+        .args(["tail", "-f", "-n", "2", path(&file), "--category", "order"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let writer = Store::open(&file).expect("tail never keeps the writer out");
+    let place = |i: u32| {
+        writer
+            .append(
+                &format!("order-{i}"),
+                ExpectedVersion::NoStream,
+                [NewEvent::new("OrderPlaced", format!(r#"{{"n": {i}}}"#))],
+            )
+            .unwrap();
+        writer
+            .append(
+                "cart-0",
+                ExpectedVersion::Any,
+                [NewEvent::new("Ignored", "{}")],
+            )
+            .unwrap();
+    };
+    for i in 0..3 {
+        place(i);
+    }
+    let first = read_lines(&rx, 3);
+    assert_eq!(
+        first
+            .iter()
+            .map(|v| v["payload"]["n"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    // Now it follows the running writer.
+    for i in 3..8 {
+        place(i);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let next = read_lines(&rx, 5);
+    assert_eq!(
+        next.iter()
+            .map(|v| v["payload"]["n"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [3, 4, 5, 6, 7]
+    );
+    assert!(
+        next.iter()
+            .all(|v| v["stream"].as_str().unwrap().starts_with("order-"))
+    );
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    reader.join().unwrap();
+
+    // Without -f: the last N events of the filter, and the end.
+    let o = annals(&["tail", "-n", "2", path(&file), "--category", "order"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let last: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        last.iter()
+            .map(|v| v["payload"]["n"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [6, 7]
+    );
 }
