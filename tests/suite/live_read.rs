@@ -262,3 +262,37 @@ fn a_reader_in_another_process_sees_whole_acknowledged_commits() {
         kept.len()
     );
 }
+
+#[test]
+fn verify_is_clean_while_commits_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy");
+    let writer = Arc::new(Store::open(&path).unwrap());
+    for i in 0..2000 {
+        append(&writer, &format!("s-{}", i % 10), 1);
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (w, s) = (writer.clone(), stop.clone());
+    let busy = std::thread::spawn(move || {
+        let mut n = 0u64;
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            append(&w, &format!("s-{}", n % 10), 1);
+            n += 1;
+        }
+        n
+    });
+    let reader = Store::open_read_only(&path).unwrap();
+    assert!(reader.follows_writer());
+    for store in [&reader, &*writer] {
+        for _ in 0..3 {
+            let report = store.verify(&mut |_, _| {}).unwrap();
+            assert!(report.is_clean(), "{:?}", report.problem);
+            assert!(report.events >= 2000);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        busy.join().unwrap() > 0,
+        "commits went on during the checks"
+    );
+}
