@@ -157,11 +157,17 @@ fn missing_foreign_and_locked_stores_have_their_exit_codes() {
     let file = make_store(dir.path());
     let held = Store::open(&file).unwrap();
     // Commands that change the store refuse one a writer holds...
-    for command in ["rebuild-index"] {
-        let o = annals(&[command, path(&file)]);
-        assert_eq!(o.status.code(), Some(4), "{command}: {}", stderr(&o));
-        assert!(stderr(&o).contains("locked"), "{command}: {}", stderr(&o));
-    }
+    let o = annals(&["rebuild-index", path(&file)]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("locked"), "{}", stderr(&o));
+    let export = dir.path().join("held.jsonl");
+    assert!(
+        annals(&["export", path(&file), path(&export)])
+            .status
+            .success()
+    );
+    let o = annals(&["import", path(&export), path(&file)]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     let o = annals(&["repair", path(&file), "--truncate-at", "4096"]);
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     drop(held);
