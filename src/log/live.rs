@@ -23,7 +23,7 @@
 //!   cache, and a value is written only once the log bytes it names are durable.
 //! - A reader reads the 16 bytes at 32 and uses the value only when the complement matches
 //!   (a write in progress is read again). It reads the log only up to that end, through
-//!   [`Bounded`], which shows zeros past it: commits being written, unsynced commits (a
+//!   `Bounded`, which shows zeros past it: commits being written, unsynced commits (a
 //!   writer with `Durability::NoSync` publishes when it syncs or closes) and torn frames stay
 //!   out of sight.
 //! - A header that does not match (another store's file, another version, a bad checksum) is

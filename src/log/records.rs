@@ -1,5 +1,5 @@
 //! The engine's own records: **the specification of every event the engine itself writes**,
-//! beside the frame format ([`super::format`]). They are ordinary event frames in streams whose
+//! beside the frame format (`src/log/format.rs`). They are ordinary event frames in streams whose
 //! names start with `$` (reserved: applications cannot append to them), so the log alone is
 //! authoritative and every index stays derivable. Reads of the whole log leave them out
 //! (`read_all`), `read_log` includes them.
