@@ -24,8 +24,12 @@ pub enum CatchUpStart {
     Beginning,
     /// After the last event acknowledged now.
     Now,
-    /// At this position (inclusive).
+    /// At this position (inclusive: the event at `position` is the first handed out; to
+    /// resume after an event, start at its [`next_position`](crate::RecordedEvent::next_position)).
     At(Position),
+    /// At the first event, in log order, whose timestamp is at or after this time (see
+    /// [`Store::position_at_time`]).
+    Time(std::time::SystemTime),
 }
 
 use crate::log::records;
@@ -91,6 +95,7 @@ impl Store {
             (None, CatchUpStart::Beginning) => Position::START,
             (None, CatchUpStart::Now) => self.end_position(),
             (None, CatchUpStart::At(p)) => p,
+            (None, CatchUpStart::Time(t)) => self.position_at_time(t)?,
         };
         Ok(CatchUp {
             store: self,
@@ -100,6 +105,43 @@ impl Store {
             next,
             checkpointed,
         })
+    }
+}
+
+impl Store {
+    /// The position of the first event, in log order, whose timestamp is at or after `time`
+    /// (the end of the log if there is none): where a read or a catch-up subscription "from
+    /// a point in time" starts. Timestamps are the events' own (`NewEvent::timestamp`, set by
+    /// the caller or at creation), so this reads the log from its start, in place (tens of
+    /// millions of events a second), and does not assume they increase.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use annals::{ExpectedVersion, NewEvent, Position, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// let noon = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    /// for h in 0..4u64 {
+    ///     let e = NewEvent::new("Tick", h.to_string()).with_timestamp(noon + Duration::from_secs(3600 * h));
+    ///     store.append("clock", ExpectedVersion::Any, [e])?;
+    /// }
+    /// let at = store.position_at_time(noon + Duration::from_secs(5000))?;
+    /// let first = store.read_all(at, annals::Direction::Forwards, 1)?.next().unwrap()?;
+    /// assert_eq!(first.payload(), b"2");
+    /// assert_eq!(store.position_at_time(noon + Duration::from_secs(99_999))?, store.end_position());
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn position_at_time(&self, time: std::time::SystemTime) -> Result<Position> {
+        let nanos = crate::event::nanos_since_epoch(time);
+        let mut events = self.read_all(Position::START, Direction::Forwards, usize::MAX)?;
+        while let Some(e) = events.next_ref() {
+            let e = e?;
+            if e.timestamp_nanos() >= nanos {
+                return Ok(e.position());
+            }
+        }
+        Ok(events.end())
     }
 }
 
@@ -141,23 +183,20 @@ impl CatchUp<'_> {
         if max == 0 {
             return Ok(out);
         }
-        // The engine's own events are read too (and filtered out), so that the position moves
-        // past them.
+        // Filtered in place: only the events that pass are copied out.
         let mut events = self
             .store
-            .read_log(self.next, Direction::Forwards, usize::MAX)?;
+            .read_log(self.next, Direction::Forwards, max)?
+            .matching(self.filter.clone());
         for event in events.by_ref() {
             let event = event?;
             self.next = event.next_position();
-            if self.filter.matches(&event) {
-                out.push(event);
-                if out.len() == max {
-                    return Ok(out);
-                }
-            }
+            out.push(event);
         }
-        // Scanned to the end the read saw (past any trailing seal, too).
-        self.next = self.next.max(events.end());
+        if out.len() < max {
+            // Scanned to the end the read saw (past any trailing seal, too).
+            self.next = self.next.max(events.end());
+        }
         Ok(out)
     }
 

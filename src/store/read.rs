@@ -239,6 +239,62 @@ pub struct AllEvents<'a> {
     remaining: usize,
     limit: u64,
     cursor: Cursor,
+    /// Only events this filter passes are returned (see [`AllEvents::matching`]).
+    filter: Option<crate::store::subscriptions::Filter>,
+    /// Where the read stops (see [`AllEvents::until`]).
+    stop: Option<u64>,
+}
+
+impl AllEvents<'_> {
+    /// Returns only the events `filter` passes; `limit` counts those. Events are filtered in
+    /// place, before they are copied out, so a filter that passes few events costs about as
+    /// much as reading the log with [`next_ref`](Self::next_ref).
+    ///
+    /// ```
+    /// use annals::{Direction, ExpectedVersion, NewEvent, Position, Store};
+    /// use annals::subscriptions::Filter;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// for (stream, kind) in [("order-1", "Placed"), ("cart-1", "Added"), ("order-2", "Paid")] {
+    ///     store.append(stream, ExpectedVersion::Any, [NewEvent::new(kind, "{}")])?;
+    /// }
+    /// let orders: Vec<String> = store
+    ///     .read_all(Position::END, Direction::Backwards, usize::MAX)?
+    ///     .matching(Filter::StreamPrefix("order-".into()))
+    ///     .map(|e| e.map(|e| e.stream().to_owned()))
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(orders, ["order-2", "order-1"]);
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn matching(mut self, filter: crate::store::subscriptions::Filter) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// Stops the read at `stop`: forwards, it returns only events before `stop`; backwards,
+    /// only events at or after it. With the start position, a read covers `[from, stop)`
+    /// forwards and `[stop, from]` backwards (the start is inclusive in both directions).
+    ///
+    /// ```
+    /// use annals::{Direction, ExpectedVersion, NewEvent, Position, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// let r: Vec<_> = (0..5)
+    ///     .map(|i| store.append("s", ExpectedVersion::Any, [NewEvent::new("E", i.to_string())]))
+    ///     .collect::<Result<_, _>>()?;
+    /// let (second, fourth) = (r[1].first_position, r[3].first_position);
+    /// let forwards = store.read_all(second, Direction::Forwards, usize::MAX)?.until(fourth).count();
+    /// assert_eq!(forwards, 2, "versions 1 and 2");
+    /// let backwards = store.read_all(fourth, Direction::Backwards, usize::MAX)?.until(second).count();
+    /// assert_eq!(backwards, 3, "versions 3, 2 and 1");
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn until(mut self, stop: Position) -> Self {
+        self.stop = Some(stop.as_u64());
+        self
+    }
 }
 
 impl<'a> AllEvents<'a> {
@@ -259,6 +315,8 @@ impl<'a> AllEvents<'a> {
             remaining: limit,
             limit: committed.end,
             cursor: Cursor::default(),
+            filter: None,
+            stop: None,
         };
         if limit == 0 {
             return Ok(this);
@@ -406,7 +464,14 @@ impl AllEvents<'_> {
             let Some(position) = self.next else {
                 return Ok(None);
             };
-            if position >= self.limit {
+            let stopped = self.stop.is_some_and(|stop| {
+                if self.backwards {
+                    position < stop
+                } else {
+                    position >= stop
+                }
+            });
+            if position >= self.limit || stopped {
                 self.next = None;
                 return Ok(None);
             }
@@ -428,11 +493,14 @@ impl AllEvents<'_> {
                     Body::Event => position + u64::from(frame.len),
                 })
             };
-            if frame.body == Body::Event
-                && (self.include_system
-                    || !EventRef::new(reader.frame_bytes(&self.cursor, position, frame.len))
-                        .is_system())
-            {
+            let wanted = frame.body == Body::Event && {
+                let event = EventRef::new(reader.frame_bytes(&self.cursor, position, frame.len));
+                match &self.filter {
+                    Some(filter) => filter.passes(event.stream(), event.event_type()),
+                    None => self.include_system || !event.is_system(),
+                }
+            };
+            if wanted {
                 self.remaining -= 1;
                 if self.remaining == 0 {
                     self.next = None;

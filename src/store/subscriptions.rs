@@ -43,7 +43,26 @@ use crate::values::{Position, SubscriptionId};
 /// The error a callback, publisher or projection returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Which events a subscription receives.
+/// Which events a subscription, a catch-up subscription or a filtered read receives.
+///
+/// The engine's own `$` streams never pass. Filters combine: [`AnyOf`](Filter::AnyOf) passes an
+/// event that any of its filters passes (once, however many pass it),
+/// [`AllOf`](Filter::AllOf) one that all pass, [`Except`](Filter::Except) one that the first
+/// passes and the second does not.
+///
+/// ```
+/// use annals::subscriptions::Filter;
+///
+/// let orders_not_drafts = Filter::StreamPrefix("order-".into())
+///     .except(Filter::EventTypePrefix("Draft".into()));
+/// assert!(orders_not_drafts.passes("order-7", "OrderPlaced"));
+/// assert!(!orders_not_drafts.passes("order-7", "DraftSaved"));
+/// assert!(!orders_not_drafts.passes("cart-7", "OrderPlaced"));
+/// assert!(!Filter::All.passes("$checkpoint-x", "Checkpoint"));
+///
+/// let either = Filter::Stream("cart-1".into()).or(Filter::EventTypes(vec!["Paid".into()]));
+/// assert!(either.passes("cart-1", "ItemAdded") && either.passes("order-2", "Paid"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Filter {
     /// Every event (except the engine's own `$` streams).
@@ -54,20 +73,76 @@ pub enum Filter {
     EventType(String),
     /// Events of any of these types.
     EventTypes(Vec<String>),
+    /// Events of this one stream.
+    Stream(String),
+    /// Events of any of these streams.
+    Streams(Vec<String>),
+    /// Events of streams whose name starts with this prefix.
+    StreamPrefix(String),
+    /// Events whose type starts with this prefix.
+    EventTypePrefix(String),
+    /// Events any of these filters passes (each once).
+    AnyOf(Vec<Filter>),
+    /// Events every one of these filters passes.
+    AllOf(Vec<Filter>),
+    /// Events the first filter passes and the second does not.
+    Except(Box<Filter>, Box<Filter>),
 }
 
 impl Filter {
     /// Whether `event` passes.
     pub fn matches(&self, event: &RecordedEvent) -> bool {
-        if event.stream().starts_with('$') {
-            return false;
-        }
+        self.passes(event.stream(), event.event_type())
+    }
+
+    /// Whether an event of `stream` with type `event_type` passes.
+    pub fn passes(&self, stream: &str, event_type: &str) -> bool {
+        !stream.starts_with('$') && self.admits(stream, event_type)
+    }
+
+    fn admits(&self, stream: &str, event_type: &str) -> bool {
         match self {
             Filter::All => true,
-            Filter::Category(c) => category_of(event.stream()) == c,
-            Filter::EventType(t) => event.event_type() == t,
-            Filter::EventTypes(ts) => ts.iter().any(|t| t == event.event_type()),
+            Filter::Category(c) => category_of(stream) == c,
+            Filter::EventType(t) => event_type == t,
+            Filter::EventTypes(ts) => ts.iter().any(|t| t == event_type),
+            Filter::Stream(s) => stream == s,
+            Filter::Streams(ss) => ss.iter().any(|s| s == stream),
+            Filter::StreamPrefix(p) => stream.starts_with(p.as_str()),
+            Filter::EventTypePrefix(p) => event_type.starts_with(p.as_str()),
+            Filter::AnyOf(fs) => fs.iter().any(|f| f.admits(stream, event_type)),
+            Filter::AllOf(fs) => fs.iter().all(|f| f.admits(stream, event_type)),
+            Filter::Except(keep, drop) => {
+                keep.admits(stream, event_type) && !drop.admits(stream, event_type)
+            }
         }
+    }
+
+    /// This filter or `other`.
+    pub fn or(self, other: Filter) -> Filter {
+        match self {
+            Filter::AnyOf(mut fs) => {
+                fs.push(other);
+                Filter::AnyOf(fs)
+            }
+            f => Filter::AnyOf(vec![f, other]),
+        }
+    }
+
+    /// This filter and `other`.
+    pub fn and(self, other: Filter) -> Filter {
+        match self {
+            Filter::AllOf(mut fs) => {
+                fs.push(other);
+                Filter::AllOf(fs)
+            }
+            f => Filter::AllOf(vec![f, other]),
+        }
+    }
+
+    /// This filter, except what `other` passes.
+    pub fn except(self, other: Filter) -> Filter {
+        Filter::Except(Box::new(self), Box::new(other))
     }
 }
 
