@@ -53,6 +53,8 @@ pub struct CatchUp<'s> {
     next: Position,
     /// The position of the last durable checkpoint.
     checkpointed: Option<Position>,
+    /// The version of the last checkpoint record, if any.
+    checkpoint_version: Option<u64>,
 }
 
 impl Store {
@@ -84,12 +86,12 @@ impl Store {
     /// ```
     pub fn catch_up(&self, name: &str, start: CatchUpStart, filter: Filter) -> Result<CatchUp<'_>> {
         let stream = checkpoint_stream(name)?;
-        let checkpointed = self
+        let last = self
             .read_stream(&stream, u64::MAX, Direction::Backwards, 1)?
             .next()
-            .transpose()?
-            .map(|e| decode_checkpoint(&e))
             .transpose()?;
+        let checkpoint_version = last.as_ref().map(RecordedEvent::version);
+        let checkpointed = last.map(|e| decode_checkpoint(&e)).transpose()?;
         let next = match (checkpointed, start) {
             (Some(p), _) => p,
             (None, CatchUpStart::Beginning) => Position::START,
@@ -104,6 +106,7 @@ impl Store {
             filter,
             next,
             checkpointed,
+            checkpoint_version,
         })
     }
 }
@@ -221,10 +224,72 @@ impl CatchUp<'_> {
             records::CHECKPOINT,
             records::encode_position(position.as_u64()).to_vec(),
         );
-        self.store
+        let r = self
+            .store
             .append_system(&self.stream, ExpectedVersion::Any, vec![event])?;
         self.checkpointed = Some(position);
+        self.checkpoint_version = r.version;
         Ok(())
+    }
+
+    /// **Exactly-once processing**: commits `tx` (the events this subscription's handler
+    /// writes for the events it was handed) and the checkpoint `position` as one atomic
+    /// append. After a crash either both are in the log or neither is: the events before
+    /// `position` are processed once, never twice, never skipped. Pass
+    /// [`position`](Self::position) after handling a whole [`poll`](Self::poll), or an event's
+    /// [`next_position`](RecordedEvent::next_position) after handling it alone.
+    ///
+    /// The checkpoint is written expecting the version of the last checkpoint this handle
+    /// saw: if another handle of the same subscription checkpointed meanwhile, nothing is
+    /// written and the error is [`Error::WrongExpectedVersion`](crate::Error::WrongExpectedVersion)
+    /// (two processors of one subscription would otherwise both process the same events).
+    ///
+    /// ```
+    /// use annals::{ExpectedVersion, NewEvent, Store};
+    /// use annals::subscriptions::{CatchUpStart, Filter};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// store.append("order-1", ExpectedVersion::Any, [NewEvent::new("OrderPlaced", "1")])?;
+    ///
+    /// let mut sub = store.catch_up("invoicer", CatchUpStart::Beginning, Filter::Category("order".into()))?;
+    /// let mut tx = store.transaction();
+    /// for order in sub.poll(100)? {
+    ///     tx = tx.append("invoices", ExpectedVersion::Any, [NewEvent::new("Invoiced", order.id().to_string())]);
+    /// }
+    /// sub.commit_with(tx, sub.position())?;
+    /// drop(sub);
+    ///
+    /// let mut again = store.catch_up("invoicer", CatchUpStart::Beginning, Filter::Category("order".into()))?;
+    /// assert!(again.poll(100)?.is_empty(), "processed once");
+    /// assert_eq!(store.stream_version("invoices")?, Some(0));
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn commit_with(
+        &mut self,
+        tx: crate::Transaction<'_>,
+        position: Position,
+    ) -> Result<Vec<crate::AppendResult>> {
+        if !std::ptr::eq(tx.store(), self.store) {
+            return Err(Error::InvalidArgument(
+                "the transaction belongs to another store".into(),
+            ));
+        }
+        let expected = match self.checkpoint_version {
+            None => ExpectedVersion::NoStream,
+            Some(v) => ExpectedVersion::Exact(v),
+        };
+        let event = NewEvent::new(
+            records::CHECKPOINT,
+            records::encode_position(position.as_u64()).to_vec(),
+        );
+        let mut results = tx
+            .append_reserved(&self.stream, expected, [event])
+            .commit()?;
+        let checkpoint = results.pop().expect("the checkpoint's part");
+        self.checkpointed = Some(position);
+        self.checkpoint_version = checkpoint.version;
+        Ok(results)
     }
 }
 
@@ -256,11 +321,24 @@ struct Progress {
     stopped: bool,
 }
 
-struct Projection<P> {
+pub(super) struct Projection<P> {
     projection: Mutex<P>,
     progress: Mutex<Progress>,
     moved: Condvar,
     stop: std::sync::atomic::AtomicBool,
+}
+
+impl<P> Projection<P> {
+    /// Every event before `to` is handled.
+    pub(super) fn advance(&self, to: Position) {
+        self.progress.lock().processed = to;
+        self.moved.notify_all();
+    }
+
+    /// Whether the handle asked the runner to stop.
+    pub(super) fn stopping(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// A projection running in the background; see [`Store::run_projection`].
@@ -315,6 +393,29 @@ impl Store {
             + 'static,
     {
         let processed = self.catch_up(name, start, filter.clone())?.position();
+        self.spawn_runner(
+            name,
+            "projection",
+            state,
+            processed,
+            move |store, ctx, name| run(store, ctx, name, start, filter, apply, options),
+        )
+    }
+
+    /// Runs `body` in a thread named for `name` with a fresh [`Projection`] around `state`,
+    /// recording how it ended; shared by projections and processors.
+    pub(super) fn spawn_runner<P, B>(
+        self: &Arc<Self>,
+        name: &str,
+        kind: &str,
+        state: P,
+        processed: Position,
+        body: B,
+    ) -> Result<ProjectionHandle<P>>
+    where
+        P: Send + 'static,
+        B: FnOnce(&Store, &Projection<P>, &str) -> Result<()> + Send + 'static,
+    {
         let projection_state = Arc::new(Projection {
             projection: Mutex::new(state),
             progress: Mutex::new(Progress {
@@ -327,9 +428,9 @@ impl Store {
         });
         let (store, ctx, name) = (self.clone(), projection_state.clone(), name.to_owned());
         let thread = std::thread::Builder::new()
-            .name(format!("annals-projection-{name}"))
+            .name(format!("annals-{kind}-{name}"))
             .spawn(move || {
-                let result = run(&store, &ctx, &name, start, filter, apply, options);
+                let result = body(&store, &ctx, &name);
                 let mut progress = ctx.progress.lock();
                 progress.stopped = true;
                 if let Err(e) = &result {
@@ -360,11 +461,8 @@ where
     let mut sub = store.catch_up(name, start, filter)?;
     let mut since_checkpoint = 0usize;
     let mut last_checkpoint = Instant::now();
-    let advance = |to: Position| {
-        ctx.progress.lock().processed = to;
-        ctx.moved.notify_all();
-    };
-    while !ctx.stop.load(std::sync::atomic::Ordering::Acquire) {
+    let advance = |to: Position| ctx.advance(to);
+    while !ctx.stopping() {
         let batch = sub.poll(options.batch.max(1))?;
         for event in &batch {
             apply(&mut ctx.projection.lock(), event, store).map_err(|e| Error::Projection {

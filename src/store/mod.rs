@@ -9,6 +9,7 @@ pub(crate) mod maintenance;
 pub(crate) mod open;
 pub(crate) mod options;
 pub mod outbox;
+mod processor;
 mod read;
 mod snapshots;
 pub(crate) mod subscriptions;

@@ -16,6 +16,11 @@ pub struct Transaction<'a> {
 }
 
 impl<'a> Transaction<'a> {
+    /// The store this transaction commits to.
+    pub(crate) fn store(&self) -> &'a Store {
+        self.store
+    }
+
     /// An empty transaction on `store`.
     pub(super) fn new(store: &'a Store) -> Transaction<'a> {
         Transaction {

@@ -16,6 +16,7 @@ mod kill;
 mod live_read;
 mod model;
 mod outbox;
+mod processor_kill;
 mod reads;
 mod store;
 mod subscriptions;

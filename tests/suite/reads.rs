@@ -273,3 +273,70 @@ fn bounded_reads_cover_half_open_ranges_in_both_directions() {
         .count();
     assert_eq!(n, 0);
 }
+
+#[test]
+fn commit_with_is_atomic_and_refuses_a_second_processor_of_one_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("once")).unwrap();
+    let other = Store::open(dir.path().join("other")).unwrap();
+    for i in 0..3 {
+        store
+            .append(
+                &format!("order-{i}"),
+                ExpectedVersion::NoStream,
+                [NewEvent::new("Placed", "{}")],
+            )
+            .unwrap();
+    }
+    let orders = || Filter::Category("order".into());
+    let mut a = store
+        .catch_up("p", CatchUpStart::Beginning, orders())
+        .unwrap();
+    let mut b = store
+        .catch_up("p", CatchUpStart::Beginning, orders())
+        .unwrap();
+    assert_eq!(a.poll(2).unwrap().len(), 2);
+    assert_eq!(b.poll(2).unwrap().len(), 2);
+    fn write(s: &Store) -> annals::Transaction<'_> {
+        s.transaction()
+            .append("out", ExpectedVersion::Any, [NewEvent::new("Out", "1")])
+    }
+    a.commit_with(write(&store), a.position()).unwrap();
+    // The second handle saw no checkpoint: it may not process the same events again.
+    assert!(matches!(
+        b.commit_with(write(&store), b.position()),
+        Err(annals::Error::WrongExpectedVersion { .. })
+    ));
+    assert_eq!(
+        store.stream_version("out").unwrap(),
+        Some(0),
+        "nothing of the refused commit"
+    );
+    // A transaction of another store is refused.
+    assert!(matches!(
+        a.commit_with(write(&other), a.position()),
+        Err(annals::Error::InvalidArgument(_))
+    ));
+    // A failing part writes neither the effects nor the checkpoint.
+    let rest = a.poll(10).unwrap();
+    assert_eq!(rest.len(), 1);
+    let conflict = store.transaction().append(
+        "out",
+        ExpectedVersion::Exact(7),
+        [NewEvent::new("Out", "2")],
+    );
+    assert!(a.commit_with(conflict, a.position()).is_err());
+    let reopened = store
+        .catch_up("p", CatchUpStart::Beginning, orders())
+        .unwrap();
+    assert_eq!(reopened.checkpointed(), a.checkpointed());
+    assert_eq!(
+        store
+            .catch_up("p", CatchUpStart::Beginning, orders())
+            .unwrap()
+            .poll(10)
+            .unwrap()
+            .len(),
+        1
+    );
+}
