@@ -2,7 +2,9 @@
 //! same run:
 //!
 //! - one synchronous subscription on durable single-event appends, against none;
-//! - a catch-up subscription through a 1,000,000-event history, against `read_all`;
+//! - a catch-up subscription through a 1,000,000-event history, against `read_all`: with no
+//!   filter, with one stream of 100 (1 % of the events), and with a stream prefix minus a
+//!   type (11 %);
 //! - outbox delivery to an in-memory publisher.
 //!
 //! Run: `cargo bench -p annals-bench --bench features`.
@@ -107,29 +109,46 @@ fn history(c: &mut Criterion) {
         })
     });
     let mut run = 0u64;
-    g.bench_function("catch_up", |b| {
-        b.iter(|| {
-            run += 1;
-            let mut sub = store
-                .catch_up(
-                    &format!("bench-{run}"),
-                    CatchUpStart::Beginning,
-                    Filter::All,
-                )
-                .unwrap();
-            let mut n = 0u64;
-            loop {
-                let batch = sub.poll(1000).unwrap();
-                if batch.is_empty() {
-                    break;
+    let filters = [
+        ("catch_up", Filter::All, total),
+        (
+            "catch_up_one_stream",
+            Filter::Stream("account-7".into()),
+            total / 100,
+        ),
+        (
+            "catch_up_prefix_except_type",
+            Filter::StreamPrefix("account-1".into()).except(Filter::EventType("Other".into())),
+            total * 11 / 100,
+        ),
+    ];
+    for (name, filter, expected) in filters {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                run += 1;
+                let mut sub = store
+                    .catch_up(
+                        &format!("bench-{run}"),
+                        CatchUpStart::Beginning,
+                        filter.clone(),
+                    )
+                    .unwrap();
+                let (mut n, mut events) = (0u64, 0u64);
+                loop {
+                    let batch = sub.poll(1000).unwrap();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for e in batch {
+                        n += black_box(e.payload().len() as u64);
+                        events += 1;
+                    }
                 }
-                for e in batch {
-                    n += black_box(e.payload().len() as u64);
-                }
-            }
-            n
-        })
-    });
+                assert_eq!(events, expected, "{name}");
+                n
+            })
+        });
+    }
     g.finish();
 
     // Outbox: every event is published; each iteration is a fresh outbox from the start, so it
