@@ -246,6 +246,49 @@ impl Store {
         IndexedEvents::new(&self.engine, PosIndex::EventType, event_type, from, limit)
     }
 
+    /// Reads the events of a category backwards: those at or before position `from`
+    /// (inclusive; [`Position::END`] for the newest), newest first, at most `limit`. Uses the
+    /// index like [`read_category`](Self::read_category); each run of consecutive frames of
+    /// the category is walked forwards once before its events are returned newest first.
+    ///
+    /// ```
+    /// use annals::{ExpectedVersion, NewEvent, Position, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("shop"))?;
+    /// for s in ["order-1", "cart-9", "order-2", "order-3"] {
+    ///     store.append(s, ExpectedVersion::Any, [NewEvent::new("E", "{}")])?;
+    /// }
+    /// let newest: Vec<_> = store
+    ///     .read_category_backwards("order", Position::END, 2)?
+    ///     .map(|e| e.map(|e| e.stream().to_owned()))
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(newest, ["order-3", "order-2"]);
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn read_category_backwards(
+        &self,
+        category: &str,
+        from: Position,
+        limit: usize,
+    ) -> Result<IndexedEvents<'_>> {
+        self.engine.refresh()?;
+        IndexedEvents::backwards(&self.engine, PosIndex::Category, category, from, limit)
+    }
+
+    /// Reads the events of one event type backwards: those at or before position `from`
+    /// (inclusive), newest first, at most `limit`; see
+    /// [`read_category_backwards`](Self::read_category_backwards).
+    pub fn read_event_type_backwards(
+        &self,
+        event_type: &str,
+        from: Position,
+        limit: usize,
+    ) -> Result<IndexedEvents<'_>> {
+        self.engine.refresh()?;
+        IndexedEvents::backwards(&self.engine, PosIndex::EventType, event_type, from, limit)
+    }
+
     /// The version of the stream's last event, or `None` if the stream does not exist.
     pub fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
         check_stream_name(stream, true)?;

@@ -540,6 +540,19 @@ pub struct IndexedEvents<'a> {
     at: Option<(u64, u32)>,
     done: bool,
     cursor: Cursor,
+    /// Set for a backwards read.
+    back: Option<Back>,
+}
+
+/// A backwards read by category or type: the index's runs at or before the start, read from
+/// the newest; each run's frames are found by walking it forwards once.
+struct Back {
+    /// The start (inclusive): nothing after it is returned.
+    upto: u64,
+    /// Runs still to read, in position order (taken from the end).
+    runs: Vec<PosRun>,
+    /// Frames of the current run still to return, in position order (taken from the end).
+    positions: Vec<u64>,
 }
 
 impl<'a> IndexedEvents<'a> {
@@ -564,10 +577,109 @@ impl<'a> IndexedEvents<'a> {
             at: None,
             done: limit == 0,
             cursor: Cursor::default(),
+            back: None,
         })
     }
 
+    /// A backwards read: the events of `name` at or before `from`, newest first.
+    pub(super) fn backwards(
+        engine: &'a Engine,
+        index: PosIndex,
+        name: &str,
+        from: Position,
+        limit: usize,
+    ) -> Result<Self> {
+        let mut this = Self::new(engine, index, name, Position::START, limit)?;
+        let upto = from.as_u64().min(this.limit.saturating_sub(1));
+        // Every run that starts at or before `upto`, from the index alone.
+        let mut runs: Vec<PosRun> = Vec::new();
+        let mut at = Layout::FIRST;
+        loop {
+            let (batch, _) = engine.index.pos_snapshot(index, name, at, POS_BATCH)?;
+            let before = runs.len();
+            for run in batch {
+                if run.position > upto || run.position >= this.limit {
+                    break;
+                }
+                if runs.last().is_none_or(|last| run.position > last.position) {
+                    runs.push(run);
+                }
+            }
+            match runs.last() {
+                Some(last) if runs.len() > before => at = last.position + 1,
+                _ => break,
+            }
+        }
+        this.runs.clear();
+        this.back = Some(Back {
+            upto,
+            runs,
+            positions: Vec::new(),
+        });
+        Ok(this)
+    }
+
+    fn step_back(&mut self) -> Result<Option<RecordedEvent>> {
+        while !self.done {
+            let back = self.back.as_mut().expect("a backwards read");
+            if let Some(position) = back.positions.pop() {
+                let event = self.read_listed(position)?;
+                self.remaining -= 1;
+                self.done = self.remaining == 0;
+                return Ok(Some(event));
+            }
+            let Some(run) = back.runs.pop() else {
+                self.done = true;
+                break;
+            };
+            let (upto, mut at) = (back.upto, run.position);
+            let mut positions = Vec::new();
+            for _ in 0..run.count {
+                if at > upto || at >= self.limit {
+                    break;
+                }
+                positions.push(at);
+                let (bytes, _) = self.engine.reader.read(at, self.limit, &mut self.cursor)?;
+                at += bytes.len() as u64;
+            }
+            self.back.as_mut().expect("a backwards read").positions = positions;
+        }
+        Ok(None)
+    }
+
+    /// Reads the frame at `position`, which the index lists under this read's name.
+    fn read_listed(&mut self, position: u64) -> Result<RecordedEvent> {
+        let (bytes, frame) = self
+            .engine
+            .reader
+            .read(position, self.limit, &mut self.cursor)?;
+        let Body::Event = frame.body else {
+            return Err(Error::corrupt(
+                position,
+                "the index points at a seal, not an event",
+            ));
+        };
+        let event = RecordedEvent::new(bytes, position).with_prev(frame.link.prev);
+        let key = match self.index {
+            PosIndex::Category => category_of(event.stream()),
+            PosIndex::EventType => event.event_type(),
+        };
+        if key != self.name {
+            return Err(Error::corrupt(
+                position,
+                format!(
+                    "the index lists this frame under `{}`, but it is `{key}`",
+                    self.name
+                ),
+            ));
+        }
+        Ok(event)
+    }
+
     fn step(&mut self) -> Result<Option<RecordedEvent>> {
+        if self.back.is_some() {
+            return self.step_back();
+        }
         while !self.done {
             let Some((position, left)) = self.at.take() else {
                 if self.runs.is_empty() {
@@ -594,33 +706,10 @@ impl<'a> IndexedEvents<'a> {
                 }
                 continue;
             };
-            let (bytes, frame) = self
-                .engine
-                .reader
-                .read(position, self.limit, &mut self.cursor)?;
-            let Body::Event = frame.body else {
-                return Err(Error::corrupt(
-                    position,
-                    "the index points at a seal, not an event",
-                ));
-            };
-            let next = position + bytes.len() as u64;
+            let event = self.read_listed(position)?;
+            let next = event.next_position().as_u64();
             if left > 1 && next < self.limit {
                 self.at = Some((next, left - 1));
-            }
-            let event = RecordedEvent::new(bytes, position).with_prev(frame.link.prev);
-            let key = match self.index {
-                PosIndex::Category => category_of(event.stream()),
-                PosIndex::EventType => event.event_type(),
-            };
-            if key != self.name {
-                return Err(Error::corrupt(
-                    position,
-                    format!(
-                        "the index lists this frame under `{}`, but it is `{key}`",
-                        self.name
-                    ),
-                ));
             }
             if position < self.from {
                 continue;
