@@ -7,6 +7,8 @@
 //!   event, everything a command causes committed in one atomic append (or nothing).
 //! - Publishing: published events reach a [`Transport`] through the store's outbox
 //!   ([`PublishingStore`]) or straight away ([`SinkholeEventStore`]).
+//! - [`CommandContext`]: correlation and causation ids (and user metadata) set once per
+//!   command and carried by every event it causes.
 //! - Workflows: aggregates that [`dispatch`] commands; the commands are saved with the
 //!   workflow's events and handed to their handler exactly once by a [`CommandRelay`].
 //! - `testing` (feature `testing`): given/when/then for aggregates and for the bus, on a real store in a
@@ -73,6 +75,7 @@
 
 mod aggregate;
 mod bus;
+mod context;
 mod event_store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -84,6 +87,7 @@ use std::convert::Infallible;
 
 pub use aggregate::{Aggregate, Command, Dispatched, Recorder, Snapshot};
 pub use bus::{BusError, MAX_SETTLE_STEPS, MessageBus};
+pub use context::{CommandContext, ContextGuard};
 pub use event_store::{
     AnnalsBacked, EventStore, InMemoryEventStore, Part, PublishingStore, SinkholeEventStore,
 };

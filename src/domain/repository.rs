@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 
 use super::aggregate::{Aggregate, Dispatched, Snapshot};
 use super::event_store::{EventStore, Part};
-use super::{COMMAND_EVENT_TYPE, DomainError};
+use super::{COMMAND_EVENT_TYPE, CommandContext, DomainError};
 use crate::{AppendResult, Error, ExpectedVersion, NewEvent, Result};
 
 /// What [`Repository::part`] takes off an aggregate: the part of the append that saves it, and
@@ -157,13 +157,14 @@ impl<'s, A: Aggregate, S: EventStore> Repository<'s, A, S> {
             .map(|change| self.store.new_event(change))
             .chain(dispatched.iter().map(command_event))
             .collect();
-        let events = match encoded {
+        let mut events = match encoded {
             Ok(events) => events,
             Err(e) => {
                 aggregate.recorder_mut().put_back(changes, dispatched);
                 return Err(e);
             }
         };
+        CommandContext::apply_current(&mut events);
         let part = Part {
             stream: A::stream_name(aggregate.id()),
             expected: aggregate

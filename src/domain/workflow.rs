@@ -255,6 +255,8 @@ impl CommandRelay {
         let mut conflicts = 0;
         loop {
             let mut uow = UnitOfWork::new(store);
+            // What the command causes carries its conversation, and the command as its cause.
+            let _context = super::CommandContext::following(source).enter();
             let result = match bus.handle_named(&command.command, &command.body, &mut uow) {
                 Ok(()) => {
                     uow.append(Part {

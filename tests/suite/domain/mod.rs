@@ -3,6 +3,7 @@
 //! claims), the publishing, in-memory and sink-hole stores, and the command relay.
 
 mod bus;
+mod context;
 mod fixtures;
 mod publishing;
 mod repository;
