@@ -265,6 +265,12 @@ impl<'s, A: Aggregate, S: EventStore> Repository<'s, A, S> {
     /// Like [`update`](Self::update), but when another writer got there first (the expected
     /// version no longer matches) reloads and runs `command` again, up to `attempts` times in
     /// all.
+    ///
+    /// Only [`Error::WrongExpectedVersion`] is retried. A save whose event ids are already
+    /// stored elsewhere fails with [`Error::DuplicateEventId`] and is **not** retried: that is a
+    /// stale writer re-sending events it already wrote (KurrentDB would treat the append as
+    /// idempotent and succeed). Give each attempt fresh ids (`record` does, with UUIDv7) and
+    /// this cannot happen; if you set ids yourself, reload and decide instead of retrying.
     pub fn update_retrying<R, E>(
         &self,
         id: &str,

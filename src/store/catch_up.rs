@@ -59,7 +59,12 @@ pub struct CatchUp<'s> {
 
 impl Store {
     /// Opens the catch-up subscription `name`: from its last checkpoint if it has one,
-    /// otherwise from `start`. [`poll`](CatchUp::poll) hands out the events `filter` passes, in
+    /// otherwise from `start`.
+    ///
+    /// **Positions are inclusive**: from [`CatchUpStart::At`]`(p)` the event at `p` is the first
+    /// handed out. KurrentDB's subscriptions from a position leave that event out; to resume
+    /// after an event you handled, start at its
+    /// [`next_position`](crate::RecordedEvent::next_position) (checkpoints record exactly that). [`poll`](CatchUp::poll) hands out the events `filter` passes, in
     /// log order, history first and then live appends, without gaps;
     /// [`checkpoint`](CatchUp::checkpoint) records progress durably.
     ///

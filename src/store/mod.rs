@@ -183,7 +183,15 @@ impl Store {
     /// Reads the whole log from `from` (inclusive; [`Position::START`] or [`Position::END`]
     /// work in either direction), at most `limit` events. Only events acknowledged when the
     /// read starts are returned. The engine's own records (`$` streams: checkpoints, outbox
-    /// progress) are left out; [`read_log`](Self::read_log) includes them.
+    /// progress) are left out; [`read_log`](Self::read_log) includes them. Narrow it with
+    /// [`AllEvents::matching`] (a filter) and [`AllEvents::until`] (an end).
+    ///
+    /// **`from` is inclusive in both directions.** KurrentDB differs on backward reads: there
+    /// the event at the given position is left out. To go on forwards after an event you
+    /// handled, start at its [`next_position`](crate::RecordedEvent::next_position); to go on
+    /// backwards before an event `e`, read backwards from `e.position()` and skip the first
+    /// (or start at `Position::new(e.position().as_u64() - 1)`, which reads from the event
+    /// before it).
     pub fn read_all(
         &self,
         from: Position,
