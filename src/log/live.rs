@@ -145,19 +145,23 @@ impl Publisher {
     }
 
     /// Publishes a new durable end (callers hold the sync lock: one at a time). A failure is
-    /// reported once, as a warning: readers then stay at the last end they saw, and the
+    /// reported as a warning (once until a write succeeds again) and tried again at the next
+    /// sync: readers meanwhile stay at the last end they saw (they lag, never lead), and the
     /// store itself goes on.
     pub fn publish(&self, durable: u64) {
-        if durable <= self.published.load(Ordering::Acquire) || self.failed.load(Ordering::Relaxed)
-        {
+        if durable <= self.published.load(Ordering::Acquire) {
             return;
         }
         match self.file.write_all_at(&encode_end(durable), END_AT) {
-            Ok(()) => self.published.store(durable, Ordering::Release),
+            Ok(()) => {
+                self.published.store(durable, Ordering::Release);
+                self.failed.store(false, Ordering::Relaxed);
+            }
             Err(e) => {
-                self.failed.store(true, Ordering::Relaxed);
-                tracing::warn!(path = %self.path.display(), error = %e,
-                    "annals: cannot update the live file; read-only opens in other processes will not see new commits");
+                if !self.failed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(path = %self.path.display(), error = %e,
+                        "annals: cannot update the live file; read-only opens that follow this store will not see new commits until it can");
+                }
             }
         }
     }
@@ -168,6 +172,7 @@ impl Publisher {
 pub(crate) struct LiveEnd {
     file: Arc<dyn StorageFile>,
     path: PathBuf,
+    store_id: [u8; 16],
 }
 
 impl LiveEnd {
@@ -187,6 +192,7 @@ impl LiveEnd {
                     let live = LiveEnd {
                         file,
                         path: path.clone(),
+                        store_id,
                     };
                     match live.header_problem(store_id)? {
                         None => return Ok(Some(live)),
@@ -222,14 +228,21 @@ impl LiveEnd {
         }
     }
 
-    /// The durable end the writer published last.
+    /// The durable end the writer published last. The header is checked again each time: a
+    /// store replaced at the same path is refused, never followed.
     pub fn read(&self) -> Result<u64> {
-        let mut b = [0u8; 16];
+        let mut b = [0u8; LEN];
         for _ in 0..1000 {
             self.file
-                .read_exact_at(&mut b, END_AT)
+                .read_exact_at(&mut b, 0)
                 .map_err(|e| Error::io_at(&self.path, e))?;
-            if let Some(end) = decode_end(&b) {
+            if let Err(why) = check_header(&b[..32], self.store_id) {
+                return Err(Error::NotAStore {
+                    path: self.path.clone(),
+                    reason: format!("{why}: the store was replaced since this read-only open"),
+                });
+            }
+            if let Some(end) = decode_end(&b[32..]) {
                 return Ok(end);
             }
             std::thread::yield_now();

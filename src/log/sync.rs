@@ -135,7 +135,17 @@ impl LogSync {
         assert!(end >= offset + bytes.len() as u64);
         let _one_at_a_time = self.lock.lock();
         self.poison.check()?;
-        match self.file.write_all_at_durable(bytes, offset) {
+        // A write-and-sync of one range (`RWF_DSYNC`) makes only that range durable: when
+        // bytes before it were written without a sync (`Durability::Periodic`, `NoSync`), the
+        // whole file is synced instead, or `end` would be claimed durable over them.
+        let written = if self.durable() < offset {
+            self.file
+                .write_all_at(bytes, offset)
+                .and_then(|()| self.file.sync_data())
+        } else {
+            self.file.write_all_at_durable(bytes, offset)
+        };
+        match written {
             Ok(()) => {
                 self.advance(end);
                 Ok(())
@@ -191,6 +201,73 @@ mod tests {
             5,
             "the failed sync's bytes never reached the disk"
         );
+    }
+
+    /// A file that records which kind of durable write it was asked for.
+    #[derive(Debug)]
+    struct Recording {
+        inner: Arc<dyn StorageFile>,
+        calls: parking_lot::Mutex<Vec<&'static str>>,
+    }
+
+    impl StorageFile for Recording {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.inner.read_exact_at(buf, offset)
+        }
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.calls.lock().push("write");
+            self.inner.write_all_at(buf, offset)
+        }
+        fn write_all_at_durable(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            // Like `RWF_DSYNC`: only this range.
+            self.calls.lock().push("write-range-durable");
+            self.inner.write_all_at(buf, offset)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.calls.lock().push("sync");
+            self.inner.sync_data()
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn allocate(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.inner.allocate(offset, len)
+        }
+        fn try_lock(&self) -> std::io::Result<bool> {
+            self.inner.try_lock()
+        }
+        fn try_lock_shared(&self) -> std::io::Result<bool> {
+            self.inner.try_lock_shared()
+        }
+        fn unlock(&self) -> std::io::Result<()> {
+            self.inner.unlock()
+        }
+        fn map(&self, offset: u64, len: usize) -> std::io::Result<Option<memmap2::MmapRaw>> {
+            self.inner.map(offset, len)
+        }
+    }
+
+    #[test]
+    fn a_durable_write_after_unsynced_bytes_syncs_the_whole_file() {
+        let fs = FaultFs::new();
+        let rec = Arc::new(Recording {
+            inner: file(&fs),
+            calls: Default::default(),
+        });
+        let sync = LogSync::new(rec.clone(), 0, Arc::new(Poison::default()));
+        // Durable so far: the range write alone is enough.
+        sync.write_durable(b"seal", 0, 4).unwrap();
+        assert_eq!(*rec.calls.lock(), ["write-range-durable"]);
+        // Bytes written without a sync (a `Periodic` group), then a seal: the seal's range
+        // alone would leave them behind its durable end.
+        rec.calls.lock().clear();
+        sync.write(b"group", 4).unwrap();
+        sync.write_durable(b"seal", 9, 16).unwrap();
+        assert_eq!(*rec.calls.lock(), ["write", "write", "sync"]);
+        assert_eq!(sync.durable(), 16);
     }
 
     #[test]

@@ -397,7 +397,9 @@ impl Store {
             + Send
             + 'static,
     {
+        // The start is resolved once ("now" is now, not when the thread starts).
         let processed = self.catch_up(name, start, filter.clone())?.position();
+        let start = CatchUpStart::At(processed);
         self.spawn_runner(
             name,
             "projection",

@@ -185,7 +185,20 @@ impl Engine {
             return Ok(());
         };
         let durable = live.end.read()?;
-        if durable <= self.index.committed().end {
+        let seen = self.index.committed().end;
+        if durable < seen {
+            // Only a log cut or replaced from outside goes back (recovery never drops bytes
+            // that were published durable).
+            return Err(Error::corrupt(
+                durable,
+                format!(
+                    "the store's writer now says its log ends at {durable}, before the {seen} \
+                     this read-only open has read: the log was cut or replaced since it opened; \
+                     open it again"
+                ),
+            ));
+        }
+        if durable == seen {
             return Ok(());
         }
         let _one = live.refreshing.lock();

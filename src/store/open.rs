@@ -437,7 +437,9 @@ pub(crate) struct IndexReplay<'a> {
 }
 
 impl Replay for IndexReplay<'_> {
-    /// Indexes one recovered commit, checking that its versions follow the index's.
+    /// Indexes one recovered commit, checking that its versions follow the index's. The
+    /// commit's parts go into the index in one step: a reader of a live refresh sees all of
+    /// the commit or none of it.
     fn commit(&mut self, events: &[RecoveredEvent]) -> Result<()> {
         let index = self.index;
         let last = events.last().expect("a commit has frames");
@@ -446,6 +448,11 @@ impl Replay for IndexReplay<'_> {
             last_frame: Some(last.position),
         };
         let view = |i: usize| EventRef::new(&events[i].bytes);
+        // What this commit's earlier parts did to a stream and to the largest id.
+        let mut seen: std::collections::HashMap<&str, StreamInfo> =
+            std::collections::HashMap::new();
+        let mut above = index.max_id();
+        let mut parts = Vec::new();
         let mut i = 0;
         while i < events.len() {
             let stream = view(i).stream();
@@ -453,7 +460,10 @@ impl Replay for IndexReplay<'_> {
             while j < events.len() && view(j).stream() == stream {
                 j += 1;
             }
-            let before: StreamInfo = index.stream_info(stream)?;
+            let before: StreamInfo = match seen.get(stream) {
+                Some(info) => *info,
+                None => index.stream_info(stream)?,
+            };
             for (k, e) in events[i..j].iter().enumerate() {
                 let expected = before.count.checked_add(k as u64);
                 let version = EventRef::new(&e.bytes).version();
@@ -478,11 +488,19 @@ impl Replay for IndexReplay<'_> {
                 )
             });
             let end = events[j - 1].position + events[j - 1].bytes.len() as u64;
-            let part = PartIndex::new(Arc::from(stream), before, frames, end, index.max_id());
-            index.apply(&[part], committed)?;
+            let part = PartIndex::new(Arc::from(stream), before, frames, end, above);
+            above = above.max(part.ids.max());
+            seen.insert(
+                stream,
+                StreamInfo {
+                    id: before.id,
+                    count: before.count + (j - i) as u64,
+                },
+            );
+            parts.push(part);
             i = j;
         }
-        Ok(())
+        index.apply(&parts, committed)
     }
 
     fn wants_flush(&self) -> bool {

@@ -71,12 +71,15 @@ impl Store {
             + Send
             + 'static,
     {
+        // The start is resolved once ("now" is now, not when the thread starts).
         let processed = self.catch_up(name, start, filter.clone())?.position();
         self.spawn_runner(name, "processor", (), processed, move |store, ctx, name| {
             let mut handle = handle;
-            let mut sub = store.catch_up(name, start, filter)?;
+            let mut sub = store.catch_up(name, CatchUpStart::At(processed), filter)?;
+            let mut batch_size = options.batch.max(1);
             while !ctx.stopping() {
-                let batch = sub.poll(options.batch.max(1))?;
+                let from = sub.position();
+                let batch = sub.poll(batch_size)?;
                 if batch.is_empty() {
                     ctx.advance(sub.position());
                     sub.wait(Duration::from_millis(50));
@@ -91,8 +94,16 @@ impl Store {
                     })?;
                 }
                 let to = sub.position();
-                sub.commit_with(tx, to)?;
-                ctx.advance(to);
+                match sub.commit_with(tx, to) {
+                    Ok(_) => ctx.advance(to),
+                    // What a whole batch writes may not fit in one commit: fewer events at a
+                    // time, down to one, before giving up.
+                    Err(Error::TooLarge { .. }) if batch.len() > 1 => {
+                        sub.seek(from);
+                        batch_size = batch.len() / 2;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Ok(())
         })

@@ -296,3 +296,39 @@ fn verify_is_clean_while_commits_go_on() {
         "commits went on during the checks"
     );
 }
+
+#[test]
+fn a_log_that_goes_back_under_a_follower_is_an_error_not_a_silent_view() {
+    let fs = FaultFs::new();
+    let shared: Arc<dyn FileSystem> = Arc::new(fs.clone());
+    let writer = Store::builder()
+        .shared_file_system(shared.clone())
+        .open("/back")
+        .unwrap();
+    append(&writer, "a", 3);
+    let reader = Store::builder()
+        .shared_file_system(shared.clone())
+        .read_only(true)
+        .open("/back")
+        .unwrap();
+    assert_eq!(reader.stream_version("a").unwrap(), Some(2));
+    // What `annals repair` of a cut log and a new writer would publish: an end before what
+    // the reader has read (the live file's layout: end and its complement at byte 32).
+    let live = fs
+        .open(
+            Path::new("/back.annals.live"),
+            annals::storage::OpenMode::Existing,
+        )
+        .unwrap();
+    let end = 4096u64;
+    let mut b = end.to_le_bytes().to_vec();
+    b.extend((!end).to_le_bytes());
+    live.write_all_at(&b, 32).unwrap();
+    let e = reader.stream_version("a").unwrap_err();
+    assert!(e.to_string().contains("cut or replaced"), "{e}");
+    // A live file of another store (the store was replaced at the same path) is refused too.
+    live.write_all_at(&[0u8; 16], 12).unwrap();
+    let e = reader.stream_version("a").unwrap_err();
+    assert!(e.to_string().contains("replaced"), "{e}");
+    drop(writer);
+}

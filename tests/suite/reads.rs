@@ -428,3 +428,60 @@ fn reads_by_category_and_type_go_backwards_too() {
         assert_eq!(orders, 219, "hand count");
     }
 }
+
+#[test]
+fn a_processor_whose_batch_does_not_fit_one_commit_takes_fewer_events_at_a_time() {
+    use annals::subscriptions::ProjectionOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::builder()
+            .segment_size(8 << 20)
+            .open(dir.path().join("big"))
+            .unwrap(),
+    );
+    for i in 0..40 {
+        store
+            .append(
+                &format!("order-{i}"),
+                ExpectedVersion::NoStream,
+                [NewEvent::new("Placed", "{}")],
+            )
+            .unwrap();
+    }
+    // Each order makes 600 KB: 40 of them cannot go in one 8 MiB segment's commit.
+    let p = store
+        .run_processor(
+            "copier",
+            CatchUpStart::Beginning,
+            Filter::Category("order".into()),
+            |order, tx| {
+                Ok(tx.append(
+                    &format!("copy-{}", order.stream()),
+                    ExpectedVersion::NoStream,
+                    [NewEvent::new("Copied", vec![7u8; 600_000])],
+                ))
+            },
+            ProjectionOptions {
+                batch: 40,
+                ..ProjectionOptions::default()
+            },
+        )
+        .unwrap();
+    let last = store
+        .read_category("order", Position::START, usize::MAX)
+        .unwrap()
+        .last()
+        .unwrap()
+        .unwrap();
+    assert!(
+        p.wait_for(last.position(), Duration::from_secs(30))
+            .unwrap()
+    );
+    p.stop().unwrap();
+    for i in 0..40 {
+        assert_eq!(
+            store.stream_version(&format!("copy-order-{i}")).unwrap(),
+            Some(0)
+        );
+    }
+}

@@ -572,9 +572,15 @@ fn move_positions(
                         p
                     };
                     let handled = earlier.partition_point(|e| e.position.unwrap_or(0) < p);
-                    match handled {
-                        0 => Ok(before.as_u64()),
-                        k => Ok(copy(k - 1)?.next_position().as_u64()),
+                    if handled < earlier.len() {
+                        // The first event not handled is here already: resume at its copy
+                        // (which lies before `before` when an earlier import of this file
+                        // stopped half-way and this one found its events in place).
+                        Ok(copy(handled)?.position().as_u64())
+                    } else if handled > 0 {
+                        Ok(copy(handled - 1)?.next_position().as_u64())
+                    } else {
+                        Ok(before.as_u64())
                     }
                 }
                 PositionRole::Event => {
