@@ -205,3 +205,41 @@ pub fn recover(
         rewritten: r.rewritten,
     })
 }
+
+/// Reads the log at `path` the way a read-only open that follows a writer does: only up to
+/// `limit` (the durable end a writer published; past it the file reads as zeros), changing
+/// nothing. Every frame before the zeros must be sound: a bad one is an error, never a tail to
+/// drop.
+///
+/// ```
+/// use annals::internals::{LogFile, follow, recover};
+/// use annals::storage::MemoryFs;
+/// use std::path::Path;
+///
+/// let fs = MemoryFs::new();
+/// let path = Path::new("/l/log.annals");
+/// let mut log = LogFile::create(&fs, path, 64 * 1024, 7)?;
+/// let (_, first_end) = log.append(&[("s", 0, b"hello")])?;
+/// let (_, end) = log.append(&[("s", 1, b"world")])?;
+/// drop(log);
+/// assert_eq!(follow(&fs, path, first_end)?.commits.len(), 1, "what lies past the limit is not read");
+/// assert_eq!(follow(&fs, path, end)?.commits, recover(&fs, path, false, false)?.commits);
+/// # Ok::<(), annals::Error>(())
+/// ```
+pub fn follow(fs: &dyn FileSystem, path: &Path, limit: u64) -> Result<Recovery> {
+    let file = fs.open(path, OpenMode::ReadOnly)?;
+    let header = crate::store::open::read_header(&*file, path)?;
+    let layout = Layout {
+        segment_size: header.segment_size,
+        key: header.frame_key,
+    };
+    let view: Arc<dyn StorageFile> = Arc::new(crate::log::live::Bounded::new(file, limit));
+    let mut commits = Collect(Vec::new());
+    let (end, _, _) = recovery::follow(&view, layout, ScanStart::BEGINNING, &mut commits)?;
+    Ok(Recovery {
+        end,
+        commits: commits.0,
+        truncated: None,
+        rewritten: 0,
+    })
+}

@@ -1,7 +1,9 @@
 //! Recovery over arbitrary bytes: a log file whose header is valid and whose log is whatever
 //! the fuzzer wrote (in format version 1, where frame positions are plain, so the fuzzer finds
 //! frames easily, or version 2 with a key). Recovery never panics; judging and repairing agree;
-//! after a repair, recovery finds the same commits and nothing more to drop.
+//! after a repair, recovery finds the same commits and nothing more to drop, and a follower
+//! (a read-only open beside a writer, reading up to a published end) finds exactly them too;
+//! a follower given any end never panics.
 //!
 //! Runs the log floor alone (`annals::internals`): no index sidecar, no threads.
 #![no_main]
@@ -9,7 +11,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use annals::internals::{LogFile, recover};
+use annals::internals::{LogFile, follow, recover};
 use annals::storage::{FileSystem, MemoryFs, OpenMode};
 use libfuzzer_sys::fuzz_target;
 
@@ -62,6 +64,9 @@ fuzz_target!(|data: &[u8]| {
         .unwrap();
     drop(f);
     let accept_loss = flags & 4 != 0;
+    // A follower told any end (a hostile live file) errs or reads; it never panics.
+    let any_end = u64::from(flags >> 3) * 4096 + data.len() as u64 % 8192;
+    let _ = follow(&fs, Path::new(PATH), any_end);
     let judged = recover(&fs, Path::new(PATH), false, accept_loss);
     let repaired = recover(&fs, Path::new(PATH), true, accept_loss);
     match (&judged, &repaired) {
@@ -83,6 +88,9 @@ fuzz_target!(|data: &[u8]| {
                 .expect("a repaired log opens without accepting any loss");
             assert_eq!((again.end, &again.commits), (r.end, &r.commits));
             assert!(again.truncated.is_none(), "{:?}", again.truncated);
+            let followed = follow(&fs, Path::new(PATH), r.end)
+                .expect("a sound log followed to its end reads");
+            assert_eq!((followed.end, &followed.commits), (r.end, &r.commits));
         }
         (Err(_), Err(_)) => {}
         (j, r) => panic!("judging and repairing disagree: {j:?} / {r:?}"),
