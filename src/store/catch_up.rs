@@ -153,6 +153,14 @@ impl Store {
     }
 }
 
+/// The record of a checkpoint at `position`.
+fn checkpoint_event(position: Position) -> NewEvent {
+    NewEvent::new(
+        records::CHECKPOINT,
+        records::encode_position(position.as_u64()).to_vec(),
+    )
+}
+
 fn decode_checkpoint(e: &RecordedEvent) -> Result<Position> {
     let position = records::decode_position(e.payload()).ok_or_else(|| Error::Decode {
         position: e.position().as_u64(),
@@ -225,10 +233,7 @@ impl CatchUp<'_> {
         if self.checkpointed == Some(position) {
             return Ok(());
         }
-        let event = NewEvent::new(
-            records::CHECKPOINT,
-            records::encode_position(position.as_u64()).to_vec(),
-        );
+        let event = checkpoint_event(position);
         let r = self
             .store
             .append_system(&self.stream, ExpectedVersion::Any, vec![event])?;
@@ -272,9 +277,9 @@ impl CatchUp<'_> {
     /// ```
     pub fn commit_with(
         &mut self,
-        tx: crate::Transaction<'_>,
+        tx: super::Transaction<'_>,
         position: Position,
-    ) -> Result<Vec<crate::AppendResult>> {
+    ) -> Result<Vec<crate::event::AppendResult>> {
         if !std::ptr::eq(tx.store(), self.store) {
             return Err(Error::InvalidArgument(
                 "the transaction belongs to another store".into(),
@@ -284,10 +289,7 @@ impl CatchUp<'_> {
             None => ExpectedVersion::NoStream,
             Some(v) => ExpectedVersion::Exact(v),
         };
-        let event = NewEvent::new(
-            records::CHECKPOINT,
-            records::encode_position(position.as_u64()).to_vec(),
-        );
+        let event = checkpoint_event(position);
         let mut results = tx
             .append_reserved(&self.stream, expected, [event])
             .commit()?;

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 
 use super::commit::{Committer, Part, Poison};
 use super::options::Durability;
+use super::replay::IndexReplay;
 use super::{RecoveryReport, background, codec, subscriptions, typed};
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, NewEvent};
@@ -23,7 +24,6 @@ use crate::log::recovery::{ScanStart, follow};
 use crate::log::sync::LogSync;
 use crate::names::check_event_type;
 use crate::storage::StorageFile;
-use crate::store::open::IndexReplay;
 use crate::values::{ExpectedVersion, Position};
 
 /// State shared by the store, its commit path, its readers and its background threads.

@@ -11,6 +11,7 @@ pub(crate) mod options;
 pub mod outbox;
 mod processor;
 mod read;
+mod replay;
 mod snapshots;
 pub(crate) mod subscriptions;
 mod transaction;

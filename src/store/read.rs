@@ -591,11 +591,11 @@ impl<'a> IndexedEvents<'a> {
     ) -> Result<Self> {
         let mut this = Self::new(engine, index, name, Position::START, limit)?;
         let upto = from.as_u64().min(this.limit.saturating_sub(1));
-        // Every run that starts at or before `upto`, from the index alone.
+        // Every run that starts at or before `upto`, from the index alone: the first batch is
+        // the one the forward start took, with the committed end it holds to.
         let mut runs: Vec<PosRun> = Vec::new();
-        let mut at = Layout::FIRST;
+        let mut batch: Vec<PosRun> = std::mem::take(&mut this.runs).into();
         loop {
-            let (batch, _) = engine.index.pos_snapshot(index, name, at, POS_BATCH)?;
             let before = runs.len();
             for run in batch {
                 if run.position > upto || run.position >= this.limit {
@@ -606,11 +606,15 @@ impl<'a> IndexedEvents<'a> {
                 }
             }
             match runs.last() {
-                Some(last) if runs.len() > before => at = last.position + 1,
+                Some(last) if runs.len() > before => {
+                    batch = engine
+                        .index
+                        .pos_snapshot(index, name, last.position + 1, POS_BATCH)?
+                        .0;
+                }
                 _ => break,
             }
         }
-        this.runs.clear();
         this.back = Some(Back {
             upto,
             runs,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use annals::subscriptions::{CatchUpStart, Filter, ProjectionOptions};
-use annals::{Direction, ExpectedVersion, NewEvent, Position, Store};
+use annals::{Direction, ExpectedVersion, NewEvent, Position, RecordedEvent, Store, Transaction};
 
 const DIR_VAR: &str = "ANNALS_PROCESSOR_CHILD_DIR";
 const NAME: &str = "invoicer";
@@ -25,6 +25,15 @@ fn open(dir: &Path) -> Store {
         .index_flush_events(300)
         .open(dir.join("processed"))
         .expect("open")
+}
+
+/// The processor's handler: one invoice per order, naming it.
+fn invoice<'s>(
+    order: &RecordedEvent,
+    tx: Transaction<'s>,
+) -> Result<Transaction<'s>, annals::BoxError> {
+    let invoice = NewEvent::new("Invoiced", order.id().to_string());
+    Ok(tx.append("invoices", ExpectedVersion::Any, [invoice]))
 }
 
 fn orders() -> Filter {
@@ -42,16 +51,7 @@ fn child_processor() {
         ..ProjectionOptions::default()
     };
     let _processor = store
-        .run_processor(
-            NAME,
-            CatchUpStart::Beginning,
-            orders(),
-            |order, tx| {
-                let invoice = NewEvent::new("Invoiced", order.id().to_string());
-                Ok(tx.append("invoices", ExpectedVersion::Any, [invoice]))
-            },
-            options,
-        )
+        .run_processor(NAME, CatchUpStart::Beginning, orders(), invoice, options)
         .expect("start the processor");
     println!("READY");
     loop {
@@ -157,10 +157,7 @@ fn an_exactly_once_processor_survives_kill_9() {
             NAME,
             CatchUpStart::Beginning,
             orders(),
-            |order, tx| {
-                let invoice = NewEvent::new("Invoiced", order.id().to_string());
-                Ok(tx.append("invoices", ExpectedVersion::Any, [invoice]))
-            },
+            invoice,
             ProjectionOptions::default(),
         )
         .unwrap();

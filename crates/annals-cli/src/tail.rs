@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use annals::{Direction, Position, RecordedEvent, Store, category_of};
+use annals::{Direction, Position, RecordedEvent, category_of};
 
 use crate::exit::CliResult;
 use crate::inspect::{event_json, open_read_only};
@@ -117,13 +117,9 @@ pub fn tail(args: TailArgs) -> CliResult {
             // Nobody writes while this handle keeps the store: let a writer in, look again.
             drop(store);
             std::thread::sleep(LOOK_EVERY);
-            store = reopen(&args)?;
+            store = open_read_only(&args.store)?;
         }
     }
-}
-
-fn reopen(args: &TailArgs) -> CliResult<Store> {
-    open_read_only(&args.store)
 }
 
 /// Prints events, one JSON line each, and flushes; `false` once the reader has gone (a closed
