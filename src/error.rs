@@ -49,6 +49,14 @@ pub enum Error {
         detail: String,
     },
 
+    /// The stream was deleted for good ([`Store::tombstone_stream`](crate::Store::tombstone_stream)):
+    /// nothing can be appended to it again; nothing was written.
+    #[error("stream `{stream}` is deleted for good (tombstoned)")]
+    StreamDeleted {
+        /// The stream.
+        stream: String,
+    },
+
     /// Stored bytes failed a check (checksum, position, length, layout).
     #[error("corrupt store at position {position}: {reason}")]
     Corrupt {

@@ -183,7 +183,7 @@ impl RecordedEvent {
     }
 
     #[inline]
-    fn view(&self) -> EventRef<'_> {
+    pub(crate) fn view(&self) -> EventRef<'_> {
         EventRef::new(&self.frame)
     }
 

@@ -337,6 +337,39 @@ impl Index {
         Ok(())
     }
 
+    /// Raises a stream's count to at least `count`: after a rebuild, the versions a deletion
+    /// covered and a scavenge removed with their frames are known only from the stream's
+    /// metadata, and versions must go on after them.
+    pub fn raise_count(&self, name: &str, count: u64) -> Result<()> {
+        let info = self.stream_info(name)?;
+        if info.count >= count {
+            return Ok(());
+        }
+        let mut layers = self.layers.write();
+        let id = match info.id {
+            Some(id) => id,
+            None => {
+                let id = layers.next_stream_id;
+                layers.next_stream_id = id
+                    .checked_add(1)
+                    .ok_or_else(|| crate::error::Error::Index("stream ids are exhausted".into()))?;
+                id
+            }
+        };
+        let stream = layers
+            .active
+            .streams
+            .entry(Arc::from(name))
+            .or_insert(MemStream {
+                id,
+                count: info.count,
+                runs: Vec::new(),
+                runs_end: 0,
+            });
+        stream.count = stream.count.max(count);
+        Ok(())
+    }
+
     /// The sidecar's id for a stream, if it has one.
     fn sidecar_id(&self, name: &str) -> Result<Option<u64>> {
         let txn = self.sidecar.begin_read()?;

@@ -86,7 +86,7 @@
 //! | 8      | 8    | position | byte offset of this frame in the file, XOR the frame key        |
 //! | 16     | 8    | durable  | end of the log known durable when this frame was written (≤ position) |
 //! | 24     | 4    | prev     | distance back to the previous frame's start; 0 for the first frame |
-//! | 28     | 1    | kind     | 1 = event, 2 = seal                                           |
+//! | 28     | 1    | kind     | 1 = event, 2 = seal, 3 = gap                                  |
 //! | 29     | 1    | flags    | bit 0: commit end; for events also bits 1–3 (below); others 0 |
 //! | 30     | 2    | reserved | zero                                                          |
 //! | 32     | ..   | body     | by kind, then zero padding up to `len`                        |
@@ -118,6 +118,17 @@
 //! **Seal body** (kind 2): 8 bytes, the position where the log continues (the start of the next
 //! segment). A seal is a commit of its own; it is the last frame of a segment, and the writer
 //! keeps room for it (40 bytes) at the end of every segment.
+//!
+//! **Gap body** (kind 3): 8 bytes, the position of the last frame the gap replaced. A gap is
+//! what a scavenge or an erasure leaves of frames no read can return any more (see
+//! `src/log/journal.rs` for how they are written crash-safely): one or more frames `[a, b)` of
+//! one segment, replaced by a gap frame at `a` whose `len` is `b - a`. Unlike every other
+//! frame, its checksum covers only bytes `4..40` (header and body): the bytes after them, up to
+//! `len`, are zeros or a punched hole. Its `prev` and `durable` fields are those of the first
+//! frame it replaced; its commit-end flag is that of the last one; the frame after it links back
+//! to the last frame it replaced (the body), so the chain of frames stays checkable. Positions
+//! inside a gap are no frame: a reader that lands there (through an index entry of a removed
+//! event) finds the gap by walking its segment's frames from the segment's start.
 //!
 //! # The engine's own records
 //!
@@ -245,6 +256,9 @@ const _: () = {
 
 const KIND_EVENT: u8 = 1;
 const KIND_SEAL: u8 = 2;
+const KIND_GAP: u8 = 3;
+/// Length of the part of a gap frame that is written and checksummed (header and body).
+pub const GAP_HEADER_LEN: u64 = 40;
 const FLAG_COMMIT_END: u8 = 1;
 const FLAG_CORRELATION: u8 = 1 << 1;
 const FLAG_CAUSATION: u8 = 1 << 2;
@@ -624,6 +638,51 @@ pub enum Body {
         /// Start of the next segment.
         next: u64,
     },
+    /// A gap: removed frames; the log continues at the frame's end.
+    Gap {
+        /// Position of the last frame the gap replaced.
+        last_inner: u64,
+    },
+}
+
+impl Frame {
+    /// Where the frame after this one starts.
+    pub fn next(&self) -> u64 {
+        match self.body {
+            Body::Seal { next } => next,
+            Body::Event | Body::Gap { .. } => self.link.position + u64::from(self.len),
+        }
+    }
+
+    /// The position the frame after this one links back to: the frame itself, or for a gap,
+    /// the last frame it replaced.
+    pub fn chain_last(&self) -> u64 {
+        match self.body {
+            Body::Gap { last_inner } => last_inner,
+            _ => self.link.position,
+        }
+    }
+}
+
+/// Appends a gap frame to `buf` (its first [`GAP_HEADER_LEN`] bytes: the rest of the gap is
+/// zeros): `len` bytes from `link.position` are removed frames, the last of which is at
+/// `last_inner`.
+pub fn encode_gap(buf: &mut Vec<u8>, link: FrameLink, key: u64, len: u32, last_inner: u64) {
+    assert!(u64::from(len) >= GAP_HEADER_LEN && u64::from(len).is_multiple_of(FRAME_ALIGN));
+    assert!(link.position <= last_inner && last_inner < link.position + u64::from(len));
+    assert!(link.durable <= link.position && link.position.is_multiple_of(FRAME_ALIGN));
+    let start = buf.len();
+    let flags = if link.commit_end { FLAG_COMMIT_END } else { 0 };
+    put_header(buf, len, link, key, KIND_GAP, flags);
+    buf.extend_from_slice(&last_inner.to_le_bytes());
+    let crc = crc32(&buf[start + 4..start + GAP_HEADER_LEN as usize]);
+    buf[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Whether the frame header at the start of `bytes` says it is a gap (unchecked: enough to read
+/// only its first [`GAP_HEADER_LEN`] bytes).
+pub fn peek_gap(bytes: &[u8]) -> bool {
+    bytes.get(frame_at::KIND) == Some(&KIND_GAP)
 }
 
 /// The fields of a checked event frame, read in place. Made from the bytes of a frame that
@@ -854,7 +913,10 @@ pub fn decode_frame(bytes: &[u8], position: u64, key: u64) -> Result<Frame, Fram
         return Err(FrameError::Empty);
     }
     let ulen = len as usize;
-    if ulen < MIN_FRAME_LEN || !ulen.is_multiple_of(FRAME_ALIGN as usize) || ulen > bytes.len() {
+    let gap = header[frame_at::KIND] == KIND_GAP;
+    // A gap's checked bytes are its first 40; the rest is zeros (maybe a hole), never read.
+    let checked = if gap { GAP_HEADER_LEN as usize } else { ulen };
+    if ulen < MIN_FRAME_LEN || !ulen.is_multiple_of(FRAME_ALIGN as usize) || checked > bytes.len() {
         return Err(FrameError::BadLength(len));
     }
     // The position is checked before the checksum: it is cheap, and it makes probing every
@@ -863,7 +925,7 @@ pub fn decode_frame(bytes: &[u8], position: u64, key: u64) -> Result<Frame, Fram
     if claimed != position || !position.is_multiple_of(FRAME_ALIGN) {
         return Err(FrameError::BadPosition(claimed));
     }
-    let frame = &bytes[..ulen];
+    let frame = &bytes[..checked];
     if crc32(&frame[frame_at::LEN..]) != u32_at(header, frame_at::CRC) {
         return Err(FrameError::BadChecksum);
     }
@@ -902,6 +964,16 @@ pub fn decode_frame(bytes: &[u8], position: u64, key: u64) -> Result<Frame, Fram
                 return Err(FrameError::BadLayout("seal points backwards"));
             }
             Body::Seal { next }
+        }
+        KIND_GAP => {
+            if flags & !FLAG_COMMIT_END != 0 {
+                return Err(FrameError::BadLayout("unknown gap flags"));
+            }
+            let last_inner = u64_at(frame, frame_at::BODY);
+            if last_inner < position || last_inner >= position + u64::from(len) {
+                return Err(FrameError::BadLayout("gap's last frame outside the gap"));
+            }
+            Body::Gap { last_inner }
         }
         _ => return Err(FrameError::BadLayout("unknown frame kind")),
     };

@@ -16,7 +16,9 @@ use memmap2::MmapRaw;
 use parking_lot::RwLock;
 
 use super::Layout;
-use super::format::{FRAME_HEADER_LEN, Frame, FrameError, decode_frame, peek_len};
+use super::format::{
+    Body, FRAME_HEADER_LEN, Frame, FrameError, GAP_HEADER_LEN, decode_frame, peek_gap, peek_len,
+};
 use crate::error::{Error, Result};
 use crate::storage::StorageFile;
 
@@ -30,6 +32,23 @@ pub(crate) struct LogReader {
     layout: Layout,
     maps: RwLock<Vec<Option<Arc<MmapRaw>>>>,
     can_map: AtomicBool,
+    /// Gaps found so far (start -> end), and the segments walked whole to find them.
+    gaps: parking_lot::Mutex<Gaps>,
+}
+
+#[derive(Debug, Default)]
+struct Gaps {
+    known: std::collections::BTreeMap<u64, u64>,
+    walked: std::collections::HashSet<u64>,
+}
+
+/// What is at a position: a checked frame, or a place inside removed frames (a gap).
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// A frame starts here (an event or a seal).
+    Frame(Bytes, Frame),
+    /// The position lies in the gap `[start, end)`; the gap's header frame is `header`.
+    Gap { start: u64, end: u64, header: Frame },
 }
 
 /// The first `len` bytes of a segment's map.
@@ -109,7 +128,88 @@ impl LogReader {
             layout,
             maps: RwLock::new(Vec::new()),
             can_map: AtomicBool::new(map),
+            gaps: parking_lot::Mutex::new(Gaps::default()),
         }
+    }
+
+    /// Records gaps made by this process (a scavenge or an erasure), before they are written.
+    pub fn learn_gap(&self, start: u64, end: u64) {
+        self.gaps.lock().known.insert(start, end);
+    }
+
+    /// What is at `position`: a frame, or the gap it lies in. A position that is neither (bytes
+    /// that are no frame, outside every gap) is corruption.
+    pub fn resolve(&self, position: u64, limit: u64, cursor: &mut Cursor) -> Result<Found> {
+        match self.try_read(position, limit, cursor)? {
+            Ok((_, header)) if matches!(header.body, Body::Gap { .. }) => Ok(Found::Gap {
+                start: position,
+                end: header.next(),
+                header,
+            }),
+            Ok((bytes, frame)) => Ok(Found::Frame(bytes, frame)),
+            Err(e) => match self.gap_around(position, limit)? {
+                Some((start, end, header)) => Ok(Found::Gap { start, end, header }),
+                None => Err(Error::corrupt(position, e.to_string())),
+            },
+        }
+    }
+
+    /// The gap holding `position`, if there is one: from the gaps known, else by walking the
+    /// frames of `position`'s segment from its start (once per segment).
+    fn gap_around(&self, position: u64, limit: u64) -> Result<Option<(u64, u64, Frame)>> {
+        let segment = self.layout.segment_of(position);
+        let header = |start: u64| -> Result<Option<Frame>> {
+            Ok(self
+                .try_read(start, limit, &mut Cursor::default())?
+                .ok()
+                .map(|(_, f)| f)
+                .filter(|f| matches!(f.body, Body::Gap { .. })))
+        };
+        let known = |gaps: &Gaps| {
+            gaps.known
+                .range(..=position)
+                .next_back()
+                .filter(|(_, end)| position < **end)
+                .map(|(s, e)| (*s, *e))
+        };
+        let (hit, walked) = {
+            let gaps = self.gaps.lock();
+            (known(&gaps), gaps.walked.contains(&segment))
+        };
+        if let Some((start, end)) = hit
+            && let Some(f) = header(start)?
+            && f.next() == end
+        {
+            return Ok(Some((start, end, f)));
+        }
+        if walked && hit.is_none() {
+            return Ok(None);
+        }
+        // Walk the segment's chain of frames (every frame and gap header is intact).
+        let mut at = self.layout.segment_start(segment);
+        let mut cursor = Cursor::default();
+        let mut found = Vec::new();
+        let mut result = None;
+        while at < limit.min(self.layout.segment_end(at)) {
+            let Ok((_, f)) = self.try_read(at, limit, &mut cursor)? else {
+                break;
+            };
+            let next = f.next();
+            if let Body::Gap { .. } = f.body {
+                found.push((at, next));
+                if (at..next).contains(&position) {
+                    result = Some((at, next, f));
+                }
+            }
+            if matches!(f.body, Body::Seal { .. }) || next <= at {
+                break;
+            }
+            at = next;
+        }
+        let mut gaps = self.gaps.lock();
+        gaps.known.extend(found);
+        gaps.walked.insert(segment);
+        Ok(result)
     }
 
     pub fn layout(&self) -> Layout {
@@ -197,26 +297,41 @@ impl LogReader {
             // The view ends at `limit` or at the segment's end, whichever comes first.
             let from = (position - seg_start) as usize;
             return Ok(decode_frame(&view[from..], position, self.layout.key)
-                .map(|frame| (view.slice(from..from + frame.len as usize), frame)));
+                .and_then(|frame| self.in_segment(position, frame))
+                .map(|frame| (view.slice(from..from + checked_len(&frame)), frame)));
         }
         let end = limit.min(self.layout.segment_end(position));
         let header = FRAME_HEADER_LEN as u64;
         if !cursor.covers(position, header.min(end - position)) {
             cursor.fill(&*self.file, position, end, header)?;
         }
-        let want = cursor
-            .bytes(position, end)
-            .get(..FRAME_HEADER_LEN)
-            .and_then(peek_len)
-            .map_or(0, u64::from);
+        let head = cursor.bytes(position, end).get(..FRAME_HEADER_LEN);
+        let want = if head.is_some_and(peek_gap) {
+            GAP_HEADER_LEN
+        } else {
+            head.and_then(peek_len).map_or(0, u64::from)
+        };
         if want <= end - position && !cursor.covers(position, want) {
             cursor.fill(&*self.file, position, end, want)?;
         }
         let from = (position - cursor.start) as usize;
         Ok(
             decode_frame(cursor.bytes(position, end), position, self.layout.key)
-                .map(|frame| (cursor.data.slice(from..from + frame.len as usize), frame)),
+                .and_then(|frame| self.in_segment(position, frame))
+                .map(|frame| (cursor.data.slice(from..from + checked_len(&frame)), frame)),
         )
+    }
+
+    /// A gap's length is checked here: its bytes past the header are not read.
+    fn in_segment(&self, position: u64, frame: Frame) -> std::result::Result<Frame, FrameError> {
+        match frame.body {
+            Body::Gap { .. }
+                if position + u64::from(frame.len) > self.layout.usable_end(position) =>
+            {
+                Err(FrameError::BadLength(frame.len))
+            }
+            _ => Ok(frame),
+        }
     }
 
     /// Reads and checks the frame at `position` like [`read`](Self::read), without handing out
@@ -231,6 +346,7 @@ impl LogReader {
                 position,
                 self.layout.key,
             )
+            .and_then(|frame| self.in_segment(position, frame))
         } else {
             self.try_read(position, limit, cursor)?
                 .map(|(_, frame)| frame)
@@ -269,5 +385,13 @@ impl LogReader {
 
     pub fn file(&self) -> &Arc<dyn StorageFile> {
         &self.file
+    }
+}
+
+/// How many bytes of a checked frame are its own: all of them, or a gap's header and body.
+fn checked_len(frame: &Frame) -> usize {
+    match frame.body {
+        Body::Gap { .. } => GAP_HEADER_LEN as usize,
+        _ => frame.len as usize,
     }
 }

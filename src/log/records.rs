@@ -13,6 +13,17 @@
 //! | snapshot | `$snapshot-STREAM` | `Snapshot` | the state, as its encoder wrote it; schema version in the frame | version covered, 8 bytes LE |
 //! | command relay marker | `$relay-NAME` | `annals.CommandHandled` / `annals.CommandFailed` | JSON [`RelayMarker`] | none |
 //! | unique claim | `$unique-SCOPE-VALUE` | `annals.UniqueClaimed` | JSON [`UniqueClaim`] | none |
+//! | stream metadata | `$meta-STREAM` | `annals.StreamMetadata` | JSON [`MetadataRecord`] | none |
+//! | erasure | `$erased-STREAM` | `annals.StreamErased` | JSON [`ErasureRecord`] | none |
+//!
+//! **Stream metadata** is the newest record of `$meta-STREAM`; it is written with the stream's
+//! own expected-version check in the same commit when a stream is deleted. Its fields decide
+//! which events of `STREAM` reads still return (see `src/store/lifecycle.rs`): versions below
+//! `truncate_before`, all but the newest `max_count`, events older than `max_age_secs`, and
+//! every event of a tombstoned stream are unreadable, and a scavenge may remove them.
+//! **Superseded records**: of `$checkpoint-`, `$outbox-NAME` (progress) and `$snapshot-`
+//! and `$meta-` streams only the newest event is readable and kept; older ones are removed by
+//! a scavenge.
 //!
 //! One engine-defined event type lives in applications' own streams: a command stored by a
 //! workflow, `annals.CommandDispatched` ([`COMMAND_DISPATCHED`]), whose payload is the
@@ -56,6 +67,11 @@ pub const UNIQUE_CLAIMED: &str = "annals.UniqueClaimed";
 /// Event type of a command a workflow stored for its relay (in the workflow's own stream).
 pub const COMMAND_DISPATCHED: &str = "annals.CommandDispatched";
 
+/// Event type of a stream's metadata (retention, deletion, the user's own JSON).
+pub const STREAM_METADATA: &str = "annals.StreamMetadata";
+/// Event type of the record an erasure leaves.
+pub const STREAM_ERASED: &str = "annals.StreamErased";
+
 /// Length of a position record's payload.
 pub const POSITION_LEN: usize = 8;
 
@@ -87,6 +103,30 @@ pub fn relay_stream(name: &str) -> String {
 /// The stream that holds the claim of `value` within `scope`.
 pub fn unique_stream(scope: &str, value: &str) -> String {
     format!("{RESERVED_PREFIX}unique-{scope}-{value}")
+}
+
+/// The stream of `stream`'s metadata.
+pub fn metadata_stream(stream: &str) -> String {
+    format!("{RESERVED_PREFIX}meta-{stream}")
+}
+
+/// The stream of the records of `stream`'s erasures.
+pub fn erasure_stream(stream: &str) -> String {
+    format!("{RESERVED_PREFIX}erased-{stream}")
+}
+
+/// The stream whose metadata record `meta_stream` is, if it is a metadata stream.
+pub fn metadata_of(meta_stream: &str) -> Option<&str> {
+    meta_stream.strip_prefix("$meta-")
+}
+
+/// Whether only the newest event of `stream` counts (checkpoints, outbox progress, snapshots):
+/// older ones are superseded.
+pub fn supersedes(stream: &str) -> bool {
+    stream.starts_with("$checkpoint-")
+        || stream.starts_with("$snapshot-")
+        || stream.starts_with("$meta-")
+        || (stream.starts_with("$outbox-") && !stream.ends_with("-parked"))
 }
 
 /// The payload of a position record (a checkpoint, outbox progress): 8 bytes, little-endian.
@@ -148,6 +188,43 @@ pub struct UniqueClaim {
     pub scope: String,
     /// The value.
     pub value: String,
+}
+
+/// A stream's metadata, as recorded (see the table above). Missing fields are unset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetadataRecord {
+    /// Versions below this are unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate_before: Option<u64>,
+    /// Only the newest this many events are readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_count: Option<u64>,
+    /// Events older than this many seconds are unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_secs: Option<u64>,
+    /// The stream is deleted for good: nothing of it is readable, nothing can be appended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tombstoned: bool,
+    /// The stream was deleted (soft) at `truncate_before`, not only truncated.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// The application's own JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<serde_json::Value>,
+}
+
+/// What an erasure records: which stream, how many events and bytes were overwritten (the
+/// time is the record's timestamp).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureRecord {
+    /// The stream erased.
+    pub stream: String,
+    /// Events below this version were erased.
+    pub before_version: u64,
+    /// How many event frames were overwritten.
+    pub events: u64,
+    /// How many bytes of the file were overwritten or punched.
+    pub bytes: u64,
 }
 
 /// What a position held by an engine record means; see [`map_positions`].
@@ -219,7 +296,7 @@ pub fn map_positions(
             r.source = map(PositionRole::Event, r.source)?;
             to_json(&r)
         }
-        SNAPSHOT | UNIQUE_CLAIMED => return Ok(None),
+        SNAPSHOT | UNIQUE_CLAIMED | STREAM_METADATA | STREAM_ERASED => return Ok(None),
         other => {
             return Err(format!(
                 "`{other}` is not an engine record this build knows"
@@ -256,6 +333,8 @@ mod tests {
             snapshot_stream("a"),
             relay_stream("a"),
             unique_stream("a", "b"),
+            metadata_stream("a"),
+            erasure_stream("a"),
         ] {
             assert!(s.starts_with(RESERVED_PREFIX), "{s}");
         }
@@ -338,6 +417,35 @@ mod tests {
             map_positions(CHECKPOINT, &encode_position(1), refuse),
             Err("no such event".into())
         );
+    }
+
+    #[test]
+    fn metadata_records_round_trip_and_name_their_stream() {
+        let m = MetadataRecord {
+            truncate_before: Some(10),
+            max_count: None,
+            max_age_secs: Some(60),
+            tombstoned: false,
+            deleted: true,
+            custom: Some(serde_json::json!({"owner": "ops"})),
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            json,
+            r#"{"truncate_before":10,"max_age_secs":60,"deleted":true,"custom":{"owner":"ops"}}"#
+        );
+        assert_eq!(serde_json::from_str::<MetadataRecord>(&json).unwrap(), m);
+        assert_eq!(
+            serde_json::from_str::<MetadataRecord>("{}").unwrap(),
+            MetadataRecord::default()
+        );
+        assert_eq!(metadata_of(&metadata_stream("order-1")), Some("order-1"));
+        assert_eq!(metadata_of("$checkpoint-x"), None);
+        assert!(
+            supersedes("$checkpoint-a") && supersedes("$outbox-a") && supersedes("$snapshot-s")
+        );
+        assert!(supersedes("$meta-a"));
+        assert!(!supersedes("$outbox-a-parked") && !supersedes("$erased-a") && !supersedes("a"));
     }
 
     #[test]

@@ -122,6 +122,8 @@ pub(crate) trait Replay {
     fn flush(&mut self) -> Result<()> {
         Ok(())
     }
+    /// The scan passed a gap (removed frames): versions of a stream may jump from here on.
+    fn gap(&mut self) {}
 }
 
 /// Whether recovery may change the file.
@@ -387,10 +389,7 @@ fn check_start(reader: &LogReader, start: ScanStart, file_len: u64) -> Result<()
     let (_, frame) = reader
         .try_read(last, file_len, &mut Cursor::default())?
         .map_err(|e| mismatch(format!("at its last frame {last}: {e}")))?;
-    let ends_at = match frame.body {
-        Body::Seal { next } => next,
-        Body::Event => last + u64::from(frame.len),
-    };
+    let ends_at = frame.next();
     if ends_at != start.position {
         return Err(mismatch(format!(
             "its last frame at {last} ends at {ends_at}, not at {}",
@@ -457,6 +456,12 @@ fn scan(
         proven: start.position,
         pending: false,
     };
+    // The frame after a gap links back to the last frame the gap replaced.
+    if let Some(l) = last
+        && let Ok((_, f)) = reader.try_read(l, file_len, &mut cursor)?
+    {
+        last = Some(f.chain_last());
+    }
     let mut pending: Vec<RecoveredEvent> = Vec::new();
     let stop = loop {
         if pos + SEAL_FRAME_LEN > file_len {
@@ -510,6 +515,24 @@ fn scan(
                         durable.make_durable(s.end, false)?;
                         replay.flush()?;
                     }
+                }
+            }
+            Body::Gap { last_inner } => {
+                // Removed frames (scavenged or erased): nothing to index; the chain goes on
+                // from the last frame the gap replaced.
+                if pos + u64::from(frame.len) > layout.usable_end(pos) {
+                    break Stop::Bad("gap frame in the space kept for the seal".to_owned());
+                }
+                replay.gap();
+                last = Some(last_inner);
+                pos += u64::from(frame.len);
+                if frame.link.commit_end {
+                    if !pending.is_empty() {
+                        replay.commit(&pending)?;
+                        pending.clear();
+                    }
+                    s.commits += 1;
+                    (s.end, s.last_frame) = (pos, Some(frame.link.position));
                 }
             }
             Body::Seal { next } => {

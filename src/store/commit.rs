@@ -28,6 +28,7 @@ use super::Engine;
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, NewEvent};
 use crate::index::{Committed, PartIds, PartIndex, StreamInfo};
+use crate::log::records::MetadataRecord;
 pub(crate) use crate::log::sync::Poison;
 use crate::log::writer::{LogWriter, ReserveError};
 use crate::store::options::Durability;
@@ -300,6 +301,9 @@ impl Committer {
             // The group is in the log; reopening replays it into a sound index.
             engine.poison.set(format!("index update failed: {e}"));
         }
+        for (stream, record) in overlay.metadata.drain() {
+            engine.lifecycle.set(&stream, record);
+        }
         let events: u64 = index_parts.iter().map(|p| u64::from(p.add.run.count)).sum();
         engine.counters.groups.fetch_add(1, Ordering::Relaxed);
         engine
@@ -348,6 +352,8 @@ struct Overlay {
     spans: Vec<OverlaySpan>,
     /// The largest id staged in this group.
     max_id: Option<u128>,
+    /// Stream metadata staged in this group (by the stream it is about).
+    metadata: HashMap<Box<str>, MetadataRecord>,
 }
 
 /// A part staged in this group whose ids are strictly increasing and above every id before it.
@@ -359,6 +365,14 @@ struct OverlaySpan {
 }
 
 impl Overlay {
+    /// A stream's metadata as this group sees it.
+    fn meta(&self, engine: &Engine, stream: &str) -> Option<MetadataRecord> {
+        match self.metadata.get(stream) {
+            Some(m) => Some(m.clone()),
+            None => engine.lifecycle.get(stream),
+        }
+    }
+
     /// Where an event staged in this group is: (stream, version, position).
     fn find(&self, id: u128) -> Option<(Arc<str>, u64, u64)> {
         if let Some(found) = self.ids.get(&id) {
@@ -504,9 +518,15 @@ fn count_after(stream: &str, count: u64, n: usize) -> Result<u64> {
     })
 }
 
-/// Checks a part's expected version against the stream's state.
-fn check_expected(part: &Part, info: StreamInfo) -> Result<()> {
-    let actual = version_of(info.count);
+/// Checks a part's expected version against the stream's state (a deleted stream does not
+/// exist; see `lifecycle`), and refuses any part on a tombstoned stream.
+fn check_expected(part: &Part, info: StreamInfo, meta: Option<&MetadataRecord>) -> Result<()> {
+    if meta.is_some_and(|m| m.tombstoned) {
+        return Err(Error::StreamDeleted {
+            stream: part.stream.to_string(),
+        });
+    }
+    let actual = super::lifecycle::visible_version(info.count, meta);
     if part.expected.matches(actual) {
         Ok(())
     } else {
@@ -531,7 +551,7 @@ fn already_appended(
     for (part, stored) in parts.iter().zip(found) {
         let (Some(first), Some(last)) = (stored.first(), stored.last()) else {
             let info = current(engine, overlay, &[], &part.stream)?;
-            check_expected(part, info)?;
+            check_expected(part, info, overlay.meta(engine, &part.stream).as_ref())?;
             results.push(AppendResult::nothing(version_of(info.count), engine.end()));
             continue;
         };
@@ -579,7 +599,7 @@ fn stage(
     let mut after: Vec<(Arc<str>, StreamInfo)> = Vec::with_capacity(parts.len());
     for part in parts {
         let info = current(engine, overlay, &after, &part.stream).map_err(refused)?;
-        check_expected(part, info).map_err(refused)?;
+        check_expected(part, info, overlay.meta(engine, &part.stream).as_ref()).map_err(refused)?;
         let count = count_after(&part.stream, info.count, part.events.len()).map_err(refused)?;
         before.push(info);
         after.push((part.stream.clone(), StreamInfo { id: info.id, count }));
@@ -648,6 +668,15 @@ fn stage(
         index_parts.push(index);
     }
     overlay.streams.extend(after);
+    for part in parts {
+        if let (Some(stream), Some(last)) = (
+            crate::log::records::metadata_of(&part.stream),
+            part.events.last(),
+        ) && let Ok(record) = serde_json::from_slice::<MetadataRecord>(&last.payload)
+        {
+            overlay.metadata.insert(stream.into(), record);
+        }
+    }
     Ok((results, index_parts))
 }
 
@@ -670,16 +699,61 @@ mod tests {
     #[test]
     fn versions_are_checked_without_overflow() {
         let at = |count| StreamInfo { id: Some(1), count };
-        assert!(check_expected(&part("s", ExpectedVersion::Exact(u64::MAX), 1), at(0)).is_err());
+        assert!(
+            check_expected(&part("s", ExpectedVersion::Exact(u64::MAX), 1), at(0), None).is_err()
+        );
         assert!(
             check_expected(
                 &part("s", ExpectedVersion::Exact(u64::MAX), 1),
-                at(u64::MAX)
+                at(u64::MAX),
+                None
             )
             .is_err()
         );
-        assert!(check_expected(&part("s", ExpectedVersion::NoStream, 1), at(0)).is_ok());
-        assert!(check_expected(&part("s", ExpectedVersion::Exact(4), 1), at(5)).is_ok());
+        assert!(check_expected(&part("s", ExpectedVersion::NoStream, 1), at(0), None).is_ok());
+        assert!(check_expected(&part("s", ExpectedVersion::Exact(4), 1), at(5), None).is_ok());
+        // A soft-deleted stream does not exist; a tombstoned one refuses everything.
+        let deleted = MetadataRecord {
+            truncate_before: Some(5),
+            deleted: true,
+            ..Default::default()
+        };
+        assert!(
+            check_expected(
+                &part("s", ExpectedVersion::NoStream, 1),
+                at(5),
+                Some(&deleted)
+            )
+            .is_ok()
+        );
+        assert!(
+            check_expected(
+                &part("s", ExpectedVersion::Exact(4), 1),
+                at(5),
+                Some(&deleted)
+            )
+            .is_err()
+        );
+        assert!(
+            check_expected(
+                &part("s", ExpectedVersion::Exact(5), 1),
+                at(6),
+                Some(&deleted)
+            )
+            .is_ok()
+        );
+        let tombstoned = MetadataRecord {
+            tombstoned: true,
+            ..deleted
+        };
+        assert!(matches!(
+            check_expected(
+                &part("s", ExpectedVersion::Any, 1),
+                at(5),
+                Some(&tombstoned)
+            ),
+            Err(Error::StreamDeleted { .. })
+        ));
         assert!(count_after("s", u64::MAX, 1).is_err());
         assert!(count_after("s", u64::MAX - 2, 2).is_ok());
         assert_eq!(version_of(0), None);

@@ -19,7 +19,7 @@ use crate::index::{Frozen, Index};
 use crate::log::Layout;
 use crate::log::format::FileHeader;
 use crate::log::live::{Bounded, LiveEnd};
-use crate::log::reader::LogReader;
+use crate::log::reader::{Found, LogReader};
 use crate::log::recovery::{ScanStart, follow};
 use crate::log::sync::LogSync;
 use crate::names::check_event_type;
@@ -57,6 +57,8 @@ pub(crate) struct Engine {
     /// The sidecar still says "closed cleanly" (the store was opened clean and nothing was
     /// written since): the first write must clear that first.
     pub(crate) marked_clean: std::sync::atomic::AtomicBool,
+    /// Stream metadata: what reads still return.
+    pub(crate) lifecycle: super::lifecycle::Lifecycle,
 }
 
 /// A read-only open that follows a writer: its view of the log (zeros past the published
@@ -78,18 +80,43 @@ pub(crate) struct Counters {
 
 impl Engine {
     /// The position of the stored event with this id, if there is one: where the index puts
-    /// it, or found by reading the frames of the span the index names.
+    /// it, or found by reading the frames of the span the index names. An event that reads no
+    /// longer return (deleted, expired, removed by a scavenge) is not stored any more.
     pub(crate) fn locate_id(&self, id: u128) -> Result<Option<u64>> {
-        let span = match self.index.find_id(id)? {
-            None => return Ok(None),
-            Some(crate::index::IdHit::At(position)) => return Ok(Some(position)),
-            Some(crate::index::IdHit::InSpan(span)) => span,
-        };
         let limit = self.index.committed().end;
         let mut cursor = crate::log::reader::Cursor::default();
+        let readable = |bytes: &[u8]| {
+            self.lifecycle
+                .readable(&self.index, &crate::log::format::EventRef::new(bytes))
+        };
+        let span = match self.index.find_id(id)? {
+            None => return Ok(None),
+            Some(crate::index::IdHit::At(position)) => {
+                return Ok(match self.reader.resolve(position, limit, &mut cursor)? {
+                    Found::Gap { .. } => None,
+                    Found::Frame(bytes, frame) => {
+                        let event = frame.body == crate::log::format::Body::Event;
+                        let same = event
+                            && u128::from_be_bytes(
+                                crate::log::format::EventRef::new(&bytes).event_id(),
+                            ) == id;
+                        // A frame that is not this event: the caller reports the mismatch.
+                        (!same || readable(&bytes)).then_some(position)
+                    }
+                });
+            }
+            Some(crate::index::IdHit::InSpan(span)) => span,
+        };
         let mut at = span.position;
-        for _ in 0..span.count {
-            let (bytes, frame) = self.reader.read(at, limit, &mut cursor)?;
+        let mut left = span.count;
+        while left > 0 && at < limit {
+            let (bytes, frame) = match self.reader.resolve(at, limit, &mut cursor)? {
+                Found::Gap { end, .. } => {
+                    at = end;
+                    continue;
+                }
+                Found::Frame(bytes, frame) => (bytes, frame),
+            };
             if frame.body != crate::log::format::Body::Event {
                 return Err(Error::corrupt(
                     at,
@@ -97,11 +124,15 @@ impl Engine {
                 ));
             }
             let found = u128::from_be_bytes(crate::log::format::EventRef::new(&bytes).event_id());
-            if found >= id {
+            if found == id {
+                return Ok(readable(&bytes).then_some(at));
+            }
+            if found > id {
                 // A span's ids increase: past `id`, it is not there.
-                return Ok((found == id).then_some(at));
+                return Ok(None);
             }
             at += u64::from(frame.len);
+            left -= 1;
         }
         Ok(None)
     }
@@ -214,10 +245,13 @@ impl Engine {
             prepared: None,
         };
         let file: Arc<dyn StorageFile> = live.view.clone();
-        let mut replay = IndexReplay { index: &self.index };
+        let mut replay = IndexReplay {
+            index: &self.index,
+            gaps: false,
+        };
         let (end, last_frame, _) = follow(&file, self.layout, start, &mut replay)?;
         self.index.apply(&[], Committed { end, last_frame })?;
-        Ok(())
+        super::lifecycle::Lifecycle::load_from(self, committed.end)
     }
 
     /// Where the log ends (every acknowledged event is before it).

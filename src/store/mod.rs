@@ -5,6 +5,7 @@ pub(crate) mod catch_up;
 pub(crate) mod codec;
 mod commit;
 mod engine;
+pub(crate) mod lifecycle;
 pub(crate) mod maintenance;
 pub(crate) mod open;
 pub(crate) mod options;
@@ -32,6 +33,7 @@ use background::Background;
 pub use options::StoreBuilder;
 
 pub(crate) use engine::{Counters, Engine};
+pub use lifecycle::StreamMetadata;
 pub use maintenance::{Lost, RecoveryReport, StoreStats};
 pub use read::{AllEvents, IndexedEvents, StreamEvents};
 pub use transaction::Transaction;
@@ -302,7 +304,9 @@ impl Store {
     pub fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
         check_stream_name(stream, true)?;
         self.engine.refresh()?;
-        Ok(self.engine.index.stream_info(stream)?.count.checked_sub(1))
+        let count = self.engine.index.stream_info(stream)?.count;
+        let meta = self.engine.lifecycle.get(stream);
+        Ok(lifecycle::visible_version(count, meta.as_ref()))
     }
 
     /// Where the next event will go: every acknowledged event is before this position. (On a

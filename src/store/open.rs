@@ -123,7 +123,10 @@ impl Store {
                 accept_loss: options.accept_loss,
             }
         };
-        let mut replay = IndexReplay { index: &index };
+        let mut replay = IndexReplay {
+            index: &index,
+            gaps: false,
+        };
         let recovered = match &live {
             None => recover(&file, layout, scan, recovery_mode, &mut replay)?,
             Some(_) => {
@@ -203,7 +206,9 @@ impl Store {
             appended: Default::default(),
             appended_waiters: Default::default(),
             marked_clean: std::sync::atomic::AtomicBool::new(start.clean),
+            lifecycle: Default::default(),
         });
+        super::lifecycle::Lifecycle::load_from(&engine, crate::log::Layout::FIRST)?;
         let background = if read_only {
             Background::default()
         } else {

@@ -14,7 +14,7 @@ use crate::index::PosIndex;
 use crate::index::memtable::{PosRun, Run};
 use crate::log::Layout;
 use crate::log::format::{Body, EventRef, FRAME_ALIGN};
-use crate::log::reader::Cursor;
+use crate::log::reader::{Cursor, Found};
 use crate::names::category_of;
 use crate::values::{Direction, Position};
 
@@ -37,6 +37,10 @@ pub struct StreamEvents<'a> {
     /// The run holding `next` and the position of `next`'s frame, when known.
     at: Option<(Run, u64)>,
     cursor: Cursor,
+    /// The first readable version (see `lifecycle`).
+    first: u64,
+    /// Events older than this timestamp are expired (0: none).
+    expired_before: u64,
 }
 
 impl<'a> StreamEvents<'a> {
@@ -51,10 +55,19 @@ impl<'a> StreamEvents<'a> {
         let snapshot = engine
             .index
             .stream_snapshot(stream, from, backwards, RUN_BATCH)?;
+        // Versions before `first` are deleted, truncated or superseded (see `lifecycle`).
+        let first = engine.lifecycle.first_readable(stream, snapshot.count);
         let next = match (snapshot.count, backwards) {
             (0, _) => None,
-            (count, false) => (from < count).then_some(from),
-            (count, true) => Some(from.min(count - 1)),
+            (count, false) => Some(from.max(first)).filter(|v| *v < count),
+            (count, true) => Some(from.min(count - 1)).filter(|v| *v >= first),
+        };
+        let snapshot = match next {
+            // The runs fetched hold `from`; fetch those holding the first readable version.
+            Some(v) if v != from => engine
+                .index
+                .stream_snapshot(stream, v, backwards, RUN_BATCH)?,
+            _ => snapshot,
         };
         Ok(StreamEvents {
             engine,
@@ -67,11 +80,16 @@ impl<'a> StreamEvents<'a> {
             runs: snapshot.runs.into(),
             at: None,
             cursor: Cursor::default(),
+            first,
+            expired_before: engine.lifecycle.expired_before(stream),
         })
     }
 
-    /// Finds the run holding `version` and the position of its frame.
-    fn locate(&mut self, version: u64) -> Result<(Run, u64)> {
+    /// Finds the run holding `version` and the position of its frame. When `version` was
+    /// removed from the file (a scavenge), the first version after it that is still there, and
+    /// that version.
+    fn locate(&mut self, version: u64) -> Result<(Run, u64, u64)> {
+        let mut version = version;
         loop {
             while let Some(run) = self.runs.front() {
                 if run.contains(version) {
@@ -80,12 +98,65 @@ impl<'a> StreamEvents<'a> {
                 self.runs.pop_front();
             }
             if let Some(run) = self.runs.front().copied() {
-                // Walk from the run's first frame to the wanted version.
+                // Walk from the run's first frame to the wanted version (over removed frames).
                 let mut position = run.position;
-                for skipped in run.first_version..version {
-                    position = self.read_event(position, skipped)?.next_position().as_u64();
+                let mut passed_gap = false;
+                loop {
+                    match self
+                        .engine
+                        .reader
+                        .resolve(position, self.limit, &mut self.cursor)?
+                    {
+                        Found::Gap { end, .. } => {
+                            passed_gap = true;
+                            position = end;
+                        }
+                        Found::Frame(bytes, frame) if frame.body == Body::Event => {
+                            let e = EventRef::new(&bytes);
+                            let same = e.stream_bytes() == self.stream.as_bytes();
+                            if same && e.version() >= version && run.contains(e.version()) {
+                                return Ok((run, position, e.version()));
+                            }
+                            if same && e.version() < version {
+                                position += u64::from(frame.len);
+                                continue;
+                            }
+                            if !passed_gap {
+                                // The owned read names what is wrong.
+                                return Err(self
+                                    .read_event(position, version)
+                                    .err()
+                                    .unwrap_or_else(|| {
+                                        Error::corrupt(position, "the index and the log disagree")
+                                    }));
+                            }
+                            // The rest of the run was removed: go on with the next run.
+                            version = run.end_version();
+                            self.runs.pop_front();
+                            break;
+                        }
+                        Found::Frame(..) => {
+                            if !passed_gap {
+                                return Err(Error::corrupt(
+                                    position,
+                                    "the index points at a seal, not an event",
+                                ));
+                            }
+                            version = run.end_version();
+                            self.runs.pop_front();
+                            break;
+                        }
+                    }
+                    if position >= self.limit {
+                        version = run.end_version();
+                        self.runs.pop_front();
+                        break;
+                    }
                 }
-                return Ok((run, position));
+                if version >= self.count {
+                    return Ok((run, self.limit, version));
+                }
+                continue;
             }
             let snapshot = self.engine.index.stream_snapshot(
                 &self.stream,
@@ -161,49 +232,76 @@ impl StreamEvents<'_> {
     /// Like `step`, leaving the checked frame in the cursor: its position, length and the
     /// distance back to the frame before it.
     fn step_view(&mut self) -> Result<Option<(u64, u32, u32)>> {
-        let Some(version) = self.next else {
-            return Ok(None);
-        };
-        let (run, position) = match self.at.take() {
-            Some(at) => at,
-            None => self.locate(version)?,
-        };
-        let frame = self
-            .engine
-            .reader
-            .check(position, self.limit, &mut self.cursor)?;
-        let bytes = self
-            .engine
-            .reader
-            .frame_bytes(&self.cursor, position, frame.len);
-        let event = EventRef::new(bytes);
-        if frame.body != Body::Event
-            || event.stream_bytes() != self.stream.as_bytes()
-            || event.version() != version
-        {
-            // The owned read names what is wrong.
-            return Err(self
-                .read_event(position, version)
-                .err()
-                .unwrap_or_else(|| Error::corrupt(position, "the index and the log disagree")));
-        }
-        self.remaining -= 1;
-        let next_position = position + u64::from(frame.len);
-        if self.backwards {
-            self.next = version.checked_sub(1);
-            if self.next.is_some_and(|v| run.contains(v)) {
-                self.at = Some((run, position - u64::from(frame.link.prev)));
+        loop {
+            let Some(version) = self.next else {
+                return Ok(None);
+            };
+            let (run, position, version) = match self.at.take() {
+                Some((run, position)) => (run, position, version),
+                None => {
+                    let (run, position, found) = self.locate(version)?;
+                    if found >= self.count || (self.backwards && found != version) {
+                        // Removed from the file: nothing more to read this way.
+                        self.next = None;
+                        return Ok(None);
+                    }
+                    (run, position, found)
+                }
+            };
+            let frame = match self
+                .engine
+                .reader
+                .check(position, self.limit, &mut self.cursor)
+            {
+                Ok(frame) => frame,
+                Err(_) => {
+                    // A removed frame (the step before knew no better): find it again.
+                    let (run, position, found) = self.locate(version)?;
+                    if found >= self.count || (self.backwards && found != version) {
+                        self.next = None;
+                        return Ok(None);
+                    }
+                    self.at = Some((run, position));
+                    self.next = Some(found);
+                    continue;
+                }
+            };
+            let bytes = self
+                .engine
+                .reader
+                .frame_bytes(&self.cursor, position, frame.len);
+            let event = EventRef::new(bytes);
+            if frame.body != Body::Event
+                || event.stream_bytes() != self.stream.as_bytes()
+                || event.version() != version
+            {
+                // The owned read names what is wrong.
+                return Err(self.read_event(position, version).err().unwrap_or_else(|| {
+                    Error::corrupt(position, "the index and the log disagree")
+                }));
             }
-        } else {
-            self.next = Some(version + 1).filter(|v| *v < self.count);
-            if self.next.is_some_and(|v| run.contains(v)) {
-                self.at = Some((run, next_position));
+            let expired = event.timestamp() < self.expired_before;
+            let next_position = position + u64::from(frame.len);
+            if self.backwards {
+                self.next = version.checked_sub(1).filter(|v| *v >= self.first);
+                if self.next.is_some_and(|v| run.contains(v)) {
+                    self.at = Some((run, position - u64::from(frame.link.prev)));
+                }
+            } else {
+                self.next = Some(version + 1).filter(|v| *v < self.count);
+                if self.next.is_some_and(|v| run.contains(v)) {
+                    self.at = Some((run, next_position));
+                }
             }
+            if expired {
+                continue;
+            }
+            self.remaining -= 1;
+            if self.remaining == 0 {
+                self.next = None;
+            }
+            return Ok(Some((position, frame.len, frame.link.prev)));
         }
-        if self.remaining == 0 {
-            self.next = None;
-        }
-        Ok(Some((position, frame.len, frame.link.prev)))
     }
 }
 
@@ -365,6 +463,8 @@ impl<'a> AllEvents<'a> {
         };
         let genuine = match frame.body {
             Body::Event => event_at(self, position, &bytes)?,
+            // A gap's header is checked whole (its position is stored under the frame key).
+            Body::Gap { .. } => true,
             Body::Seal { .. } => {
                 let prev = u64::from(frame.link.prev);
                 let before = position.checked_sub(prev).filter(|_| prev != 0);
@@ -397,11 +497,8 @@ impl<'a> AllEvents<'a> {
         let layout = self.engine.reader.layout();
         let mut at = layout.segment_start(layout.segment_of(position));
         loop {
-            let (bytes, frame) = self.engine.reader.read(at, self.limit, &mut self.cursor)?;
-            let next = match frame.body {
-                Body::Seal { next } => next,
-                Body::Event => at + bytes.len() as u64,
-            };
+            let (_, frame) = self.engine.reader.read(at, self.limit, &mut self.cursor)?;
+            let next = frame.next();
             if next > position || next >= self.limit {
                 return Ok((at, next));
             }
@@ -478,27 +575,29 @@ impl AllEvents<'_> {
             let reader = &self.engine.reader;
             let frame = match reader.check(position, self.limit, &mut self.cursor) {
                 Ok(frame) => frame,
-                Err(e) => {
-                    self.next = None;
-                    return Err(e);
-                }
+                // Inside removed frames (a backwards step from the frame after a gap).
+                Err(e) => match reader.resolve(position, self.limit, &mut self.cursor) {
+                    Ok(crate::log::reader::Found::Gap { header, .. }) => header,
+                    _ => {
+                        self.next = None;
+                        return Err(e);
+                    }
+                },
             };
+            let position = frame.link.position;
             self.next = if self.backwards {
                 position
                     .checked_sub(u64::from(frame.link.prev))
                     .filter(|_| frame.link.prev != 0)
             } else {
-                Some(match frame.body {
-                    Body::Seal { next } => next,
-                    Body::Event => position + u64::from(frame.len),
-                })
+                Some(frame.next())
             };
             let wanted = frame.body == Body::Event && {
                 let event = EventRef::new(reader.frame_bytes(&self.cursor, position, frame.len));
-                match &self.filter {
+                (match &self.filter {
                     Some(filter) => filter.passes(event.stream(), event.event_type()),
                     None => self.include_system || !event.is_system(),
-                }
+                }) && self.engine.lifecycle.readable(&self.engine.index, &event)
             };
             if wanted {
                 self.remaining -= 1;
@@ -542,6 +641,8 @@ pub struct IndexedEvents<'a> {
     cursor: Cursor,
     /// Set for a backwards read.
     back: Option<Back>,
+    /// The run being read passed removed frames: a frame not listed here ends it.
+    passed_gap: bool,
 }
 
 /// A backwards read by category or type: the index's runs at or before the start, read from
@@ -578,6 +679,7 @@ impl<'a> IndexedEvents<'a> {
             done: limit == 0,
             cursor: Cursor::default(),
             back: None,
+            passed_gap: false,
         })
     }
 
@@ -628,6 +730,13 @@ impl<'a> IndexedEvents<'a> {
             let back = self.back.as_mut().expect("a backwards read");
             if let Some(position) = back.positions.pop() {
                 let event = self.read_listed(position)?;
+                if !self
+                    .engine
+                    .lifecycle
+                    .readable(&self.engine.index, &event.view())
+                {
+                    continue;
+                }
                 self.remaining -= 1;
                 self.done = self.remaining == 0;
                 return Ok(Some(event));
@@ -638,17 +747,44 @@ impl<'a> IndexedEvents<'a> {
             };
             let (upto, mut at) = (back.upto, run.position);
             let mut positions = Vec::new();
-            for _ in 0..run.count {
-                if at > upto || at >= self.limit {
-                    break;
+            let mut left = run.count;
+            let mut passed_gap = false;
+            while left > 0 && at <= upto && at < self.limit {
+                match self
+                    .engine
+                    .reader
+                    .resolve(at, self.limit, &mut self.cursor)?
+                {
+                    Found::Gap { end, .. } => {
+                        passed_gap = true;
+                        at = end;
+                    }
+                    Found::Frame(bytes, frame) => {
+                        if passed_gap && !self.listed(&bytes, &frame) {
+                            // The rest of the run was removed.
+                            break;
+                        }
+                        positions.push(at);
+                        at += u64::from(frame.len);
+                        left -= 1;
+                    }
                 }
-                positions.push(at);
-                let (bytes, _) = self.engine.reader.read(at, self.limit, &mut self.cursor)?;
-                at += bytes.len() as u64;
             }
             self.back.as_mut().expect("a backwards read").positions = positions;
         }
         Ok(None)
+    }
+
+    /// Whether a frame is an event this read's index lists it under.
+    fn listed(&self, bytes: &[u8], frame: &crate::log::format::Frame) -> bool {
+        frame.body == Body::Event && {
+            let e = EventRef::new(bytes);
+            let key = match self.index {
+                PosIndex::Category => category_of(e.stream()),
+                PosIndex::EventType => e.event_type(),
+            };
+            key == self.name
+        }
     }
 
     /// Reads the frame at `position`, which the index lists under this read's name.
@@ -705,20 +841,51 @@ impl<'a> IndexedEvents<'a> {
                     Some(run) if run.position < self.limit => {
                         self.taken_through = Some(run.position);
                         self.at = Some((run.position, run.count));
+                        self.passed_gap = false;
                     }
                     _ => self.done = true,
                 }
                 continue;
             };
+            let (bytes, frame) =
+                match self
+                    .engine
+                    .reader
+                    .resolve(position, self.limit, &mut self.cursor)?
+                {
+                    Found::Gap { end, .. } => {
+                        // Removed frames: the run may go on after them.
+                        if end < self.limit {
+                            self.at = Some((end, left));
+                            self.passed_gap = true;
+                        }
+                        continue;
+                    }
+                    Found::Frame(bytes, frame) => (bytes, frame),
+                };
+            if self.passed_gap && !self.listed(&bytes, &frame) {
+                // The rest of the run was removed.
+                self.passed_gap = false;
+                continue;
+            }
             let event = self.read_listed(position)?;
             let next = event.next_position().as_u64();
             if left > 1 && next < self.limit {
                 self.at = Some((next, left - 1));
+            } else {
+                self.passed_gap = false;
             }
             if position < self.from {
                 continue;
             }
             self.from = next;
+            if !self
+                .engine
+                .lifecycle
+                .readable(&self.engine.index, &event.view())
+            {
+                continue;
+            }
             self.remaining -= 1;
             self.done = self.remaining == 0;
             return Ok(Some(event));

@@ -11,6 +11,8 @@ use crate::log::recovery::{RecoveredEvent, Replay};
 /// Replays recovered commits into the index.
 pub(super) struct IndexReplay<'a> {
     pub(super) index: &'a Index,
+    /// The scan passed removed frames: a stream's versions may jump forward.
+    pub(super) gaps: bool,
 }
 
 impl Replay for IndexReplay<'_> {
@@ -37,10 +39,15 @@ impl Replay for IndexReplay<'_> {
             while j < events.len() && view(j).stream() == stream {
                 j += 1;
             }
-            let before: StreamInfo = match seen.get(stream) {
+            let mut before: StreamInfo = match seen.get(stream) {
                 Some(info) => *info,
                 None => index.stream_info(stream)?,
             };
+            let first = EventRef::new(&events[i].bytes).version();
+            if self.gaps && first > before.count {
+                // The versions between were removed (scavenged or erased) with their frames.
+                before.count = first;
+            }
             for (k, e) in events[i..j].iter().enumerate() {
                 let expected = before.count.checked_add(k as u64);
                 let version = EventRef::new(&e.bytes).version();
@@ -89,5 +96,9 @@ impl Replay for IndexReplay<'_> {
             self.index.write_frozen(job)?;
         }
         Ok(())
+    }
+
+    fn gap(&mut self) {
+        self.gaps = true;
     }
 }

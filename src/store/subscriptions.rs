@@ -422,7 +422,7 @@ fn commit_events(
     while at <= last.as_u64() {
         let (bytes, frame) = engine.reader.read(at, limit, &mut cursor)?;
         let next = match frame.body {
-            Body::Seal { next } => next,
+            Body::Seal { .. } | Body::Gap { .. } => frame.next(),
             Body::Event => {
                 events.push(RecordedEvent::new(bytes.clone(), at).with_prev(frame.link.prev));
                 at + bytes.len() as u64

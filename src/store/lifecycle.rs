@@ -1,0 +1,386 @@
+//! Deleting streams and keeping them short: stream metadata (retention, soft delete,
+//! tombstones), **the rule of what reads still return**, and the store operations that set it.
+//!
+//! # The readability rule
+//!
+//! An event of stream `S` at version `v` with timestamp `t` is readable unless:
+//!
+//! - `S` is tombstoned (deleted for good);
+//! - `v < truncate_before` of `S`'s metadata (a soft delete sets it to the stream's count);
+//! - `v < count - max_count` (only the newest `max_count` are kept);
+//! - `t` is more than `max_age` before now;
+//! - `S` is a stream whose newest record supersedes the older ones (checkpoints, outbox
+//!   progress, snapshots, stream metadata; see [`records::supersedes`]) and `v` is not the
+//!   newest version.
+//!
+//! Every read applies it at once (stream, whole-log, category and event-type reads, and so
+//! catch-up subscriptions and the outbox); a scavenge removes from the file what it makes
+//! unreadable (see `src/store/scavenge.rs`).
+//!
+//! # Existence
+//!
+//! A stream *exists* for expected-version checks when it has events at or after its
+//! `truncate_before`: a soft-deleted stream does not exist, so `ExpectedVersion::NoStream`
+//! appends to it again, and its versions continue after the last deleted one. Appending to (or
+//! deleting again) a tombstoned stream fails with [`Error::StreamDeleted`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::RwLock;
+
+use super::{Engine, IndexedEvents, Store};
+use crate::error::{Error, Result};
+use crate::event::NewEvent;
+use crate::index::Index;
+use crate::index::PosIndex;
+use crate::log::format::EventRef;
+use crate::log::records::{self, MetadataRecord};
+use crate::names::check_stream_name;
+use crate::values::{ExpectedVersion, Position};
+
+/// A stream's metadata: how long its events are kept, and the application's own JSON.
+///
+/// ```
+/// use annals::{ExpectedVersion, NewEvent, Store, StreamMetadata};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path().join("s"))?;
+/// for i in 0..5 {
+///     store.append("sensor-1", ExpectedVersion::Any, [NewEvent::new("Read", i.to_string())])?;
+/// }
+/// let meta = StreamMetadata { max_count: Some(2), ..Default::default() };
+/// store.set_stream_metadata("sensor-1", ExpectedVersion::NoStream, meta)?;
+/// let kept: Vec<u64> = store
+///     .read_stream("sensor-1", 0, annals::Direction::Forwards, usize::MAX)?
+///     .map(|e| e.map(|e| e.version()))
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(kept, [3, 4]);
+/// # Ok::<(), annals::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamMetadata {
+    /// Versions below this are no longer readable.
+    pub truncate_before: Option<u64>,
+    /// Only the newest this many events are readable.
+    pub max_count: Option<u64>,
+    /// Events older than this are no longer readable (whole seconds).
+    pub max_age: Option<Duration>,
+    /// The application's own JSON.
+    pub custom: Option<serde_json::Value>,
+    /// Set by [`Store::delete_stream`]: the stream was deleted at `truncate_before` (read only;
+    /// kept when the metadata is set again).
+    pub deleted: bool,
+    /// Set by [`Store::tombstone_stream`]: deleted for good (read only).
+    pub tombstoned: bool,
+}
+
+impl StreamMetadata {
+    fn from_record(r: &MetadataRecord) -> StreamMetadata {
+        StreamMetadata {
+            truncate_before: r.truncate_before,
+            max_count: r.max_count,
+            max_age: r.max_age_secs.map(Duration::from_secs),
+            custom: r.custom.clone(),
+            deleted: r.deleted,
+            tombstoned: r.tombstoned,
+        }
+    }
+}
+
+/// What the engine knows of every stream that has metadata.
+#[derive(Debug, Default)]
+pub(crate) struct Lifecycle {
+    map: RwLock<HashMap<Box<str>, MetadataRecord>>,
+    /// Whether any stream has metadata (reads skip the map otherwise).
+    any: AtomicBool,
+}
+
+/// Nanoseconds since the Unix epoch.
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+impl Lifecycle {
+    /// The metadata of `stream`, if it has any.
+    pub(crate) fn get(&self, stream: &str) -> Option<MetadataRecord> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        self.map.read().get(stream).cloned()
+    }
+
+    /// Takes in a metadata record (`meta_stream` is its `$meta-` stream); anything else is
+    /// ignored. A record that does not decode is reported.
+    pub(crate) fn learn(&self, meta_stream: &str, position: u64, payload: &[u8]) -> Result<()> {
+        let Some(stream) = records::metadata_of(meta_stream) else {
+            return Ok(());
+        };
+        let record: MetadataRecord =
+            serde_json::from_slice(payload).map_err(|e| Error::Decode {
+                position,
+                event_type: records::STREAM_METADATA.to_owned(),
+                reason: e.to_string(),
+            })?;
+        self.set(stream, record);
+        Ok(())
+    }
+
+    pub(crate) fn set(&self, stream: &str, record: MetadataRecord) {
+        self.map.write().insert(stream.into(), record);
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// The first version of a stream of `count` events that reads may return, by the rules
+    /// that need no event's timestamp (`count` when none).
+    pub(crate) fn first_readable(&self, stream: &str, count: u64) -> u64 {
+        if records::supersedes(stream) {
+            return count.saturating_sub(1);
+        }
+        match self.get(stream) {
+            None => 0,
+            Some(m) => first_by(&m, count),
+        }
+    }
+
+    /// Events older than this timestamp are expired in `stream` (0: none).
+    pub(crate) fn expired_before(&self, stream: &str) -> u64 {
+        self.get(stream)
+            .and_then(|m| m.max_age_secs)
+            .map_or(0, |age| {
+                now_nanos().saturating_sub(age.saturating_mul(1_000_000_000))
+            })
+    }
+
+    /// Whether reads may return this event (see the module's rule).
+    pub(crate) fn readable(&self, index: &Index, e: &EventRef<'_>) -> bool {
+        let stream = e.stream();
+        if records::supersedes(stream) {
+            let count = index.stream_info(stream).map_or(0, |i| i.count);
+            return e.version().saturating_add(1) >= count;
+        }
+        if !self.any.load(Ordering::Acquire) {
+            return true;
+        }
+        let map = self.map.read();
+        let Some(m) = map.get(stream) else {
+            return true;
+        };
+        if m.tombstoned || m.truncate_before.is_some_and(|tb| e.version() < tb) {
+            return false;
+        }
+        if let Some(age) = m.max_age_secs
+            && e.timestamp() < now_nanos().saturating_sub(age.saturating_mul(1_000_000_000))
+        {
+            return false;
+        }
+        if let Some(max) = m.max_count {
+            drop(map);
+            let count = index.stream_info(stream).map_or(0, |i| i.count);
+            return e.version() >= count.saturating_sub(max);
+        }
+        true
+    }
+
+    /// Loads the metadata records at or after `from` (all of them at open; a read-only open
+    /// that follows a writer loads what each refresh brought).
+    pub(crate) fn load_from(engine: &Engine, from: u64) -> Result<()> {
+        let records = IndexedEvents::new(
+            engine,
+            PosIndex::Category,
+            "$meta",
+            Position::new(from),
+            usize::MAX,
+        )?;
+        for e in records {
+            let e = e?;
+            engine
+                .lifecycle
+                .learn(e.stream(), e.position().as_u64(), e.payload())?;
+            // Versions continue after a deletion even where the deleted events are gone.
+            if let (Some(stream), Some(record)) = (
+                records::metadata_of(e.stream()),
+                records::metadata_of(e.stream()).and_then(|s| engine.lifecycle.get(s)),
+            ) && let Some(tb) = record.truncate_before
+                && record.deleted
+            {
+                engine.index.raise_count(stream, tb)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first readable version by truncation, count and tombstone.
+fn first_by(m: &MetadataRecord, count: u64) -> u64 {
+    if m.tombstoned {
+        return count;
+    }
+    let tb = m.truncate_before.unwrap_or(0);
+    let by_count = m.max_count.map_or(0, |max| count.saturating_sub(max));
+    tb.max(by_count).min(count)
+}
+
+/// The version a stream of `count` events is at for expected-version checks, given its
+/// metadata: `None` when it has no event at or after its `truncate_before`.
+pub(crate) fn visible_version(count: u64, meta: Option<&MetadataRecord>) -> Option<u64> {
+    let tb = meta.and_then(|m| m.truncate_before).unwrap_or(0);
+    if count > tb { Some(count - 1) } else { None }
+}
+
+impl Store {
+    /// Deletes a stream (soft delete): its events stop being readable at once (from the
+    /// stream, the whole log, category and type reads, catch-up subscriptions and the outbox),
+    /// the stream no longer exists for expected-version checks, and a later append starts it
+    /// again with versions continuing after the last deleted one. A [`scavenge`](Self::scavenge)
+    /// gives their space back. `expected` is checked against the stream, as for an append.
+    /// Returns where the deletion was recorded.
+    ///
+    /// ```
+    /// use annals::{Direction, ExpectedVersion, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// store.append("cart-1", ExpectedVersion::NoStream, [NewEvent::new("Added", "x")])?;
+    /// store.delete_stream("cart-1", ExpectedVersion::Exact(0))?;
+    /// assert_eq!(store.stream_version("cart-1")?, None);
+    /// assert_eq!(store.read_stream("cart-1", 0, Direction::Forwards, 10)?.count(), 0);
+    /// let again = store.append("cart-1", ExpectedVersion::NoStream, [NewEvent::new("Added", "y")])?;
+    /// assert_eq!(again.version, Some(1), "versions continue after the deleted one");
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn delete_stream(&self, stream: &str, expected: ExpectedVersion) -> Result<Position> {
+        self.delete_with(stream, expected, false)
+    }
+
+    /// Deletes a stream for good (hard delete, a tombstone): like
+    /// [`delete_stream`](Self::delete_stream), and the stream can never be appended to again
+    /// ([`Error::StreamDeleted`]).
+    ///
+    /// ```
+    /// use annals::{Error, ExpectedVersion, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// store.append("user-9", ExpectedVersion::NoStream, [NewEvent::new("Joined", "")])?;
+    /// store.tombstone_stream("user-9", ExpectedVersion::Any)?;
+    /// let again = store.append("user-9", ExpectedVersion::Any, [NewEvent::new("Joined", "")]);
+    /// assert!(matches!(again, Err(Error::StreamDeleted { .. })));
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn tombstone_stream(&self, stream: &str, expected: ExpectedVersion) -> Result<Position> {
+        self.delete_with(stream, expected, true)
+    }
+
+    fn delete_with(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        tombstone: bool,
+    ) -> Result<Position> {
+        check_stream_name(stream, false)?;
+        self.engine.refresh()?;
+        let meta_stream = records::metadata_stream(stream);
+        loop {
+            let count = self.engine.index.stream_info(stream)?.count;
+            let meta = self.engine.lifecycle.get(stream);
+            if meta.as_ref().is_some_and(|m| m.tombstoned) {
+                return Err(Error::StreamDeleted {
+                    stream: stream.to_owned(),
+                });
+            }
+            let actual = visible_version(count, meta.as_ref());
+            if !expected.matches(actual) {
+                return Err(Error::WrongExpectedVersion {
+                    stream: stream.to_owned(),
+                    expected,
+                    actual,
+                });
+            }
+            // Pinned to what was read: a racing append makes the commit fail and the loop
+            // look again (the deletion covers exactly the versions it saw).
+            let pinned = actual.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+            let meta_expected = self.meta_version(&meta_stream)?;
+            let mut record = meta.unwrap_or_default();
+            record.truncate_before = Some(count.max(record.truncate_before.unwrap_or(0)));
+            record.deleted = true;
+            record.tombstoned |= tombstone;
+            let result = self
+                .transaction()
+                .append(stream, pinned, [])
+                .append_reserved(
+                    &meta_stream,
+                    meta_expected,
+                    vec![NewEvent::json(records::STREAM_METADATA, &record)?],
+                )
+                .commit();
+            match result {
+                Ok(results) => return Ok(results[1].first_position),
+                Err(Error::WrongExpectedVersion { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The expected version that pins the metadata stream to its current state.
+    fn meta_version(&self, meta_stream: &str) -> Result<ExpectedVersion> {
+        let count = self.engine.index.stream_info(meta_stream)?.count;
+        Ok(count
+            .checked_sub(1)
+            .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact))
+    }
+
+    /// Sets a stream's metadata (retention and the application's JSON). `expected` is the
+    /// expected version of the *metadata* (`NoStream` the first time; then the version
+    /// [`stream_metadata`](Self::stream_metadata) reports). Reads honour it at once. A deleted
+    /// stream stays deleted: its `truncate_before` never goes below the deletion's, and a
+    /// tombstone stays. Returns the metadata's new version.
+    pub fn set_stream_metadata(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        metadata: StreamMetadata,
+    ) -> Result<u64> {
+        check_stream_name(stream, false)?;
+        let old = self.engine.lifecycle.get(stream).unwrap_or_default();
+        let tb = match (old.deleted, old.truncate_before) {
+            (true, Some(deleted_at)) => Some(metadata.truncate_before.unwrap_or(0).max(deleted_at)),
+            _ => metadata.truncate_before,
+        };
+        let record = MetadataRecord {
+            truncate_before: tb,
+            max_count: metadata.max_count,
+            max_age_secs: metadata.max_age.map(|d| d.as_secs()),
+            tombstoned: old.tombstoned,
+            deleted: old.deleted,
+            custom: metadata.custom,
+        };
+        let r = self.append_system(
+            &records::metadata_stream(stream),
+            expected,
+            vec![NewEvent::json(records::STREAM_METADATA, &record)?],
+        )?;
+        Ok(r.version.expect("a metadata record was appended"))
+    }
+
+    /// A stream's metadata and its version, if it has any.
+    pub fn stream_metadata(&self, stream: &str) -> Result<Option<(u64, StreamMetadata)>> {
+        check_stream_name(stream, false)?;
+        self.engine.refresh()?;
+        let Some(record) = self.engine.lifecycle.get(stream) else {
+            return Ok(None);
+        };
+        let count = self
+            .engine
+            .index
+            .stream_info(&records::metadata_stream(stream))?
+            .count;
+        Ok(Some((
+            count.saturating_sub(1),
+            StreamMetadata::from_record(&record),
+        )))
+    }
+}
