@@ -57,7 +57,7 @@ pub use store::options::{
 };
 pub use store::outbox;
 pub use store::subscriptions::BoxError;
-pub use store::{Store, StoreBuilder, StreamMetadata, Transaction};
+pub use store::{ErasureReport, ScavengeReport, Store, StoreBuilder, StreamMetadata, Transaction};
 pub use values::{Direction, ExpectedVersion, Position};
 
 /// Typed events: serde types with a name, a schema version and a published flag

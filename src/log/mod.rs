@@ -5,11 +5,14 @@
 //!   elsewhere);
 //! - `writer`: staging commits, sealing and starting segments, writing and syncing;
 //! - `records`: the engine's own records (the `$` streams), specified;
+//! - `journal`: the maintenance journal in the header block, which makes rewriting frames
+//!   into gaps (scavenge, erasure) crash-safe;
 //! - `live`: the live file, where the writer publishes the durable end for read-only opens;
 //! - `recovery`: the open-time scan that finds the end of the log and tells a torn tail from
 //!   corruption.
 
 pub mod format;
+pub(crate) mod journal;
 pub mod live;
 pub(crate) mod reader;
 pub mod records;

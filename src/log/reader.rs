@@ -48,7 +48,7 @@ pub(crate) enum Found {
     /// A frame starts here (an event or a seal).
     Frame(Bytes, Frame),
     /// The position lies in the gap `[start, end)`; the gap's header frame is `header`.
-    Gap { start: u64, end: u64, header: Frame },
+    Gap { end: u64, header: Frame },
 }
 
 /// The first `len` bytes of a segment's map.
@@ -142,13 +142,12 @@ impl LogReader {
     pub fn resolve(&self, position: u64, limit: u64, cursor: &mut Cursor) -> Result<Found> {
         match self.try_read(position, limit, cursor)? {
             Ok((_, header)) if matches!(header.body, Body::Gap { .. }) => Ok(Found::Gap {
-                start: position,
                 end: header.next(),
                 header,
             }),
             Ok((bytes, frame)) => Ok(Found::Frame(bytes, frame)),
             Err(e) => match self.gap_around(position, limit)? {
-                Some((start, end, header)) => Ok(Found::Gap { start, end, header }),
+                Some((_, end, header)) => Ok(Found::Gap { end, header }),
                 None => Err(Error::corrupt(position, e.to_string())),
             },
         }

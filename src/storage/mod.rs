@@ -94,6 +94,21 @@ pub trait StorageFile: Send + Sync + Debug {
     /// Reserves disk space for `[offset, offset + len)` (growing the file if needed) so that
     /// later writes there do not fail for lack of space. New bytes read as zero.
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Gives the space of `[offset, offset + len)` back to the file system (both multiples of
+    /// 4096): the bytes read as zeros afterwards and the file keeps its length. Real files punch
+    /// a hole (`fallocate(PUNCH_HOLE)`); the default writes zeros. Durable after the next
+    /// [`sync_data`](Self::sync_data).
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        const ZEROS: [u8; 65536] = [0; 65536];
+        let mut at = offset;
+        let end = offset.saturating_add(len);
+        while at < end {
+            let n = (end - at).min(ZEROS.len() as u64) as usize;
+            self.write_all_at(&ZEROS[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
     /// Whether the log should fill the segment after the current one with written (and synced)
     /// zeros in the background: on real file systems, syncing data written over zeros is much
     /// cheaper than syncing data written into freshly allocated space. Default: no.

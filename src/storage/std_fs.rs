@@ -130,6 +130,25 @@ impl StorageFile for StdFile {
         }
     }
 
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+        match rustix::fs::fallocate(&self.file, flags, offset, len) {
+            Ok(()) => Ok(()),
+            // File systems that cannot punch holes: zeros, without giving space back.
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP => {
+                const ZEROS: [u8; 65536] = [0; 65536];
+                let mut at = offset;
+                while at < offset + len {
+                    let n = (offset + len - at).min(ZEROS.len() as u64) as usize;
+                    self.write_all_at(&ZEROS[..n], at)?;
+                    at += n as u64;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn zero_fill_ahead(&self) -> bool {
         true
     }

@@ -59,6 +59,8 @@ pub(crate) struct Engine {
     pub(crate) marked_clean: std::sync::atomic::AtomicBool,
     /// Stream metadata: what reads still return.
     pub(crate) lifecycle: super::lifecycle::Lifecycle,
+    /// One scavenge or erasure at a time; holds the number of the last journal intent.
+    pub(crate) maintenance: Mutex<u64>,
 }
 
 /// A read-only open that follows a writer: its view of the log (zeros past the published

@@ -5,6 +5,7 @@ pub(crate) mod catch_up;
 pub(crate) mod codec;
 mod commit;
 mod engine;
+mod erase;
 pub(crate) mod lifecycle;
 pub(crate) mod maintenance;
 pub(crate) mod open;
@@ -13,6 +14,7 @@ pub mod outbox;
 mod processor;
 mod read;
 mod replay;
+mod scavenge;
 mod snapshots;
 pub(crate) mod subscriptions;
 mod transaction;
@@ -33,9 +35,11 @@ use background::Background;
 pub use options::StoreBuilder;
 
 pub(crate) use engine::{Counters, Engine};
+pub use erase::ErasureReport;
 pub use lifecycle::StreamMetadata;
 pub use maintenance::{Lost, RecoveryReport, StoreStats};
 pub use read::{AllEvents, IndexedEvents, StreamEvents};
+pub use scavenge::ScavengeReport;
 pub use transaction::Transaction;
 
 /// An annals store: one append-only log file plus its derived index.

@@ -73,6 +73,13 @@ impl Store {
             segment_size: header.segment_size,
             key: header.frame_key,
         };
+        // A scavenge or erasure cut off: its announced gaps are written again before anything
+        // reads a frame (see `src/log/journal.rs`).
+        let (journal_seq, cut_off_erasure) = if read_only {
+            (0, None)
+        } else {
+            super::scavenge::redo(&file, &path, layout.key)?
+        };
         let sidecar = sidecar_path(&path);
         let lost = if options.rebuild_index && !read_only {
             rebuild_check(&fs, &file, &sidecar, &header, layout, options.accept_loss)?
@@ -207,6 +214,7 @@ impl Store {
             appended_waiters: Default::default(),
             marked_clean: std::sync::atomic::AtomicBool::new(start.clean),
             lifecycle: Default::default(),
+            maintenance: Mutex::new(journal_seq),
         });
         super::lifecycle::Lifecycle::load_from(&engine, crate::log::Layout::FIRST)?;
         let background = if read_only {
@@ -214,10 +222,14 @@ impl Store {
         } else {
             Background::start(&engine)?
         };
-        Ok(Store {
+        let store = Store {
             engine,
             background: Mutex::new(background),
-        })
+        };
+        if let Some(erasure) = cut_off_erasure {
+            store.finish_erasure(erasure)?;
+        }
+        Ok(store)
     }
 }
 

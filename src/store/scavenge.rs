@@ -1,0 +1,266 @@
+//! Scavenging: giving back the space of events no read returns any more (see the readability
+//! rule in `lifecycle`), and of engine records something newer superseded.
+//!
+//! **How.** A scavenge walks the log's sealed segments (the segment being written is left alone)
+//! and finds every run of consecutive frames that are all unreadable. Each run becomes one *gap*
+//! frame (`src/log/format.rs`): its header is rewritten, the rest zeroed, and the whole 4096-byte
+//! blocks inside it are punched out of the file, which gives their space back (`du` drops) while
+//! the file keeps its length. **Surviving frames never move**: every position stays valid, so
+//! every checkpoint does too. Gaps are written a journal slot at a time (`src/log/journal.rs`):
+//! a crash at any point leaves either the old frames or the gaps, never a half-written header.
+//!
+//! **Kept on purpose.** The newest event of a stream that is not deleted stays on disk even when
+//! it is expired (by age or truncation): if the index is ever rebuilt from the log, it is what
+//! tells the stream's version, so versions go on after it. (A deleted stream's version is in its
+//! metadata.) Events in the segment being written wait for the next scavenge after it is sealed.
+//!
+//! **While the store is open.** Appends and reads go on: a scavenge writes only below the end of
+//! the log, in frames no read returns, and tells the store's readers about each gap before it
+//! writes it. One scavenge or erasure runs at a time.
+
+use std::sync::Arc;
+
+use super::Engine;
+use crate::error::{Error, Result};
+use crate::log::format::{Body, EventRef};
+use crate::log::journal::{self, GapSpec, Intent};
+use crate::log::reader::Cursor;
+use crate::log::records;
+use crate::values::Position;
+
+/// What a scavenge removed (or, for a dry run, would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScavengeReport {
+    /// Whether this was a dry run (nothing was written).
+    pub dry_run: bool,
+    /// Event frames removed: deleted, truncated, expired or superseded events.
+    pub events: u64,
+    /// Of those, the engine's own records (older checkpoints, outbox progress, snapshots,
+    /// metadata).
+    pub records: u64,
+    /// Bytes of the removed frames.
+    pub bytes_removed: u64,
+    /// Bytes given back to the file system (whole blocks punched out): what `du` drops by.
+    pub bytes_freed: u64,
+    /// Gap frames written.
+    pub gaps: u64,
+    /// The scavenge looked at the log before this position (the start of the segment being
+    /// written).
+    pub up_to: Position,
+}
+
+/// A run of unreadable frames being gathered.
+struct Run {
+    spec: GapSpec,
+    /// Frames in it that are not gaps yet.
+    fresh: u64,
+    /// Gaps already in it.
+    old_gaps: u64,
+}
+
+impl Engine {
+    /// Runs a scavenge, or with `dry_run` only measures what it would remove.
+    pub(crate) fn scavenge(&self, dry_run: bool) -> Result<ScavengeReport> {
+        if self.read_only {
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        let mut seq = self.maintenance.lock();
+        self.poison.check()?;
+        let committed = self.index.committed();
+        let up_to = self
+            .layout
+            .segment_start(self.layout.segment_of(committed.end));
+        let mut report = ScavengeReport {
+            dry_run,
+            up_to: Position::new(up_to),
+            ..Default::default()
+        };
+        let mut pending: Vec<GapSpec> = Vec::new();
+        let mut run: Option<Run> = None;
+        let mut cursor = Cursor::default();
+        let mut at = crate::log::Layout::FIRST;
+        while at < up_to {
+            let (bytes, frame) = self.reader.read(at, committed.end, &mut cursor)?;
+            let dead = match frame.body {
+                Body::Seal { .. } => None,
+                Body::Gap { .. } => Some(false),
+                Body::Event => {
+                    let e = EventRef::new(&bytes);
+                    self.removable(&e)?.then_some(true)
+                }
+            };
+            match dead {
+                Some(fresh) => {
+                    let r = run.get_or_insert_with(|| Run {
+                        spec: GapSpec {
+                            start: at,
+                            len: 0,
+                            durable: frame.link.durable,
+                            prev: frame.link.prev,
+                            commit_end: false,
+                            last_inner: at,
+                        },
+                        fresh: 0,
+                        old_gaps: 0,
+                    });
+                    r.spec.len = u32::try_from(frame.next() - r.spec.start)
+                        .expect("a gap stays inside one segment");
+                    r.spec.commit_end = frame.link.commit_end;
+                    r.spec.last_inner = frame.chain_last();
+                    if fresh {
+                        r.fresh += 1;
+                        report.events += 1;
+                        report.bytes_removed += u64::from(frame.len);
+                        if EventRef::new(&bytes).is_system() {
+                            report.records += 1;
+                        }
+                    } else {
+                        r.old_gaps += 1;
+                    }
+                }
+                None => {
+                    if let Some(r) = run.take() {
+                        self.close_run(r, &mut pending, &mut report);
+                    }
+                }
+            }
+            at = frame.next();
+            if pending.len() >= Intent::capacity(None) {
+                if !dry_run {
+                    self.write_intent(&mut seq, None, &pending)?;
+                }
+                pending.clear();
+            }
+        }
+        if let Some(r) = run.take() {
+            self.close_run(r, &mut pending, &mut report);
+        }
+        if !dry_run {
+            if !pending.is_empty() {
+                self.write_intent(&mut seq, None, &pending)?;
+            }
+            if report.gaps > 0 {
+                self.finish_intents(&mut seq)?;
+                tracing::info!(
+                    path = %self.path.display(),
+                    events = report.events,
+                    bytes_freed = report.bytes_freed,
+                    "annals: scavenged"
+                );
+            }
+        }
+        Ok(report)
+    }
+
+    /// Whether a scavenge may remove this event: no read returns it, and it is not the newest
+    /// event of a stream that still exists (see the module's notes).
+    fn removable(&self, e: &EventRef<'_>) -> Result<bool> {
+        if self.lifecycle.readable(&self.index, e) {
+            return Ok(false);
+        }
+        let stream = e.stream();
+        let gone = records::supersedes(stream)
+            || self
+                .lifecycle
+                .get(stream)
+                .is_some_and(|m| m.deleted || m.tombstoned);
+        if gone {
+            return Ok(true);
+        }
+        let count = self.index.stream_info(stream)?.count;
+        Ok(e.version().saturating_add(1) < count)
+    }
+
+    fn close_run(&self, r: Run, pending: &mut Vec<GapSpec>, report: &mut ScavengeReport) {
+        // A single gap already there changes nothing; anything else is written.
+        if r.fresh == 0 && r.old_gaps <= 1 {
+            return;
+        }
+        report.gaps += 1;
+        report.bytes_freed += journal::reclaimable(r.spec.start, r.spec.end());
+        pending.push(r.spec);
+    }
+
+    /// Announces gaps in the journal, tells the readers, then writes them. A failure poisons
+    /// the store (the next open writes the announced gaps again).
+    pub(crate) fn write_intent(
+        &self,
+        seq: &mut u64,
+        erasure: Option<&journal::Erasure>,
+        gaps: &[GapSpec],
+    ) -> Result<u64> {
+        self.poison.check()?;
+        let fail = |e: std::io::Error| {
+            self.poison
+                .fail(format!("rewriting frames into gaps failed: {e}"))
+        };
+        *seq += 1;
+        let intent = Intent {
+            erasure: erasure.cloned(),
+            gaps: gaps.to_vec(),
+        };
+        journal::write(&*self.file, *seq, &intent).map_err(fail)?;
+        for g in gaps {
+            self.reader.learn_gap(g.start, g.end());
+        }
+        journal::write_gaps(&*self.file, self.layout.key, gaps).map_err(fail)
+    }
+
+    /// Records in the journal that nothing is pending.
+    pub(crate) fn finish_intents(&self, seq: &mut u64) -> Result<()> {
+        self.write_intent(seq, None, &[]).map(drop)
+    }
+}
+
+impl super::Store {
+    /// Gives back the disk space of every event no read can return any more (deleted,
+    /// truncated, expired, superseded engine records) by turning them into gaps and punching
+    /// whole blocks out of the file; surviving events never move, so every position and
+    /// checkpoint stays valid. Runs while the store is used; crash-safe at every step. See
+    /// [`scavenge_dry_run`](Self::scavenge_dry_run) to measure first.
+    ///
+    /// ```
+    /// use annals::{ExpectedVersion, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::builder().segment_size(64 * 1024).open(dir.path().join("s"))?;
+    /// for i in 0..400 {
+    ///     let stream = format!("temp-{}", i / 100);
+    ///     store.append(&stream, ExpectedVersion::Any, [NewEvent::new("E", vec![7u8; 500])])?;
+    /// }
+    /// store.delete_stream("temp-0", ExpectedVersion::Any)?;
+    /// let report = store.scavenge()?;
+    /// assert_eq!(report.events, 100);
+    /// assert!(report.bytes_freed > 0);
+    /// assert_eq!(store.scavenge_dry_run()?.events, 0, "nothing left to remove");
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn scavenge(&self) -> Result<ScavengeReport> {
+        self.engine.scavenge(false)
+    }
+
+    /// What [`scavenge`](Self::scavenge) would remove and give back, writing nothing.
+    pub fn scavenge_dry_run(&self) -> Result<ScavengeReport> {
+        self.engine.scavenge(true)
+    }
+}
+
+/// Carries out what the journal says was pending when the store was last open: writes its
+/// gaps again. Returns the intent's number and, for an erasure, the erasure to finish.
+pub(crate) fn redo(
+    file: &Arc<dyn crate::storage::StorageFile>,
+    path: &std::path::Path,
+    key: u64,
+) -> Result<(u64, Option<journal::Erasure>)> {
+    let Some((seq, intent)) = journal::read(&**file).map_err(|e| Error::io_at(path, e))? else {
+        return Ok((0, None));
+    };
+    if !intent.gaps.is_empty() {
+        tracing::warn!(path = %path.display(), gaps = intent.gaps.len(),
+            "annals: a scavenge or erasure was cut off; writing its gaps again");
+        journal::write_gaps(&**file, key, &intent.gaps).map_err(|e| Error::io_at(path, e))?;
+    }
+    Ok((seq, intent.erasure))
+}
