@@ -131,6 +131,45 @@ impl<'s, A: Aggregate, S: EventStore> Repository<'s, A, S> {
         Ok(Some(aggregate))
     }
 
+    /// Deletes the aggregate with id `id` (a soft delete of its stream, see
+    /// [`crate::Store::delete_stream`]): it loads as `None` afterwards, and creating it again
+    /// starts a new history whose versions continue. `expected` is the version the caller
+    /// last saw (`ExpectedVersion::Any` to delete whatever it is).
+    ///
+    /// ```
+    /// # use annals::domain::{Aggregate, Recorder};
+    /// # use annals::typed::EventType;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    /// # struct Added { n: u32 }
+    /// # impl EventType for Added { const NAME: &'static str = "Added"; }
+    /// # #[derive(Debug, Default)]
+    /// # struct Counter { total: u32, recorder: Recorder<Added> }
+    /// # impl Aggregate for Counter {
+    /// #     const CATEGORY: &'static str = "counter";
+    /// #     type Event = Added;
+    /// #     fn apply(&mut self, e: &Added) { self.total += e.n; }
+    /// #     fn recorder(&self) -> &Recorder<Added> { &self.recorder }
+    /// #     fn recorder_mut(&mut self) -> &mut Recorder<Added> { &mut self.recorder }
+    /// # }
+    /// use annals::domain::{DomainError, Repository};
+    /// use annals::{ExpectedVersion, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// let counters = Repository::<Counter, _>::new(&store);
+    /// counters.create("c1", |c| -> Result<(), DomainError> { c.record(Added { n: 2 }); Ok(()) })?;
+    /// counters.delete("c1", ExpectedVersion::Exact(0))?;
+    /// assert!(counters.load("c1")?.is_none());
+    /// counters.create("c1", |c| -> Result<(), DomainError> { c.record(Added { n: 5 }); Ok(()) })?;
+    /// let c = counters.get("c1")?;
+    /// assert_eq!((c.total, c.version()), (5, Some(1)), "a new history, versions continuing");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn delete(&self, id: &str, expected: crate::ExpectedVersion) -> Result<()> {
+        self.store.delete_stream(&A::stream_name(id), expected)
+    }
+
     /// The aggregate with id `id`; [`DomainError::NotFound`] if it has no events.
     pub fn get(&self, id: &str) -> std::result::Result<A, DomainError> {
         self.load(id)?.ok_or_else(|| DomainError::NotFound {

@@ -886,6 +886,11 @@ impl<'a> EventRef<'a> {
         if r.end <= self.0.len() { r } else { 0..0 }
     }
 
+    /// Bytes of the frame (empty if the range is out of bounds).
+    pub fn frame_slice(&self, range: Range<usize>) -> &'a [u8] {
+        self.0.get(range).unwrap_or(&[])
+    }
+
     /// Where the payload is in the frame.
     #[inline]
     pub fn payload_range(&self) -> Range<usize> {

@@ -11,7 +11,8 @@
 //! - `t` is more than `max_age` before now;
 //! - `S` is a stream whose newest record supersedes the older ones (checkpoints, outbox
 //!   progress, snapshots, stream metadata; see [`records::supersedes`]) and `v` is not the
-//!   newest version.
+//!   newest version;
+//! - `S` is `$snapshot-T` and the snapshot covers only deleted events of `T`.
 //!
 //! Every read applies it at once (stream, whole-log, category and event-type reads, and so
 //! catch-up subscriptions and the outbox); a scavenge removes from the file what it makes
@@ -160,7 +161,19 @@ impl Lifecycle {
         let stream = e.stream();
         if records::supersedes(stream) {
             let count = index.stream_info(stream).map_or(0, |i| i.count);
-            return e.version().saturating_add(1) >= count;
+            if e.version().saturating_add(1) < count {
+                return false;
+            }
+            // A snapshot of events that were deleted since is no state of anything.
+            if let Some(of) = stream.strip_prefix("$snapshot-")
+                && let Some(m) = self.get(of)
+                && m.deleted | m.tombstoned
+            {
+                let covers = records::decode_snapshot_version(e.frame_slice(e.metadata_range()));
+                return !m.tombstoned
+                    && covers.is_some_and(|v| v >= m.truncate_before.unwrap_or(0));
+            }
+            return true;
         }
         if !self.any.load(Ordering::Acquire) {
             return true;

@@ -13,6 +13,8 @@ struct Memory {
     streams: HashMap<String, Vec<RecordedEvent>>,
     log: Vec<RecordedEvent>,
     snapshots: HashMap<String, (u64, u32, bytes::Bytes)>,
+    /// Deleted streams: versions below this are gone.
+    deleted: HashMap<String, u64>,
 }
 
 /// An event store in memory, with the same checks as annals (expected versions, atomic
@@ -26,6 +28,20 @@ pub struct InMemoryEventStore {
 
 impl Memory {
     /// Where the next event goes.
+    /// A stream's version for expected-version checks (`None`: no stream, or deleted).
+    fn version(&self, stream: &str) -> Option<u64> {
+        let len = self.streams.get(stream).map_or(0, |s| s.len() as u64);
+        let deleted = self.deleted.get(stream).copied().unwrap_or(0);
+        (len > deleted).then(|| len - 1)
+    }
+
+    /// Whether the event is readable (not deleted).
+    fn readable(&self, e: &RecordedEvent) -> bool {
+        self.deleted
+            .get(e.stream())
+            .is_none_or(|before| e.version() >= *before)
+    }
+
     fn end(&self) -> Position {
         self.log
             .last()
@@ -57,7 +73,7 @@ impl EventStore for InMemoryEventStore {
         for p in &parts {
             let current = *versions
                 .entry(&p.stream)
-                .or_insert_with(|| memory.streams.get(&p.stream).map(|s| s.len() as u64 - 1));
+                .or_insert_with(|| memory.version(&p.stream));
             if !p.expected.matches(current) {
                 return Err(Error::WrongExpectedVersion {
                     stream: p.stream.clone(),
@@ -65,10 +81,9 @@ impl EventStore for InMemoryEventStore {
                     actual: current,
                 });
             }
-            versions.insert(
-                &p.stream,
-                Some(current.map_or(0, |v| v + 1) + p.events.len() as u64 - 1),
-            );
+            let count = memory.streams.get(&p.stream).map_or(0, |s| s.len() as u64);
+            let after = current.map_or(count, |v| v + 1) + p.events.len() as u64;
+            versions.insert(&p.stream, after.checked_sub(1));
         }
         let mut results = Vec::with_capacity(parts.len());
         for p in parts {
@@ -105,14 +120,15 @@ impl EventStore for InMemoryEventStore {
         from: u64,
         visit: &mut dyn FnMut(&RecordedEvent) -> Result<()>,
     ) -> Result<()> {
-        let events = self
-            .memory
-            .lock()
-            .streams
-            .get(stream)
-            .cloned()
-            .unwrap_or_default();
-        events.iter().skip(from as usize).try_for_each(visit)
+        let (events, deleted) = {
+            let memory = self.memory.lock();
+            let events = memory.streams.get(stream).cloned().unwrap_or_default();
+            (events, memory.deleted.get(stream).copied().unwrap_or(0))
+        };
+        events
+            .iter()
+            .skip(from.max(deleted) as usize)
+            .try_for_each(visit)
     }
 
     fn read_event_type(
@@ -121,7 +137,15 @@ impl EventStore for InMemoryEventStore {
         from: Position,
         visit: &mut dyn FnMut(&RecordedEvent) -> Result<bool>,
     ) -> Result<()> {
-        let log = self.memory.lock().log.clone();
+        let log: Vec<RecordedEvent> = {
+            let memory = self.memory.lock();
+            memory
+                .log
+                .iter()
+                .filter(|e| memory.readable(e))
+                .cloned()
+                .collect()
+        };
         for e in log
             .iter()
             .filter(|e| e.position() >= from && e.event_type() == event_type)
@@ -134,12 +158,28 @@ impl EventStore for InMemoryEventStore {
     }
 
     fn last_event(&self, stream: &str) -> Result<Option<RecordedEvent>> {
-        Ok(self
-            .memory
-            .lock()
+        let memory = self.memory.lock();
+        Ok(memory
             .streams
             .get(stream)
-            .and_then(|s| s.last().cloned()))
+            .and_then(|s| s.last().cloned())
+            .filter(|e| memory.readable(e)))
+    }
+
+    fn delete_stream(&self, stream: &str, expected: crate::ExpectedVersion) -> Result<()> {
+        let mut memory = self.memory.lock();
+        let current = memory.version(stream);
+        if !expected.matches(current) {
+            return Err(Error::WrongExpectedVersion {
+                stream: stream.to_owned(),
+                expected,
+                actual: current,
+            });
+        }
+        let count = memory.streams.get(stream).map_or(0, |s| s.len() as u64);
+        memory.deleted.insert(stream.to_owned(), count);
+        memory.snapshots.remove(stream);
+        Ok(())
     }
 
     fn new_event<E: Events>(&self, event: &E) -> Result<NewEvent> {

@@ -76,6 +76,16 @@ pub trait EventStore: Send + Sync {
         Ok(None)
     }
 
+    /// Deletes a stream (soft delete, see [`Store::delete_stream`]): it reads as empty and
+    /// starts again on the next append, its versions continuing. Stores that cannot delete
+    /// refuse with [`crate::Error::InvalidArgument`].
+    fn delete_stream(&self, stream: &str, expected: ExpectedVersion) -> Result<()> {
+        let _ = expected;
+        Err(crate::Error::InvalidArgument(format!(
+            "this event store cannot delete streams (`{stream}`)"
+        )))
+    }
+
     /// Called after a unit of work committed: a store with an outbox publishes here. An error
     /// means the events were saved but not published (only [`SinkholeEventStore`], which keeps
     /// nothing to retry from, returns one).
@@ -166,6 +176,10 @@ impl<T: AnnalsBacked> EventStore for T {
 
     fn load_snapshot(&self, stream: &str) -> Result<Option<(u64, u32, bytes::Bytes)>> {
         Store::load_snapshot(self.store(), stream)
+    }
+
+    fn delete_stream(&self, stream: &str, expected: ExpectedVersion) -> Result<()> {
+        Store::delete_stream(self.store(), stream, expected).map(drop)
     }
 
     fn committed(&self) -> Result<()> {
