@@ -57,7 +57,10 @@ pub use store::options::{
 };
 pub use store::outbox;
 pub use store::subscriptions::BoxError;
-pub use store::{ErasureReport, ScavengeReport, Store, StoreBuilder, StreamMetadata, Transaction};
+pub use store::{
+    ErasureReport, ScavengeOptions, ScavengeReport, Store, StoreBuilder, StreamMetadata,
+    Transaction,
+};
 pub use values::{Direction, ExpectedVersion, Position};
 
 /// Typed events: serde types with a name, a schema version and a published flag

@@ -34,6 +34,9 @@ pub(crate) struct LogReader {
     can_map: AtomicBool,
     /// Gaps found so far (start -> end), and the segments walked whole to find them.
     gaps: parking_lot::Mutex<Gaps>,
+    /// Odd while frames below the end are being rewritten into gaps; bumped twice per
+    /// rewrite (a sequence lock: see [`stable_since`](Self::stable_since)).
+    rewrites: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -63,11 +66,14 @@ impl AsRef<[u8]> for View {
         // SAFETY: the pointer is valid for `len` bytes: the map is alive (we hold an `Arc` to
         // it) and covers a segment, `len` is within it (asserted), and those `len` bytes lie
         // below the log's committed end, which is inside the file (a map may reach past the
-        // file's end, into a segment not yet prepared whole, but no view does). The bytes do not change while this slice lives: a view
-        // only ever covers bytes below the log's committed end at the time it was made, and the
-        // engine never writes, zeroes or truncates below the committed end of an open store —
-        // the writer only writes beyond it, and recovery (which may rewrite a torn tail) reads
-        // without maps and finishes before any view exists. The store's exclusive lock keeps
+        // file's end, into a segment not yet prepared whole, but no view does). The bytes do
+        // not change while this slice lives: a view only ever covers bytes below the log's
+        // committed end at the time it was made; the writer only writes beyond it; recovery
+        // (which may rewrite a torn tail) reads without maps and finishes before any view
+        // exists; and a scavenge or an erasure, the only writers below the end, first takes the
+        // segment's map out of use and waits until every view and event made from it is gone
+        // (`retire_maps`, `wait_released`) — an erasure that has waited 30 seconds goes on, and
+        // the bytes of the erased events an application still holds then read as zeros. The store's exclusive lock keeps
         // other annals handles from writing the file; a foreign process that ignores the lock
         // and truncates the file can still make reads fault (SIGBUS), the documented limit of
         // every mmap-based reader.
@@ -129,6 +135,53 @@ impl LogReader {
             maps: RwLock::new(Vec::new()),
             can_map: AtomicBool::new(map),
             gaps: parking_lot::Mutex::new(Gaps::default()),
+            rewrites: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Where the rewrite sequence stands: take it before reading a frame and check it with
+    /// [`stable_since`](Self::stable_since) after looking at the frame's fields.
+    pub fn rewrite_epoch(&self) -> u64 {
+        self.rewrites.load(Ordering::Acquire)
+    }
+
+    /// Whether no rewrite ran (or began) since `epoch` was taken: the bytes read in between
+    /// were not changing under the reader.
+    pub fn stable_since(&self, epoch: u64) -> bool {
+        std::sync::atomic::fence(Ordering::Acquire);
+        epoch.is_multiple_of(2) && self.rewrites.load(Ordering::Relaxed) == epoch
+    }
+
+    /// Runs `rewrite` (writes into frames below the end) inside the rewrite sequence.
+    pub fn rewriting<T>(&self, rewrite: impl FnOnce() -> T) -> T {
+        self.rewrites.fetch_add(1, Ordering::AcqRel);
+        let result = rewrite();
+        self.rewrites.fetch_add(1, Ordering::AcqRel);
+        result
+    }
+
+    /// Takes the maps of `segments` out of use: later reads map them again. Returns the old
+    /// maps, for [`wait_released`](Self::wait_released).
+    pub fn retire_maps(&self, segments: &[u64]) -> Vec<Arc<MmapRaw>> {
+        let mut maps = self.maps.write();
+        segments
+            .iter()
+            .filter_map(|s| maps.get_mut(*s as usize).and_then(Option::take))
+            .collect()
+    }
+
+    /// Waits until nothing made from `maps` is alive any more (no reader's view, no event's
+    /// bytes), or `timeout` passes; returns whether they were released.
+    pub fn wait_released(maps: &[Arc<MmapRaw>], timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if maps.iter().all(|m| Arc::strong_count(m) == 1) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
 

@@ -85,6 +85,18 @@ impl Engine {
     /// it, or found by reading the frames of the span the index names. An event that reads no
     /// longer return (deleted, expired, removed by a scavenge) is not stored any more.
     pub(crate) fn locate_id(&self, id: u128) -> Result<Option<u64>> {
+        loop {
+            // Taken again if frames were rewritten into gaps while it looked (a scavenge).
+            let epoch = self.reader.rewrite_epoch();
+            let found = self.locate_id_once(id);
+            if self.reader.stable_since(epoch) {
+                return found;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    fn locate_id_once(&self, id: u128) -> Result<Option<u64>> {
         let limit = self.index.committed().end;
         let mut cursor = crate::log::reader::Cursor::default();
         let readable = |bytes: &[u8]| {

@@ -28,6 +28,10 @@ use crate::log::records::{self, ErasureRecord, MetadataRecord};
 use crate::names::check_stream_name;
 use crate::values::{ExpectedVersion, Position};
 
+/// How long an erasure waits for the events an application still holds from the segments it
+/// rewrites before it goes on anyway (their bytes then read as zeros).
+pub const ERASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What an erasure did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErasureReport {
@@ -106,6 +110,16 @@ impl Engine {
     pub(crate) fn erase_frames(&self, seq: &mut u64, erasure: &Erasure) -> Result<(u64, u64, u64)> {
         let frames = self.frames_of(&erasure.stream, erasure.before)?;
         let bytes = frames.iter().map(|g| u64::from(g.len)).sum();
+        let mut segments: Vec<u64> = frames
+            .iter()
+            .map(|g| self.layout.segment_of(g.start))
+            .collect();
+        segments.dedup();
+        let old = self.reader.retire_maps(&segments);
+        if !crate::log::reader::LogReader::wait_released(&old, ERASE_WAIT) {
+            tracing::warn!(path = %self.path.display(), stream = %erasure.stream,
+                "annals: events being erased are still held by the application; erasing anyway");
+        }
         let mut freed = 0;
         for chunk in frames.chunks(Intent::capacity(Some(erasure))) {
             freed += self.write_intent(seq, Some(erasure), chunk)?;

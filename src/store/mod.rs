@@ -39,7 +39,7 @@ pub use erase::ErasureReport;
 pub use lifecycle::StreamMetadata;
 pub use maintenance::{Lost, RecoveryReport, StoreStats};
 pub use read::{AllEvents, IndexedEvents, StreamEvents};
-pub use scavenge::ScavengeReport;
+pub use scavenge::{ScavengeOptions, ScavengeReport};
 pub use transaction::Transaction;
 
 /// An annals store: one append-only log file plus its derived index.

@@ -341,6 +341,8 @@ pub struct AllEvents<'a> {
     filter: Option<crate::store::subscriptions::Filter>,
     /// Where the read stops (see [`AllEvents::until`]).
     stop: Option<u64>,
+    /// Gaps passed (removed frames) and the bytes they cover.
+    gaps: (u64, u64),
 }
 
 impl AllEvents<'_> {
@@ -415,6 +417,7 @@ impl<'a> AllEvents<'a> {
             cursor: Cursor::default(),
             filter: None,
             stop: None,
+            gaps: (0, 0),
         };
         if limit == 0 {
             return Ok(this);
@@ -439,6 +442,12 @@ impl<'a> AllEvents<'a> {
     /// The end of the log this read sees (it returns nothing at or after it).
     pub(crate) fn end(&self) -> Position {
         Position::new(self.limit)
+    }
+
+    /// How many gaps (frames a scavenge or an erasure removed) this read has passed, and the
+    /// bytes they cover.
+    pub fn gaps_passed(&self) -> (u64, u64) {
+        self.gaps
     }
 
     /// Whether a frame of the log provably starts exactly at `position` (a position from a
@@ -573,11 +582,18 @@ impl AllEvents<'_> {
                 return Ok(None);
             }
             let reader = &self.engine.reader;
+            // Frames may be rewritten into gaps while they are looked at (a scavenge): then
+            // the look is taken again.
+            let (at, epoch) = (position, reader.rewrite_epoch());
             let frame = match reader.check(position, self.limit, &mut self.cursor) {
                 Ok(frame) => frame,
                 // Inside removed frames (a backwards step from the frame after a gap).
                 Err(e) => match reader.resolve(position, self.limit, &mut self.cursor) {
                     Ok(crate::log::reader::Found::Gap { header, .. }) => header,
+                    _ if !reader.stable_since(epoch) => {
+                        std::thread::yield_now();
+                        continue;
+                    }
                     _ => {
                         self.next = None;
                         return Err(e);
@@ -585,19 +601,28 @@ impl AllEvents<'_> {
                 },
             };
             let position = frame.link.position;
-            self.next = if self.backwards {
-                position
-                    .checked_sub(u64::from(frame.link.prev))
-                    .filter(|_| frame.link.prev != 0)
-            } else {
-                Some(frame.next())
-            };
             let wanted = frame.body == Body::Event && {
                 let event = EventRef::new(reader.frame_bytes(&self.cursor, position, frame.len));
                 (match &self.filter {
                     Some(filter) => filter.passes(event.stream(), event.event_type()),
                     None => self.include_system || !event.is_system(),
                 }) && self.engine.lifecycle.readable(&self.engine.index, &event)
+            };
+            if !reader.stable_since(epoch) {
+                self.next = Some(at);
+                std::thread::yield_now();
+                continue;
+            }
+            if let Body::Gap { .. } = frame.body {
+                self.gaps.0 += 1;
+                self.gaps.1 += u64::from(frame.len);
+            }
+            self.next = if self.backwards {
+                position
+                    .checked_sub(u64::from(frame.link.prev))
+                    .filter(|_| frame.link.prev != 0)
+            } else {
+                Some(frame.next())
             };
             if wanted {
                 self.remaining -= 1;
@@ -643,6 +668,16 @@ pub struct IndexedEvents<'a> {
     back: Option<Back>,
     /// The run being read passed removed frames: a frame not listed here ends it.
     passed_gap: bool,
+}
+
+/// What a category or type read finds at a position of a run.
+enum Look {
+    /// Removed frames, up to this position.
+    Gap(u64),
+    /// A frame after removed ones that is not listed: the run's frames after the gap are gone.
+    RunEnded,
+    /// A listed event, and whether reads may return it.
+    Event(RecordedEvent, bool),
 }
 
 /// A backwards read by category or type: the index's runs at or before the start, read from
@@ -729,12 +764,22 @@ impl<'a> IndexedEvents<'a> {
         while !self.done {
             let back = self.back.as_mut().expect("a backwards read");
             if let Some(position) = back.positions.pop() {
-                let event = self.read_listed(position)?;
-                if !self
-                    .engine
-                    .lifecycle
-                    .readable(&self.engine.index, &event.view())
-                {
+                let epoch = self.engine.reader.rewrite_epoch();
+                let looked = self.read_listed(position).map(|event| {
+                    let readable = self
+                        .engine
+                        .lifecycle
+                        .readable(&self.engine.index, &event.view());
+                    (event, readable)
+                });
+                if !self.engine.reader.stable_since(epoch) {
+                    let back = self.back.as_mut().expect("a backwards read");
+                    back.positions.push(position);
+                    std::thread::yield_now();
+                    continue;
+                }
+                let (event, readable) = looked?;
+                if !readable {
                     continue;
                 }
                 self.remaining -= 1;
@@ -745,34 +790,71 @@ impl<'a> IndexedEvents<'a> {
                 self.done = true;
                 break;
             };
-            let (upto, mut at) = (back.upto, run.position);
-            let mut positions = Vec::new();
-            let mut left = run.count;
-            let mut passed_gap = false;
-            while left > 0 && at <= upto && at < self.limit {
-                match self
-                    .engine
-                    .reader
-                    .resolve(at, self.limit, &mut self.cursor)?
-                {
-                    Found::Gap { end, .. } => {
-                        passed_gap = true;
-                        at = end;
-                    }
-                    Found::Frame(bytes, frame) => {
-                        if passed_gap && !self.listed(&bytes, &frame) {
-                            // The rest of the run was removed.
-                            break;
-                        }
-                        positions.push(at);
-                        at += u64::from(frame.len);
-                        left -= 1;
-                    }
+            let upto = back.upto;
+            let positions = loop {
+                let epoch = self.engine.reader.rewrite_epoch();
+                let walked = self.run_positions(run, upto);
+                if self.engine.reader.stable_since(epoch) {
+                    break walked?;
                 }
-            }
+                std::thread::yield_now();
+            };
             self.back.as_mut().expect("a backwards read").positions = positions;
         }
         Ok(None)
+    }
+
+    /// The positions of a run's frames that are still there, up to `upto`.
+    fn run_positions(&mut self, run: PosRun, upto: u64) -> Result<Vec<u64>> {
+        let mut at = run.position;
+        let mut positions = Vec::new();
+        let mut left = run.count;
+        let mut passed_gap = false;
+        while left > 0 && at <= upto && at < self.limit {
+            match self
+                .engine
+                .reader
+                .resolve(at, self.limit, &mut self.cursor)?
+            {
+                Found::Gap { end, .. } => {
+                    passed_gap = true;
+                    at = end;
+                }
+                Found::Frame(bytes, frame) => {
+                    if passed_gap && !self.listed(&bytes, &frame) {
+                        // The rest of the run was removed.
+                        break;
+                    }
+                    positions.push(at);
+                    at += u64::from(frame.len);
+                    left -= 1;
+                }
+            }
+        }
+        Ok(positions)
+    }
+
+    /// What is at `position` of a run being read.
+    fn look(&mut self, position: u64) -> Result<Look> {
+        let (bytes, frame) =
+            match self
+                .engine
+                .reader
+                .resolve(position, self.limit, &mut self.cursor)?
+            {
+                Found::Gap { end, .. } => return Ok(Look::Gap(end)),
+                Found::Frame(bytes, frame) => (bytes, frame),
+            };
+        if self.passed_gap && !self.listed(&bytes, &frame) {
+            // The rest of the run was removed.
+            return Ok(Look::RunEnded);
+        }
+        let event = self.read_listed(position)?;
+        let readable = self
+            .engine
+            .lifecycle
+            .readable(&self.engine.index, &event.view());
+        Ok(Look::Event(event, readable))
     }
 
     /// Whether a frame is an event this read's index lists it under.
@@ -847,28 +929,30 @@ impl<'a> IndexedEvents<'a> {
                 }
                 continue;
             };
-            let (bytes, frame) =
-                match self
-                    .engine
-                    .reader
-                    .resolve(position, self.limit, &mut self.cursor)?
-                {
-                    Found::Gap { end, .. } => {
-                        // Removed frames: the run may go on after them.
-                        if end < self.limit {
-                            self.at = Some((end, left));
-                            self.passed_gap = true;
-                        }
-                        continue;
-                    }
-                    Found::Frame(bytes, frame) => (bytes, frame),
-                };
-            if self.passed_gap && !self.listed(&bytes, &frame) {
-                // The rest of the run was removed.
-                self.passed_gap = false;
+            // Frames may be rewritten into gaps while they are looked at (a scavenge): then
+            // the look is taken again.
+            let epoch = self.engine.reader.rewrite_epoch();
+            let looked = self.look(position);
+            if !self.engine.reader.stable_since(epoch) {
+                self.at = Some((position, left));
+                std::thread::yield_now();
                 continue;
             }
-            let event = self.read_listed(position)?;
+            let (event, readable) = match looked? {
+                Look::Gap(end) => {
+                    // Removed frames: the run may go on after them.
+                    if end < self.limit {
+                        self.at = Some((end, left));
+                        self.passed_gap = true;
+                    }
+                    continue;
+                }
+                Look::RunEnded => {
+                    self.passed_gap = false;
+                    continue;
+                }
+                Look::Event(event, readable) => (event, readable),
+            };
             let next = event.next_position().as_u64();
             if left > 1 && next < self.limit {
                 self.at = Some((next, left - 1));
@@ -879,11 +963,7 @@ impl<'a> IndexedEvents<'a> {
                 continue;
             }
             self.from = next;
-            if !self
-                .engine
-                .lifecycle
-                .readable(&self.engine.index, &event.view())
-            {
+            if !readable {
                 continue;
             }
             self.remaining -= 1;

@@ -44,10 +44,37 @@ pub struct ScavengeReport {
     pub bytes_freed: u64,
     /// Gap frames written.
     pub gaps: u64,
+    /// Segments left alone because events read from them were still held by the application
+    /// after waiting (see [`BUSY_WAIT`]); the next scavenge takes them.
+    pub segments_busy: u64,
     /// The scavenge looked at the log before this position (the start of the segment being
     /// written).
     pub up_to: Position,
 }
+
+/// How a scavenge runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScavengeOptions {
+    /// Only measure what would be removed and freed; write nothing.
+    pub dry_run: bool,
+    /// How long to wait, per segment, for events the application still holds from it (read
+    /// before the scavenge: their bytes are mapped from the file) before leaving the segment
+    /// for the next scavenge. Default [`BUSY_WAIT`].
+    pub busy_wait: std::time::Duration,
+}
+
+impl Default for ScavengeOptions {
+    fn default() -> Self {
+        ScavengeOptions {
+            dry_run: false,
+            busy_wait: BUSY_WAIT,
+        }
+    }
+}
+
+/// How long a scavenge waits for the events an application still holds from a segment
+/// before leaving that segment for the next scavenge.
+pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A run of unreadable frames being gathered.
 struct Run {
@@ -59,8 +86,11 @@ struct Run {
 }
 
 impl Engine {
-    /// Runs a scavenge, or with `dry_run` only measures what it would remove.
-    pub(crate) fn scavenge(&self, dry_run: bool) -> Result<ScavengeReport> {
+    /// Runs a scavenge, or with `dry_run` only measures what it would remove. One segment at a
+    /// time: its unreadable runs are found, its map is taken out of use and every event read
+    /// from it before is waited for (see [`BUSY_WAIT`]), then its gaps are written.
+    pub(crate) fn scavenge(&self, options: ScavengeOptions) -> Result<ScavengeReport> {
+        let ScavengeOptions { dry_run, busy_wait } = options;
         if self.read_only {
             return Err(Error::ReadOnly {
                 path: self.path.clone(),
@@ -77,12 +107,58 @@ impl Engine {
             up_to: Position::new(up_to),
             ..Default::default()
         };
-        let mut pending: Vec<GapSpec> = Vec::new();
-        let mut run: Option<Run> = None;
-        let mut cursor = Cursor::default();
         let mut at = crate::log::Layout::FIRST;
         while at < up_to {
-            let (bytes, frame) = self.reader.read(at, committed.end, &mut cursor)?;
+            let segment = self.layout.segment_of(at);
+            let mut found = ScavengeReport::default();
+            let (gaps, next) = self.segment_gaps(at, committed.end, &mut found)?;
+            at = next;
+            if gaps.is_empty() {
+                continue;
+            }
+            if !dry_run {
+                let old = self.reader.retire_maps(&[segment]);
+                if !crate::log::reader::LogReader::wait_released(&old, busy_wait) {
+                    // Events of this segment are still held: left for the next scavenge.
+                    report.segments_busy += 1;
+                    continue;
+                }
+                for chunk in gaps.chunks(Intent::capacity(None)) {
+                    self.write_intent(&mut seq, None, chunk)?;
+                }
+            }
+            report.events += found.events;
+            report.records += found.records;
+            report.bytes_removed += found.bytes_removed;
+            report.bytes_freed += found.bytes_freed;
+            report.gaps += found.gaps;
+        }
+        if !dry_run && report.gaps > 0 {
+            self.finish_intents(&mut seq)?;
+            tracing::info!(
+                path = %self.path.display(),
+                events = report.events,
+                bytes_freed = report.bytes_freed,
+                "annals: scavenged"
+            );
+        }
+        Ok(report)
+    }
+
+    /// The gaps to write in the segment starting at `at` (a frame), counted into `report`, and
+    /// where the next segment starts.
+    fn segment_gaps(
+        &self,
+        mut at: u64,
+        limit: u64,
+        report: &mut ScavengeReport,
+    ) -> Result<(Vec<GapSpec>, u64)> {
+        let mut gaps = Vec::new();
+        let mut run: Option<Run> = None;
+        let mut cursor = Cursor::default();
+        let segment_end = self.layout.segment_end(at);
+        while at < segment_end && at < limit {
+            let (bytes, frame) = self.reader.read(at, limit, &mut cursor)?;
             let dead = match frame.body {
                 Body::Seal { .. } => None,
                 Body::Gap { .. } => Some(false),
@@ -122,36 +198,16 @@ impl Engine {
                 }
                 None => {
                     if let Some(r) = run.take() {
-                        self.close_run(r, &mut pending, &mut report);
+                        self.close_run(r, &mut gaps, report);
                     }
                 }
             }
             at = frame.next();
-            if pending.len() >= Intent::capacity(None) {
-                if !dry_run {
-                    self.write_intent(&mut seq, None, &pending)?;
-                }
-                pending.clear();
-            }
         }
         if let Some(r) = run.take() {
-            self.close_run(r, &mut pending, &mut report);
+            self.close_run(r, &mut gaps, report);
         }
-        if !dry_run {
-            if !pending.is_empty() {
-                self.write_intent(&mut seq, None, &pending)?;
-            }
-            if report.gaps > 0 {
-                self.finish_intents(&mut seq)?;
-                tracing::info!(
-                    path = %self.path.display(),
-                    events = report.events,
-                    bytes_freed = report.bytes_freed,
-                    "annals: scavenged"
-                );
-            }
-        }
-        Ok(report)
+        Ok((gaps, at.max(segment_end)))
     }
 
     /// Whether a scavenge may remove this event: no read returns it, and it is not the newest
@@ -205,7 +261,9 @@ impl Engine {
         for g in gaps {
             self.reader.learn_gap(g.start, g.end());
         }
-        journal::write_gaps(&*self.file, self.layout.key, gaps).map_err(fail)
+        self.reader
+            .rewriting(|| journal::write_gaps(&*self.file, self.layout.key, gaps))
+            .map_err(fail)
     }
 
     /// Records in the journal that nothing is pending.
@@ -238,12 +296,33 @@ impl super::Store {
     /// # Ok::<(), annals::Error>(())
     /// ```
     pub fn scavenge(&self) -> Result<ScavengeReport> {
-        self.engine.scavenge(false)
+        self.engine.scavenge(ScavengeOptions::default())
     }
 
     /// What [`scavenge`](Self::scavenge) would remove and give back, writing nothing.
     pub fn scavenge_dry_run(&self) -> Result<ScavengeReport> {
-        self.engine.scavenge(true)
+        self.engine.scavenge(ScavengeOptions {
+            dry_run: true,
+            ..Default::default()
+        })
+    }
+
+    /// A scavenge with options: a dry run, and how long to wait for events the application
+    /// still holds from a segment (read before the scavenge) before leaving that segment alone.
+    ///
+    /// ```
+    /// use annals::{ExpectedVersion, NewEvent, ScavengeOptions, Store};
+    /// use std::time::Duration;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// store.append("a", ExpectedVersion::Any, [NewEvent::new("E", "x")])?;
+    /// let options = ScavengeOptions { dry_run: true, busy_wait: Duration::from_secs(1) };
+    /// assert!(store.scavenge_with(options)?.dry_run);
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn scavenge_with(&self, options: ScavengeOptions) -> Result<ScavengeReport> {
+        self.engine.scavenge(options)
     }
 }
 

@@ -13,6 +13,7 @@ mod floors;
 mod idempotency;
 mod indexed_reads;
 mod kill;
+mod lifecycle;
 mod live_read;
 mod model;
 mod outbox;
