@@ -14,6 +14,7 @@ mod idempotency;
 mod indexed_reads;
 mod kill;
 mod lifecycle;
+mod lifecycle_crash;
 mod live_read;
 mod model;
 mod outbox;
