@@ -42,7 +42,6 @@ pub(crate) struct LogReader {
 #[derive(Debug, Default)]
 struct Gaps {
     known: std::collections::BTreeMap<u64, u64>,
-    walked: std::collections::HashSet<u64>,
 }
 
 /// What is at a position: a checked frame, or a place inside removed frames (a gap).
@@ -187,7 +186,13 @@ impl LogReader {
 
     /// Records gaps made by this process (a scavenge or an erasure), before they are written.
     pub fn learn_gap(&self, start: u64, end: u64) {
-        self.gaps.lock().known.insert(start, end);
+        let mut gaps = self.gaps.lock();
+        // A new gap may swallow older ones.
+        let inside: Vec<u64> = gaps.known.range(start..end).map(|(s, _)| *s).collect();
+        for s in inside {
+            gaps.known.remove(&s);
+        }
+        gaps.known.insert(start, end);
     }
 
     /// What is at `position`: a frame, or the gap it lies in. A position that is neither (bytes
@@ -207,7 +212,7 @@ impl LogReader {
     }
 
     /// The gap holding `position`, if there is one: from the gaps known, else by walking the
-    /// frames of `position`'s segment from its start (once per segment).
+    /// frames of `position`'s segment from its start (and remembering the gaps met).
     fn gap_around(&self, position: u64, limit: u64) -> Result<Option<(u64, u64, Frame)>> {
         let segment = self.layout.segment_of(position);
         let header = |start: u64| -> Result<Option<Frame>> {
@@ -224,19 +229,15 @@ impl LogReader {
                 .filter(|(_, end)| position < **end)
                 .map(|(s, e)| (*s, *e))
         };
-        let (hit, walked) = {
-            let gaps = self.gaps.lock();
-            (known(&gaps), gaps.walked.contains(&segment))
-        };
+        let hit = known(&self.gaps.lock());
         if let Some((start, end)) = hit
             && let Some(f) = header(start)?
             && f.next() == end
         {
             return Ok(Some((start, end, f)));
         }
-        if walked && hit.is_none() {
-            return Ok(None);
-        }
+        // Unknown, or known wrongly (a later scavenge merged gaps, or another process made
+        // new ones): walk the segment again.
         // Walk the segment's chain of frames (every frame and gap header is intact).
         let mut at = self.layout.segment_start(segment);
         let mut cursor = Cursor::default();
@@ -259,8 +260,15 @@ impl LogReader {
             at = next;
         }
         let mut gaps = self.gaps.lock();
+        let (from, to) = (
+            self.layout.segment_start(segment),
+            self.layout.segment_start(segment + 1),
+        );
+        let stale: Vec<u64> = gaps.known.range(from..to).map(|(s, _)| *s).collect();
+        for s in stale {
+            gaps.known.remove(&s);
+        }
         gaps.known.extend(found);
-        gaps.walked.insert(segment);
         Ok(result)
     }
 

@@ -191,6 +191,8 @@ pub struct UniqueClaim {
 }
 
 /// A stream's metadata, as recorded (see the table above). Missing fields are unset.
+///
+/// A reader treats versions below [`floor`](Self::floor) as gone.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetadataRecord {
     /// Versions below this are unreadable.
@@ -205,12 +207,23 @@ pub struct MetadataRecord {
     /// The stream is deleted for good: nothing of it is readable, nothing can be appended.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tombstoned: bool,
-    /// The stream was deleted (soft) at `truncate_before`, not only truncated.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub deleted: bool,
+    /// The stream was deleted (soft): versions below this are gone, and its next version is
+    /// at least this (even where the deleted events are no longer in the log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_before: Option<u64>,
     /// The application's own JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom: Option<serde_json::Value>,
+}
+
+impl MetadataRecord {
+    /// Versions below this are unreadable: the larger of `truncate_before` and
+    /// `deleted_before`.
+    pub fn floor(&self) -> u64 {
+        self.truncate_before
+            .unwrap_or(0)
+            .max(self.deleted_before.unwrap_or(0))
+    }
 }
 
 /// What an erasure records: which stream, how many events and bytes were overwritten (the
@@ -426,14 +439,15 @@ mod tests {
             max_count: None,
             max_age_secs: Some(60),
             tombstoned: false,
-            deleted: true,
+            deleted_before: Some(12),
             custom: Some(serde_json::json!({"owner": "ops"})),
         };
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(
             json,
-            r#"{"truncate_before":10,"max_age_secs":60,"deleted":true,"custom":{"owner":"ops"}}"#
+            r#"{"truncate_before":10,"max_age_secs":60,"deleted_before":12,"custom":{"owner":"ops"}}"#
         );
+        assert_eq!(m.floor(), 12);
         assert_eq!(serde_json::from_str::<MetadataRecord>(&json).unwrap(), m);
         assert_eq!(
             serde_json::from_str::<MetadataRecord>("{}").unwrap(),

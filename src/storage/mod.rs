@@ -99,7 +99,7 @@ pub trait StorageFile: Send + Sync + Debug {
     /// a hole (`fallocate(PUNCH_HOLE)`); the default writes zeros. Durable after the next
     /// [`sync_data`](Self::sync_data).
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        const ZEROS: [u8; 65536] = [0; 65536];
+        static ZEROS: [u8; 65536] = [0; 65536];
         let mut at = offset;
         let end = offset.saturating_add(len);
         while at < end {

@@ -136,7 +136,7 @@ impl StorageFile for StdFile {
             Ok(()) => Ok(()),
             // File systems that cannot punch holes: zeros, without giving space back.
             Err(e) if e == rustix::io::Errno::OPNOTSUPP => {
-                const ZEROS: [u8; 65536] = [0; 65536];
+                static ZEROS: [u8; 65536] = [0; 65536];
                 let mut at = offset;
                 while at < offset + len {
                     let n = (offset + len - at).min(ZEROS.len() as u64) as usize;

@@ -302,6 +302,12 @@ impl Committer {
             engine.poison.set(format!("index update failed: {e}"));
         }
         for (stream, record) in overlay.metadata.drain() {
+            // Versions below a deletion are gone: the stream's next version is after them.
+            if let Some(deleted_before) = record.deleted_before
+                && let Err(e) = engine.index.raise_count(&stream, deleted_before)
+            {
+                engine.poison.set(format!("index update failed: {e}"));
+            }
             engine.lifecycle.set(&stream, record);
         }
         let events: u64 = index_parts.iter().map(|p| u64::from(p.add.run.count)).sum();
@@ -714,8 +720,7 @@ mod tests {
         assert!(check_expected(&part("s", ExpectedVersion::Exact(4), 1), at(5), None).is_ok());
         // A soft-deleted stream does not exist; a tombstoned one refuses everything.
         let deleted = MetadataRecord {
-            truncate_before: Some(5),
-            deleted: true,
+            deleted_before: Some(5),
             ..Default::default()
         };
         assert!(

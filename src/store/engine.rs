@@ -82,8 +82,10 @@ pub(crate) struct Counters {
 
 impl Engine {
     /// The position of the stored event with this id, if there is one: where the index puts
-    /// it, or found by reading the frames of the span the index names. An event that reads no
-    /// longer return (deleted, expired, removed by a scavenge) is not stored any more.
+    /// it, or found by reading the frames of the span the index names. An event stays stored
+    /// while its frame is in the log, readable or not (a retry of an append whose events were
+    /// deleted since is still recognised); once a scavenge or an erasure removed the frame, the
+    /// id is forgotten.
     pub(crate) fn locate_id(&self, id: u128) -> Result<Option<u64>> {
         loop {
             // Taken again if frames were rewritten into gaps while it looked (a scavenge).
@@ -99,39 +101,34 @@ impl Engine {
     fn locate_id_once(&self, id: u128) -> Result<Option<u64>> {
         let limit = self.index.committed().end;
         let mut cursor = crate::log::reader::Cursor::default();
-        let readable = |bytes: &[u8]| {
-            self.lifecycle
-                .readable(&self.index, &crate::log::format::EventRef::new(bytes))
-        };
         let span = match self.index.find_id(id)? {
             None => return Ok(None),
             Some(crate::index::IdHit::At(position)) => {
                 return Ok(match self.reader.resolve(position, limit, &mut cursor)? {
                     Found::Gap { .. } => None,
-                    Found::Frame(bytes, frame) => {
-                        let event = frame.body == crate::log::format::Body::Event;
-                        let same = event
-                            && u128::from_be_bytes(
-                                crate::log::format::EventRef::new(&bytes).event_id(),
-                            ) == id;
-                        // A frame that is not this event: the caller reports the mismatch.
-                        (!same || readable(&bytes)).then_some(position)
-                    }
+                    // A frame that is not this event: the caller reports the mismatch.
+                    Found::Frame(..) => Some(position),
                 });
             }
             Some(crate::index::IdHit::InSpan(span)) => span,
         };
         let mut at = span.position;
         let mut left = span.count;
+        let mut passed_gap = false;
         while left > 0 && at < limit {
             let (bytes, frame) = match self.reader.resolve(at, limit, &mut cursor)? {
                 Found::Gap { end, .. } => {
+                    passed_gap = true;
                     at = end;
                     continue;
                 }
                 Found::Frame(bytes, frame) => (bytes, frame),
             };
             if frame.body != crate::log::format::Body::Event {
+                if passed_gap {
+                    // The rest of the span was removed.
+                    return Ok(None);
+                }
                 return Err(Error::corrupt(
                     at,
                     "the index names a span of events holding a seal",
@@ -139,7 +136,7 @@ impl Engine {
             }
             let found = u128::from_be_bytes(crate::log::format::EventRef::new(&bytes).event_id());
             if found == id {
-                return Ok(readable(&bytes).then_some(at));
+                return Ok(Some(at));
             }
             if found > id {
                 // A span's ids increase: past `id`, it is not there.
@@ -336,6 +333,18 @@ impl Engine {
             self.poison
                 .fail(format!("writing the index sidecar failed: {e}"))
         })
+    }
+
+    /// Syncs the log and writes everything indexed to the sidecar (under the writer, so that
+    /// it covers the log's end).
+    pub(crate) fn flush_sidecar(&self) -> Result<()> {
+        self.poison.check()?;
+        let _writer = self.committer.writer().lock();
+        self.sync_unsynced()?;
+        while let Some(job) = self.index.freeze(true, false) {
+            self.write_frozen(job)?;
+        }
+        Ok(())
     }
 
     /// Syncs the log if appends are not synced as they are made.

@@ -188,11 +188,14 @@ impl Store {
                     .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact)
             };
             let mut metadata: MetadataRecord = meta.unwrap_or_default();
-            metadata.truncate_before = Some(count.max(metadata.truncate_before.unwrap_or(0)));
-            metadata.deleted = true;
-            let committed = self
-                .transaction()
-                .append(stream, pinned, [])
+            metadata.deleted_before = Some(count);
+            let tombstoned = metadata.tombstoned;
+            let mut tx = self.transaction();
+            if !tombstoned {
+                // Pinned to the version read (a tombstoned stream takes no appends anyway).
+                tx = tx.append(stream, pinned, []);
+            }
+            let committed = tx
                 .append_reserved(
                     &meta_stream,
                     meta_expected,
@@ -223,7 +226,7 @@ impl Store {
                 bytes,
                 bytes_freed,
                 before_version: count,
-                record: results[2].first_position,
+                record: results[results.len() - 1].first_position,
             });
         }
     }

@@ -66,13 +66,13 @@ pub struct StreamMetadata {
     pub truncate_before: Option<u64>,
     /// Only the newest this many events are readable.
     pub max_count: Option<u64>,
-    /// Events older than this are no longer readable (whole seconds).
+    /// Events older than this are no longer readable (kept in whole seconds, rounded up).
     pub max_age: Option<Duration>,
     /// The application's own JSON.
     pub custom: Option<serde_json::Value>,
-    /// Set by [`Store::delete_stream`]: the stream was deleted at `truncate_before` (read only;
-    /// kept when the metadata is set again).
-    pub deleted: bool,
+    /// Set by [`Store::delete_stream`]: versions below this were deleted (read only; kept when
+    /// the metadata is set again).
+    pub deleted_before: Option<u64>,
     /// Set by [`Store::tombstone_stream`]: deleted for good (read only).
     pub tombstoned: bool,
 }
@@ -84,7 +84,7 @@ impl StreamMetadata {
             max_count: r.max_count,
             max_age: r.max_age_secs.map(Duration::from_secs),
             custom: r.custom.clone(),
-            deleted: r.deleted,
+            deleted_before: r.deleted_before,
             tombstoned: r.tombstoned,
         }
     }
@@ -114,19 +114,28 @@ impl Lifecycle {
         self.map.read().get(stream).cloned()
     }
 
+    /// Looks at the metadata of `stream`, if it has any, without copying it.
+    pub(crate) fn peek<T>(&self, stream: &str, f: impl FnOnce(&MetadataRecord) -> T) -> Option<T> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        self.map.read().get(stream).map(f)
+    }
+
     /// Takes in a metadata record (`meta_stream` is its `$meta-` stream); anything else is
     /// ignored. A record that does not decode is reported.
     pub(crate) fn learn(&self, meta_stream: &str, position: u64, payload: &[u8]) -> Result<()> {
         let Some(stream) = records::metadata_of(meta_stream) else {
             return Ok(());
         };
-        let record: MetadataRecord =
-            serde_json::from_slice(payload).map_err(|e| Error::Decode {
-                position,
-                event_type: records::STREAM_METADATA.to_owned(),
-                reason: e.to_string(),
-            })?;
-        self.set(stream, record);
+        match serde_json::from_slice::<MetadataRecord>(payload) {
+            Ok(record) => self.set(stream, record),
+            // Written by a build that checks records before committing them, so this is
+            // damage the checksums did not catch, or a newer build's record: reads go on as if
+            // the stream had no metadata, and say so.
+            Err(e) => tracing::warn!(position, stream, error = %e,
+                "annals: a stream metadata record does not decode; it is ignored"),
+        }
         Ok(())
     }
 
@@ -147,15 +156,6 @@ impl Lifecycle {
         }
     }
 
-    /// Events older than this timestamp are expired in `stream` (0: none).
-    pub(crate) fn expired_before(&self, stream: &str) -> u64 {
-        self.get(stream)
-            .and_then(|m| m.max_age_secs)
-            .map_or(0, |age| {
-                now_nanos().saturating_sub(age.saturating_mul(1_000_000_000))
-            })
-    }
-
     /// Whether reads may return this event (see the module's rule).
     pub(crate) fn readable(&self, index: &Index, e: &EventRef<'_>) -> bool {
         let stream = e.stream();
@@ -167,11 +167,10 @@ impl Lifecycle {
             // A snapshot of events that were deleted since is no state of anything.
             if let Some(of) = stream.strip_prefix("$snapshot-")
                 && let Some(m) = self.get(of)
-                && m.deleted | m.tombstoned
+                && (m.deleted_before.is_some() || m.tombstoned)
             {
                 let covers = records::decode_snapshot_version(e.frame_slice(e.metadata_range()));
-                return !m.tombstoned
-                    && covers.is_some_and(|v| v >= m.truncate_before.unwrap_or(0));
+                return !m.tombstoned && covers.is_some_and(|v| v >= m.deleted_before.unwrap_or(0));
             }
             return true;
         }
@@ -182,7 +181,7 @@ impl Lifecycle {
         let Some(m) = map.get(stream) else {
             return true;
         };
-        if m.tombstoned || m.truncate_before.is_some_and(|tb| e.version() < tb) {
+        if m.tombstoned || e.version() < m.floor() {
             return false;
         }
         if let Some(age) = m.max_age_secs
@@ -214,34 +213,31 @@ impl Lifecycle {
                 .lifecycle
                 .learn(e.stream(), e.position().as_u64(), e.payload())?;
             // Versions continue after a deletion even where the deleted events are gone.
-            if let (Some(stream), Some(record)) = (
-                records::metadata_of(e.stream()),
-                records::metadata_of(e.stream()).and_then(|s| engine.lifecycle.get(s)),
-            ) && let Some(tb) = record.truncate_before
-                && record.deleted
+            if let Some(stream) = records::metadata_of(e.stream())
+                && let Some(deleted_before) =
+                    engine.lifecycle.get(stream).and_then(|m| m.deleted_before)
             {
-                engine.index.raise_count(stream, tb)?;
+                engine.index.raise_count(stream, deleted_before)?;
             }
         }
         Ok(())
     }
 }
 
-/// The first readable version by truncation, count and tombstone.
-fn first_by(m: &MetadataRecord, count: u64) -> u64 {
+/// The first readable version by truncation, deletion, count and tombstone.
+pub(crate) fn first_by(m: &MetadataRecord, count: u64) -> u64 {
     if m.tombstoned {
         return count;
     }
-    let tb = m.truncate_before.unwrap_or(0);
     let by_count = m.max_count.map_or(0, |max| count.saturating_sub(max));
-    tb.max(by_count).min(count)
+    m.floor().max(by_count).min(count)
 }
 
 /// The version a stream of `count` events is at for expected-version checks, given its
-/// metadata: `None` when it has no event at or after its `truncate_before`.
+/// metadata: `None` when it has no event at or after its [`MetadataRecord::floor`].
 pub(crate) fn visible_version(count: u64, meta: Option<&MetadataRecord>) -> Option<u64> {
-    let tb = meta.and_then(|m| m.truncate_before).unwrap_or(0);
-    if count > tb { Some(count - 1) } else { None }
+    let floor = meta.map_or(0, MetadataRecord::floor);
+    if count > floor { Some(count - 1) } else { None }
 }
 
 impl Store {
@@ -318,8 +314,7 @@ impl Store {
             let pinned = actual.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
             let meta_expected = self.meta_version(&meta_stream)?;
             let mut record = meta.unwrap_or_default();
-            record.truncate_before = Some(count.max(record.truncate_before.unwrap_or(0)));
-            record.deleted = true;
+            record.deleted_before = Some(count);
             record.tombstoned |= tombstone;
             let result = self
                 .transaction()
@@ -338,6 +333,49 @@ impl Store {
         }
     }
 
+    /// Makes a stream that does not exist start at `version`: its next event gets that
+    /// version, as if the versions before it had been deleted. For moving a store whose
+    /// streams lost their oldest events (deleted, truncated, expired) into another store with
+    /// every version kept (`annals import` does this). Does nothing when the stream already
+    /// has `version` events or more; a stream that exists is refused.
+    ///
+    /// ```
+    /// use annals::{ExpectedVersion, NewEvent, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("s"))?;
+    /// store.start_stream_at("order-9", 12)?;
+    /// let r = store.append("order-9", ExpectedVersion::NoStream, [NewEvent::new("Placed", "")])?;
+    /// assert_eq!(r.version, Some(12));
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn start_stream_at(&self, stream: &str, version: u64) -> Result<()> {
+        check_stream_name(stream, false)?;
+        let count = self.engine.index.stream_info(stream)?.count;
+        if count >= version {
+            return Ok(());
+        }
+        let meta = self.engine.lifecycle.get(stream);
+        if visible_version(count, meta.as_ref()).is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "stream `{stream}` exists (at version {}): it cannot start at {version}",
+                count - 1
+            )));
+        }
+        let meta_stream = records::metadata_stream(stream);
+        let mut record = meta.unwrap_or_default();
+        record.deleted_before = Some(version);
+        self.transaction()
+            .append(stream, ExpectedVersion::NoStream, [])
+            .append_reserved(
+                &meta_stream,
+                self.meta_version(&meta_stream)?,
+                vec![NewEvent::json(records::STREAM_METADATA, &record)?],
+            )
+            .commit()
+            .map(drop)
+    }
+
     /// The expected version that pins the metadata stream to its current state.
     fn meta_version(&self, meta_stream: &str) -> Result<ExpectedVersion> {
         let count = self.engine.index.stream_info(meta_stream)?.count;
@@ -349,8 +387,8 @@ impl Store {
     /// Sets a stream's metadata (retention and the application's JSON). `expected` is the
     /// expected version of the *metadata* (`NoStream` the first time; then the version
     /// [`stream_metadata`](Self::stream_metadata) reports). Reads honour it at once. A deleted
-    /// stream stays deleted: its `truncate_before` never goes below the deletion's, and a
-    /// tombstone stays. Returns the metadata's new version.
+    /// stream stays deleted (its `deleted_before` and a tombstone stay). Waits while a scavenge
+    /// runs. Returns the metadata's new version.
     pub fn set_stream_metadata(
         &self,
         stream: &str,
@@ -358,25 +396,44 @@ impl Store {
         metadata: StreamMetadata,
     ) -> Result<u64> {
         check_stream_name(stream, false)?;
-        let old = self.engine.lifecycle.get(stream).unwrap_or_default();
-        let tb = match (old.deleted, old.truncate_before) {
-            (true, Some(deleted_at)) => Some(metadata.truncate_before.unwrap_or(0).max(deleted_at)),
-            _ => metadata.truncate_before,
-        };
-        let record = MetadataRecord {
-            truncate_before: tb,
-            max_count: metadata.max_count,
-            max_age_secs: metadata.max_age.map(|d| d.as_secs()),
-            tombstoned: old.tombstoned,
-            deleted: old.deleted,
-            custom: metadata.custom,
-        };
-        let r = self.append_system(
-            &records::metadata_stream(stream),
-            expected,
-            vec![NewEvent::json(records::STREAM_METADATA, &record)?],
-        )?;
-        Ok(r.version.expect("a metadata record was appended"))
+        // Not while a scavenge decides what is unreadable: metadata that keeps more must not
+        // come between its decision and its writing.
+        let _scavenges = self.engine.maintenance.lock();
+        let meta_stream = records::metadata_stream(stream);
+        loop {
+            let old = self.engine.lifecycle.get(stream).unwrap_or_default();
+            let record = MetadataRecord {
+                truncate_before: metadata.truncate_before,
+                max_count: metadata.max_count,
+                max_age_secs: metadata
+                    .max_age
+                    .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+                // A deletion and a tombstone stay.
+                tombstoned: old.tombstoned,
+                deleted_before: old.deleted_before,
+                custom: metadata.custom.clone(),
+            };
+            let event = NewEvent::json(records::STREAM_METADATA, &record)?;
+            // What every open must read back (JSON nested deeper than the reader allows is
+            // refused here, not at the next open).
+            if let Err(e) = serde_json::from_slice::<MetadataRecord>(&event.payload) {
+                return Err(Error::InvalidArgument(format!(
+                    "the metadata of `{stream}` would not read back: {e}"
+                )));
+            }
+            // `Any` is pinned to the version read, so a concurrent deletion is never undone.
+            let pinned = match expected {
+                ExpectedVersion::Any => self.meta_version(&meta_stream)?,
+                other => other,
+            };
+            match self.append_system(&meta_stream, pinned, vec![event]) {
+                Ok(r) => return Ok(r.version.expect("a metadata record was appended")),
+                Err(Error::WrongExpectedVersion { .. }) if expected == ExpectedVersion::Any => {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A stream's metadata and its version, if it has any.

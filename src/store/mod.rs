@@ -357,13 +357,7 @@ impl Store {
         if self.engine.read_only {
             return Ok(());
         }
-        self.engine.poison.check()?;
-        let _writer = self.engine.committer.writer().lock();
-        self.engine.sync_unsynced()?;
-        while let Some(job) = self.engine.index.freeze(true, false) {
-            self.engine.write_frozen(job)?;
-        }
-        Ok(())
+        self.engine.flush_sidecar()
     }
 
     /// Flushes the index, syncs, and closes the store, reporting any error.

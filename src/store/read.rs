@@ -39,8 +39,6 @@ pub struct StreamEvents<'a> {
     cursor: Cursor,
     /// The first readable version (see `lifecycle`).
     first: u64,
-    /// Events older than this timestamp are expired (0: none).
-    expired_before: u64,
 }
 
 impl<'a> StreamEvents<'a> {
@@ -81,7 +79,6 @@ impl<'a> StreamEvents<'a> {
             at: None,
             cursor: Cursor::default(),
             first,
-            expired_before: engine.lifecycle.expired_before(stream),
         })
     }
 
@@ -248,13 +245,21 @@ impl StreamEvents<'_> {
                     (run, position, found)
                 }
             };
-            let frame = match self
+            // Frames may be rewritten into gaps while they are looked at (a scavenge): then
+            // the look is taken again.
+            let epoch = self.engine.reader.rewrite_epoch();
+            let checked = self
                 .engine
                 .reader
-                .check(position, self.limit, &mut self.cursor)
-            {
-                Ok(frame) => frame,
-                Err(_) => {
+                .check(position, self.limit, &mut self.cursor);
+            let frame = match checked {
+                Ok(frame) if frame.body == Body::Event => frame,
+                _ if !self.engine.reader.stable_since(epoch) => {
+                    self.at = Some((run, position));
+                    std::thread::yield_now();
+                    continue;
+                }
+                _ => {
                     // A removed frame (the step before knew no better): find it again.
                     let (run, position, found) = self.locate(version)?;
                     if found >= self.count || (self.backwards && found != version) {
@@ -271,16 +276,20 @@ impl StreamEvents<'_> {
                 .reader
                 .frame_bytes(&self.cursor, position, frame.len);
             let event = EventRef::new(bytes);
-            if frame.body != Body::Event
-                || event.stream_bytes() != self.stream.as_bytes()
-                || event.version() != version
-            {
+            let sound =
+                event.stream_bytes() == self.stream.as_bytes() && event.version() == version;
+            let readable = sound && self.engine.lifecycle.readable(&self.engine.index, &event);
+            if !self.engine.reader.stable_since(epoch) {
+                self.at = Some((run, position));
+                std::thread::yield_now();
+                continue;
+            }
+            if !sound {
                 // The owned read names what is wrong.
                 return Err(self.read_event(position, version).err().unwrap_or_else(|| {
                     Error::corrupt(position, "the index and the log disagree")
                 }));
             }
-            let expired = event.timestamp() < self.expired_before;
             let next_position = position + u64::from(frame.len);
             if self.backwards {
                 self.next = version.checked_sub(1).filter(|v| *v >= self.first);
@@ -293,7 +302,8 @@ impl StreamEvents<'_> {
                     self.at = Some((run, next_position));
                 }
             }
-            if expired {
+            if !readable {
+                // Expired by age, or deleted since the read began.
                 continue;
             }
             self.remaining -= 1;
@@ -689,6 +699,9 @@ struct Back {
     runs: Vec<PosRun>,
     /// Frames of the current run still to return, in position order (taken from the end).
     positions: Vec<u64>,
+    /// Where the run read before this one starts: a run that passed removed frames ends
+    /// before it (its frames there were returned already).
+    later_run: u64,
 }
 
 impl<'a> IndexedEvents<'a> {
@@ -756,6 +769,7 @@ impl<'a> IndexedEvents<'a> {
             upto,
             runs,
             positions: Vec::new(),
+            later_run: u64::MAX,
         });
         Ok(this)
     }
@@ -790,7 +804,8 @@ impl<'a> IndexedEvents<'a> {
                 self.done = true;
                 break;
             };
-            let upto = back.upto;
+            let upto = back.upto.min(back.later_run.saturating_sub(1));
+            back.later_run = run.position;
             let positions = loop {
                 let epoch = self.engine.reader.rewrite_epoch();
                 let walked = self.run_positions(run, upto);

@@ -84,7 +84,21 @@ impl Replay for IndexReplay<'_> {
             parts.push(part);
             i = j;
         }
-        index.apply(&parts, committed)
+        index.apply(&parts, committed)?;
+        // A deletion's metadata: the stream's next version is after the deleted ones (which a
+        // scavenge may have removed from the log, or an import never brought).
+        for e in events {
+            let v = EventRef::new(&e.bytes);
+            if let Some(stream) = crate::log::records::metadata_of(v.stream())
+                && let Ok(m) = serde_json::from_slice::<crate::log::records::MetadataRecord>(
+                    v.frame_slice(v.payload_range()),
+                )
+                && let Some(deleted_before) = m.deleted_before
+            {
+                index.raise_count(stream, deleted_before)?;
+            }
+        }
+        Ok(())
     }
 
     fn wants_flush(&self) -> bool {

@@ -18,6 +18,7 @@
 //! the log, in frames no read returns, and tells the store's readers about each gap before it
 //! writes it. One scavenge or erasure runs at a time.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::Engine;
@@ -45,7 +46,8 @@ pub struct ScavengeReport {
     /// Gap frames written.
     pub gaps: u64,
     /// Segments left alone because events read from them were still held by the application
-    /// after waiting (see [`BUSY_WAIT`]); the next scavenge takes them.
+    /// after waiting (10 seconds unless [`ScavengeOptions::busy_wait`] says otherwise); the
+    /// next scavenge takes them.
     pub segments_busy: u64,
     /// The scavenge looked at the log before this position (the start of the segment being
     /// written).
@@ -59,7 +61,7 @@ pub struct ScavengeOptions {
     pub dry_run: bool,
     /// How long to wait, per segment, for events the application still holds from it (read
     /// before the scavenge: their bytes are mapped from the file) before leaving the segment
-    /// for the next scavenge. Default [`BUSY_WAIT`].
+    /// for the next scavenge. Default 10 seconds.
     pub busy_wait: std::time::Duration,
 }
 
@@ -91,7 +93,7 @@ impl Engine {
     /// from it before is waited for (see [`BUSY_WAIT`]), then its gaps are written.
     pub(crate) fn scavenge(&self, options: ScavengeOptions) -> Result<ScavengeReport> {
         let ScavengeOptions { dry_run, busy_wait } = options;
-        if self.read_only {
+        if self.read_only && !dry_run {
             return Err(Error::ReadOnly {
                 path: self.path.clone(),
             });
@@ -107,11 +109,19 @@ impl Engine {
             up_to: Position::new(up_to),
             ..Default::default()
         };
+        let mut aged = HashSet::new();
+        if !dry_run {
+            // What decides which frames are unreadable (deletions, newer checkpoints, appends)
+            // is durable before any frame changes; the sidecar covers the log past every frame
+            // this scavenge may change (so an open never starts its scan inside a gap).
+            self.sync_unsynced()?;
+            self.flush_sidecar()?;
+        }
         let mut at = crate::log::Layout::FIRST;
         while at < up_to {
             let segment = self.layout.segment_of(at);
             let mut found = ScavengeReport::default();
-            let (gaps, next) = self.segment_gaps(at, committed.end, &mut found)?;
+            let (gaps, next) = self.segment_gaps(at, committed.end, &mut found, &mut aged)?;
             at = next;
             if gaps.is_empty() {
                 continue;
@@ -152,6 +162,7 @@ impl Engine {
         mut at: u64,
         limit: u64,
         report: &mut ScavengeReport,
+        aged: &mut HashSet<String>,
     ) -> Result<(Vec<GapSpec>, u64)> {
         let mut gaps = Vec::new();
         let mut run: Option<Run> = None;
@@ -164,12 +175,12 @@ impl Engine {
                 Body::Gap { .. } => Some(false),
                 Body::Event => {
                     let e = EventRef::new(&bytes);
-                    self.removable(&e)?.then_some(true)
+                    self.removable(&e, aged)?.then_some(true)
                 }
             };
             match dead {
                 Some(fresh) => {
-                    let r = run.get_or_insert_with(|| Run {
+                    let r = run.get_or_insert(Run {
                         spec: GapSpec {
                             start: at,
                             len: 0,
@@ -210,23 +221,41 @@ impl Engine {
         Ok((gaps, at.max(segment_end)))
     }
 
-    /// Whether a scavenge may remove this event: no read returns it, and it is not the newest
-    /// event of a stream that still exists (see the module's notes).
-    fn removable(&self, e: &EventRef<'_>) -> Result<bool> {
+    /// Whether a scavenge may remove this event: no read returns it, and removing it leaves
+    /// every stream's surviving events a run without holes (what a scavenge removes of a stream
+    /// is always a prefix of it) whose newest event stays unless the stream was deleted
+    /// (see the module's notes). `aged` holds the streams with a maximum age of which a
+    /// readable event was seen in this walk: their later expired events stay for now.
+    fn removable(&self, e: &EventRef<'_>, aged: &mut HashSet<String>) -> Result<bool> {
+        let stream = e.stream();
         if self.lifecycle.readable(&self.index, e) {
+            if self
+                .lifecycle
+                .peek(stream, |m| m.max_age_secs.is_some())
+                .unwrap_or(false)
+            {
+                aged.insert(stream.to_owned());
+            }
             return Ok(false);
         }
-        let stream = e.stream();
-        let gone = records::supersedes(stream)
-            || self
-                .lifecycle
-                .get(stream)
-                .is_some_and(|m| m.deleted || m.tombstoned);
-        if gone {
+        if records::supersedes(stream) {
+            return Ok(true);
+        }
+        let Some(m) = self.lifecycle.get(stream) else {
+            return Ok(false);
+        };
+        if m.tombstoned || m.deleted_before.is_some_and(|d| e.version() < d) {
             return Ok(true);
         }
         let count = self.index.stream_info(stream)?.count;
-        Ok(e.version().saturating_add(1) < count)
+        if e.version().saturating_add(1) >= count {
+            return Ok(false);
+        }
+        if e.version() < super::lifecycle::first_by(&m, count) {
+            return Ok(true);
+        }
+        // Expired by age alone (timestamps need not follow versions).
+        Ok(!aged.contains(stream))
     }
 
     fn close_run(&self, r: Run, pending: &mut Vec<GapSpec>, report: &mut ScavengeReport) {
@@ -340,6 +369,15 @@ pub(crate) fn redo(
         tracing::warn!(path = %path.display(), gaps = intent.gaps.len(),
             "annals: a scavenge or erasure was cut off; writing its gaps again");
         journal::write_gaps(&**file, key, &intent.gaps).map_err(|e| Error::io_at(path, e))?;
+        if intent.erasure.is_none() {
+            // Done: the next open has nothing to write again.
+            let done = Intent {
+                erasure: None,
+                gaps: Vec::new(),
+            };
+            journal::write(&**file, seq + 1, &done).map_err(|e| Error::io_at(path, e))?;
+            return Ok((seq + 1, None));
+        }
     }
     Ok((seq, intent.erasure))
 }

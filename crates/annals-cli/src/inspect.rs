@@ -102,6 +102,13 @@ pub fn info(args: InfoArgs) -> CliResult {
         "an_open_would_rewrite_bytes": recovery.rewritten,
         "saved_dropped_bytes": saved,
         "open_for_writing_elsewhere": store.follows_writer(),
+        "disk_use": disk_use(&info.path),
+        "reclaimable": {
+            "events": info.reclaimable.events,
+            "engine_records": info.reclaimable.records,
+            "bytes_removed": info.reclaimable.bytes_removed,
+            "bytes_freed": info.reclaimable.bytes_freed,
+        },
     });
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -129,6 +136,16 @@ pub fn info(args: InfoArgs) -> CliResult {
             info.events, info.system_events
         )?;
         writeln!(out, "streams         {}", info.streams)?;
+        if let Some(du) = disk_use(&info.path) {
+            writeln!(out, "disk use        {du} bytes")?;
+        }
+        let r = &info.reclaimable;
+        writeln!(
+            out,
+            "reclaimable     {} bytes by `annals scavenge`: {} unreadable events ({} of them \
+             superseded engine records) in {} bytes of log",
+            r.bytes_freed, r.events, r.records, r.bytes_removed
+        )?;
         writeln!(out, "last position   {end} (the next append goes there)")?;
         let replayed = match &info.index_rebuilt {
             Some(reason) => format!("the sidecar is unusable ({reason}): an open rebuilds it"),
@@ -156,6 +173,12 @@ pub fn info(args: InfoArgs) -> CliResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes the file takes on disk (what `du` counts), where the platform says.
+pub fn disk_use(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.blocks() * 512)
 }
 
 /// Options of `annals verify`.
@@ -220,8 +243,16 @@ pub fn verify(args: VerifyArgs) -> CliResult {
     match report.problem {
         None => {
             if !args.quiet {
+                let gaps = if report.gaps > 0 {
+                    format!(
+                        " ({} gaps of {} bytes left by scavenges and erasures, checked)",
+                        report.gaps, report.gap_bytes
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "clean: {} events in {} streams, {} bytes of log checked",
+                    "clean: {} events in {} streams, {} bytes of log checked{gaps}",
                     report.events, report.streams, report.bytes
                 );
             }

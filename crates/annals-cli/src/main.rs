@@ -4,6 +4,7 @@
 mod bench;
 mod exit;
 mod inspect;
+mod lifecycle;
 mod maintenance;
 mod progress;
 mod tail;
@@ -47,6 +48,12 @@ enum Command {
     Export(transfer::ExportArgs),
     /// Loads an export into a new or existing store (idempotent; checks stream versions).
     Import(transfer::ImportArgs),
+    /// Gives back the disk space of deleted, expired and superseded events (--dry-run reports).
+    Scavenge(lifecycle::ScavengeArgs),
+    /// Deletes a stream (soft, or for good with --tombstone).
+    Delete(lifecycle::DeleteArgs),
+    /// Deletes a stream and overwrites its events' bytes in the file (personal data).
+    Erase(lifecycle::EraseArgs),
     /// Discards the index sidecar and rebuilds it from the log.
     RebuildIndex(maintenance::RebuildIndexArgs),
     /// Cuts a damaged log at a position, saving the removed bytes first.
@@ -64,6 +71,9 @@ fn main() -> ExitCode {
         Command::Tail(args) => tail::tail(args),
         Command::Export(args) => transfer::export(args),
         Command::Import(args) => transfer::import(args),
+        Command::Scavenge(args) => lifecycle::scavenge(args),
+        Command::Delete(args) => lifecycle::delete(args),
+        Command::Erase(args) => lifecycle::erase(args),
         Command::RebuildIndex(args) => maintenance::rebuild_index(args),
         Command::Repair(args) => maintenance::repair(args),
         Command::Bench(args) => bench::run(args),

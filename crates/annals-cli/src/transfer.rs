@@ -507,10 +507,21 @@ impl Pending {
             return Ok(());
         };
         let (stream, first_version) = (&events[start].stream, events[start].version);
-        let expected = match first_version {
+        let mut expected = match first_version {
+            // The engine's own records: only the newest of many is exported (older checkpoints
+            // and the like are superseded), so their versions are not kept.
+            _ if events[start].is_engine_record() => ExpectedVersion::Any,
             0 => ExpectedVersion::NoStream,
             v => ExpectedVersion::Exact(v - 1),
         };
+        if first_version > 0 && !events[start].is_engine_record() {
+            // A stream whose oldest events were deleted, truncated or expired: it starts at
+            // its first exported version here too (and does not exist until then).
+            store.start_stream_at(stream, first_version)?;
+            if store.stream_version(stream)?.is_none() {
+                expected = ExpectedVersion::NoStream;
+            }
+        }
         let batch = events[start..end].iter().map(|e| e.event.clone());
         let result = if events[start].is_engine_record() {
             store

@@ -417,6 +417,9 @@ fn every_command_has_help_with_examples() {
         "rebuild-index",
         "repair",
         "bench",
+        "scavenge",
+        "delete",
+        "erase",
     ] {
         let o = annals(&[command, "--help"]);
         assert!(o.status.success(), "{command}");
@@ -973,4 +976,140 @@ fn a_restore_finished_after_an_interrupted_one_resumes_subscriptions_from_the_st
         .catch_up("late", CatchUpStart::Beginning, Filter::All)
         .unwrap();
     assert_eq!(late.poll(usize::MAX).unwrap().len(), 100, "none skipped");
+}
+
+#[test]
+fn delete_scavenge_and_erase_from_the_command_line_and_info_dump_export_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.annals");
+    {
+        let store = Store::builder().segment_size(1 << 20).open(&file).unwrap();
+        for k in 0..8 {
+            for chunk in 0..10 {
+                let events: Vec<_> = (0..50)
+                    .map(|i| {
+                        NewEvent::new(
+                            "Logged",
+                            format!(
+                                r#"{{"k":{k},"i":{i},"c":{chunk},"pad":"{}"}}"#,
+                                "x".repeat(300)
+                            ),
+                        )
+                    })
+                    .collect();
+                store
+                    .append(&format!("log-{k}"), ExpectedVersion::Any, events)
+                    .unwrap();
+            }
+        }
+        store
+            .append(
+                "person-1",
+                ExpectedVersion::NoStream,
+                [NewEvent::new("Named", "SECRET-NAME-77")],
+            )
+            .unwrap();
+        store.close().unwrap();
+    }
+    let o = annals(&["delete", path(&file), "log-0", "--expected", "499"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("deleted `log-0`"));
+    let o = annals(&["delete", path(&file), "log-1", "--expected", "3"]);
+    assert!(!o.status.success(), "a wrong expected version is refused");
+    assert!(
+        stderr(&o).contains("wrong expected version"),
+        "{}",
+        stderr(&o)
+    );
+    let o = annals(&["delete", path(&file), "log-1", "--tombstone"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Fill the segment being written so that the deleted events are all in sealed ones.
+    {
+        let store = Store::open(&file).unwrap();
+        for _ in 0..40 {
+            let events: Vec<_> = (0..50)
+                .map(|_| NewEvent::new("Fill", "x".repeat(300)))
+                .collect();
+            store.append("fill", ExpectedVersion::Any, events).unwrap();
+        }
+        store.close().unwrap();
+    }
+    let o = annals(&["info", path(&file), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(info["reclaimable"]["events"], 1000);
+    let promised = info["reclaimable"]["bytes_freed"].as_u64().unwrap();
+    assert!(promised > 1000 * 300, "{info}");
+    let o = annals(&["scavenge", path(&file), "--dry-run", "--json"]);
+    let dry: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(dry["bytes_freed"].as_u64(), Some(promised));
+    assert_eq!(dry["disk_use_before"], dry["disk_use_after"]);
+    let o = annals(&["scavenge", path(&file), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let done: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(done["events"], 1000);
+    let freed =
+        done["disk_use_before"].as_u64().unwrap() - done["disk_use_after"].as_u64().unwrap();
+    assert!(
+        freed >= promised * 9 / 10,
+        "du dropped {freed}, {promised} promised"
+    );
+    let o = annals(&["verify", path(&file)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("gaps"), "{}", stdout(&o));
+    // Erase: the name is gone from the file.
+    assert!(hash(&file).windows(14).any(|w| w == b"SECRET-NAME-77"));
+    let o = annals(&["erase", path(&file), "person-1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("erased 1 events"), "{}", stdout(&o));
+    assert!(!hash(&file).windows(14).any(|w| w == b"SECRET-NAME-77"));
+    // Dump and export leave the deleted out; the export imports with every version kept.
+    let o = annals(&["dump", path(&file), "--stream", "log-0"]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "");
+    let o = annals(&["dump", path(&file), "--category", "log"]);
+    assert_eq!(stdout(&o).lines().count(), 6 * 500);
+    let export = dir.path().join("e.jsonl");
+    let o = annals(&["export", path(&file), path(&export)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&export).unwrap();
+    assert!(
+        !text.contains("\"log-0\""),
+        "a deleted stream's events are not exported"
+    );
+    {
+        // The deleted stream started again, versions continuing: kept through the move.
+        let store = Store::open(&file).unwrap();
+        store
+            .append(
+                "log-0",
+                ExpectedVersion::NoStream,
+                [NewEvent::new("Back", "{}")],
+            )
+            .unwrap();
+        store.close().unwrap();
+    }
+    let export = dir.path().join("e2.jsonl");
+    let o = annals(&["export", path(&file), path(&export)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let copy = dir.path().join("copy.annals");
+    let o = annals(&["import", path(&export), path(&copy)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let copied = Store::open(&copy).unwrap();
+    assert_eq!(copied.stream_version("log-0").unwrap(), Some(500));
+    assert_eq!(copied.stream_version("log-1").unwrap(), None);
+    assert!(matches!(
+        copied.append("log-1", ExpectedVersion::Any, [NewEvent::new("E", "")]),
+        Err(annals::Error::StreamDeleted { .. })
+    ));
+    assert_eq!(copied.stream_version("log-2").unwrap(), Some(499));
+    assert_eq!(copied.stream_version("person-1").unwrap(), None);
+    copied.close().unwrap();
+    let o = annals(&["import", path(&export), path(&copy)]);
+    assert!(o.status.success(), "importing again: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("all were already there"),
+        "{}",
+        stderr(&o)
+    );
 }
