@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 mod aggregate;
+pub mod reclaim;
 mod systems;
 
 use std::fs::OpenOptions;

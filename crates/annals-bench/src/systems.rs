@@ -265,6 +265,40 @@ impl System for Sqlite {
     }
 }
 
+impl Sqlite {
+    /// Deletes every event of `streams` (one transaction), as an application on SQLite would.
+    pub fn delete_streams(&self, streams: &[String]) -> BenchResult<()> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut delete = tx.prepare_cached("DELETE FROM events WHERE stream = ?1")?;
+                for stream in streams {
+                    delete.execute(params![stream])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Checkpoints the WAL into the database and truncates it.
+    pub fn checkpoint(&self) -> BenchResult<()> {
+        self.with(|conn| {
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+            Ok(())
+        })
+    }
+
+    /// Gives the space of deleted rows back to the file system: `VACUUM` (which rewrites the
+    /// database and holds it exclusively while it runs), then a WAL checkpoint that truncates.
+    pub fn vacuum(&self) -> BenchResult<()> {
+        self.with(|conn| {
+            conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?;
+            Ok(())
+        })
+    }
+}
+
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const STREAMS: TableDefinition<(&str, u64), u64> = TableDefinition::new("streams");
 
@@ -334,6 +368,36 @@ fn fields(b: &[u8]) -> (usize, &str, &[u8]) {
     let t = u16::from_le_bytes([b[t_at], b[t_at + 1]]) as usize;
     let kind = std::str::from_utf8(&b[t_at + 2..t_at + 2 + t]).unwrap_or("");
     (s, kind, &b[t_at + 2 + t + 8..])
+}
+
+impl Redb {
+    /// Deletes every event of `streams` (one durable transaction).
+    pub fn delete_streams(&self, streams: &[String]) -> BenchResult<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut index = txn.open_table(STREAMS)?;
+            let mut log = txn.open_table(LOG)?;
+            for stream in streams {
+                let seqs: Vec<(u64, u64)> = index
+                    .range((stream.as_str(), 0)..=(stream.as_str(), u64::MAX))?
+                    .map(|e| e.map(|(k, v)| (k.value().1, v.value())))
+                    .collect::<Result<_, _>>()?;
+                for (version, seq) in seqs {
+                    log.remove(seq)?;
+                    index.remove((stream.as_str(), version))?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Gives the space of deleted entries back: redb's `compact`, which needs the database to
+    /// itself (no transaction, no other handle) while it runs.
+    pub fn compact(&mut self) -> BenchResult<()> {
+        self.db.compact()?;
+        Ok(())
+    }
 }
 
 impl System for Redb {

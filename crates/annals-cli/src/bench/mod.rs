@@ -9,6 +9,7 @@
 mod host;
 mod measure;
 mod plan;
+mod reclaim;
 mod report;
 
 use std::io::{self, Write};
@@ -30,6 +31,7 @@ Examples:
   annals bench --dir /mnt/data                   # measure the disk mounted there
   annals bench --systems annals,sqlite --workloads append-1,batch-100
   annals bench --events 50000 --payload 1024 --json > bench.json
+  annals bench --reclaim 1024 --payload 1024         # 1 GB store, 90 % deleted, reclaimed
 
 Every append is durable (synced to the disk) before it returns, in all three systems: annals
 (default options), SQLite (WAL, synchronous=FULL, an events table with a unique (stream,
@@ -88,6 +90,13 @@ pub struct BenchArgs {
     /// Also draw the results as a grouped bar chart (SVG, log scale) into this file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+
+    /// Instead of the workloads: fill a store of this many MB (events of --payload bytes, 1000
+    /// per stream), delete 90 % of the streams and give the space back (annals: scavenge with
+    /// the store open; SQLite: DELETE then VACUUM; redb: delete then compact), with single
+    /// appends going on in another thread meanwhile.
+    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    reclaim: Option<u64>,
 }
 
 /// Parses `--payload`: a whole number of bytes from 1 to 1 MiB.
@@ -107,6 +116,9 @@ fn parse_payload(s: &str) -> Result<usize, String> {
 
 /// Runs `annals bench`.
 pub fn run(args: BenchArgs) -> CliResult {
+    if let Some(mb) = args.reclaim {
+        return reclaim::run(&args, mb);
+    }
     let start = Instant::now();
     let plan = Plan::new(&args)?;
     if let Some(path) = &args.plot {
