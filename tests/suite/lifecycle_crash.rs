@@ -137,8 +137,11 @@ fn check(crashed: FaultFs, ledger: &Ledger, what: &str) -> Option<bool> {
         }
     }
     for (stream, acked) in &ledger.deleted {
-        let n = all.iter().filter(|e| e.stream() == stream).count();
-        let total = ledger.acked.values().filter(|(s, _)| s == stream).count();
+        let of_stream = || ledger.acked.iter().filter(|(_, (s, _))| s == stream);
+        let n = of_stream()
+            .filter(|(id, _)| present.contains_key(id))
+            .count();
+        let total = of_stream().count();
         if !acked && n != 0 && n != total {
             fail(format!("{stream} is partly deleted ({n} of {total})"));
         }

@@ -15,6 +15,7 @@ mod indexed_reads;
 mod kill;
 mod lifecycle;
 mod lifecycle_crash;
+mod lifecycle_kill;
 mod lifecycle_review;
 mod live_read;
 mod model;
