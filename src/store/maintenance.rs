@@ -45,6 +45,10 @@ pub struct RecoveryReport {
     pub rewritten: u64,
     /// What an index rebuild that was told to accept a loss found missing, if anything.
     pub lost: Option<Lost>,
+    /// A scavenge or an erasure that was cut off, and what the open did about it (wrote its
+    /// announced gaps again, finished the erasure). For a read-only open: what an open for
+    /// writing would do.
+    pub maintenance: Option<String>,
 }
 
 /// Acknowledged events missing from a log whose index was rebuilt with

@@ -75,8 +75,8 @@ impl Store {
         };
         // A scavenge or erasure cut off: its announced gaps are written again before anything
         // reads a frame (see `src/log/journal.rs`).
-        let (journal_seq, cut_off_erasure) = if read_only {
-            (0, None)
+        let (journal_seq, cut_off_erasure, maintenance) = if read_only {
+            (0, None, super::scavenge::pending(&*file))
         } else {
             super::scavenge::redo(&file, &path, layout.key)?
         };
@@ -204,6 +204,7 @@ impl Store {
                 truncated: recovered.truncated,
                 rewritten: recovered.rewritten,
                 lost,
+                maintenance,
             },
             counters: Counters::default(),
             codec: options.codec,

@@ -356,28 +356,61 @@ impl super::Store {
 }
 
 /// Carries out what the journal says was pending when the store was last open: writes its
-/// gaps again. Returns the intent's number and, for an erasure, the erasure to finish.
+/// gaps again. Returns the intent's number, for an erasure the erasure to finish, and what was
+/// done, in words.
 pub(crate) fn redo(
     file: &Arc<dyn crate::storage::StorageFile>,
     path: &std::path::Path,
     key: u64,
-) -> Result<(u64, Option<journal::Erasure>)> {
+) -> Result<(u64, Option<journal::Erasure>, Option<String>)> {
     let Some((seq, intent)) = journal::read(&**file).map_err(|e| Error::io_at(path, e))? else {
-        return Ok((0, None));
+        return Ok((0, None, None));
     };
-    if !intent.gaps.is_empty() {
-        tracing::warn!(path = %path.display(), gaps = intent.gaps.len(),
-            "annals: a scavenge or erasure was cut off; writing its gaps again");
-        journal::write_gaps(&**file, key, &intent.gaps).map_err(|e| Error::io_at(path, e))?;
-        if intent.erasure.is_none() {
-            // Done: the next open has nothing to write again.
-            let done = Intent {
-                erasure: None,
-                gaps: Vec::new(),
-            };
-            journal::write(&**file, seq + 1, &done).map_err(|e| Error::io_at(path, e))?;
-            return Ok((seq + 1, None));
-        }
+    let Some(what) = describe(&intent) else {
+        return Ok((seq, None, None));
+    };
+    tracing::warn!(path = %path.display(), what = %what,
+        "annals: a scavenge or erasure was cut off; writing its gaps again");
+    journal::write_gaps(&**file, key, &intent.gaps).map_err(|e| Error::io_at(path, e))?;
+    if intent.erasure.is_none() {
+        // Done: the next open has nothing to write again.
+        let done = Intent {
+            erasure: None,
+            gaps: Vec::new(),
+        };
+        journal::write(&**file, seq + 1, &done).map_err(|e| Error::io_at(path, e))?;
+        return Ok((seq + 1, None, Some(format!("{what}: written again"))));
     }
-    Ok((seq, intent.erasure))
+    Ok((
+        seq,
+        intent.erasure,
+        Some(format!("{what}: written again, then finished")),
+    ))
+}
+
+/// What an intent still pending would do, in words (`None`: nothing pending).
+pub(crate) fn describe(intent: &Intent) -> Option<String> {
+    if intent.gaps.is_empty() && intent.erasure.is_none() {
+        return None;
+    }
+    let bytes: u64 = intent.gaps.iter().map(|g| u64::from(g.len)).sum();
+    Some(match &intent.erasure {
+        Some(e) => format!(
+            "an erasure of `{}` below version {} was cut off ({} frames, {bytes} bytes, in \
+             its last journal slot)",
+            e.stream,
+            e.before,
+            intent.gaps.len()
+        ),
+        None => format!(
+            "a scavenge was cut off ({} gaps over {bytes} bytes in its last journal slot)",
+            intent.gaps.len()
+        ),
+    })
+}
+
+/// What the journal of a store opened read-only says an open for writing would redo.
+pub(crate) fn pending(file: &dyn crate::storage::StorageFile) -> Option<String> {
+    let (_, intent) = journal::read(file).ok()??;
+    describe(&intent).map(|what| format!("{what}: an open for writing writes it again"))
 }

@@ -17,6 +17,8 @@ use annals::{Direction, Error, ExpectedVersion, NewEvent, Position, Store};
 use uuid::Uuid;
 
 const PATH: &str = "/lc/store";
+/// Reopens that found a scavenge or an erasure cut off and said so in their recovery report.
+static REDONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 const MARKER: &[u8] = b"PII-grace-hopper-1906";
 
 fn open(fs: &FaultFs) -> annals::Result<Store> {
@@ -103,6 +105,9 @@ fn raw_contains(fs: &FaultFs, marker: &[u8]) -> bool {
 /// found complete (`Some(true)`), not begun (`Some(false)`), or was not cut off (`None`).
 fn check(crashed: FaultFs, ledger: &Ledger, what: &str) -> Option<bool> {
     let store = open(&crashed).unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
+    if store.recovery_report().maintenance.is_some() {
+        REDONE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let fail = |msg: String| -> ! { panic!("{what}: {msg}") };
     let all: Vec<_> = store
         .read_all(Position::START, Direction::Forwards, usize::MAX)
@@ -243,14 +248,16 @@ fn a_power_cut_at_every_io_operation_of_deleting_scavenging_and_erasing_loses_no
         check(fs.restart(), &ledger, &format!("kill at op {n}"));
         crashes += 1;
     }
+    let redone = REDONE.load(std::sync::atomic::Ordering::Relaxed);
     println!(
         "{crashes} crashes simulated over the {} I/O operations of deleting, scavenging and \
          erasing; of the erasures cut off, {} were completed by the next open and {} left every \
-         event intact",
+         event intact; {redone} reopens reported a cut-off scavenge or erasure they redid",
         total - first,
         cut_off[1],
         cut_off[0]
     );
+    assert!(redone > 0, "reopens report what they redid");
     assert!(
         cut_off[0] > 0 && cut_off[1] > 0,
         "both outcomes of a cut-off erasure are seen"

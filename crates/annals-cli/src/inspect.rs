@@ -100,6 +100,7 @@ pub fn info(args: InfoArgs) -> CliResult {
         "index_rebuilt": info.index_rebuilt,
         "an_open_would_drop": would_drop,
         "an_open_would_rewrite_bytes": recovery.rewritten,
+        "cut_off_maintenance": recovery.maintenance,
         "saved_dropped_bytes": saved,
         "open_for_writing_elsewhere": store.follows_writer(),
         "disk_use": disk_use(&info.path),
@@ -163,6 +164,9 @@ pub fn info(args: InfoArgs) -> CliResult {
                 t.dropped_bytes, t.at, t.stopped_at, t.reason
             )?,
             None => writeln!(out, "unfinished tail none")?,
+        }
+        if let Some(what) = &recovery.maintenance {
+            writeln!(out, "cut off         {what}")?;
         }
         for (path, bytes) in &info.saved_tails {
             writeln!(
