@@ -57,6 +57,13 @@ pub enum Error {
         stream: String,
     },
 
+    /// The database (the PostgreSQL backend) refused or failed.
+    #[error("database: {reason}")]
+    Database {
+        /// What it said.
+        reason: String,
+    },
+
     /// Stored bytes failed a check (checksum, position, length, layout).
     #[error("corrupt store at position {position}: {reason}")]
     Corrupt {

@@ -40,6 +40,8 @@ pub mod log;
 #[cfg(not(feature = "internals"))]
 mod log;
 mod names;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod storage;
 mod store;
 mod values;

@@ -20,6 +20,8 @@ mod lifecycle_review;
 mod live_read;
 mod model;
 mod outbox;
+#[cfg(feature = "postgres")]
+mod pg;
 mod processor_kill;
 mod reads;
 mod store;
