@@ -383,6 +383,7 @@ impl LogReader {
     }
 
     /// A gap's length is checked here: its bytes past the header are not read.
+    #[inline]
     fn in_segment(&self, position: u64, frame: Frame) -> std::result::Result<Frame, FrameError> {
         match frame.body {
             Body::Gap { .. }
@@ -396,6 +397,7 @@ impl LogReader {
 
     /// Reads and checks the frame at `position` like [`read`](Self::read), without handing out
     /// its bytes: get them from the cursor with [`frame_bytes`](Self::frame_bytes), borrowed.
+    #[inline]
     pub fn check(&self, position: u64, limit: u64, cursor: &mut Cursor) -> Result<Frame> {
         if position >= limit {
             return Err(Error::corrupt(position, "read past the end of the log"));

@@ -157,7 +157,23 @@ impl Lifecycle {
     }
 
     /// Whether reads may return this event (see the module's rule).
+    /// Whether any stream has metadata.
+    #[inline]
+    pub(crate) fn any(&self) -> bool {
+        self.any.load(Ordering::Relaxed)
+    }
+
+    #[inline]
     pub(crate) fn readable(&self, index: &Index, e: &EventRef<'_>) -> bool {
+        // The common case first: no metadata anywhere and not an engine record.
+        let system = e.stream_bytes().first() == Some(&b'$');
+        if !system && !self.any.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.readable_slow(index, e)
+    }
+
+    fn readable_slow(&self, index: &Index, e: &EventRef<'_>) -> bool {
         let stream = e.stream();
         if records::supersedes(stream) {
             let count = index.stream_info(stream).map_or(0, |i| i.count);

@@ -613,10 +613,12 @@ impl AllEvents<'_> {
             let position = frame.link.position;
             let wanted = frame.body == Body::Event && {
                 let event = EventRef::new(reader.frame_bytes(&self.cursor, position, frame.len));
+                let system = event.is_system();
                 (match &self.filter {
                     Some(filter) => filter.passes(event.stream(), event.event_type()),
-                    None => self.include_system || !event.is_system(),
-                }) && self.engine.lifecycle.readable(&self.engine.index, &event)
+                    None => self.include_system || !system,
+                }) && ((!system && !self.engine.lifecycle.any())
+                    || self.engine.lifecycle.readable(&self.engine.index, &event))
             };
             if !reader.stable_since(epoch) {
                 self.next = Some(at);
