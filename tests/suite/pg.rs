@@ -231,6 +231,38 @@ fn the_domain_layer_runs_unchanged_on_postgresql() {
     assert_eq!(store.stream_version("counter-c1").unwrap(), Some(1));
 }
 
+#[test]
+fn a_catch_up_subscription_resumes_at_its_checkpoint_kept_in_the_database() {
+    let Some((store, url)) = fresh("pg catch-up") else {
+        return;
+    };
+    for i in 0..10 {
+        store
+            .append(&format!("s-{}", i % 3), ExpectedVersion::Any, [e("E")])
+            .unwrap();
+    }
+    let mut sub = store.catch_up("projector").unwrap();
+    assert_eq!(sub.poll(4).unwrap().len(), 4);
+    sub.checkpoint().unwrap();
+    assert_eq!(
+        sub.poll(2).unwrap().len(),
+        2,
+        "handed out, not checkpointed"
+    );
+    drop(sub);
+    // Another process (a new connection pool) resumes after the checkpoint.
+    let other = PgStore::connect(&url).unwrap();
+    let mut sub = other.catch_up("projector").unwrap();
+    assert_eq!(sub.position(), Position::new(5));
+    let rest = sub.poll(100).unwrap();
+    assert_eq!(rest.len(), 6);
+    assert_eq!(rest[0].position(), Position::new(5));
+    store
+        .append("s-9", ExpectedVersion::Any, [e("Late")])
+        .unwrap();
+    assert_eq!(sub.poll(100).unwrap()[0].event_type(), "Late");
+}
+
 const CHILD_URL: &str = "ANNALS_PG_CHILD_URL";
 const CHILD_ID: &str = "ANNALS_PG_CHILD_ID";
 const PER_WRITER: u64 = 150;
