@@ -258,12 +258,12 @@ pub fn write_gaps(file: &dyn StorageFile, key: u64, gaps: &[GapSpec]) -> io::Res
         let (from, to) = (g.start + GAP_HEADER_LEN, g.end());
         let (hole_from, hole_to) = (from.next_multiple_of(BLOCK), to / BLOCK * BLOCK);
         if hole_from < hole_to {
-            zero(file, from, hole_from)?;
+            crate::storage::write_zeros(file, from, hole_from)?;
             file.punch_hole(hole_from, hole_to - hole_from)?;
             punched += hole_to - hole_from;
-            zero(file, hole_to, to)?;
+            crate::storage::write_zeros(file, hole_to, to)?;
         } else {
-            zero(file, from, to)?;
+            crate::storage::write_zeros(file, from, to)?;
         }
     }
     file.sync_data()?;
@@ -272,17 +272,6 @@ pub fn write_gaps(file: &dyn StorageFile, key: u64, gaps: &[GapSpec]) -> io::Res
 
 /// The unit of space a file system gives back.
 pub const BLOCK: u64 = 4096;
-
-fn zero(file: &dyn StorageFile, from: u64, to: u64) -> io::Result<()> {
-    const ZEROS: [u8; 4096] = [0; 4096];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(ZEROS.len() as u64) as usize;
-        file.write_all_at(&ZEROS[..n], at)?;
-        at += n as u64;
-    }
-    Ok(())
-}
 
 /// The bytes of `[start, end)` that punching gives back (whole blocks after a gap's header).
 pub fn reclaimable(start: u64, end: u64) -> u64 {

@@ -32,16 +32,11 @@ pub(crate) struct LogReader {
     layout: Layout,
     maps: RwLock<Vec<Option<Arc<MmapRaw>>>>,
     can_map: AtomicBool,
-    /// Gaps found so far (start -> end), and the segments walked whole to find them.
-    gaps: parking_lot::Mutex<Gaps>,
+    /// Gaps found so far (start -> end).
+    gaps: parking_lot::Mutex<std::collections::BTreeMap<u64, u64>>,
     /// Odd while frames below the end are being rewritten into gaps; bumped twice per
     /// rewrite (a sequence lock: see [`stable_since`](Self::stable_since)).
     rewrites: std::sync::atomic::AtomicU64,
-}
-
-#[derive(Debug, Default)]
-struct Gaps {
-    known: std::collections::BTreeMap<u64, u64>,
 }
 
 /// What is at a position: a checked frame, or a place inside removed frames (a gap).
@@ -133,7 +128,7 @@ impl LogReader {
             layout,
             maps: RwLock::new(Vec::new()),
             can_map: AtomicBool::new(map),
-            gaps: parking_lot::Mutex::new(Gaps::default()),
+            gaps: parking_lot::Mutex::new(Default::default()),
             rewrites: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -188,11 +183,11 @@ impl LogReader {
     pub fn learn_gap(&self, start: u64, end: u64) {
         let mut gaps = self.gaps.lock();
         // A new gap may swallow older ones.
-        let inside: Vec<u64> = gaps.known.range(start..end).map(|(s, _)| *s).collect();
+        let inside: Vec<u64> = gaps.range(start..end).map(|(s, _)| *s).collect();
         for s in inside {
-            gaps.known.remove(&s);
+            gaps.remove(&s);
         }
-        gaps.known.insert(start, end);
+        gaps.insert(start, end);
     }
 
     /// What is at `position`: a frame, or the gap it lies in. A position that is neither (bytes
@@ -222,9 +217,8 @@ impl LogReader {
                 .map(|(_, f)| f)
                 .filter(|f| matches!(f.body, Body::Gap { .. })))
         };
-        let known = |gaps: &Gaps| {
-            gaps.known
-                .range(..=position)
+        let known = |gaps: &std::collections::BTreeMap<u64, u64>| {
+            gaps.range(..=position)
                 .next_back()
                 .filter(|(_, end)| position < **end)
                 .map(|(s, e)| (*s, *e))
@@ -264,11 +258,11 @@ impl LogReader {
             self.layout.segment_start(segment),
             self.layout.segment_start(segment + 1),
         );
-        let stale: Vec<u64> = gaps.known.range(from..to).map(|(s, _)| *s).collect();
+        let stale: Vec<u64> = gaps.range(from..to).map(|(s, _)| *s).collect();
         for s in stale {
-            gaps.known.remove(&s);
+            gaps.remove(&s);
         }
-        gaps.known.extend(found);
+        gaps.extend(found);
         Ok(result)
     }
 

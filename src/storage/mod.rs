@@ -99,15 +99,7 @@ pub trait StorageFile: Send + Sync + Debug {
     /// a hole (`fallocate(PUNCH_HOLE)`); the default writes zeros. Durable after the next
     /// [`sync_data`](Self::sync_data).
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        static ZEROS: [u8; 65536] = [0; 65536];
-        let mut at = offset;
-        let end = offset.saturating_add(len);
-        while at < end {
-            let n = (end - at).min(ZEROS.len() as u64) as usize;
-            self.write_all_at(&ZEROS[..n], at)?;
-            at += n as u64;
-        }
-        Ok(())
+        write_zeros(self, offset, offset.saturating_add(len))
     }
     /// Whether the log should fill the segment after the current one with written (and synced)
     /// zeros in the background: on real file systems, syncing data written over zeros is much
@@ -126,6 +118,18 @@ pub trait StorageFile: Send + Sync + Debug {
     /// files (readers then use [`read_exact_at`](Self::read_exact_at)). The range must lie
     /// inside the file. The map holds no lock on the file.
     fn map(&self, offset: u64, len: usize) -> io::Result<Option<memmap2::MmapRaw>>;
+}
+
+/// Writes zeros over `[from, to)` of `file` (64 KiB at a time).
+pub(crate) fn write_zeros<F: StorageFile + ?Sized>(file: &F, from: u64, to: u64) -> io::Result<()> {
+    static ZEROS: [u8; 65536] = [0; 65536];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// The directory holding `path`, for syncing its entries (`.` for a bare file name).

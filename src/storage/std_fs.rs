@@ -136,14 +136,7 @@ impl StorageFile for StdFile {
             Ok(()) => Ok(()),
             // File systems that cannot punch holes: zeros, without giving space back.
             Err(e) if e == rustix::io::Errno::OPNOTSUPP => {
-                static ZEROS: [u8; 65536] = [0; 65536];
-                let mut at = offset;
-                while at < offset + len {
-                    let n = (offset + len - at).min(ZEROS.len() as u64) as usize;
-                    self.write_all_at(&ZEROS[..n], at)?;
-                    at += n as u64;
-                }
-                Ok(())
+                super::write_zeros(self, offset, offset + len)
             }
             Err(e) => Err(e.into()),
         }

@@ -182,11 +182,7 @@ impl Store {
             self.engine.write_intent(&mut seq, Some(&erasure), &[])?;
             // 2. Deleted and recorded in one commit, made durable before any frame changes.
             let meta_stream = records::metadata_stream(stream);
-            let meta_expected = {
-                let n = self.engine.index.stream_info(&meta_stream)?.count;
-                n.checked_sub(1)
-                    .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact)
-            };
+            let meta_expected = self.meta_version(&meta_stream)?;
             let mut metadata: MetadataRecord = meta.unwrap_or_default();
             metadata.deleted_before = Some(count);
             let tombstoned = metadata.tombstoned;

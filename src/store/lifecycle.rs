@@ -123,10 +123,10 @@ impl Lifecycle {
     }
 
     /// Takes in a metadata record (`meta_stream` is its `$meta-` stream); anything else is
-    /// ignored. A record that does not decode is reported.
-    pub(crate) fn learn(&self, meta_stream: &str, position: u64, payload: &[u8]) -> Result<()> {
+    /// ignored. A record that does not decode is warned about and ignored.
+    pub(crate) fn learn(&self, meta_stream: &str, position: u64, payload: &[u8]) {
         let Some(stream) = records::metadata_of(meta_stream) else {
-            return Ok(());
+            return;
         };
         match serde_json::from_slice::<MetadataRecord>(payload) {
             Ok(record) => self.set(stream, record),
@@ -136,7 +136,6 @@ impl Lifecycle {
             Err(e) => tracing::warn!(position, stream, error = %e,
                 "annals: a stream metadata record does not decode; it is ignored"),
         }
-        Ok(())
     }
 
     pub(crate) fn set(&self, stream: &str, record: MetadataRecord) {
@@ -227,7 +226,7 @@ impl Lifecycle {
             let e = e?;
             engine
                 .lifecycle
-                .learn(e.stream(), e.position().as_u64(), e.payload())?;
+                .learn(e.stream(), e.position().as_u64(), e.payload());
             // Versions continue after a deletion even where the deleted events are gone.
             if let Some(stream) = records::metadata_of(e.stream())
                 && let Some(deleted_before) =
@@ -393,7 +392,7 @@ impl Store {
     }
 
     /// The expected version that pins the metadata stream to its current state.
-    fn meta_version(&self, meta_stream: &str) -> Result<ExpectedVersion> {
+    pub(super) fn meta_version(&self, meta_stream: &str) -> Result<ExpectedVersion> {
         let count = self.engine.index.stream_info(meta_stream)?.count;
         Ok(count
             .checked_sub(1)
