@@ -170,16 +170,30 @@ pub struct RecordedEvent {
     frame: Bytes,
     position: Position,
     prev: u32,
+    /// How far the next position is: the frame's length in a file store's log, 1 in a
+    /// database whose positions count events.
+    span: u32,
 }
 
 impl RecordedEvent {
     /// An event from the bytes of a frame that passed its checks as an event.
     pub(crate) fn new(frame: Bytes, position: u64) -> RecordedEvent {
+        // A frame is at most the largest event's size, far below 4 GiB.
+        let span = u32::try_from(frame.len()).unwrap_or(u32::MAX);
         RecordedEvent {
             frame,
             position: Position::new(position),
             prev: 0,
+            span,
         }
+    }
+
+    /// This event with its next position `span` past its own (a backend whose positions are
+    /// not byte offsets).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn with_span(mut self, span: u32) -> RecordedEvent {
+        self.span = span;
+        self
     }
 
     #[inline]
@@ -263,7 +277,7 @@ impl RecordedEvent {
     /// The position just after this event: where a reader that has handled this event resumes.
     #[inline]
     pub fn next_position(&self) -> Position {
-        Position::new(self.position.as_u64() + self.frame.len() as u64)
+        Position::new(self.position.as_u64().saturating_add(u64::from(self.span)))
     }
 
     /// The event's id.

@@ -54,6 +54,7 @@ pub use log::format::PayloadEncoding;
 /// into another log.
 pub use log::records;
 pub use names::category_of;
+pub use store::backend::{self, Backend};
 pub use store::options::{
     DEFAULT_INDEX_FLUSH_EVENTS, DEFAULT_MAX_EVENT_SIZE, DEFAULT_SEGMENT_SIZE, Durability,
 };

@@ -1,9 +1,12 @@
 //! The PostgreSQL backend (feature `postgres`): events in a PostgreSQL database, for when one
-//! process is not enough. [`PgStore`] offers the store's appends (every kind of expected
-//! version, multi-stream transactions, idempotent re-appends by event id) and reads (by stream,
-//! the whole log, category and event type, both directions), and implements the domain's
-//! [`EventStore`](crate::domain::EventStore), so the repository, the message bus, units of
-//! work and workflows run on it unchanged.
+//! process is not enough. [`PgStore`] implements the [`Backend`] trait the file
+//! [`Store`](crate::Store) implements (appends with every kind of expected version,
+//! multi-stream transactions, idempotent re-appends by event id, reads by stream, the whole
+//! log, category and event type in both directions, stream versions, synchronous
+//! subscriptions, checkpoints), so [`Follower`] catch-up subscriptions and projections and
+//! the transactional [`Outbox`](crate::outbox::Outbox) run on it unchanged; and it implements
+//! the domain's [`EventStore`](crate::domain::EventStore), so the repository, the message
+//! bus, units of work and workflows do too.
 //!
 //! # Schema (version 1)
 //!
@@ -12,8 +15,13 @@
 //! | `annals_schema` | one row: the schema version (a newer one is refused) |
 //! | `annals_head` | one row: the last position given out |
 //! | `annals_streams` | each stream's current version |
-//! | `annals_checkpoints` | each catch-up subscription's resume position |
 //! | `annals_events` | the events: `position` (the global order, from 1), `stream`, `category`, `version`, `id` (unique), type, schema version, timestamp, correlation and causation ids, published flag, payload encoding, metadata and payload |
+//!
+//! The engine's own records live in `$` streams, as in the file store (the record formats are
+//! in [`records`](crate::records)): catch-up checkpoints (`$checkpoint-NAME`), outbox
+//! progress and parked events, snapshots, command-relay markers. A checkpoint or progress
+//! record replaces the older ones of its stream in the same transaction, so they do not pile
+//! up. So an export of either backend carries them, and an import into either restores them.
 //!
 //! # No gaps, no skips
 //!
@@ -24,8 +32,25 @@
 //! one, whatever the number of writers and processes. The price is that appends do not commit
 //! in parallel (each still costs one round trip and one commit of the server); this is the
 //! "serialising commits" answer, chosen over a high-water mark because it needs no
-//! sequence and no reader-side waiting, and it ports to CockroachDB and YugabyteDB (row locks
-//! with `FOR UPDATE`; no advisory locks, no sequences relied on for order).
+//! sequence and no reader-side waiting. Positions of superseded `$` records that were
+//! replaced are missing from the order (readers skip over them; they are never reused).
+//!
+//! # What does not port to CockroachDB and YugabyteDB
+//!
+//! The SQL is plain: tables, a composite unique constraint, two secondary indexes, `ON
+//! CONFLICT … DO UPDATE`, `SELECT … FOR UPDATE`, `= ANY($1)` with a `UUID[]` parameter. None
+//! of it is PostgreSQL-only, but three things behave differently there:
+//!
+//! - `LOCK TABLE annals_schema IN EXCLUSIVE MODE` (one schema creator at a time): CockroachDB
+//!   does not support `LOCK TABLE`; YugabyteDB accepts it only in recent versions. Two
+//!   processes creating the schema at once would race harmlessly (every statement is `IF NOT
+//!   EXISTS` or `ON CONFLICT DO NOTHING`), so this statement is the one to drop there.
+//! - `SELECT … FOR UPDATE` serialises commits on PostgreSQL. CockroachDB runs `SERIALIZABLE`
+//!   and may abort one of two conflicting transactions with a retry error (SQLSTATE 40001)
+//!   instead of making it wait: an append would fail with [`Error::Database`] and must be
+//!   retried (with the same event ids, which makes the retry safe).
+//! - `CREATE DATABASE` in the tests and `pg_database_size` in the bench are PostgreSQL
+//!   administration, not part of the store.
 //!
 //! ```no_run
 //! use annals::pg::PgStore;
@@ -38,30 +63,51 @@
 //! # Ok::<(), annals::Error>(())
 //! ```
 
-use std::time::{Duration, UNIX_EPOCH};
+mod append;
+mod dispatch;
+mod read;
+mod schema;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use r2d2_postgres::r2d2::{Pool, PooledConnection};
-use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::backend::{Backend, Follower, Part, SubscriptionCallback};
+use crate::error::{Error, Result, SubscriberFailure};
 use crate::event::{AppendResult, NewEvent, RecordedEvent};
-use crate::log::format::PayloadEncoding;
-use crate::names::{category_of, check_stream_name};
+use crate::names::check_stream_name;
+use crate::store::typed::{self as typing, Registry, Upcasters};
+use crate::subscriptions::{Filter, SubscriptionId};
 use crate::values::{Direction, ExpectedVersion, Position};
+use read::{PAGE, Scope};
+pub use schema::SCHEMA_VERSION;
+use schema::db;
 
-/// The schema version this build creates and reads.
-pub const SCHEMA_VERSION: i32 = 1;
-/// Most events one read returns (reads take a `limit`; this bounds what one query allocates).
-const PAGE: usize = 10_000;
+/// One stream's part of a [`PgStore::transaction`] (the backends' [`Part`]).
+pub type PgPart = Part;
+
+/// A catch-up subscription on a [`PgStore`], with its checkpoint in the database.
+pub type PgCatchUp = Follower<PgStore>;
 
 type Conn = PooledConnection<PostgresConnectionManager<NoTls>>;
 
-/// An event store in a PostgreSQL database; see the [module](self).
+/// What the clones of one store share.
+struct Shared {
+    subscribers: dispatch::Subscribers,
+    registry: RwLock<Registry>,
+    upcasters: Upcasters,
+}
+
+/// An event store in a PostgreSQL database; see the [module](self). Clones share the
+/// connection pool, the subscriptions and the registered event types.
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool<PostgresConnectionManager<NoTls>>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -70,111 +116,10 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-fn db(e: impl std::fmt::Display) -> Error {
-    Error::Database {
-        reason: e.to_string(),
-    }
-}
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS annals_schema (version INT NOT NULL);
-CREATE TABLE IF NOT EXISTS annals_head (id INT PRIMARY KEY, position BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS annals_streams (stream TEXT PRIMARY KEY, version BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS annals_events (
-    position BIGINT PRIMARY KEY,
-    stream TEXT NOT NULL,
-    category TEXT NOT NULL,
-    version BIGINT NOT NULL,
-    id UUID NOT NULL UNIQUE,
-    event_type TEXT NOT NULL,
-    schema_version INT NOT NULL,
-    timestamp_nanos BIGINT NOT NULL,
-    correlation_id UUID,
-    causation_id UUID,
-    publish BOOLEAN NOT NULL,
-    encoding SMALLINT NOT NULL,
-    metadata BYTEA NOT NULL,
-    payload BYTEA NOT NULL,
-    UNIQUE (stream, version)
-);
-CREATE TABLE IF NOT EXISTS annals_checkpoints (name TEXT PRIMARY KEY, position BIGINT NOT NULL);
-CREATE INDEX IF NOT EXISTS annals_events_by_type ON annals_events (event_type, position);
-CREATE INDEX IF NOT EXISTS annals_events_by_category ON annals_events (category, position);
-";
-
-fn encoding_code(e: PayloadEncoding) -> i16 {
-    match e {
-        PayloadEncoding::Raw => 0,
-        PayloadEncoding::Bincode => 1,
-        PayloadEncoding::Json => 2,
-    }
-}
-
-fn encoding_of(code: i16) -> Result<PayloadEncoding> {
-    Ok(match code {
-        0 => PayloadEncoding::Raw,
-        1 => PayloadEncoding::Bincode,
-        2 => PayloadEncoding::Json,
-        other => {
-            return Err(db(format!(
-                "unknown payload encoding {other} in the database"
-            )));
-        }
-    })
-}
-
-/// A version or position from the database, checked (they are never negative).
-fn unsigned(v: i64, what: &str) -> Result<u64> {
-    u64::try_from(v).map_err(|_| db(format!("a negative {what} ({v}) in the database")))
-}
-
-/// A version or position for the database (`i64`).
-fn signed(v: u64, what: &str) -> Result<i64> {
-    i64::try_from(v).map_err(|_| Error::InvalidArgument(format!("{what} {v} is past i64::MAX")))
-}
-
-const COLUMNS: &str = "position, stream, version, id, event_type, schema_version, \
-    timestamp_nanos, correlation_id, causation_id, publish, encoding, metadata, payload";
-
-fn event_of(row: &postgres::Row) -> Result<RecordedEvent> {
-    let stream: String = row.get(1);
-    let nanos = unsigned(row.get(6), "timestamp")?;
-    let event = NewEvent {
-        id: row.get(3),
-        event_type: std::borrow::Cow::Owned(row.get(4)),
-        schema_version: u32::try_from(row.get::<_, i32>(5))
-            .map_err(|_| db("a negative schema version in the database"))?,
-        timestamp: UNIX_EPOCH + Duration::from_nanos(nanos),
-        correlation_id: row.get(7),
-        causation_id: row.get(8),
-        publish: row.get(9),
-        encoding: encoding_of(row.get(10))?,
-        metadata: row.get::<_, Vec<u8>>(11).into(),
-        payload: row.get::<_, Vec<u8>>(12).into(),
-    };
-    RecordedEvent::detached(
-        &stream,
-        unsigned(row.get(2), "version")?,
-        Position::new(unsigned(row.get(0), "position")?),
-        &event,
-    )
-}
-
-/// One stream's part of a [`PgStore::transaction`].
-#[derive(Debug, Clone)]
-pub struct PgPart {
-    /// The stream.
-    pub stream: String,
-    /// What its version must be.
-    pub expected: ExpectedVersion,
-    /// What to append.
-    pub events: Vec<NewEvent>,
-}
-
 impl PgStore {
-    /// Connects (a pool of connections) and creates the schema if it is missing. A database
-    /// whose schema is newer than this build's is refused. `url` is a libpq connection string
-    /// (`host=/path/to/socket user=u dbname=d`, or `postgresql://…`).
+    /// Connects (a pool of up to 16 connections) and creates the schema if it is missing. A
+    /// database whose schema is newer than this build's is refused. `url` is a libpq
+    /// connection string (`host=/path/to/socket user=u dbname=d`, or `postgresql://…`).
     pub fn connect(url: &str) -> Result<PgStore> {
         let config: postgres::Config = url.parse().map_err(db)?;
         let manager = PostgresConnectionManager::new(config, NoTls);
@@ -183,8 +128,17 @@ impl PgStore {
             .connection_timeout(Duration::from_secs(30))
             .build(manager)
             .map_err(db)?;
-        let store = PgStore { pool };
-        store.create_schema()?;
+        let store = PgStore {
+            pool,
+            shared: Arc::new(Shared {
+                subscribers: Default::default(),
+                registry: Default::default(),
+                upcasters: Upcasters::default(),
+            }),
+        };
+        let mut conn = store.conn()?;
+        schema::create(&mut conn)?;
+        drop(conn);
         Ok(store)
     }
 
@@ -192,159 +146,38 @@ impl PgStore {
         self.pool.get().map_err(db)
     }
 
-    fn create_schema(&self) -> Result<()> {
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(db)?;
-        tx.batch_execute(SCHEMA).map_err(db)?;
-        // One creator at a time (the lock on the schema row table's only row).
-        tx.batch_execute("LOCK TABLE annals_schema IN EXCLUSIVE MODE")
-            .map_err(db)?;
-        let found: Option<i32> = tx
-            .query_opt("SELECT version FROM annals_schema", &[])
-            .map_err(db)?
-            .map(|r| r.get(0));
-        match found {
-            Some(v) if v > SCHEMA_VERSION => {
-                return Err(Error::InvalidArgument(format!(
-                    "the database holds annals schema version {v}, newer than this build's \
-                     {SCHEMA_VERSION}: use a newer annals"
-                )));
-            }
-            Some(_) => {}
-            None => {
-                tx.execute(
-                    "INSERT INTO annals_schema (version) VALUES ($1)",
-                    &[&SCHEMA_VERSION],
-                )
-                .map_err(db)?;
-                tx.execute(
-                    "INSERT INTO annals_head (id, position) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
-                    &[],
-                )
-                .map_err(db)?;
-            }
-        }
-        tx.commit().map_err(db)
-    }
-
     /// Appends `events` to `stream` if its version is `expected`; see
     /// [`Store::append`](crate::Store::append) (the same rules, re-appends by event id
-    /// included).
+    /// included). `$` streams are refused (they are the engine's).
     pub fn append(
         &self,
         stream: &str,
         expected: ExpectedVersion,
         events: impl IntoIterator<Item = NewEvent>,
     ) -> Result<AppendResult> {
-        let mut r = self.transaction(vec![PgPart {
-            stream: stream.to_owned(),
-            expected,
-            events: events.into_iter().collect(),
-        }])?;
+        check_stream_name(stream, false)?;
+        let mut r = self.transaction(vec![Part::new(stream, expected, events)])?;
         Ok(r.pop().expect("one result per part"))
     }
 
     /// Appends every part, all or nothing, each with its expected version (a part may name a
-    /// stream an earlier part appended to).
-    pub fn transaction(&self, parts: Vec<PgPart>) -> Result<Vec<AppendResult>> {
-        for p in &parts {
-            check_stream_name(&p.stream, true)?;
-            for e in &p.events {
-                crate::names::check_event_type(&e.event_type)?;
-            }
+    /// stream an earlier part appended to). Then hands the new events to this process's
+    /// synchronous subscriptions ([`subscribe`](Self::subscribe)) before returning.
+    pub fn transaction(&self, parts: Vec<Part>) -> Result<Vec<AppendResult>> {
+        let subscribers = &self.shared.subscribers;
+        if !subscribers.any() {
+            return Ok(self.commit(&parts, false)?.results);
         }
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(db)?;
-        // Appends commit one at a time, in position order: see "No gaps, no skips".
-        let head: i64 = tx
-            .query_one(
-                "SELECT position FROM annals_head WHERE id = 1 FOR UPDATE",
-                &[],
-            )
-            .map_err(db)?
-            .get(0);
-        let mut position = unsigned(head, "position")?;
-        if let Some(results) = already_appended(&mut tx, &parts, position)? {
-            return Ok(results);
+        if dispatch::Subscribers::nested() {
+            // Made from a callback: its events are handed out after the current event's.
+            let committed = self.commit(&parts, true)?;
+            dispatch::Subscribers::queue_nested(committed.events);
+            return Ok(committed.results);
         }
-        let mut versions: std::collections::HashMap<String, Option<u64>> = Default::default();
-        let mut results = Vec::with_capacity(parts.len());
-        for p in &parts {
-            let current = match versions.get(&p.stream) {
-                Some(v) => *v,
-                None => tx
-                    .query_opt(
-                        "SELECT version FROM annals_streams WHERE stream = $1",
-                        &[&p.stream],
-                    )
-                    .map_err(db)?
-                    .map(|r| unsigned(r.get(0), "version"))
-                    .transpose()?,
-            };
-            if !p.expected.matches(current) {
-                return Err(Error::WrongExpectedVersion {
-                    stream: p.stream.clone(),
-                    expected: p.expected,
-                    actual: current,
-                });
-            }
-            let first_position = position + 1;
-            let mut version = current;
-            for e in &p.events {
-                let v = version
-                    .map_or(Some(0), |v| v.checked_add(1))
-                    .ok_or_else(|| {
-                        Error::InvalidArgument(format!("stream `{}` is at u64::MAX", p.stream))
-                    })?;
-                position += 1;
-                let nanos = signed(e.timestamp_nanos(), "timestamp")?;
-                tx.execute(
-                    "INSERT INTO annals_events (position, stream, category, version, id, \
-                     event_type, schema_version, timestamp_nanos, correlation_id, causation_id, \
-                     publish, encoding, metadata, payload) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-                    &[
-                        &signed(position, "position")?,
-                        &p.stream,
-                        &category_of(&p.stream),
-                        &signed(v, "version")?,
-                        &e.id,
-                        &&*e.event_type,
-                        &i32::try_from(e.schema_version).unwrap_or(i32::MAX),
-                        &nanos,
-                        &e.correlation_id,
-                        &e.causation_id,
-                        &e.publish,
-                        &encoding_code(e.encoding),
-                        &&e.metadata[..],
-                        &&e.payload[..],
-                    ],
-                )
-                .map_err(db)?;
-                version = Some(v);
-            }
-            if let Some(v) = version.filter(|_| !p.events.is_empty()) {
-                tx.execute(
-                    "INSERT INTO annals_streams (stream, version) VALUES ($1, $2) \
-                     ON CONFLICT (stream) DO UPDATE SET version = EXCLUDED.version",
-                    &[&p.stream, &signed(v, "version")?],
-                )
-                .map_err(db)?;
-            }
-            versions.insert(p.stream.clone(), version);
-            let mut r = AppendResult::nothing(version, Position::new(position + 1));
-            if !p.events.is_empty() {
-                r.first_position = Position::new(first_position);
-                r.last_position = Position::new(position);
-            }
-            results.push(r);
-        }
-        tx.execute(
-            "UPDATE annals_head SET position = $1 WHERE id = 1",
-            &[&signed(position, "position")?],
-        )
-        .map_err(db)?;
-        tx.commit().map_err(db)?;
+        let _turn = subscribers.turn.lock();
+        let committed = self.commit(&parts, true)?;
+        let mut results = committed.results;
+        subscribers.dispatch(committed.events, &mut results);
         Ok(results)
     }
 
@@ -357,55 +190,13 @@ impl PgStore {
                 &[&stream],
             )
             .map_err(db)?
-            .map(|r| unsigned(r.get(0), "version"))
+            .map(|r| schema::unsigned(r.get(0), "version"))
             .transpose()
     }
 
     /// Where the next event will go: every committed event is before it.
     pub fn end_position(&self) -> Result<Position> {
-        let head: i64 = self
-            .conn()?
-            .query_one("SELECT position FROM annals_head WHERE id = 1", &[])
-            .map_err(db)?
-            .get(0);
-        Ok(Position::new(unsigned(head, "position")? + 1))
-    }
-
-    fn select(
-        &self,
-        filter: &str,
-        key: Option<&str>,
-        from: i64,
-        direction: Direction,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>> {
-        let (cmp, order) = match direction {
-            Direction::Forwards => (">=", "ASC"),
-            Direction::Backwards => ("<=", "DESC"),
-        };
-        let limit = i64::try_from(limit.min(PAGE)).unwrap_or(PAGE as i64);
-        let ordered = if filter == "stream" {
-            "version"
-        } else {
-            "position"
-        };
-        let sql = match key {
-            Some(_) => format!(
-                "SELECT {COLUMNS} FROM annals_events WHERE {filter} = $1 AND {ordered} {cmp} $2 \
-                 ORDER BY {ordered} {order} LIMIT $3"
-            ),
-            None => format!(
-                "SELECT {COLUMNS} FROM annals_events WHERE position {cmp} $1 \
-                 ORDER BY position {order} LIMIT $2"
-            ),
-        };
-        let mut conn = self.conn()?;
-        let rows = match key {
-            Some(k) => conn.query(&sql, &[&k, &from, &limit]),
-            None => conn.query(&sql, &[&from, &limit]),
-        }
-        .map_err(db)?;
-        rows.iter().map(event_of).collect()
+        Ok(Position::new(self.head()? + 1))
     }
 
     /// Events of `stream` from version `from` (at most `limit`, and at most 10,000 per call).
@@ -417,8 +208,7 @@ impl PgStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
         check_stream_name(stream, true)?;
-        let from = i64::try_from(from).unwrap_or(i64::MAX);
-        self.select("stream", Some(stream), from, direction, limit)
+        self.select(Scope::Stream(stream), from, direction, limit)
     }
 
     /// Events of every stream from `from` (inclusive), in position order, leaving out the
@@ -429,13 +219,21 @@ impl PgStore {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        let from = i64::try_from(from.as_u64()).unwrap_or(i64::MAX);
-        let mut events = self.select("", None, from, direction, limit)?;
-        events.retain(|e| !e.stream().starts_with('$'));
-        Ok(events)
+        self.select(Scope::All, from.as_u64(), direction, limit)
     }
 
-    /// Events of one category from `from`, in position order.
+    /// Like [`read_all`](Self::read_all), with the engine's `$` records.
+    pub fn read_log(
+        &self,
+        from: Position,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.select(Scope::Log, from.as_u64(), direction, limit)
+    }
+
+    /// Events of one category (streams `CATEGORY` and `CATEGORY-…`) from `from`, in position
+    /// order.
     pub fn read_category(
         &self,
         category: &str,
@@ -443,8 +241,7 @@ impl PgStore {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        let from = i64::try_from(from.as_u64()).unwrap_or(i64::MAX);
-        self.select("category", Some(category), from, direction, limit)
+        self.select(Scope::Category(category), from.as_u64(), direction, limit)
     }
 
     /// Events of one type from `from`, in position order.
@@ -455,181 +252,215 @@ impl PgStore {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        let from = i64::try_from(from.as_u64()).unwrap_or(i64::MAX);
-        self.select("event_type", Some(event_type), from, direction, limit)
-    }
-}
-
-/// A catch-up subscription on a [`PgStore`]: reads the global order from where it stopped,
-/// with its checkpoint kept in the database (`annals_checkpoints`). Never skips an event (see
-/// "No gaps, no skips"); after a crash it resumes at its last checkpoint (at least once).
-///
-/// ```no_run
-/// use annals::pg::PgStore;
-///
-/// let store = PgStore::connect("host=/run/postgresql user=app dbname=app")?;
-/// let mut sub = store.catch_up("mailer")?;
-/// for e in sub.poll(100)? {
-///     println!("{} {}", e.stream(), e.event_type());
-/// }
-/// sub.checkpoint()?;
-/// # Ok::<(), annals::Error>(())
-/// ```
-#[derive(Debug)]
-pub struct PgCatchUp {
-    store: PgStore,
-    name: String,
-    next: Position,
-}
-
-impl PgStore {
-    /// A catch-up subscription named `name`, resuming at its checkpoint (the start if it has
-    /// none).
-    pub fn catch_up(&self, name: &str) -> Result<PgCatchUp> {
-        let row = self
-            .conn()?
-            .query_opt(
-                "SELECT position FROM annals_checkpoints WHERE name = $1",
-                &[&name],
-            )
-            .map_err(db)?;
-        let next = match row {
-            Some(r) => Position::new(unsigned(r.get(0), "checkpoint")?),
-            None => Position::START,
-        };
-        Ok(PgCatchUp {
-            store: self.clone(),
-            name: name.to_owned(),
-            next,
-        })
-    }
-}
-
-impl PgCatchUp {
-    /// Where the next poll starts: every event before it has been handed out.
-    pub fn position(&self) -> Position {
-        self.next
-    }
-
-    /// Up to `max` events after the last one handed out, in the global order.
-    pub fn poll(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
-        let events = self.store.read_all(self.next, Direction::Forwards, max)?;
-        if let Some(last) = events.last() {
-            self.next = Position::new(last.position().as_u64() + 1);
-        }
-        Ok(events)
-    }
-
-    /// Records durably that every event handed out so far is handled.
-    pub fn checkpoint(&mut self) -> Result<()> {
-        self.store
-            .conn()?
-            .execute(
-                "INSERT INTO annals_checkpoints (name, position) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
-                &[&self.name, &signed(self.next.as_u64(), "position")?],
-            )
-            .map_err(db)?;
-        Ok(())
-    }
-}
-
-/// If the request's events are all stored where it would put them, the earlier results; if
-/// only some are, or elsewhere, the error; if none is, `None`.
-fn already_appended(
-    tx: &mut postgres::Transaction<'_>,
-    parts: &[PgPart],
-    head: u64,
-) -> Result<Option<Vec<AppendResult>>> {
-    let ids: Vec<Uuid> = parts
-        .iter()
-        .flat_map(|p| p.events.iter().map(|e| e.id))
-        .collect();
-    if ids.is_empty() {
-        return Ok(None);
-    }
-    let unique: std::collections::HashSet<&Uuid> = ids.iter().collect();
-    if unique.len() != ids.len() {
-        return Err(Error::DuplicateEventId {
-            id: ids[0],
-            detail: "appears twice in one append".into(),
-        });
-    }
-    let rows = tx
-        .query(
-            "SELECT id, stream, version, position FROM annals_events WHERE id = ANY($1)",
-            &[&ids],
+        self.select(
+            Scope::EventType(event_type),
+            from.as_u64(),
+            direction,
+            limit,
         )
-        .map_err(db)?;
-    if rows.is_empty() {
-        return Ok(None);
     }
-    let found: std::collections::HashMap<Uuid, (String, u64, u64)> = rows
-        .iter()
-        .map(|r| {
-            Ok((
-                r.get::<_, Uuid>(0),
-                (
-                    r.get::<_, String>(1),
-                    unsigned(r.get(2), "version")?,
-                    unsigned(r.get(3), "position")?,
-                ),
-            ))
-        })
-        .collect::<Result<_>>()?;
-    let mut results = Vec::with_capacity(parts.len());
-    for p in parts {
-        let Some(first) = p.events.first() else {
-            results.push(AppendResult::nothing(None, Position::new(head + 1)));
-            continue;
-        };
-        let stored: Option<Vec<&(String, u64, u64)>> =
-            p.events.iter().map(|e| found.get(&e.id)).collect();
-        let in_place = stored.as_ref().is_some_and(|s| {
-            let v0 = s[0].1;
-            s.iter().enumerate().all(|(k, (stream, v, _))| {
-                *stream == p.stream && v0.checked_add(k as u64) == Some(*v)
-            }) && match p.expected {
-                ExpectedVersion::Any => true,
-                ExpectedVersion::NoStream => v0 == 0,
-                ExpectedVersion::StreamExists => v0 > 0,
-                ExpectedVersion::Exact(v) => v.checked_add(1) == Some(v0),
-            }
-        });
-        let Some(stored) = stored.filter(|_| in_place) else {
-            let at = found.get(&first.id).or_else(|| found.values().next());
-            return Err(Error::DuplicateEventId {
-                id: first.id,
-                detail: match at {
-                    Some((stream, v, _)) => format!(
-                        "already stored as version {v} of `{stream}`, not where this append \
-                         ({} {}) puts it",
-                        p.stream, p.expected
-                    ),
-                    None => "other events of this append are already stored".into(),
-                },
-            });
-        };
-        let (last, first) = (stored[stored.len() - 1], stored[0]);
-        let mut r = AppendResult::nothing(Some(last.1), Position::new(last.2));
-        r.first_position = Position::new(first.2);
-        results.push(r);
+
+    /// Registers a synchronous subscription; see [`Store::subscribe`](crate::Store::subscribe)
+    /// and the [dispatch rules](self#no-gaps-no-skips): `callback` runs for each event
+    /// `filter` passes that an append through this store (or a clone) wrote, after it
+    /// committed and before that append returns, in position order. Appends of other
+    /// processes are not seen here: follow them with [`catch_up`](Self::catch_up).
+    ///
+    /// ```no_run
+    /// use annals::pg::PgStore;
+    /// use annals::subscriptions::Filter;
+    /// use annals::{ExpectedVersion, NewEvent};
+    ///
+    /// let store = PgStore::connect("host=/run/postgresql user=app dbname=app")?;
+    /// store.subscribe("welcome-mail", Filter::EventType("UserRegistered".into()), |e| {
+    ///     println!("mail {}", String::from_utf8_lossy(e.payload()));
+    ///     Ok(())
+    /// });
+    /// store.append("user-1", ExpectedVersion::NoStream, [NewEvent::new("UserRegistered", "a@x")])?;
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn subscribe(
+        &self,
+        name: &str,
+        filter: Filter,
+        callback: impl Fn(&RecordedEvent) -> std::result::Result<(), crate::BoxError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> SubscriptionId {
+        self.shared
+            .subscribers
+            .add(name, filter, Arc::new(callback))
     }
-    Ok(Some(results))
+
+    /// Removes a synchronous subscription; false if it was not registered.
+    pub fn unsubscribe(&self, id: SubscriptionId) -> bool {
+        self.shared.subscribers.remove(id)
+    }
+
+    /// Sets what is told of every failed subscription callback (by default, a `tracing`
+    /// warning).
+    pub fn on_subscriber_failure(
+        &self,
+        handler: impl Fn(&SubscriberFailure) + Send + Sync + 'static,
+    ) {
+        self.shared
+            .subscribers
+            .set_failure_handler(Arc::new(handler));
+    }
+
+    /// Runs a failed subscription callback again on the event it failed on (read back from
+    /// the database).
+    pub fn redeliver(&self, failure: &SubscriberFailure) -> Result<()> {
+        let event = self
+            .read_log(failure.position, Direction::Forwards, 1)?
+            .pop()
+            .filter(|e| e.position() == failure.position)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("no event at position {}", failure.position))
+            })?;
+        self.shared.subscribers.redeliver(failure, &event)
+    }
+
+    /// A catch-up subscription named `name` on the whole log (without `$` records), resuming
+    /// at its checkpoint (the start if it has none); see [`Follower`].
+    ///
+    /// ```no_run
+    /// use annals::pg::PgStore;
+    ///
+    /// let store = PgStore::connect("host=/run/postgresql user=app dbname=app")?;
+    /// let mut sub = store.catch_up("mailer")?;
+    /// for e in sub.poll(100)? {
+    ///     println!("{} {}", e.stream(), e.event_type());
+    /// }
+    /// sub.checkpoint()?;
+    /// # Ok::<(), annals::Error>(())
+    /// ```
+    pub fn catch_up(&self, name: &str) -> Result<PgCatchUp> {
+        Follower::new(self.clone(), name, Filter::All)
+    }
+
+    /// Registers the event types of `E`, so that their events have a JSON form
+    /// ([`to_json`](Self::to_json)) whatever codec stored them (what the outbox publishes).
+    pub fn register_events<E: typing::Events>(&self) {
+        if !self.shared.registry.read().knows::<E>() {
+            self.shared.registry.write().register::<E>();
+        }
+    }
+
+    /// The JSON form of an event and its schema version; see
+    /// [`Store::to_json`](crate::Store::to_json).
+    pub fn to_json(&self, event: &RecordedEvent) -> Result<(String, u32)> {
+        self.shared
+            .registry
+            .read()
+            .to_json(&self.shared.upcasters, event)
+    }
+}
+
+impl Backend for PgStore {
+    fn append_events(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        self.append(stream, expected, events)
+    }
+
+    fn transaction(&self, parts: Vec<Part>) -> Result<Vec<AppendResult>> {
+        PgStore::transaction(self, parts)
+    }
+
+    fn read_stream_page(
+        &self,
+        stream: &str,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.read_stream(stream, from, direction, limit)
+    }
+
+    fn read_all_page(
+        &self,
+        from: Position,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.read_all(from, direction, limit)
+    }
+
+    fn read_log_page(
+        &self,
+        from: Position,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.read_log(from, direction, limit)
+    }
+
+    fn read_category_page(
+        &self,
+        category: &str,
+        from: Position,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.read_category(category, from, direction, limit)
+    }
+
+    fn read_event_type_page(
+        &self,
+        event_type: &str,
+        from: Position,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.read_event_type(event_type, from, direction, limit)
+    }
+
+    fn current_version(&self, stream: &str) -> Result<Option<u64>> {
+        self.stream_version(stream)
+    }
+
+    fn next_position(&self) -> Result<Position> {
+        self.end_position()
+    }
+
+    fn add_subscription(
+        &self,
+        name: &str,
+        filter: Filter,
+        callback: Arc<SubscriptionCallback>,
+    ) -> SubscriptionId {
+        self.shared.subscribers.add(name, filter, callback)
+    }
+
+    fn remove_subscription(&self, id: SubscriptionId) -> bool {
+        self.unsubscribe(id)
+    }
+
+    fn event_json(&self, event: &RecordedEvent) -> Result<(String, u32)> {
+        self.to_json(event)
+    }
+
+    fn knows_type(&self, name: &str) -> bool {
+        self.shared.registry.read().knows_name(name)
+    }
+
+    fn wait_past(&self, position: Position, timeout: Duration) {
+        // Another process's commit cannot be waited for here: look, then sleep a little.
+        if self.head().is_ok_and(|head| head >= position.as_u64()) {
+            return;
+        }
+        std::thread::sleep(timeout.min(Duration::from_millis(10)));
+    }
 }
 
 impl crate::domain::EventStore for PgStore {
-    fn append(&self, parts: Vec<crate::domain::Part>) -> Result<Vec<AppendResult>> {
-        self.transaction(
-            parts
-                .into_iter()
-                .map(|p| PgPart {
-                    stream: p.stream,
-                    expected: p.expected,
-                    events: p.events,
-                })
-                .collect(),
-        )
+    fn append(&self, parts: Vec<Part>) -> Result<Vec<AppendResult>> {
+        self.transaction(parts)
     }
 
     fn read_stream(
@@ -665,7 +496,7 @@ impl crate::domain::EventStore for PgStore {
             let Some(last) = page.last() else {
                 return Ok(());
             };
-            from = Position::new(last.position().as_u64() + 1);
+            from = last.next_position();
             let full = page.len() == PAGE;
             for e in &page {
                 if !visit(e)? {
@@ -682,11 +513,15 @@ impl crate::domain::EventStore for PgStore {
         Ok(PgStore::read_stream(self, stream, u64::MAX, Direction::Backwards, 1)?.pop())
     }
 
-    fn new_event<E: crate::typed::Events>(&self, event: &E) -> Result<NewEvent> {
-        crate::typed::new_event(event, crate::typed::Codec::default())
+    fn new_event<E: typing::Events>(&self, event: &E) -> Result<NewEvent> {
+        typing::new_event(event, crate::typed::Codec::default())
     }
 
-    fn decode<E: crate::typed::Events>(&self, event: &RecordedEvent) -> Result<E> {
-        crate::typed::decode_with(&crate::typed::Upcasters::default(), event)
+    fn decode<E: typing::Events>(&self, event: &RecordedEvent) -> Result<E> {
+        typing::decode_with(&self.shared.upcasters, event)
+    }
+
+    fn register_events<E: typing::Events>(&self) {
+        PgStore::register_events::<E>(self)
     }
 }

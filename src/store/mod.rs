@@ -1,5 +1,6 @@
 //! The [`Store`]: open, append, read, close.
 
+pub mod backend;
 mod background;
 pub(crate) mod catch_up;
 pub(crate) mod codec;

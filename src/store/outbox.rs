@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::Store;
+use super::backend::{Backend, Part};
 use super::subscriptions::BoxError;
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, RecordedEvent};
@@ -130,8 +131,12 @@ use crate::log::records::{
     Replayed,
 };
 
-/// An outbox over a store (`&Store` or `Arc<Store>`); see the [module docs](self).
-pub struct Outbox<S: Deref<Target = Store>, P: Publisher> {
+/// An outbox over a store (`&Store` or `Arc<Store>`, or any [`Backend`]: `&PgStore` too);
+/// see the [module docs](self).
+pub struct Outbox<S: Deref, P: Publisher>
+where
+    S::Target: Backend,
+{
     store: S,
     name: String,
     progress_stream: String,
@@ -151,7 +156,27 @@ pub struct Outbox<S: Deref<Target = Store>, P: Publisher> {
 /// it could not turn into JSON.
 const START_LOOKAHEAD: usize = 10_000;
 
-impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
+/// Events one read of the outbox takes.
+const PAGE: usize = 10_000;
+
+/// Every event of `stream`, oldest first.
+fn whole_stream<B: Backend + ?Sized>(store: &B, stream: &str) -> Result<Vec<RecordedEvent>> {
+    let mut all = Vec::new();
+    loop {
+        let from = all.last().map_or(0, |e: &RecordedEvent| e.version() + 1);
+        let page = store.read_stream_page(stream, from, Direction::Forwards, PAGE)?;
+        let full = page.len() == PAGE;
+        all.extend(page);
+        if !full {
+            return Ok(all);
+        }
+    }
+}
+
+impl<S: Deref, P: Publisher> Outbox<S, P>
+where
+    S::Target: Backend,
+{
     /// Opens the outbox `name` of `store`, resuming from its recorded progress (or the start
     /// of the log).
     ///
@@ -181,12 +206,8 @@ impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
                 Error::InvalidArgument(format!("{name:?} is not a usable outbox name"))
             })?;
         }
-        let next = match store
-            .read_stream(&progress_stream, u64::MAX, Direction::Backwards, 1)?
-            .next()
-        {
+        let next = match store.last_of(&progress_stream)? {
             Some(e) => {
-                let e = e?;
                 let next = records::decode_position(e.payload()).ok_or_else(|| Error::Decode {
                     position: e.position().as_u64(),
                     event_type: PROGRESS.into(),
@@ -196,7 +217,7 @@ impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
             }
             None => Position::START,
         };
-        let cannot_decode = undecodable_ahead(&store, next)?;
+        let cannot_decode = undecodable_ahead(&*store, next)?;
         if let Some(why) = &cannot_decode {
             tracing::warn!(outbox = name, "annals: {why}");
         }
@@ -216,7 +237,7 @@ impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
 
     /// What the outbox found when it started that it cannot turn into JSON (and would park),
     /// if anything: published bincode events of a type not registered with
-    /// [`Store::register_events`] among the next 10,000 events. Also logged as a `tracing`
+    /// [`Store::register_events`] (or the `PgStore`'s) among the next 10,000 events. Also logged as a `tracing`
     /// warning. JSON payloads (the default codec) need no registration.
     pub fn cannot_decode(&self) -> Option<&str> {
         self.cannot_decode.as_deref()
@@ -259,31 +280,49 @@ impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
     }
 
     fn deliver(&mut self, report: &mut RunReport) -> Result<()> {
-        let store: &Store = &self.store;
-        let mut events = store.read_log(self.next, Direction::Forwards, usize::MAX)?;
-        for event in events.by_ref() {
-            let event = event?;
+        let end = self.store.next_position()?;
+        loop {
+            let page = self
+                .store
+                .read_log_page(self.next, Direction::Forwards, PAGE)?;
+            let full = page.len() == PAGE;
+            if !self.deliver_page(page, report)? {
+                return Ok(());
+            }
+            if !full {
+                break;
+            }
+        }
+        self.next = self.next.max(end);
+        report.caught_up = true;
+        Ok(())
+    }
+
+    /// Delivers the due events of one page; false if it stopped early (a full batch, or a
+    /// failure waiting out its backoff).
+    fn deliver_page(&mut self, page: Vec<RecordedEvent>, report: &mut RunReport) -> Result<bool> {
+        let store = &*self.store;
+        for event in page {
             if event.stream().starts_with('$') || !event.is_published() {
                 self.next = event.next_position();
                 continue;
             }
             if report.delivered + report.parked >= self.options.batch {
-                return Ok(());
+                return Ok(false);
             }
             let attempt = self.attempts + 1;
-            let outcome =
-                store
-                    .to_json(&event)
-                    .map_err(|e| e.to_string())
-                    .and_then(|(payload, version)| {
-                        let envelope = Envelope::new(&event, payload, version);
-                        let message = OutboxMessage {
-                            event: event.clone(),
-                            envelope,
-                            attempt,
-                        };
-                        self.publisher.publish(&message).map_err(|e| e.to_string())
-                    });
+            let outcome = store
+                .event_json(&event)
+                .map_err(|e| e.to_string())
+                .and_then(|(payload, version)| {
+                    let envelope = Envelope::new(&event, payload, version);
+                    let message = OutboxMessage {
+                        event: event.clone(),
+                        envelope,
+                        attempt,
+                    };
+                    self.publisher.publish(&message).map_err(|e| e.to_string())
+                });
             match outcome {
                 Ok(()) => {
                     report.delivered += 1;
@@ -312,13 +351,11 @@ impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
                         .min(self.options.max_backoff);
                     self.retry_at = Some(Instant::now() + wait);
                     report.retry_in = Some(wait);
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
-        self.next = self.next.max(events.end());
-        report.caught_up = true;
-        Ok(())
+        Ok(true)
     }
 
     fn record_progress(&mut self) -> Result<()> {
@@ -326,26 +363,28 @@ impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
             PROGRESS,
             records::encode_position(self.next.as_u64()).to_vec(),
         );
-        self.store
-            .append_system(&self.progress_stream, ExpectedVersion::Any, vec![e])?;
+        self.store.transaction(vec![Part::new(
+            self.progress_stream.clone(),
+            ExpectedVersion::Any,
+            [e],
+        )])?;
         Ok(())
     }
 
     fn append_parked<T: Serialize>(&self, event_type: &'static str, value: &T) -> Result<()> {
         let e = NewEvent::json(event_type, value)?;
-        self.store
-            .append_system(&self.parked_stream, ExpectedVersion::Any, vec![e])?;
+        self.store.transaction(vec![Part::new(
+            self.parked_stream.clone(),
+            ExpectedVersion::Any,
+            [e],
+        )])?;
         Ok(())
     }
 
     /// The parked events that have not been replayed, oldest first.
     pub fn parked(&self) -> Result<Vec<Parked>> {
         let mut parked: Vec<Parked> = Vec::new();
-        for e in self
-            .store
-            .read_stream(&self.parked_stream, 0, Direction::Forwards, usize::MAX)?
-        {
-            let e = e?;
+        for e in whole_stream(&*self.store, &self.parked_stream)? {
             let bad = |reason: String| Error::Decode {
                 position: e.position().as_u64(),
                 event_type: e.event_type().to_owned(),
@@ -373,16 +412,15 @@ impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
         for parked in self.parked()? {
             let event = self
                 .store
-                .read_log(parked.position, Direction::Forwards, 1)?
-                .next()
-                .transpose()?
+                .read_log_page(parked.position, Direction::Forwards, 1)?
+                .pop()
                 .filter(|e| e.position() == parked.position)
                 .ok_or_else(|| {
                     Error::corrupt(parked.position.as_u64(), "a parked event is not in the log")
                 })?;
             let outcome = self
                 .store
-                .to_json(&event)
+                .event_json(&event)
                 .map_err(|e| e.to_string())
                 .and_then(|(payload, version)| {
                     let message = OutboxMessage {
@@ -410,19 +448,25 @@ impl<S: Deref<Target = Store>, P: Publisher> Outbox<S, P> {
 }
 
 /// What the runner thread hands back: the outbox, and how its last round ended.
-type Finished<P> = (Outbox<Arc<Store>, P>, Result<()>);
+type Finished<P, S> = (Outbox<S, P>, Result<()>);
 
 /// An outbox running in a background thread; see [`Outbox::spawn`].
-pub struct OutboxRunner<P: Publisher + 'static> {
+pub struct OutboxRunner<P: Publisher + 'static, S: Deref + Send + 'static = Arc<Store>>
+where
+    S::Target: Backend,
+{
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Finished<P>>>,
+    thread: Option<JoinHandle<Finished<P, S>>>,
 }
 
-impl<P: Publisher + 'static> Outbox<Arc<Store>, P> {
+impl<P: Publisher + 'static, S: Deref + Send + 'static> Outbox<S, P>
+where
+    S::Target: Backend,
+{
     /// Runs this outbox in a background thread: rounds of [`run_once`](Self::run_once), waiting
     /// for new events when caught up and out the backoff after a failure, until
     /// [`OutboxRunner::stop`].
-    pub fn spawn(self) -> Result<OutboxRunner<P>> {
+    pub fn spawn(self) -> Result<OutboxRunner<P, S>> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let mut outbox = self;
@@ -437,8 +481,7 @@ impl<P: Publisher + 'static> Outbox<Arc<Store>, P> {
                         } else if report.caught_up {
                             outbox
                                 .store
-                                .engine
-                                .wait_past(outbox.next.as_u64(), Duration::from_millis(50));
+                                .wait_past(outbox.next, Duration::from_millis(50));
                         }
                     }
                     Ok(())
@@ -452,10 +495,13 @@ impl<P: Publisher + 'static> Outbox<Arc<Store>, P> {
     }
 }
 
-impl<P: Publisher + 'static> OutboxRunner<P> {
+impl<P: Publisher + 'static, S: Deref + Send + 'static> OutboxRunner<P, S>
+where
+    S::Target: Backend,
+{
     /// Stops the runner after its current round and hands the outbox back (with its
     /// publisher); fails if a round failed.
-    pub fn stop(mut self) -> Result<Outbox<Arc<Store>, P>> {
+    pub fn stop(mut self) -> Result<Outbox<S, P>> {
         self.stop.store(true, Ordering::Release);
         let (outbox, result) = self
             .thread
@@ -467,7 +513,10 @@ impl<P: Publisher + 'static> OutboxRunner<P> {
     }
 }
 
-impl<P: Publisher + 'static> Drop for OutboxRunner<P> {
+impl<P: Publisher + 'static, S: Deref + Send + 'static> Drop for OutboxRunner<P, S>
+where
+    S::Target: Backend,
+{
     fn drop(&mut self) {
         if let Some(thread) = self.thread.take() {
             self.stop.store(true, Ordering::Release);
@@ -478,16 +527,13 @@ impl<P: Publisher + 'static> Drop for OutboxRunner<P> {
 
 /// Published bincode events of unregistered types among the next [`START_LOOKAHEAD`] events
 /// from `from`: what an outbox starting there could not turn into JSON.
-fn undecodable_ahead(store: &Store, from: Position) -> Result<Option<String>> {
-    let registry = store.engine.registry.read();
+fn undecodable_ahead<B: Backend + ?Sized>(store: &B, from: Position) -> Result<Option<String>> {
     let mut types: Vec<String> = Vec::new();
     let mut count = 0usize;
-    let mut events = store.read_all(from, Direction::Forwards, START_LOOKAHEAD)?;
-    while let Some(e) = events.next_ref() {
-        let e = e?;
+    for e in store.read_all_page(from, Direction::Forwards, START_LOOKAHEAD)? {
         if e.is_published()
             && e.encoding() == crate::log::format::PayloadEncoding::Bincode
-            && !registry.knows_name(e.event_type())
+            && !store.knows_type(e.event_type())
         {
             count += 1;
             if types.len() < 5 && !types.iter().any(|t| t == e.event_type()) {

@@ -2,10 +2,10 @@
 
 #[path = "../../examples/light_switch.rs"]
 #[allow(dead_code)]
-mod light_switch;
+pub(crate) mod light_switch;
 #[path = "../../examples/reading_club.rs"]
 #[allow(dead_code)]
-mod reading_club;
+pub(crate) mod reading_club;
 
 use std::sync::Arc;
 

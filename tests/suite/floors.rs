@@ -44,6 +44,8 @@ fn module_of_root_name(name: &str) -> Option<&'static str> {
         | "DEFAULT_MAX_EVENT_SIZE"
         | "DEFAULT_SEGMENT_SIZE"
         | "outbox"
+        | "backend"
+        | "Backend"
         | "BoxError"
         | "Store"
         | "StoreBuilder"

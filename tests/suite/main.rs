@@ -4,6 +4,7 @@
 
 mod common;
 
+mod backends;
 mod catch_up_kill;
 mod crash;
 mod disk_use;

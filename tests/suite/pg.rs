@@ -1,234 +1,187 @@
-//! The PostgreSQL backend against a real server: set `ANNALS_PG_URL` (a libpq connection
-//! string; `.ci/run` starts a throwaway server and sets it). Without it these tests say they
-//! were skipped and pass. Each test works in a database of its own.
+//! What only the PostgreSQL backend has to prove, against a real server (set
+//! `ANNALS_PG_URL`; `.ci/run` starts a throwaway server and sets it; without it these tests
+//! say they were skipped and pass). The semantics both backends share are proven once, on
+//! both, in `backends.rs`. Each test works in a database of its own.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use annals::pg::{PgPart, PgStore};
-use annals::{Direction, Error, ExpectedVersion, NewEvent, Position};
+use annals::outbox::{Outbox, OutboxMessage, OutboxOptions};
+use annals::pg::PgStore;
+use annals::subscriptions::Filter;
+use annals::{Direction, ExpectedVersion, NewEvent, Position};
 
-const URL: &str = "ANNALS_PG_URL";
-
-/// A store in a new, empty database, or `None` (and a note) without a server.
-fn fresh(test: &str) -> Option<(PgStore, String)> {
-    let Ok(url) = std::env::var(URL) else {
-        // Written past the test harness's capture, so that the skip shows in every run.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED the PostgreSQL test `{test}`: {URL} is not set (`scripts/pg start DIR` \
-             starts a throwaway server and prints one)"
-        );
-        return None;
-    };
-    let name = format!("annals_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .expect("create a database");
-    let url = format!("{url} dbname={name}");
-    Some((PgStore::connect(&url).expect("connect the store"), url))
-}
+use super::backends::pg_store as fresh;
 
 fn e(kind: &'static str) -> NewEvent {
     NewEvent::new(kind, "{}")
 }
 
+fn count_rows(url: &str, sql: &str) -> i64 {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
 #[test]
-fn expected_versions_transactions_and_retries_behave_as_in_the_file_store() {
-    let Some((store, url)) = fresh("pg expected versions") else {
+fn the_schema_is_created_once_by_racing_connects_and_a_newer_one_is_refused() {
+    let Some((_, url)) = fresh("pg schema") else {
         return;
     };
-    let r = store
-        .append(
-            "order-1",
-            ExpectedVersion::NoStream,
-            [e("Placed"), e("Paid")],
-        )
-        .unwrap();
-    assert_eq!(r.version, Some(1));
-    assert_eq!(
-        (r.first_position, r.last_position),
-        (Position::new(1), Position::new(2))
-    );
-    assert!(matches!(
-        store.append("order-1", ExpectedVersion::NoStream, [e("X")]),
-        Err(Error::WrongExpectedVersion {
-            actual: Some(1),
-            ..
-        })
-    ));
-    assert!(matches!(
-        store.append("order-2", ExpectedVersion::StreamExists, [e("X")]),
-        Err(Error::WrongExpectedVersion { actual: None, .. })
-    ));
-    assert!(matches!(
-        store.append("order-1", ExpectedVersion::Exact(u64::MAX), [e("X")]),
-        Err(Error::WrongExpectedVersion { .. })
-    ));
-    // All or nothing.
-    let failed = store.transaction(vec![
-        PgPart {
-            stream: "a-1".into(),
-            expected: ExpectedVersion::NoStream,
-            events: vec![e("A")],
-        },
-        PgPart {
-            stream: "order-1".into(),
-            expected: ExpectedVersion::Exact(0),
-            events: vec![e("B")],
-        },
-    ]);
-    assert!(failed.is_err());
-    assert_eq!(store.stream_version("a-1").unwrap(), None);
-    // A retry of a stored append writes nothing and answers the same.
-    let shipped = e("Shipped");
-    let first = store
-        .append("order-1", ExpectedVersion::Exact(1), [shipped.clone()])
-        .unwrap();
-    let again = store
-        .append("order-1", ExpectedVersion::Exact(1), [shipped.clone()])
-        .unwrap();
-    assert_eq!(
-        (again.version, again.last_position),
-        (first.version, first.last_position)
-    );
-    assert!(matches!(
-        store.append("order-9", ExpectedVersion::Any, [shipped]),
-        Err(Error::DuplicateEventId { .. })
-    ));
-    assert_eq!(store.end_position().unwrap(), Position::new(4));
-    // A schema newer than this build's is refused.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| PgStore::connect(&url).unwrap());
+        }
+    });
+    assert_eq!(count_rows(&url, "SELECT count(*) FROM annals_schema"), 1);
+    assert_eq!(count_rows(&url, "SELECT count(*) FROM annals_head"), 1);
     let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     c.batch_execute("UPDATE annals_schema SET version = 99")
         .unwrap();
     let newer = PgStore::connect(&url).unwrap_err();
     assert!(newer.to_string().contains("version 99"), "{newer}");
+    // A URL that names no server is an error that says so, not a panic or a hang.
+    let nowhere = PgStore::connect("host=/nonexistent/socket/dir user=nobody dbname=none");
+    let err = nowhere.unwrap_err();
+    assert!(matches!(err, annals::Error::Database { .. }), "{err}");
+    assert!(PgStore::connect("this is not a connection string = = =").is_err());
 }
 
 #[test]
-fn reads_by_stream_log_category_and_type_both_ways_keep_every_field() {
-    let Some((store, _)) = fresh("pg reads") else {
+fn positions_count_events_and_checkpoint_records_do_not_pile_up() {
+    let Some((store, url)) = fresh("pg positions") else {
         return;
     };
-    let rich = NewEvent::new("Placed", r#"{"n":1}"#)
-        .with_metadata(vec![0u8, 255, 7])
-        .with_correlation_id(uuid::Uuid::now_v7())
-        .with_schema_version(3)
-        .published(true);
     store
-        .append("order-1", ExpectedVersion::NoStream, [rich.clone()])
+        .append("a-1", ExpectedVersion::Any, [e("A"), e("B")])
         .unwrap();
-    store
-        .append("cart-1", ExpectedVersion::Any, [e("Added")])
+    let all = store
+        .read_all(Position::START, Direction::Forwards, 10)
         .unwrap();
-    store
-        .append("order-2", ExpectedVersion::Any, [e("Paid")])
+    let positions: Vec<u64> = all.iter().map(|e| e.position().as_u64()).collect();
+    assert_eq!(positions, [1, 2]);
+    assert_eq!(all[0].next_position(), all[1].position());
+    assert_eq!(store.end_position().unwrap(), Position::new(3));
+    let mut sub = store.catch_up("projector").unwrap();
+    for _ in 0..3 {
+        store.append("a-1", ExpectedVersion::Any, [e("C")]).unwrap();
+        sub.poll(10).unwrap();
+        sub.checkpoint().unwrap();
+    }
+    assert_eq!(
+        count_rows(
+            &url,
+            "SELECT count(*) FROM annals_events WHERE stream = '$checkpoint-projector'"
+        ),
+        1,
+        "only the newest checkpoint record is kept"
+    );
+    assert_eq!(
+        store.stream_version("$checkpoint-projector").unwrap(),
+        Some(2),
+        "its version still counts every record"
+    );
+    let last = store
+        .read_all(Position::END, Direction::Backwards, 1)
+        .unwrap()
+        .pop()
         .unwrap();
-    let got = &store
-        .read_stream("order-1", 0, Direction::Forwards, 10)
-        .unwrap()[0];
     assert_eq!(
-        (got.id(), got.event_type(), got.payload(), got.metadata()),
-        (rich.id, "Placed", &br#"{"n":1}"#[..], &[0u8, 255, 7][..])
-    );
-    assert_eq!(got.schema_version(), 3);
-    assert_eq!(got.correlation_id(), rich.correlation_id);
-    assert_eq!(got.timestamp(), rich.timestamp);
-    let streams = |v: Vec<annals::RecordedEvent>| -> Vec<String> {
-        v.iter().map(|e| e.stream().to_owned()).collect()
-    };
-    assert_eq!(
-        streams(
-            store
-                .read_all(Position::START, Direction::Forwards, 10)
-                .unwrap()
-        ),
-        ["order-1", "cart-1", "order-2"]
-    );
-    assert_eq!(
-        streams(
-            store
-                .read_all(Position::new(2), Direction::Backwards, 10)
-                .unwrap()
-        ),
-        ["cart-1", "order-1"]
-    );
-    assert_eq!(
-        streams(
-            store
-                .read_category("order", Position::START, Direction::Forwards, 10)
-                .unwrap()
-        ),
-        ["order-1", "order-2"]
-    );
-    assert_eq!(
-        streams(
-            store
-                .read_event_type("Paid", Position::START, Direction::Forwards, 10)
-                .unwrap()
-        ),
-        ["order-2"]
-    );
-    assert_eq!(
-        streams(
-            store
-                .read_category("order", Position::END, Direction::Backwards, 1)
-                .unwrap()
-        ),
-        ["order-2"]
+        store.catch_up("projector").unwrap().position(),
+        last.next_position(),
+        "it resumes just after the last event it handled"
     );
 }
 
 #[test]
-fn the_domain_layer_runs_unchanged_on_postgresql() {
-    use annals::domain::{Aggregate, DomainError, Recorder, Repository};
-    use annals::typed::EventType;
-    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-    struct Added {
-        n: u32,
-    }
-    impl EventType for Added {
-        const NAME: &'static str = "Added";
-    }
-    #[derive(Debug, Default)]
-    struct Counter {
-        total: u32,
-        recorder: Recorder<Added>,
-    }
-    impl Aggregate for Counter {
-        const CATEGORY: &'static str = "counter";
-        type Event = Added;
-        fn apply(&mut self, e: &Added) {
-            self.total += e.n;
-        }
-        fn recorder(&self) -> &Recorder<Added> {
-            &self.recorder
-        }
-        fn recorder_mut(&mut self) -> &mut Recorder<Added> {
-            &mut self.recorder
-        }
-    }
-    let Some((store, _)) = fresh("pg domain") else {
+fn a_callback_that_appends_sees_its_events_next_and_failures_can_be_redelivered() {
+    let Some((store, _)) = fresh("pg nested subscriptions") else {
         return;
     };
-    let counters = Repository::<Counter, _>::new(&store);
-    counters
-        .create("c1", |c| -> Result<(), DomainError> {
-            c.record(Added { n: 2 });
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = seen.clone();
+    store.subscribe("log", Filter::All, move |e| {
+        sink.lock().unwrap().push(e.event_type().to_owned());
+        Ok(())
+    });
+    let inner = store.clone();
+    store.subscribe("audit", Filter::EventType("Placed".into()), move |e| {
+        inner.append(
+            &format!("audit-{}", e.stream()),
+            ExpectedVersion::Any,
+            [NewEvent::new("Audited", "{}")],
+        )?;
+        Ok(())
+    });
+    let flaky_up = Arc::new(Mutex::new(false));
+    let up = flaky_up.clone();
+    store.subscribe("flaky", Filter::EventType("Paid".into()), move |_| {
+        if *up.lock().unwrap() {
             Ok(())
-        })
+        } else {
+            Err("down".into())
+        }
+    });
+    let told: Arc<Mutex<Vec<String>>> = Arc::default();
+    let handler = told.clone();
+    store.on_subscriber_failure(move |f| handler.lock().unwrap().push(f.subscription.clone()));
+    let r = store
+        .append("order-1", ExpectedVersion::Any, [e("Placed"), e("Paid")])
         .unwrap();
-    counters
-        .update("c1", |c| -> Result<(), DomainError> {
-            c.record(Added { n: 3 });
+    // The audit event comes right after the event whose callback wrote it.
+    assert_eq!(*seen.lock().unwrap(), ["Placed", "Audited", "Paid"]);
+    assert_eq!(store.stream_version("audit-order-1").unwrap(), Some(0));
+    assert_eq!(r.subscriber_failures.len(), 1);
+    assert_eq!(*told.lock().unwrap(), ["flaky"]);
+    let failure = &r.subscriber_failures[0];
+    assert!(store.redeliver(failure).is_err());
+    *flaky_up.lock().unwrap() = true;
+    store.redeliver(failure).unwrap();
+}
+
+#[test]
+fn an_outbox_runner_delivers_live_appends_from_other_connections() {
+    let Some((store, url)) = fresh("pg outbox runner") else {
+        return;
+    };
+    let delivered: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = delivered.clone();
+    let runner = Outbox::new(
+        Arc::new(store.clone()),
+        "broker",
+        move |m: &OutboxMessage| {
+            sink.lock().unwrap().push(m.event.stream().to_owned());
             Ok(())
-        })
+        },
+        OutboxOptions::default(),
+    )
+    .unwrap()
+    .spawn()
+    .unwrap();
+    let writer = PgStore::connect(&url).unwrap();
+    for i in 0..20 {
+        writer
+            .append(
+                &format!("user-{i}"),
+                ExpectedVersion::Any,
+                [e("Registered").published(i % 2 == 0)],
+            )
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while delivered.lock().unwrap().len() < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let outbox = runner.stop().unwrap();
+    let got = delivered.lock().unwrap().clone();
+    let want: Vec<String> = (0..20).step_by(2).map(|i| format!("user-{i}")).collect();
+    assert_eq!(got, want, "every published event once, in order");
+    let last_published = store
+        .read_stream("user-18", 0, Direction::Forwards, 1)
+        .unwrap()
+        .pop()
         .unwrap();
-    let c = counters.get("c1").unwrap();
-    assert_eq!((c.total, c.version()), (5, Some(1)));
-    assert_eq!(store.stream_version("counter-c1").unwrap(), Some(1));
+    assert!(outbox.position() >= last_published.next_position());
 }
 
 #[test]

@@ -17,16 +17,8 @@ use crate::{
     AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent, Result, Store,
 };
 
-/// One stream's part of an atomic append.
-#[derive(Debug, Clone)]
-pub struct Part {
-    /// The stream.
-    pub stream: String,
-    /// What its version must be.
-    pub expected: ExpectedVersion,
-    /// What to append.
-    pub events: Vec<NewEvent>,
-}
+/// One stream's part of an atomic append (the same as the backends').
+pub use crate::backend::Part;
 
 /// What the domain floor needs of an event store.
 pub trait EventStore: Send + Sync {

@@ -4,7 +4,7 @@
 
 mod bus;
 mod context;
-mod fixtures;
+pub(crate) mod fixtures;
 mod publishing;
 mod repository;
 pub(crate) mod shop;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use annals::Store;
-use annals::domain::{Aggregate, BusError, Command, MessageBus, Recorder, UnitOfWork};
+use annals::domain::{Aggregate, BusError, Command, EventStore, MessageBus, Recorder, UnitOfWork};
 use annals::events;
 use annals::typed::EventType;
 use serde::{Deserialize, Serialize};
@@ -99,9 +99,14 @@ pub(crate) struct Refused(pub(crate) u64);
 
 /// A bus whose workflow dispatches `Ship` once per placed order (no handler for it yet).
 pub(crate) fn orders_bus() -> MessageBus<Store> {
+    orders_bus_for::<Store>()
+}
+
+/// [`orders_bus`] on any event store.
+pub(crate) fn orders_bus_for<S: EventStore + 'static>() -> MessageBus<S> {
     let mut bus = MessageBus::new();
     bus.listen(
-        |e: &Placed, uow: &mut UnitOfWork<'_, Store>| -> annals::Result<()> {
+        |e: &Placed, uow: &mut UnitOfWork<'_, S>| -> annals::Result<()> {
             let flow = uow.get_or_create::<Shipping>(&e.order.to_string())?;
             if !flow.requested {
                 flow.record(Requested { order: e.order });
@@ -119,9 +124,14 @@ pub(crate) fn orders_bus() -> MessageBus<Store> {
 /// The shop of the workflow tests: `Ship` counts its runs in `handled`, fails for orders
 /// placed to fail, and records `Shipped` on the order otherwise.
 pub(crate) fn shop(handled: Arc<AtomicUsize>) -> MessageBus<Store> {
-    let mut bus = orders_bus();
+    shop_for::<Store>(handled)
+}
+
+/// [`shop`] on any event store.
+pub(crate) fn shop_for<S: EventStore + 'static>(handled: Arc<AtomicUsize>) -> MessageBus<S> {
+    let mut bus = orders_bus_for::<S>();
     bus.handle_command(
-        move |c: Ship, uow: &mut UnitOfWork<'_, Store>| -> Result<(), BusError> {
+        move |c: Ship, uow: &mut UnitOfWork<'_, S>| -> Result<(), BusError> {
             handled.fetch_add(1, Ordering::SeqCst);
             if c.fail {
                 return Err(BusError::rejected(Refused(c.order)));
@@ -136,7 +146,12 @@ pub(crate) fn shop(handled: Arc<AtomicUsize>) -> MessageBus<Store> {
 }
 
 /// Places an order (and lets the workflow dispatch its command) in one unit of work.
-pub(crate) fn place(bus: &MessageBus<Store>, store: &Store, order: u64, fail: bool) {
+pub(crate) fn place<S: EventStore + 'static>(
+    bus: &MessageBus<S>,
+    store: &S,
+    order: u64,
+    fail: bool,
+) {
     let mut uow = UnitOfWork::new(store);
     uow.create::<Order>(&order.to_string())
         .record(Placed { order, fail });

@@ -1,0 +1,233 @@
+//! The commit path: one database transaction per append, serialised by the `annals_head`
+//! row (see "No gaps, no skips" in the [module docs](super)).
+
+use std::collections::{HashMap, HashSet};
+
+use uuid::Uuid;
+
+use super::PgStore;
+use super::schema::{db, encoding_code, signed, unsigned};
+use crate::backend::Part;
+use crate::error::{Error, Result};
+use crate::event::{AppendResult, RecordedEvent};
+use crate::log::records;
+use crate::names::{category_of, check_event_type, check_stream_name};
+use crate::values::{ExpectedVersion, Position};
+
+/// What one commit wrote: a result per part, and (if asked for) the events as recorded.
+pub(super) struct Committed {
+    pub results: Vec<AppendResult>,
+    pub events: Vec<RecordedEvent>,
+}
+
+impl PgStore {
+    /// Checks and writes every part in one database transaction, or nothing.
+    pub(super) fn commit(&self, parts: &[Part], want_events: bool) -> Result<Committed> {
+        for p in parts {
+            check_stream_name(&p.stream, true)?;
+            for e in &p.events {
+                check_event_type(&e.event_type)?;
+            }
+        }
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db)?;
+        // Appends commit one at a time, in position order: see "No gaps, no skips".
+        let head: i64 = tx
+            .query_one(
+                "SELECT position FROM annals_head WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .map_err(db)?
+            .get(0);
+        let mut position = unsigned(head, "position")?;
+        if let Some(results) = already_appended(&mut tx, parts, position)? {
+            return Ok(Committed {
+                results,
+                events: Vec::new(),
+            });
+        }
+        let mut versions: HashMap<&str, Option<u64>> = HashMap::new();
+        let mut results = Vec::with_capacity(parts.len());
+        let mut events = Vec::new();
+        for p in parts {
+            let current = match versions.get(p.stream.as_str()) {
+                Some(v) => *v,
+                None => tx
+                    .query_opt(
+                        "SELECT version FROM annals_streams WHERE stream = $1",
+                        &[&p.stream],
+                    )
+                    .map_err(db)?
+                    .map(|r| unsigned(r.get(0), "version"))
+                    .transpose()?,
+            };
+            if !p.expected.matches(current) {
+                return Err(Error::WrongExpectedVersion {
+                    stream: p.stream.clone(),
+                    expected: p.expected,
+                    actual: current,
+                });
+            }
+            let first_position = position + 1;
+            let mut version = current;
+            for e in &p.events {
+                let v = version
+                    .map_or(Some(0), |v| v.checked_add(1))
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!("stream `{}` is at u64::MAX", p.stream))
+                    })?;
+                position += 1;
+                tx.execute(
+                    "INSERT INTO annals_events (position, stream, category, version, id, \
+                     event_type, schema_version, timestamp_nanos, correlation_id, causation_id, \
+                     publish, encoding, metadata, payload) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    &[
+                        &signed(position, "position")?,
+                        &p.stream,
+                        &category_of(&p.stream),
+                        &signed(v, "version")?,
+                        &e.id,
+                        &&*e.event_type,
+                        &i32::try_from(e.schema_version).map_err(|_| {
+                            Error::InvalidArgument(format!(
+                                "schema version {} is past i32::MAX",
+                                e.schema_version
+                            ))
+                        })?,
+                        &signed(e.timestamp_nanos(), "timestamp")?,
+                        &e.correlation_id,
+                        &e.causation_id,
+                        &e.publish,
+                        &encoding_code(e.encoding),
+                        &&e.metadata[..],
+                        &&e.payload[..],
+                    ],
+                )
+                .map_err(db)?;
+                if want_events {
+                    events.push(
+                        RecordedEvent::detached(&p.stream, v, Position::new(position), e)?
+                            .with_span(1),
+                    );
+                }
+                version = Some(v);
+            }
+            if let Some(v) = version.filter(|_| !p.events.is_empty()) {
+                tx.execute(
+                    "INSERT INTO annals_streams (stream, version) VALUES ($1, $2) \
+                     ON CONFLICT (stream) DO UPDATE SET version = EXCLUDED.version",
+                    &[&p.stream, &signed(v, "version")?],
+                )
+                .map_err(db)?;
+                if records::supersedes(&p.stream) {
+                    // Only the newest record of a checkpoint or progress stream counts: the
+                    // older ones go in the same transaction (the file store's scavenge).
+                    tx.execute(
+                        "DELETE FROM annals_events WHERE stream = $1 AND version < $2",
+                        &[&p.stream, &signed(v, "version")?],
+                    )
+                    .map_err(db)?;
+                }
+            }
+            versions.insert(&p.stream, version);
+            let mut r = AppendResult::nothing(version, Position::new(position + 1));
+            if !p.events.is_empty() {
+                r.first_position = Position::new(first_position);
+                r.last_position = Position::new(position);
+            }
+            results.push(r);
+        }
+        tx.execute(
+            "UPDATE annals_head SET position = $1 WHERE id = 1",
+            &[&signed(position, "position")?],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(Committed { results, events })
+    }
+}
+
+/// If the request's events are all stored where it would put them, the earlier results; if
+/// only some are, or elsewhere, the error; if none is, `None`.
+fn already_appended(
+    tx: &mut postgres::Transaction<'_>,
+    parts: &[Part],
+    head: u64,
+) -> Result<Option<Vec<AppendResult>>> {
+    let ids: Vec<Uuid> = parts
+        .iter()
+        .flat_map(|p| p.events.iter().map(|e| e.id))
+        .collect();
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let unique: HashSet<&Uuid> = ids.iter().collect();
+    if unique.len() != ids.len() {
+        return Err(Error::DuplicateEventId {
+            id: ids[0],
+            detail: "appears twice in one append".into(),
+        });
+    }
+    let rows = tx
+        .query(
+            "SELECT id, stream, version, position FROM annals_events WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .map_err(db)?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let found: HashMap<Uuid, (String, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            Ok((
+                r.get::<_, Uuid>(0),
+                (
+                    r.get::<_, String>(1),
+                    unsigned(r.get(2), "version")?,
+                    unsigned(r.get(3), "position")?,
+                ),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut results = Vec::with_capacity(parts.len());
+    for p in parts {
+        let Some(first) = p.events.first() else {
+            results.push(AppendResult::nothing(None, Position::new(head + 1)));
+            continue;
+        };
+        let stored: Option<Vec<&(String, u64, u64)>> =
+            p.events.iter().map(|e| found.get(&e.id)).collect();
+        let in_place = stored.as_ref().is_some_and(|s| {
+            let v0 = s[0].1;
+            s.iter().enumerate().all(|(k, (stream, v, _))| {
+                *stream == p.stream && v0.checked_add(k as u64) == Some(*v)
+            }) && match p.expected {
+                ExpectedVersion::Any => true,
+                ExpectedVersion::NoStream => v0 == 0,
+                ExpectedVersion::StreamExists => v0 > 0,
+                ExpectedVersion::Exact(v) => v.checked_add(1) == Some(v0),
+            }
+        });
+        let Some(stored) = stored.filter(|_| in_place) else {
+            let at = found.get(&first.id).or_else(|| found.values().next());
+            return Err(Error::DuplicateEventId {
+                id: first.id,
+                detail: match at {
+                    Some((stream, v, _)) => format!(
+                        "already stored as version {v} of `{stream}`, not where this append \
+                         ({} {}) puts it",
+                        p.stream, p.expected
+                    ),
+                    None => "other events of this append are already stored".into(),
+                },
+            });
+        };
+        let (last, first) = (stored[stored.len() - 1], stored[0]);
+        let mut r = AppendResult::nothing(Some(last.1), Position::new(last.2));
+        r.first_position = Position::new(first.2);
+        results.push(r);
+    }
+    Ok(Some(results))
+}

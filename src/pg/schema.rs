@@ -1,0 +1,140 @@
+//! The database schema (version [`SCHEMA_VERSION`]), how a value crosses into and out of it,
+//! and the one place that turns a database error into an [`Error`].
+
+use crate::error::{Error, Result};
+use crate::log::format::PayloadEncoding;
+
+/// The schema version this build creates and reads.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The tables (see the [module docs](super)). Only SQL that CockroachDB and YugabyteDB also
+/// accept: no sequences, no advisory locks, no partial indexes, `BYTEA`/`UUID`/`BIGINT` only.
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS annals_schema (version INT NOT NULL);
+CREATE TABLE IF NOT EXISTS annals_head (id INT PRIMARY KEY, position BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS annals_streams (stream TEXT PRIMARY KEY, version BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS annals_events (
+    position BIGINT PRIMARY KEY,
+    stream TEXT NOT NULL,
+    category TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    id UUID NOT NULL UNIQUE,
+    event_type TEXT NOT NULL,
+    schema_version INT NOT NULL,
+    timestamp_nanos BIGINT NOT NULL,
+    correlation_id UUID,
+    causation_id UUID,
+    publish BOOLEAN NOT NULL,
+    encoding SMALLINT NOT NULL,
+    metadata BYTEA NOT NULL,
+    payload BYTEA NOT NULL,
+    UNIQUE (stream, version)
+);
+CREATE INDEX IF NOT EXISTS annals_events_by_type ON annals_events (event_type, position);
+CREATE INDEX IF NOT EXISTS annals_events_by_category ON annals_events (category, position);
+";
+
+/// A database failure as the store's error.
+pub(super) fn db(e: impl std::fmt::Display) -> Error {
+    Error::Database {
+        reason: e.to_string(),
+    }
+}
+
+/// Creates the schema if it is missing; refuses a newer one.
+pub(super) fn create(conn: &mut postgres::Client) -> Result<()> {
+    let mut tx = conn.transaction().map_err(db)?;
+    tx.batch_execute(SCHEMA).map_err(db)?;
+    // One creator at a time (the lock on the schema row table).
+    tx.batch_execute("LOCK TABLE annals_schema IN EXCLUSIVE MODE")
+        .map_err(db)?;
+    let found: Option<i32> = tx
+        .query_opt("SELECT version FROM annals_schema", &[])
+        .map_err(db)?
+        .map(|r| r.get(0));
+    match found {
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(Error::InvalidArgument(format!(
+                "the database holds annals schema version {v}, newer than this build's \
+                 {SCHEMA_VERSION}: use a newer annals"
+            )));
+        }
+        Some(_) => {}
+        None => {
+            tx.execute(
+                "INSERT INTO annals_schema (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )
+            .map_err(db)?;
+            tx.execute(
+                "INSERT INTO annals_head (id, position) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
+                &[],
+            )
+            .map_err(db)?;
+        }
+    }
+    tx.commit().map_err(db)
+}
+
+/// How a payload encoding is stored.
+pub(super) fn encoding_code(e: PayloadEncoding) -> i16 {
+    match e {
+        PayloadEncoding::Raw => 0,
+        PayloadEncoding::Bincode => 1,
+        PayloadEncoding::Json => 2,
+    }
+}
+
+/// A stored payload encoding, checked.
+pub(super) fn encoding_of(code: i16) -> Result<PayloadEncoding> {
+    Ok(match code {
+        0 => PayloadEncoding::Raw,
+        1 => PayloadEncoding::Bincode,
+        2 => PayloadEncoding::Json,
+        other => {
+            return Err(db(format!(
+                "unknown payload encoding {other} in the database"
+            )));
+        }
+    })
+}
+
+/// A version or position from the database, checked (they are never negative).
+pub(super) fn unsigned(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| db(format!("a negative {what} ({v}) in the database")))
+}
+
+/// A version or position for the database (`i64`).
+pub(super) fn signed(v: u64, what: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::InvalidArgument(format!("{what} {v} is past i64::MAX")))
+}
+
+/// A position to read from, clamped into the database's range.
+pub(super) fn clamped(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_encoding_round_trips_and_an_unknown_code_is_an_error() {
+        for e in [
+            PayloadEncoding::Raw,
+            PayloadEncoding::Bincode,
+            PayloadEncoding::Json,
+        ] {
+            assert_eq!(encoding_of(encoding_code(e)).unwrap(), e);
+        }
+        assert!(matches!(encoding_of(7), Err(Error::Database { .. })));
+    }
+
+    #[test]
+    fn values_past_the_database_range_are_errors_not_wraps() {
+        assert!(signed(u64::MAX, "position").is_err());
+        assert_eq!(signed(5, "position").unwrap(), 5);
+        assert!(unsigned(-1, "version").is_err());
+        assert_eq!(clamped(u64::MAX), i64::MAX);
+    }
+}
