@@ -46,20 +46,28 @@ impl PgStore {
                 events: Vec::new(),
             });
         }
-        let mut versions: HashMap<&str, Option<u64>> = HashMap::new();
+        // Per stream: its version and where its first event goes.
+        let mut versions: HashMap<&str, (Option<u64>, u64)> = HashMap::new();
         let mut results = Vec::with_capacity(parts.len());
         let mut events = Vec::new();
         for p in parts {
-            let current = match versions.get(p.stream.as_str()) {
+            let (current, start) = match versions.get(p.stream.as_str()) {
                 Some(v) => *v,
-                None => tx
+                None => match tx
                     .query_opt(
-                        "SELECT version FROM annals_streams WHERE stream = $1",
+                        "SELECT version, start FROM annals_streams WHERE stream = $1",
                         &[&p.stream],
                     )
                     .map_err(db)?
-                    .map(|r| unsigned(r.get(0), "version"))
-                    .transpose()?,
+                {
+                    Some(r) => (
+                        r.get::<_, Option<i64>>(0)
+                            .map(|v| unsigned(v, "version"))
+                            .transpose()?,
+                        unsigned(r.get(1), "start version")?,
+                    ),
+                    None => (None, 0),
+                },
             };
             if !p.expected.matches(current) {
                 return Err(Error::WrongExpectedVersion {
@@ -72,7 +80,7 @@ impl PgStore {
             let mut version = current;
             for e in &p.events {
                 let v = version
-                    .map_or(Some(0), |v| v.checked_add(1))
+                    .map_or(Some(start), |v| v.checked_add(1))
                     .ok_or_else(|| {
                         Error::InvalidArgument(format!("stream `{}` is at u64::MAX", p.stream))
                     })?;
@@ -130,7 +138,7 @@ impl PgStore {
                     .map_err(db)?;
                 }
             }
-            versions.insert(&p.stream, version);
+            versions.insert(&p.stream, (version, start));
             let mut r = AppendResult::nothing(version, Position::new(position + 1));
             if !p.events.is_empty() {
                 r.first_position = Position::new(first_position);

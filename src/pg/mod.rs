@@ -190,8 +190,49 @@ impl PgStore {
                 &[&stream],
             )
             .map_err(db)?
-            .map(|r| schema::unsigned(r.get(0), "version"))
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .map(|v| schema::unsigned(v, "version"))
             .transpose()
+    }
+
+    /// Makes a stream that does not exist yet start at `version`, as if the versions before
+    /// it had been deleted: its first event gets `version` (it still does not exist for
+    /// [`stream_version`](Self::stream_version) and `NoStream` until then). For moving a
+    /// file store whose streams lost their oldest events (`annals import` does this); see
+    /// [`Store::start_stream_at`](crate::Store::start_stream_at). Does nothing when the stream
+    /// already has `version` events or more; a shorter stream is refused.
+    pub fn start_stream_at(&self, stream: &str, version: u64) -> Result<()> {
+        check_stream_name(stream, true)?;
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db)?;
+        tx.query_one(
+            "SELECT position FROM annals_head WHERE id = 1 FOR UPDATE",
+            &[],
+        )
+        .map_err(db)?;
+        let current: Option<Option<i64>> = tx
+            .query_opt(
+                "SELECT version FROM annals_streams WHERE stream = $1",
+                &[&stream],
+            )
+            .map_err(db)?
+            .map(|r| r.get(0));
+        if let Some(Some(v)) = current {
+            let v = schema::unsigned(v, "version")?;
+            if v.checked_add(1).is_some_and(|n| n >= version) {
+                return Ok(());
+            }
+            return Err(Error::InvalidArgument(format!(
+                "`{stream}` exists (at version {v}): it cannot start at version {version}"
+            )));
+        }
+        tx.execute(
+            "INSERT INTO annals_streams (stream, version, start) VALUES ($1, NULL, $2) \
+             ON CONFLICT (stream) DO UPDATE SET start = GREATEST(annals_streams.start, EXCLUDED.start)",
+            &[&stream, &schema::signed(version, "version")?],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
     }
 
     /// Where the next event will go: every committed event is before it.

@@ -12,7 +12,11 @@ pub const SCHEMA_VERSION: i32 = 1;
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS annals_schema (version INT NOT NULL);
 CREATE TABLE IF NOT EXISTS annals_head (id INT PRIMARY KEY, position BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS annals_streams (stream TEXT PRIMARY KEY, version BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS annals_streams (
+    stream TEXT PRIMARY KEY,
+    version BIGINT,
+    start BIGINT NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS annals_events (
     position BIGINT PRIMARY KEY,
     stream TEXT NOT NULL,

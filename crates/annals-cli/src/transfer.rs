@@ -19,6 +19,13 @@
 //! it imports into: a resume point after event E becomes the position after E's copy, and a
 //! reference to event E becomes the position of E's copy.
 //!
+//! Either side may be a PostgreSQL database instead of a store file: name it
+//! `postgresql://…` (or `postgres://…`), or `pg:` followed by a libpq connection string
+//! (`pg:host=/run/postgresql dbname=shop`). The file is the same; positions are renumbered
+//! monotonically on the way in (the database counts events, the file store counts bytes)
+//! and the engine's records follow their events, so a store moves to PostgreSQL and back
+//! with every event's id, type, stream version, timestamp, metadata and payload identical.
+//!
 //! Import appends each event with the expected version its stream version implies, so it
 //! refuses to mix into streams that went elsewhere, and keeps event ids, which makes it
 //! idempotent: importing the same file again writes nothing. Files of format 1 (events only,
@@ -30,6 +37,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use annals::backend::{Backend, Part};
+use annals::pg::PgStore;
 use annals::records::{self, PositionRole};
 use annals::{
     Direction, Durability, ExpectedVersion, NewEvent, PayloadEncoding, Position, RecordedEvent,
@@ -53,6 +62,54 @@ const EXPORT_VERSION: u32 = 2;
 const MAX_LINE: u64 = 96 << 20;
 /// Events per import append (consecutive events of one stream).
 const IMPORT_BATCH: usize = 1000;
+/// Events per read of an export.
+const EXPORT_PAGE: usize = 10_000;
+
+/// The other side of an export or an import: a store file or a PostgreSQL database.
+enum Place {
+    File(Store),
+    Pg(PgStore),
+}
+
+/// The PostgreSQL connection string `arg` names, if it names one (`postgres://…`,
+/// `postgresql://…` or `pg:CONNECTION-STRING`).
+fn postgres_url(arg: &Path) -> Option<String> {
+    let s = arg.to_str()?;
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        Some(s.to_owned())
+    } else {
+        s.strip_prefix("pg:").map(str::to_owned)
+    }
+}
+
+fn connect(url: &str) -> CliResult<PgStore> {
+    PgStore::connect(url)
+        .map_err(|e| CliError::new(NOT_A_STORE, format!("cannot use the PostgreSQL database: {e}")))
+}
+
+impl Place {
+    fn backend(&self) -> &dyn Backend {
+        match self {
+            Place::File(s) => s,
+            Place::Pg(s) => s,
+        }
+    }
+
+    fn start_stream_at(&self, stream: &str, version: u64) -> annals::Result<()> {
+        match self {
+            Place::File(s) => s.start_stream_at(stream, version),
+            Place::Pg(s) => s.start_stream_at(stream, version),
+        }
+    }
+
+    /// Makes what was written durable (a file store imports without a sync per append).
+    fn close(self) -> annals::Result<()> {
+        match self {
+            Place::File(s) => s.close(),
+            Place::Pg(_) => Ok(()),
+        }
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
@@ -63,6 +120,13 @@ struct Header {
     /// Whether the engine's `$` records are in the file (format 2).
     #[serde(default)]
     engine_records: bool,
+    /// Where it was exported from: `file` or `postgresql`.
+    #[serde(default = "file_backend")]
+    backend: String,
+}
+
+fn file_backend() -> String {
+    "file".into()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -191,13 +255,15 @@ impl Imported {
   annals export shop.annals backup.jsonl.gz      # compressed (by the name)
   annals export shop.annals - | head             # to standard output
   annals export shop.annals events.jsonl --events-only
+  annals export 'pg:host=/run/postgresql dbname=shop' backup.jsonl   # from PostgreSQL
 
 By default the engine's own records go too (catch-up checkpoints, outbox progress and parked
 events, snapshots, command-relay markers, unique claims), so that a store restored with
 `annals import` continues where this one stopped: its outbox does not send again what it sent,
 its subscriptions resume after what they handled.")]
 pub struct ExportArgs {
-    /// The store.
+    /// The store: a store file, or a PostgreSQL database (`postgresql://…`, or `pg:` and a
+    /// libpq connection string).
     pub store: PathBuf,
     /// The file to write (`-` for standard output); it must not exist.
     pub file: PathBuf,
@@ -216,7 +282,10 @@ fn is_gzip(path: &Path, flag: bool) -> bool {
 
 /// Runs `annals export`.
 pub fn export(args: ExportArgs) -> CliResult {
-    let store = open_read_only(&args.store)?;
+    let place = match postgres_url(&args.store) {
+        Some(url) => Place::Pg(connect(&url)?),
+        None => Place::File(open_read_only(&args.store)?),
+    };
     let sink: Box<dyn Write> = if args.file.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {
@@ -234,34 +303,51 @@ pub fn export(args: ExportArgs) -> CliResult {
     } else {
         Box::new(BufWriter::new(sink))
     };
-    let info_id = store.store_id().to_string();
+    let (store_id, format_version, backend) = match &place {
+        Place::File(s) => (s.store_id().to_string(), s.format_version(), "file"),
+        Place::Pg(_) => (
+            "postgresql".to_owned(),
+            annals::pg::SCHEMA_VERSION.unsigned_abs(),
+            "postgresql",
+        ),
+    };
     let header = Header {
         annals_export: EXPORT_VERSION,
-        store_id: info_id,
-        format_version: store.format_version(),
+        store_id,
+        format_version,
         exported_at: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
         engine_records: !args.events_only,
+        backend: backend.into(),
     };
+    let store = place.backend();
     writeln!(out, "{}", to_line(&header))?;
     let mut events = 0u64;
-    let bar = progress(
-        "exporting",
-        store.end_position().as_u64(),
-        "{bytes}/{total_bytes} of log",
-    );
-    let read = if args.events_only {
-        store.read_all(Position::START, Direction::Forwards, usize::MAX)?
-    } else {
-        store.read_log(Position::START, Direction::Forwards, usize::MAX)?
-    };
+    // The end when the export starts: what is appended meanwhile is left for the next one.
+    let end = store.next_position()?;
+    let bar = progress("exporting", end.as_u64(), "{pos}/{len} of the log");
     let mut engine_records = 0u64;
-    for e in read {
-        let e = e?;
-        writeln!(out, "{}", to_line(&Line::of(&e)))?;
-        events += 1;
-        engine_records += u64::from(e.stream().starts_with(records::RESERVED_PREFIX));
-        if events.is_multiple_of(PROGRESS_EVERY) {
-            bar.set_position(e.position().as_u64());
+    let mut from = Position::START;
+    'pages: loop {
+        let page = if args.events_only {
+            store.read_all_page(from, Direction::Forwards, EXPORT_PAGE)?
+        } else {
+            store.read_log_page(from, Direction::Forwards, EXPORT_PAGE)?
+        };
+        let full = page.len() == EXPORT_PAGE;
+        for e in &page {
+            if e.position() >= end {
+                break 'pages;
+            }
+            writeln!(out, "{}", to_line(&Line::of(e)))?;
+            events += 1;
+            engine_records += u64::from(e.stream().starts_with(records::RESERVED_PREFIX));
+            if events.is_multiple_of(PROGRESS_EVERY) {
+                bar.set_position(e.position().as_u64());
+            }
+        }
+        match page.last() {
+            Some(last) if full => from = last.next_position(),
+            _ => break,
         }
     }
     bar.finish_and_clear();
@@ -307,12 +393,15 @@ twice writes nothing the second time.
 
 Examples:
   annals import backup.jsonl.gz restored.annals
-  annals export old.annals - | annals import - new.annals"
+  annals export old.annals - | annals import - new.annals
+  annals export shop.annals - | annals import - 'pg:host=/run/postgresql dbname=shop'"
 )]
 pub struct ImportArgs {
     /// The export (`-` for standard input; gzip is detected).
     pub file: PathBuf,
-    /// The store to import into (created if missing).
+    /// The store to import into (created if missing): a store file, or a PostgreSQL database
+    /// (`postgresql://…`, or `pg:` and a libpq connection string; its schema is created if
+    /// missing).
     pub store: PathBuf,
     /// Skip the engine's own `$` records in the file (checkpoints, outbox progress,
     /// snapshots): the store's outbox and subscriptions start from the beginning.
@@ -425,11 +514,16 @@ pub fn import(args: ImportArgs) -> CliResult {
         ));
     }
 
-    // Durable at the end (one sync on close), not per append.
-    let store = Store::builder()
-        .durability(Durability::NoSync)
-        .open(&args.store)?;
-    let before = store.end_position();
+    let place = match postgres_url(&args.store) {
+        Some(url) => Place::Pg(connect(&url)?),
+        // Durable at the end (one sync on close), not per append.
+        None => Place::File(
+            Store::builder()
+                .durability(Durability::NoSync)
+                .open(&args.store)?,
+        ),
+    };
+    let before = place.backend().next_position()?;
     let bar = progress("importing", events.len() as u64, "{pos}/{len} events");
     let mut pending = Pending::default();
     let (mut records, mut clamped) = (0u64, 0u64);
@@ -439,19 +533,19 @@ pub fn import(args: ImportArgs) -> CliResult {
         }
         if events[i].is_engine_record() {
             // Its positions name events before it: those must be in the store first.
-            pending.flush(&store, &events)?;
-            let moved = move_positions(&store, &events, i, before, &mut clamped)?;
+            pending.flush(&place, &events)?;
+            let moved = move_positions(place.backend(), &events, i, before, &mut clamped)?;
             if let Some(payload) = moved {
                 events[i].event.payload = payload.into();
             }
             records += 1;
         }
-        pending.push(&store, &events, i)?;
+        pending.push(&place, &events, i)?;
     }
-    pending.flush(&store, &events)?;
+    pending.flush(&place, &events)?;
     bar.finish_and_clear();
-    let written = store.end_position() != before;
-    store.close()?;
+    let written = place.backend().next_position()? != before;
+    place.close()?;
     eprintln!(
         "imported {} events from {} into {}{}{}",
         events.len(),
@@ -486,7 +580,7 @@ struct Pending {
 
 impl Pending {
     /// Adds event `i`, writing what is pending first when `i` does not continue it.
-    fn push(&mut self, store: &Store, events: &[Imported], i: usize) -> CliResult<()> {
+    fn push(&mut self, store: &Place, events: &[Imported], i: usize) -> CliResult<()> {
         if let Some((start, end)) = self.range {
             let continues = end == i
                 && end - start < IMPORT_BATCH
@@ -502,7 +596,8 @@ impl Pending {
         Ok(())
     }
 
-    fn flush(&mut self, store: &Store, events: &[Imported]) -> CliResult<()> {
+    fn flush(&mut self, place: &Place, events: &[Imported]) -> CliResult<()> {
+        let store = place.backend();
         let Some((start, end)) = self.range.take() else {
             return Ok(());
         };
@@ -517,21 +612,15 @@ impl Pending {
         if first_version > 0 && !events[start].is_engine_record() {
             // A stream whose oldest events were deleted, truncated or expired: it starts at
             // its first exported version here too (and does not exist until then).
-            store.start_stream_at(stream, first_version)?;
-            if store.stream_version(stream)?.is_none() {
+            place.start_stream_at(stream, first_version)?;
+            if store.current_version(stream)?.is_none() {
                 expected = ExpectedVersion::NoStream;
             }
         }
         let batch = events[start..end].iter().map(|e| e.event.clone());
-        let result = if events[start].is_engine_record() {
-            store
-                .transaction()
-                .append_reserved(stream, expected, batch)
-                .commit()
-                .map(drop)
-        } else {
-            store.append(stream, expected, batch).map(drop)
-        };
+        let result = store
+            .transaction(vec![Part::new(stream.clone(), expected, batch)])
+            .map(drop);
         result.map_err(|e| {
             let e = CliError::from(e);
             CliError::new(
@@ -549,7 +638,7 @@ impl Pending {
 /// to `store`, where every event before `i` has been imported (`before`: where the import
 /// began); `None` when it holds no position.
 fn move_positions(
-    store: &Store,
+    store: &dyn Backend,
     events: &[Imported],
     i: usize,
     before: Position,
@@ -562,8 +651,8 @@ fn move_positions(
     let copy = |k: usize| -> Result<RecordedEvent, String> {
         let e = &earlier[k];
         store
-            .read_stream(&e.stream, e.version, Direction::Forwards, 1)
-            .and_then(|mut r| r.next().transpose())
+            .read_stream_page(&e.stream, e.version, Direction::Forwards, 1)
+            .map(|mut r| r.pop())
             .map_err(|err| err.to_string())?
             .ok_or_else(|| format!("`{}` version {} is not in the store", e.stream, e.version))
     };
