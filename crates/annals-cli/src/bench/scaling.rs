@@ -174,13 +174,21 @@ pub(super) fn run(args: &BenchArgs) -> CliResult {
         .map_err(|e| CliError::new(ERROR, format!("cannot find this program's path: {e}")))?;
     let mut rows = Vec::new();
     for &n in &counts {
-        eprintln!("postgres: {n} writer processes for {} s ...", args.seconds);
+        eprintln!(
+            "postgres: {n} writer process{} for {} s ...",
+            if n == 1 { "" } else { "es" },
+            args.seconds
+        );
         rows.push(run_processes(&exe, &url, n, args.payload, duration)?);
     }
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let tmp = temp_folder(&base)?;
     for &n in &counts {
-        eprintln!("annals: {n} writer threads for {} s ...", args.seconds);
+        eprintln!(
+            "annals: {n} writer thread{} for {} s ...",
+            if n == 1 { "" } else { "s" },
+            args.seconds
+        );
         rows.push(run_threads(tmp.path(), n, args.payload, duration)?);
     }
     remove_temp_folder(tmp)?;
@@ -406,10 +414,11 @@ fn print_table(
     let smallest = rows.iter().map(|r| r.writers).min().unwrap_or(1);
     writeln!(
         out,
-        "\nappends/s sums the writers' rates (they ran at the same time); p50/p99: latency of one \
-         append over every writer's appends; speed-up: over {smallest} writer{} of the same \
-         system. Checked: each database held exactly the appends the writers reported, at \
-         positions 1 to their number, no gap (\"in log\"); PgStore commits one append at a time.",
+        "\nappends/s: the sum of the writers' rates (they ran at the same time); p50/p99: latency \
+         of one append,\nover every writer's appends; speed-up: over {smallest} writer{} of the \
+         same system; in log: events the store held\nafterwards. Checked: each PostgreSQL \
+         database held exactly the appends its writers reported, at\npositions 1 to their number \
+         (no gap); PgStore commits one append at a time (a lock on its head row).",
         if smallest == 1 { "" } else { "s" }
     )
 }
