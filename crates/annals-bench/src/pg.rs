@@ -23,6 +23,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections one [`PgStore`] opens (its pool's size: it opens them all when it connects).
 pub const PG_POOL_CONNECTIONS: u64 = 16;
 
+/// `e` with its causes (`postgres::Error`'s own text is only its kind, "db error").
+fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// A plain connection to the database `url` names (for the run's own queries, not the store's).
 pub fn client(url: &str) -> BenchResult<postgres::Client> {
     let mut config: postgres::Config = url
@@ -33,7 +50,7 @@ pub fn client(url: &str) -> BenchResult<postgres::Client> {
     }
     config
         .connect(postgres::NoTls)
-        .map_err(|e| format!("cannot connect to PostgreSQL: {e}").into())
+        .map_err(|e| format!("cannot connect to PostgreSQL: {}", describe(&e)).into())
 }
 
 /// `url` with its database replaced by `dbname`: a libpq `key=value` string gets ` dbname=…`
@@ -84,7 +101,7 @@ impl PgDatabase {
         let name = format!("annals_bench_{}", uuid::Uuid::now_v7().simple());
         client(server_url)?
             .batch_execute(&format!("CREATE DATABASE {name}"))
-            .map_err(|e| format!("cannot create the database {name}: {e}"))?;
+            .map_err(|e| format!("cannot create the database {name}: {}", describe(&e)))?;
         Ok(PgDatabase {
             server: server_url.to_owned(),
             url: with_dbname(server_url, &name),
@@ -115,7 +132,7 @@ impl PgDatabase {
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
             ))
-            .map_err(|e| format!("cannot drop the database {}: {e}", self.name).into())
+            .map_err(|e| format!("cannot drop the database {}: {}", self.name, describe(&e)).into())
     }
 }
 
@@ -152,7 +169,7 @@ impl PgSettings {
         let mut c = client(url)?;
         let mut show = |name: &str| -> BenchResult<String> {
             Ok(c.query_one(&format!("SHOW {name}"), &[])
-                .map_err(|e| format!("SHOW {name}: {e}"))?
+                .map_err(|e| format!("SHOW {name}: {}", describe(&e)))?
                 .get(0))
         };
         let number = |v: String, name: &str| -> BenchResult<u64> {
@@ -298,7 +315,8 @@ impl System for Postgres {
         }
         let c = sizer.as_mut().ok_or("no connection")?;
         let bytes: i64 = c
-            .query_one("SELECT pg_database_size(current_database())", &[])?
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .map_err(|e| format!("pg_database_size: {}", describe(&e)))?
             .get(0);
         Ok(u64::try_from(bytes).unwrap_or(0))
     }
@@ -321,11 +339,13 @@ impl LogCheck {
     /// Reads the figures of the database `url` names.
     pub fn read(url: &str) -> BenchResult<LogCheck> {
         let mut c = client(url)?;
-        let row = c.query_one(
-            "SELECT count(*), coalesce(min(position), 0), coalesce(max(position), 0), \
-             (SELECT position FROM annals_head WHERE id = 1) FROM annals_events",
-            &[],
-        )?;
+        let row = c
+            .query_one(
+                "SELECT count(*), coalesce(min(position), 0), coalesce(max(position), 0), \
+                 (SELECT position FROM annals_head WHERE id = 1) FROM annals_events",
+                &[],
+            )
+            .map_err(|e| format!("counting the events: {}", describe(&e)))?;
         let unsigned = |i: usize| -> BenchResult<u64> {
             let v: Option<i64> = row.get(i);
             u64::try_from(v.unwrap_or(0)).map_err(|_| "a negative count or position".into())
