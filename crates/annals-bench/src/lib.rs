@@ -12,7 +12,7 @@
 //!   inserts; one connection per thread;
 //! - **redb**: a `log` table (global sequence → encoded event) and a `streams` table
 //!   ((stream, version) → sequence), one durable write transaction per append;
-//! - **PostgreSQL** (feature `postgres`, [`pg`]): [`annals::pg::PgStore`] on a server with
+//! - **PostgreSQL** (feature `postgres`, module `pg`): annals' `PgStore` on a server with
 //!   `synchronous_commit` on, one transaction per append that reads the stream's version and
 //!   inserts (and, as `PgStore` does, serialises commits on its head row).
 //!

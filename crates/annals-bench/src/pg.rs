@@ -279,15 +279,9 @@ impl System for Postgres {
         let mut from = Position::START;
         let mut n = 0;
         loop {
-            let page = self
-                .store
-                .read_all(from, Direction::Forwards, PG_PAGE)?;
+            let page = self.store.read_all(from, Direction::Forwards, PG_PAGE)?;
             for e in &page {
-                std::hint::black_box((
-                    e.stream().len(),
-                    e.event_type().len(),
-                    e.payload().first(),
-                ));
+                std::hint::black_box((e.stream().len(), e.event_type().len(), e.payload().first()));
             }
             n += page.len() as u64;
             match page.last() {

@@ -187,7 +187,11 @@ fn pg_scaling_prints_a_row_per_writer_count_and_checks_the_log() {
         let p99: f64 = f[7].parse().unwrap();
         assert!(p50 > 0.0 && p99 >= p50, "{line}");
         assert!(f[8].ends_with('×'), "{line}");
-        assert_eq!(number(f[9]), appends, "the log holds what was reported: {line}");
+        assert_eq!(
+            number(f[9]),
+            appends,
+            "the log holds what was reported: {line}"
+        );
         seen.push(format!("{} {} {}", f[0], f[1], f[2]));
     }
     assert_eq!(
@@ -243,7 +247,11 @@ fn postgres_without_a_server_or_with_a_wrong_one_fails_clearly() {
         ] {
             let out = bench(
                 None,
-                &[args, &["--pg-url", url, "--dir", dir.path().to_str().unwrap()]].concat(),
+                &[
+                    args,
+                    &["--pg-url", url, "--dir", dir.path().to_str().unwrap()],
+                ]
+                .concat(),
             );
             assert_eq!(out.status.code(), Some(1), "{url} {args:?}");
             let stderr = String::from_utf8_lossy(&out.stderr);

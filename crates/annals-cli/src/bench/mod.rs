@@ -109,7 +109,13 @@ pub struct BenchArgs {
     pg_scaling: Vec<u32>,
 
     /// Seconds each writer appends for, per N, with --pg-scaling.
-    #[arg(long, value_name = "S", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u64).range(1..=600),
+        requires = "pg_scaling"
+    )]
     seconds: u64,
 
     /// Workloads to run, comma-separated [default: all].

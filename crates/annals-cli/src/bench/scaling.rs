@@ -293,8 +293,8 @@ fn run_processes(
         };
         runs.push(report.run().map_err(pg_error)?);
     }
-    for k in 0..writers.children.len() {
-        let status = writers.children[k].1.wait()?;
+    for (k, child) in &mut writers.children {
+        let status = child.wait()?;
         if !status.success() {
             return Err(CliError::new(
                 ERROR,
