@@ -1,5 +1,5 @@
-//! Side-by-side workloads: annals, SQLite and a plain redb table doing the same work, plus the
-//! disk's own limits. The criterion benches in the repository's `benches/` folder and
+//! Side-by-side workloads: annals, SQLite, a plain redb table and (feature `postgres`) annals'
+//! PostgreSQL backend doing the same work, plus the disk's own limits. The criterion benches in the repository's `benches/` folder and
 //! `annals bench` (the `annals-cli` crate) both run this code, so their figures never disagree.
 //!
 //! Every system stores the same events (stream, version, id, type, timestamp, 100-byte payload
@@ -11,7 +11,10 @@
 //!   one `BEGIN IMMEDIATE` transaction per append that reads the stream's last version and
 //!   inserts; one connection per thread;
 //! - **redb**: a `log` table (global sequence → encoded event) and a `streams` table
-//!   ((stream, version) → sequence), one durable write transaction per append.
+//!   ((stream, version) → sequence), one durable write transaction per append;
+//! - **PostgreSQL** (feature `postgres`, module `pg`): annals' `PgStore` on a server with
+//!   `synchronous_commit` on, one transaction per append that reads the stream's version and
+//!   inserts (and, as `PgStore` does, serialises commits on its head row).
 //!
 //! ```
 //! use annals_bench::{Event, System, open_annals};
@@ -26,7 +29,10 @@
 #![deny(missing_docs)]
 
 mod aggregate;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod reclaim;
+pub mod scaling;
 mod systems;
 
 use std::fs::OpenOptions;

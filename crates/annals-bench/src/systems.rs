@@ -1,4 +1,4 @@
-//! The three systems under test.
+//! The three file-based systems under test (PostgreSQL is in `pg`).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,26 @@ fn owned_reads() -> bool {
     std::env::var_os("ANNALS_BENCH_OWNED").is_some_and(|v| v == "1")
 }
 
+/// `e` as annals (and its PostgreSQL backend) store it, stamped `now`.
+pub(crate) fn new_event(e: &Event, now: std::time::SystemTime) -> NewEvent {
+    NewEvent {
+        id: e.id,
+        event_type: e.event_type.into(),
+        schema_version: 1,
+        timestamp: now,
+        correlation_id: None,
+        causation_id: None,
+        publish: false,
+        encoding: match e.codec {
+            Some(PayloadCodec::Json) => PayloadEncoding::Json,
+            Some(PayloadCodec::Bincode) => PayloadEncoding::Bincode,
+            None => PayloadEncoding::Raw,
+        },
+        metadata: bytes::Bytes::new(),
+        payload: e.payload.clone(),
+    }
+}
+
 /// annals, default options (durable appends, group commit).
 pub struct Annals {
     /// The store.
@@ -54,22 +74,7 @@ impl System for Annals {
 
     fn append(&self, stream: &str, events: &[Event]) -> BenchResult<()> {
         let now = std::time::SystemTime::now();
-        let events = events.iter().map(|e| NewEvent {
-            id: e.id,
-            event_type: e.event_type.into(),
-            schema_version: 1,
-            timestamp: now,
-            correlation_id: None,
-            causation_id: None,
-            publish: false,
-            encoding: match e.codec {
-                Some(PayloadCodec::Json) => PayloadEncoding::Json,
-                Some(PayloadCodec::Bincode) => PayloadEncoding::Bincode,
-                None => PayloadEncoding::Raw,
-            },
-            metadata: bytes::Bytes::new(),
-            payload: e.payload.clone(),
-        });
+        let events = events.iter().map(|e| new_event(e, now));
         self.store.append(stream, ExpectedVersion::Any, events)?;
         Ok(())
     }

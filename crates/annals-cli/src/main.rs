@@ -1,5 +1,5 @@
 //! `annals`: look inside a store, check it, move events in and out, repair it, and measure
-//! annals against SQLite and redb on this machine.
+//! annals against SQLite, redb and PostgreSQL on this machine.
 
 mod bench;
 mod exit;
@@ -58,8 +58,11 @@ enum Command {
     RebuildIndex(maintenance::RebuildIndexArgs),
     /// Cuts a damaged log at a position, saving the removed bytes first.
     Repair(maintenance::RepairArgs),
-    /// Measures annals, SQLite and redb side by side on the standard workloads.
+    /// Measures annals, SQLite, redb and PostgreSQL side by side on the standard workloads.
     Bench(bench::BenchArgs),
+    /// One writer process of `annals bench --pg-scaling` (started by it).
+    #[command(hide = true)]
+    BenchPgWriter(bench::scaling::WriterArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::RebuildIndex(args) => maintenance::rebuild_index(args),
         Command::Repair(args) => maintenance::repair(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchPgWriter(args) => bench::scaling::writer(args),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,7 @@
 //! `annals bench`, run as a real process: JSON and table output, the SVG chart, bad options.
 //! Sizes are tiny (`--events 2000 --appends 40`) so that each run takes a few seconds; the
-//! figures are only checked to be positive, never compared.
+//! figures are only checked to be positive, never compared. PostgreSQL is left out (these runs
+//! do not see `ANNALS_PG_URL`); `cli_bench_pg.rs` measures it.
 
 use std::process::{Command, Output};
 
@@ -25,6 +26,7 @@ const SYSTEMS: [&str; 3] = ["annals", "sqlite", "redb"];
 /// Runs `annals bench` with tiny sizes, in a fresh temporary folder, plus `extra` options.
 fn bench(dir: &std::path::Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_annals"))
+        .env_remove("ANNALS_PG_URL")
         .args([
             "bench",
             "--size",
@@ -44,6 +46,7 @@ fn bench(dir: &std::path::Path, extra: &[&str]) -> Output {
 /// Runs `annals bench` with `args` only (for the option checks, which fail before any work).
 fn bench_args(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_annals"))
+        .env_remove("ANNALS_PG_URL")
         .arg("bench")
         .args(args)
         .output()

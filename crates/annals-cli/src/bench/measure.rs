@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use annals_bench::pg::PgDatabase;
 use annals_bench::{self as workloads, BenchError, BenchResult, System, Workload};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -178,15 +179,41 @@ fn measure_limits(plan: &Plan, dir: &Path, progress: &Progress) -> CliResult<Lim
     Ok(limits)
 }
 
-/// Opens every system of the plan in `dir`.
-fn open_all(plan: &Plan, dir: &Path) -> CliResult<Vec<(SystemKind, Box<dyn System>)>> {
+/// A new database of the run on the PostgreSQL server when postgres is measured (one per
+/// phase, as each file-based system gets a folder per phase); dropped with the guard.
+fn fresh_database(plan: &Plan) -> CliResult<Option<PgDatabase>> {
+    plan.pg_url
+        .as_deref()
+        .map(PgDatabase::create)
+        .transpose()
+        .map_err(failed(SystemKind::Postgres, "creating its database"))
+}
+
+/// Opens every system of the plan in `dir` (PostgreSQL in `db`).
+fn open_all(
+    plan: &Plan,
+    dir: &Path,
+    db: Option<&PgDatabase>,
+) -> CliResult<Vec<(SystemKind, Box<dyn System>)>> {
     plan.systems
         .iter()
         .map(|&kind| {
-            let sys = kind.open(dir).map_err(failed(kind, "open"))?;
+            let sys = kind
+                .open(dir, db.map(PgDatabase::url))
+                .map_err(failed(kind, "open"))?;
             Ok((kind, sys))
         })
         .collect()
+}
+
+/// Drops the phase's database, if there is one.
+fn remove_database(db: Option<PgDatabase>) -> CliResult<()> {
+    match db {
+        Some(db) => db
+            .remove()
+            .map_err(failed(SystemKind::Postgres, "dropping its database")),
+        None => Ok(()),
+    }
 }
 
 /// Runs the write workloads, each on every system in turn, on one store per system.
@@ -196,12 +223,15 @@ fn run_writes(plan: &Plan, dir: &Path, progress: &Progress) -> CliResult<Vec<Row
         return Ok(Vec::new());
     }
     let dir = subdir(dir, "write")?;
-    let systems = open_all(plan, &dir)?;
+    // Declared before the systems, so dropped after them on every path.
+    let db = fresh_database(plan)?;
+    let systems = open_all(plan, &dir, db.as_ref())?;
     let mut rows = Vec::new();
     for w in selected {
         rows.push(run_row(plan, w, &systems, progress, measure_write)?);
     }
     drop(systems);
+    remove_database(db)?;
     remove(&dir)?;
     Ok(rows)
 }
@@ -272,7 +302,8 @@ fn run_reads(
         return Ok(Vec::new());
     }
     let dir = subdir(dir, "read")?;
-    let systems = open_all(plan, &dir)?;
+    let db = fresh_database(plan)?;
+    let systems = open_all(plan, &dir, db.as_ref())?;
     for (kind, sys) in &systems {
         progress
             .step(format!("fill · {}", kind.name()), || {
@@ -298,8 +329,9 @@ fn run_reads(
     // Dropping a system closes it cleanly: that is the state reopen starts from.
     drop(systems);
     if plan.has(Item::Run(Workload::Reopen)) {
-        rows.push(run_reopens(plan, &dir, progress)?);
+        rows.push(run_reopens(plan, &dir, db.as_ref(), progress)?);
     }
+    remove_database(db)?;
     remove(&dir)?;
     Ok(rows)
 }
@@ -348,14 +380,20 @@ fn measure_read(plan: &Plan, w: Workload, sys: &dyn System) -> BenchResult<Measu
     })
 }
 
-/// Reopens every system's filled store ([`workloads::reopen`]).
-fn run_reopens(plan: &Plan, dir: &Path, progress: &Progress) -> CliResult<Row> {
+/// Reopens every system's filled store ([`workloads::reopen`]); PostgreSQL's "open" is
+/// [`annals::pg::PgStore::connect`] (its pool's connections and the schema check).
+fn run_reopens(
+    plan: &Plan,
+    dir: &Path,
+    db: Option<&PgDatabase>,
+    progress: &Progress,
+) -> CliResult<Row> {
     let w = Workload::Reopen;
     let mut results = Vec::new();
     for &kind in &plan.systems {
         let m = progress.step(format!("{} · {}", w.name(), kind.name()), || {
             let (reps, elapsed) = calibrated(plan.min_time, MAX_REOPENS, |n| {
-                workloads::reopen(n, || kind.open(dir))
+                workloads::reopen(n, || kind.open(dir, db.map(PgDatabase::url)))
             })?;
             Ok::<_, BenchError>(Measure {
                 ops: reps,

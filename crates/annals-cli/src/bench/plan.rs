@@ -84,6 +84,8 @@ impl Size {
 pub(super) enum SystemKind {
     /// annals, default options.
     Annals,
+    /// annals' PostgreSQL backend, synchronous_commit on (needs --pg-url or ANNALS_PG_URL).
+    Postgres,
     /// SQLite, WAL, synchronous=FULL.
     Sqlite,
     /// A plain redb table and index.
@@ -95,15 +97,20 @@ impl SystemKind {
     pub(super) fn name(self) -> &'static str {
         match self {
             SystemKind::Annals => "annals",
+            SystemKind::Postgres => "postgres",
             SystemKind::Sqlite => "sqlite",
             SystemKind::Redb => "redb",
         }
     }
 
-    /// Opens (or creates) this system's store in `dir`.
-    pub(super) fn open(self, dir: &Path) -> BenchResult<Box<dyn System>> {
+    /// Opens (or creates) this system's store in `dir`, or for PostgreSQL in the database
+    /// `pg` names.
+    pub(super) fn open(self, dir: &Path, pg: Option<&str>) -> BenchResult<Box<dyn System>> {
         Ok(match self {
             SystemKind::Annals => Box::new(workloads::open_annals(dir)?),
+            SystemKind::Postgres => Box::new(workloads::pg::open_postgres(
+                pg.ok_or("no PostgreSQL database for this phase")?,
+            )?),
             SystemKind::Sqlite => Box::new(workloads::open_sqlite(dir)?),
             SystemKind::Redb => Box::new(workloads::open_redb(dir)?),
         })
@@ -210,6 +217,8 @@ pub(super) struct Plan {
     pub(super) min_time: Duration,
     /// Systems, in canonical order, without duplicates.
     pub(super) systems: Vec<SystemKind>,
+    /// The PostgreSQL server's connection string, when postgres is among the systems.
+    pub(super) pg_url: Option<String>,
     /// Workloads and limits, in run order, without duplicates.
     pub(super) items: Vec<Item>,
 }
@@ -218,12 +227,12 @@ impl Plan {
     /// Resolves and checks the options.
     pub(super) fn new(args: &BenchArgs) -> CliResult<Plan> {
         let preset = args.size.preset();
-        let mut systems = args.systems.clone();
-        systems.sort();
-        systems.dedup();
-        if systems.is_empty() {
-            return Err(CliError::new(USAGE, "--systems needs at least one system"));
-        }
+        let systems = args.systems()?;
+        let pg_url = if systems.contains(&SystemKind::Postgres) {
+            Some(args.require_pg_url("postgres")?)
+        } else {
+            None
+        };
         let items = ITEMS
             .into_iter()
             .filter(|i| args.workloads.is_empty() || args.workloads.contains(i))
@@ -236,6 +245,7 @@ impl Plan {
             seq_bytes: preset.seq_bytes,
             min_time: preset.min_time,
             systems,
+            pg_url,
             items,
         };
         plan.check_volumes()?;

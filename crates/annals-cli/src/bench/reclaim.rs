@@ -10,15 +10,28 @@ use serde_json::json;
 use super::BenchArgs;
 use super::host::{remove_temp_folder, temp_folder};
 use super::plan::SystemKind;
-use crate::exit::{CliError, CliResult, ERROR};
+use crate::exit::{CliError, CliResult, ERROR, USAGE};
 
 /// Runs the reclaim bench for a store of `mb` megabytes.
 pub(super) fn run(args: &BenchArgs, mb: u64) -> CliResult {
     let payload = args.payload;
     let events = (mb * 1_000_000 / payload as u64).max(PER_STREAM * 10);
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    // PostgreSQL is not among the default systems here: PgStore has no way to give space back.
+    let systems = if args.systems.is_empty() {
+        vec![SystemKind::Annals, SystemKind::Sqlite, SystemKind::Redb]
+    } else {
+        args.systems()?
+    };
+    if systems.contains(&SystemKind::Postgres) {
+        return Err(CliError::new(
+            USAGE,
+            "--reclaim does not run on postgres (annals' PostgreSQL backend has no scavenge): \
+             leave it out of --systems",
+        ));
+    }
     let mut results: Vec<Reclaimed> = Vec::new();
-    for kind in &args.systems {
+    for kind in &systems {
         let tmp = temp_folder(&base)?;
         eprintln!(
             "{}: filling {events} events, deleting 90 %, reclaiming ...",
@@ -28,6 +41,9 @@ pub(super) fn run(args: &BenchArgs, mb: u64) -> CliResult {
             SystemKind::Annals => reclaim::annals,
             SystemKind::Sqlite => reclaim::sqlite,
             SystemKind::Redb => reclaim::redb,
+            SystemKind::Postgres => {
+                return Err(CliError::new(USAGE, "--reclaim does not run on postgres"));
+            }
         };
         let r = run(tmp.path(), events, payload)
             .map_err(|e| CliError::new(ERROR, format!("{}: {e}", kind.name())))?;

@@ -5,7 +5,9 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::host::{cpu_model, cpus, kernel};
+use annals_bench::pg::PgSettings;
+
+use super::host::{cpu_model, cpus, filesystem, kernel};
 use super::measure::{Limits, Measure, Row};
 use super::plan::{Plan, READ_STREAMS, SystemKind, thousands};
 
@@ -18,6 +20,8 @@ pub(super) struct Report {
     pub(super) base: PathBuf,
     /// Its file system, when known.
     pub(super) filesystem: Option<&'static str>,
+    /// The PostgreSQL server's settings, when postgres was measured.
+    pub(super) postgres: Option<PgSettings>,
     /// The disk's limits.
     pub(super) limits: Limits,
     /// One row per workload.
@@ -130,7 +134,40 @@ fn print_header(out: &mut impl Write, report: &Report) -> io::Result<()> {
             "note: {fs} is memory, where fdatasync does nothing; use --dir on a real disk"
         )?;
     }
+    if let Some(pg) = &report.postgres {
+        writeln!(out, "{}", postgres_line(pg))?;
+    }
     writeln!(out)
+}
+
+/// One line on the PostgreSQL server: version, durability settings, where its data is.
+pub(super) fn postgres_line(pg: &PgSettings) -> String {
+    let data = match &pg.data_directory {
+        Some(dir) => {
+            let fs = filesystem(std::path::Path::new(dir)).unwrap_or("unknown file system");
+            format!("data in {dir} ({fs})")
+        }
+        None => "data directory not readable by this user".into(),
+    };
+    format!(
+        "postgres: server {}, synchronous_commit={}, fsync={}, wal_sync_method={}, {data}",
+        pg.server_version, pg.synchronous_commit, pg.fsync, pg.wal_sync_method
+    )
+}
+
+/// The PostgreSQL server's settings as JSON.
+pub(super) fn postgres_json(pg: &PgSettings) -> serde_json::Value {
+    serde_json::json!({
+        "server_version": pg.server_version,
+        "synchronous_commit": pg.synchronous_commit,
+        "fsync": pg.fsync,
+        "wal_sync_method": pg.wal_sync_method,
+        "data_directory": pg.data_directory,
+        "data_filesystem": pg
+            .data_directory
+            .as_deref()
+            .and_then(|d| filesystem(std::path::Path::new(d))),
+    })
 }
 
 /// Prints one workload row.
@@ -295,6 +332,7 @@ pub(super) fn json(report: &Report) -> serde_json::Value {
             "dir": report.base.display().to_string(),
             "filesystem": report.filesystem,
         },
+        "postgres": report.postgres.as_ref().map(postgres_json),
         "parameters": {
             "size": plan.size.name(),
             "appends": plan.appends,
@@ -392,6 +430,7 @@ pub(super) mod plot {
     fn colour(kind: SystemKind) -> RGBColor {
         match kind {
             SystemKind::Annals => RGBColor(221, 104, 17),
+            SystemKind::Postgres => RGBColor(130, 80, 160),
             SystemKind::Sqlite => RGBColor(46, 110, 170),
             SystemKind::Redb => RGBColor(90, 160, 80),
         }
