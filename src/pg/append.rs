@@ -3,13 +3,14 @@
 
 use std::collections::{HashMap, HashSet};
 
+use postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::PgStore;
 use super::schema::{db, encoding_code, signed, unsigned};
 use crate::backend::Part;
 use crate::error::{Error, Result};
-use crate::event::{AppendResult, RecordedEvent};
+use crate::event::{AppendResult, NewEvent, RecordedEvent};
 use crate::log::records;
 use crate::names::{category_of, check_event_type, check_stream_name};
 use crate::values::{ExpectedVersion, Position};
@@ -50,6 +51,7 @@ impl PgStore {
         let mut versions: HashMap<&str, (Option<u64>, u64)> = HashMap::new();
         let mut results = Vec::with_capacity(parts.len());
         let mut events = Vec::new();
+        let mut rows = Vec::new();
         for p in parts {
             let (current, start) = match versions.get(p.stream.as_str()) {
                 Some(v) => *v,
@@ -85,34 +87,20 @@ impl PgStore {
                         Error::InvalidArgument(format!("stream `{}` is at u64::MAX", p.stream))
                     })?;
                 position += 1;
-                tx.execute(
-                    "INSERT INTO annals_events (position, stream, category, version, id, \
-                     event_type, schema_version, timestamp_nanos, correlation_id, causation_id, \
-                     publish, encoding, metadata, payload) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-                    &[
-                        &signed(position, "position")?,
-                        &p.stream,
-                        &category_of(&p.stream),
-                        &signed(v, "version")?,
-                        &e.id,
-                        &&*e.event_type,
-                        &i32::try_from(e.schema_version).map_err(|_| {
-                            Error::InvalidArgument(format!(
-                                "schema version {} is past i32::MAX",
-                                e.schema_version
-                            ))
-                        })?,
-                        &signed(e.timestamp_nanos(), "timestamp")?,
-                        &e.correlation_id,
-                        &e.causation_id,
-                        &e.publish,
-                        &encoding_code(e.encoding),
-                        &&e.metadata[..],
-                        &&e.payload[..],
-                    ],
-                )
-                .map_err(db)?;
+                rows.push(Row {
+                    position: signed(position, "position")?,
+                    stream: &p.stream,
+                    version: signed(v, "version")?,
+                    schema_version: i32::try_from(e.schema_version).map_err(|_| {
+                        Error::InvalidArgument(format!(
+                            "schema version {} is past i32::MAX",
+                            e.schema_version
+                        ))
+                    })?,
+                    nanos: signed(e.timestamp_nanos(), "timestamp")?,
+                    encoding: encoding_code(e.encoding),
+                    event: e,
+                });
                 if want_events {
                     events.push(
                         RecordedEvent::detached(&p.stream, v, Position::new(position), e)?
@@ -121,6 +109,8 @@ impl PgStore {
                 }
                 version = Some(v);
             }
+            insert_rows(&mut tx, &rows)?;
+            rows.clear();
             if let Some(v) = version.filter(|_| !p.events.is_empty()) {
                 tx.execute(
                     "INSERT INTO annals_streams (stream, version) VALUES ($1, $2) \
@@ -154,6 +144,70 @@ impl PgStore {
         tx.commit().map_err(db)?;
         Ok(Committed { results, events })
     }
+}
+
+/// One event on its way into `annals_events`.
+struct Row<'a> {
+    position: i64,
+    stream: &'a str,
+    version: i64,
+    schema_version: i32,
+    nanos: i64,
+    encoding: i16,
+    event: &'a NewEvent,
+}
+
+/// Events per `INSERT` (14 parameters each; a statement takes at most 65,535).
+const ROWS_PER_INSERT: usize = 1000;
+
+/// Inserts `rows`, many per statement (one round trip per statement, not per event).
+fn insert_rows(tx: &mut postgres::Transaction<'_>, rows: &[Row<'_>]) -> Result<()> {
+    const COLUMNS: usize = 14;
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO annals_events (position, stream, category, version, id, event_type, \
+             schema_version, timestamp_nanos, correlation_id, causation_id, publish, encoding, \
+             metadata, payload) VALUES ",
+        );
+        let categories: Vec<&str> = chunk.iter().map(|r| category_of(r.stream)).collect();
+        let types: Vec<&str> = chunk.iter().map(|r| &*r.event.event_type).collect();
+        let metadata: Vec<&[u8]> = chunk.iter().map(|r| &r.event.metadata[..]).collect();
+        let payloads: Vec<&[u8]> = chunk.iter().map(|r| &r.event.payload[..]).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * COLUMNS);
+        for (k, r) in chunk.iter().enumerate() {
+            if k > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for c in 1..=COLUMNS {
+                if c > 1 {
+                    sql.push_str(", ");
+                }
+                sql.push('$');
+                sql.push_str(&(k * COLUMNS + c).to_string());
+            }
+            sql.push(')');
+            params.extend([
+                &r.position as &(dyn ToSql + Sync),
+                &r.stream,
+                &categories[k],
+                &r.version,
+                &r.event.id,
+                &types[k],
+                &r.schema_version,
+                &r.nanos,
+                &r.event.correlation_id,
+                &r.event.causation_id,
+                &r.event.publish,
+                &r.encoding,
+                &metadata[k],
+                &payloads[k],
+            ]);
+        }
+        debug_assert_eq!(params.len(), chunk.len() * COLUMNS);
+        tx.execute(&sql, &params).map_err(db)?;
+    }
+    Ok(())
 }
 
 /// If the request's events are all stored where it would put them, the earlier results; if

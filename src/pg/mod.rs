@@ -116,18 +116,68 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// How a [`PgStore`] connects.
+///
+/// ```
+/// use annals::pg::PgOptions;
+///
+/// let options = PgOptions { max_connections: 4, ..PgOptions::default() };
+/// assert_eq!(options.min_idle, 1);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgOptions {
+    /// Most connections the pool opens (default 16). Every clone of the store shares them;
+    /// appends hold one each while they run.
+    pub max_connections: u32,
+    /// Connections kept open while idle (default 1: a process that writes rarely holds one).
+    pub min_idle: u32,
+    /// How long getting a connection may take before it is an error (default 30 s).
+    pub connect_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            max_connections: 16,
+            min_idle: 1,
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 impl PgStore {
-    /// Connects (a pool of up to 16 connections) and creates the schema if it is missing. A
-    /// database whose schema is newer than this build's is refused. `url` is a libpq
-    /// connection string (`host=/path/to/socket user=u dbname=d`, or `postgresql://…`).
+    /// Connects with the [default options](PgOptions) and creates the schema if it is
+    /// missing. A database whose schema is newer than this build's is refused. `url` is a
+    /// libpq connection string (`host=/path/to/socket user=u dbname=d`, or
+    /// `postgresql://…`).
     pub fn connect(url: &str) -> Result<PgStore> {
-        let config: postgres::Config = url.parse().map_err(db)?;
+        PgStore::connect_with(url, PgOptions::default())
+    }
+
+    /// Connects with `options`; see [`connect`](Self::connect).
+    pub fn connect_with(url: &str, options: PgOptions) -> Result<PgStore> {
+        if options.max_connections == 0 || options.min_idle > options.max_connections {
+            return Err(Error::InvalidArgument(format!(
+                "a pool of at most {} connections cannot keep {} idle",
+                options.max_connections, options.min_idle
+            )));
+        }
+        let mut config: postgres::Config = url.parse().map_err(db)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(options.connect_timeout);
+        }
+        // One connection first, to create the schema and to fail at once, with the server's
+        // own words, when the server or the database is not there (a pool would retry until
+        // its timeout and then say only that it timed out).
+        let mut first = config.connect(NoTls).map_err(db)?;
+        schema::create(&mut first)?;
+        drop(first);
         let manager = PostgresConnectionManager::new(config, NoTls);
         let pool = Pool::builder()
-            .max_size(16)
-            .connection_timeout(Duration::from_secs(30))
-            .build(manager)
-            .map_err(db)?;
+            .max_size(options.max_connections)
+            .min_idle(Some(options.min_idle))
+            .connection_timeout(options.connect_timeout)
+            .build_unchecked(manager);
         let store = PgStore {
             pool,
             shared: Arc::new(Shared {
@@ -136,9 +186,6 @@ impl PgStore {
                 upcasters: Upcasters::default(),
             }),
         };
-        let mut conn = store.conn()?;
-        schema::create(&mut conn)?;
-        drop(conn);
         Ok(store)
     }
 

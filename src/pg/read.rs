@@ -4,7 +4,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::PgStore;
-use super::schema::{clamped, db, encoding_of, unsigned};
+use super::schema::{bad_value, clamped, db, encoding_of, unsigned};
 use crate::error::Result;
 use crate::event::{NewEvent, RecordedEvent};
 use crate::values::{Direction, Position};
@@ -38,7 +38,7 @@ pub(super) fn event_of(row: &postgres::Row) -> Result<RecordedEvent> {
         id: row.get(3),
         event_type: std::borrow::Cow::Owned(row.get(4)),
         schema_version: u32::try_from(row.get::<_, i32>(5))
-            .map_err(|_| db("a negative schema version in the database"))?,
+            .map_err(|_| bad_value("a negative schema version in the database".into()))?,
         timestamp: UNIX_EPOCH + Duration::from_nanos(nanos),
         correlation_id: row.get(7),
         causation_id: row.get(8),

@@ -38,11 +38,25 @@ CREATE INDEX IF NOT EXISTS annals_events_by_type ON annals_events (event_type, p
 CREATE INDEX IF NOT EXISTS annals_events_by_category ON annals_events (category, position);
 ";
 
-/// A database failure as the store's error.
-pub(super) fn db(e: impl std::fmt::Display) -> Error {
-    Error::Database {
-        reason: e.to_string(),
+/// A database failure as the store's error, with every cause the driver gives (the server's
+/// own message: "db error" alone says nothing).
+pub(super) fn db(e: impl std::error::Error) -> Error {
+    let mut reason = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !reason.contains(&more) {
+            reason.push_str(": ");
+            reason.push_str(&more);
+        }
+        source = cause.source();
     }
+    Error::Database { reason }
+}
+
+/// A value in the database that this build cannot have written.
+pub(super) fn bad_value(what: String) -> Error {
+    Error::Database { reason: what }
 }
 
 /// Creates the schema if it is missing; refuses a newer one.
@@ -96,7 +110,7 @@ pub(super) fn encoding_of(code: i16) -> Result<PayloadEncoding> {
         1 => PayloadEncoding::Bincode,
         2 => PayloadEncoding::Json,
         other => {
-            return Err(db(format!(
+            return Err(bad_value(format!(
                 "unknown payload encoding {other} in the database"
             )));
         }
@@ -105,7 +119,7 @@ pub(super) fn encoding_of(code: i16) -> Result<PayloadEncoding> {
 
 /// A version or position from the database, checked (they are never negative).
 pub(super) fn unsigned(v: i64, what: &str) -> Result<u64> {
-    u64::try_from(v).map_err(|_| db(format!("a negative {what} ({v}) in the database")))
+    u64::try_from(v).map_err(|_| bad_value(format!("a negative {what} ({v}) in the database")))
 }
 
 /// A version or position for the database (`i64`).

@@ -83,8 +83,12 @@ fn postgres_url(arg: &Path) -> Option<String> {
 }
 
 fn connect(url: &str) -> CliResult<PgStore> {
-    PgStore::connect(url)
-        .map_err(|e| CliError::new(NOT_A_STORE, format!("cannot use the PostgreSQL database: {e}")))
+    PgStore::connect(url).map_err(|e| {
+        CliError::new(
+            NOT_A_STORE,
+            format!("cannot use the PostgreSQL database: {e}"),
+        )
+    })
 }
 
 impl Place {
