@@ -20,11 +20,8 @@ use parking_lot::{Mutex, RwLock};
 use crate::backend::SubscriptionCallback;
 use crate::error::{Error, Result, SubscriberFailure};
 use crate::event::{AppendResult, RecordedEvent};
-use crate::store::subscriptions::panic_message;
+use crate::store::subscriptions::{FailureHandler, panic_message, report_failures};
 use crate::subscriptions::{Filter, SubscriptionId};
-
-/// What is told of every failure (besides the append's result).
-pub(super) type FailureHandler = dyn Fn(&SubscriberFailure) + Send + Sync;
 
 struct Subscriber {
     id: SubscriptionId,
@@ -161,22 +158,7 @@ impl Subscribers {
     }
 
     fn report(&self, failures: &[SubscriberFailure]) {
-        let handler = self.on_failure.read().clone();
-        for f in failures {
-            match &handler {
-                Some(h) => {
-                    if catch_unwind(AssertUnwindSafe(|| h(f))).is_err() {
-                        tracing::error!(failure = %f, "annals: the subscriber failure handler panicked");
-                    }
-                }
-                None => tracing::warn!(
-                    subscription = %f.subscription,
-                    position = f.position.as_u64(),
-                    error = %f.error,
-                    "annals: a subscription callback failed; the event is committed (PgStore::redeliver runs it again)"
-                ),
-            }
-        }
+        report_failures(self.on_failure.read().clone(), failures);
     }
 }
 

@@ -346,22 +346,7 @@ impl Subscribers {
 
     /// Tells the failure handler (or the log) of each failure.
     fn report(&self, failures: &[SubscriberFailure]) {
-        let handler = self.on_failure.read().clone();
-        for f in failures {
-            match &handler {
-                Some(h) => {
-                    if catch_unwind(AssertUnwindSafe(|| h(f))).is_err() {
-                        tracing::error!(failure = %f, "annals: the subscriber failure handler panicked");
-                    }
-                }
-                None => tracing::warn!(
-                    subscription = %f.subscription,
-                    position = f.position.as_u64(),
-                    error = %f.error,
-                    "annals: a subscription callback failed; the event is durable (Store::redeliver runs it again)"
-                ),
-            }
-        }
+        report_failures(self.on_failure.read().clone(), failures);
     }
 
     /// Runs subscription `id`'s callback on `event` again; the error if it fails again.
@@ -377,6 +362,28 @@ impl Subscribers {
         let outcome = run(s, engine, event);
         DISPATCHING.with(|d| d.set(was));
         Some(outcome)
+    }
+}
+
+/// Tells `handler` (or, without one, the log) of each failure; a panicking handler is logged.
+pub(crate) fn report_failures(
+    handler: Option<Arc<FailureHandler>>,
+    failures: &[SubscriberFailure],
+) {
+    for f in failures {
+        match &handler {
+            Some(h) => {
+                if catch_unwind(AssertUnwindSafe(|| h(f))).is_err() {
+                    tracing::error!(failure = %f, "annals: the subscriber failure handler panicked");
+                }
+            }
+            None => tracing::warn!(
+                subscription = %f.subscription,
+                position = f.position.as_u64(),
+                error = %f.error,
+                "annals: a subscription callback failed; the event is durable (redeliver runs it again)"
+            ),
+        }
     }
 }
 

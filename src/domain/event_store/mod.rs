@@ -107,15 +107,7 @@ impl AnnalsBacked for Store {
 
 impl<T: AnnalsBacked> EventStore for T {
     fn append(&self, parts: Vec<Part>) -> Result<Vec<AppendResult>> {
-        let mut tx = self.store().transaction();
-        for p in parts {
-            tx = if p.stream.starts_with('$') {
-                tx.append_reserved(&p.stream, p.expected, p.events)
-            } else {
-                tx.append(&p.stream, p.expected, p.events)
-            };
-        }
-        tx.commit()
+        crate::Backend::transaction(self.store(), parts)
     }
 
     fn read_stream(
