@@ -100,6 +100,7 @@ on_both!(
     a_retried_superseded_record_does_not_replace_the_newest,
     every_value_an_event_may_hold_reads_back,
     a_caught_up_follower_is_past_its_own_checkpoint,
+    an_idle_outbox_writes_nothing,
 );
 
 fn e(kind: &'static str) -> NewEvent {
@@ -883,5 +884,35 @@ fn a_caught_up_follower_is_past_its_own_checkpoint<B: Backend>(b: &B) {
         f.position(),
         b.next_position().unwrap(),
         "caught up, yet its position is before its own checkpoint record"
+    );
+}
+
+/// An outbox with nothing to deliver records no progress: otherwise each round's progress
+/// record is the next round's "progress" (it moves past it), and a runner, whose
+/// `wait_past` returns at once because of that record, writes one record per round forever.
+fn an_idle_outbox_writes_nothing<B: Backend>(b: &B) {
+    let published = NewEvent::json("UserRegistered", &serde_json::json!({ "email": "a@x" }))
+        .unwrap()
+        .published(true);
+    b.append_events("user-1", ExpectedVersion::Any, vec![published])
+        .unwrap();
+    let mut outbox = Outbox::new(
+        b,
+        "broker",
+        |_: &OutboxMessage| Ok(()),
+        OutboxOptions::default(),
+    )
+    .unwrap();
+    let first = outbox.run_once().unwrap();
+    assert_eq!((first.delivered, first.caught_up), (1, true));
+    let end = b.next_position().unwrap();
+    for _ in 0..3 {
+        let r = outbox.run_once().unwrap();
+        assert_eq!(r.delivered, 0);
+    }
+    assert_eq!(
+        b.next_position().unwrap(),
+        end,
+        "idle rounds of the outbox wrote progress records"
     );
 }
