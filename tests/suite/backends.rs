@@ -95,6 +95,12 @@ on_both!(
     the_repository_the_bus_and_the_unit_of_work_run_unchanged,
     workflows_hand_each_dispatched_command_to_its_handler_once,
     the_seeds_examples_behave_as_their_tests_say,
+    a_retried_transaction_checks_its_empty_parts_as_the_first_try_did,
+    a_read_returns_up_to_its_limit_past_ten_thousand_events,
+    a_retried_superseded_record_does_not_replace_the_newest,
+    every_value_an_event_may_hold_reads_back,
+    a_caught_up_follower_is_past_its_own_checkpoint,
+    an_idle_outbox_writes_nothing,
 );
 
 fn e(kind: &'static str) -> NewEvent {
@@ -766,4 +772,147 @@ fn the_seeds_examples_behave_as_their_tests_say<B: Backend + EventStore + 'stati
         )
         .unwrap();
     assert_eq!(registered.len(), 1);
+}
+
+// Found in review.
+
+/// A retry of a whole transaction (same event ids) answers as the first try did, check-only
+/// parts included: their expected versions are checked and their versions reported.
+fn a_retried_transaction_checks_its_empty_parts_as_the_first_try_did<B: Backend>(b: &B) {
+    b.append_events("acct-1", ExpectedVersion::NoStream, vec![e("Opened")])
+        .unwrap();
+    let parts = vec![
+        Part::new("acct-2", ExpectedVersion::NoStream, [e("Opened")]),
+        Part::new("acct-1", ExpectedVersion::Exact(0), []),
+    ];
+    let once = b.transaction(parts.clone()).unwrap();
+    assert_eq!(once[1].version, Some(0));
+    let again = b.transaction(parts.clone()).unwrap();
+    assert_eq!(
+        again.iter().map(|r| r.version).collect::<Vec<_>>(),
+        once.iter().map(|r| r.version).collect::<Vec<_>>(),
+        "the check-only part of the retry reports the stream's version"
+    );
+    // The same events with a check-only part that does not hold: refused.
+    let mut wrong = parts;
+    wrong[1] = Part::new("acct-1", ExpectedVersion::NoStream, []);
+    wrong_version(b.transaction(wrong), Some(0));
+}
+
+/// `limit` is the page size on both backends: a caller that asks for more than 10,000 events
+/// (and pages on "a full page means there may be more") gets them all.
+fn a_read_returns_up_to_its_limit_past_ten_thousand_events<B: Backend>(b: &B) {
+    let n = 10_001;
+    b.append_events(
+        "bulk-1",
+        ExpectedVersion::NoStream,
+        (0..n).map(|_| e("Tick")).collect(),
+    )
+    .unwrap();
+    let fw = Direction::Forwards;
+    assert_eq!(b.read_stream_page("bulk-1", 0, fw, n).unwrap().len(), n);
+    assert_eq!(b.read_all_page(Position::START, fw, n).unwrap().len(), n);
+    assert_eq!(
+        b.read_stream_page("bulk-1", 0, fw, usize::MAX).unwrap().len(),
+        n
+    );
+}
+
+/// A checkpoint (or outbox progress) record retried with its event id after a newer one
+/// superseded it is the earlier append, not a new newest record: the checkpoint must not go
+/// back.
+fn a_retried_superseded_record_does_not_replace_the_newest<B: Backend>(b: &B) {
+    b.append_events("order-1", ExpectedVersion::Any, vec![e("Placed"), e("Paid")])
+        .unwrap();
+    let record = |p: u64| {
+        NewEvent::new(
+            annals::records::CHECKPOINT,
+            annals::records::encode_position(p).to_vec(),
+        )
+    };
+    let old = record(1);
+    let stream = annals::records::checkpoint_stream("mailer");
+    b.transaction(vec![Part::new(&stream, ExpectedVersion::Any, [old.clone()])])
+        .unwrap();
+    b.transaction(vec![Part::new(&stream, ExpectedVersion::Any, [record(2)])])
+        .unwrap();
+    assert_eq!(b.load_checkpoint("mailer").unwrap(), Some(Position::new(2)));
+    // The first save is retried (its answer was lost): nothing changes.
+    let end = b.next_position().unwrap();
+    let _ = b.transaction(vec![Part::new(&stream, ExpectedVersion::Any, [old])]);
+    assert_eq!(
+        b.load_checkpoint("mailer").unwrap(),
+        Some(Position::new(2)),
+        "the retried older checkpoint became the newest"
+    );
+    assert_eq!(b.next_position().unwrap(), end, "the retry wrote nothing");
+}
+
+/// What one backend stores, the other stores too: timestamps after 2262 and schema versions up
+/// to `u32::MAX` are values a `NewEvent` may hold.
+fn every_value_an_event_may_hold_reads_back<B: Backend>(b: &B) {
+    let late = UNIX_EPOCH + Duration::from_secs(10_000_000_000); // the year 2286
+    let a = b.append_events(
+        "clock-1",
+        ExpectedVersion::Any,
+        vec![e("Tick").with_timestamp(late)],
+    );
+    assert!(a.is_ok(), "{a:?}");
+    let got = b
+        .read_stream_page("clock-1", 0, Direction::Forwards, 1)
+        .unwrap();
+    assert_eq!(got[0].timestamp(), late);
+    let v = b.append_events(
+        "clock-2",
+        ExpectedVersion::Any,
+        vec![e("Tick").with_schema_version(u32::MAX)],
+    );
+    assert!(v.is_ok(), "{v:?}");
+}
+
+/// A follower that has caught up is at the end of the log, past its own checkpoint record: so
+/// its `wait` waits for a new event instead of returning at once, forever (a follow loop of
+/// `wait` and `poll` would spin).
+fn a_caught_up_follower_is_past_its_own_checkpoint<B: Backend>(b: &B) {
+    b.append_events("order-1", ExpectedVersion::Any, vec![e("Placed")])
+        .unwrap();
+    let mut f = Follower::new(b, "mailer", Filter::All).unwrap();
+    assert_eq!(f.poll(100).unwrap().len(), 1);
+    f.checkpoint().unwrap();
+    assert!(f.poll(100).unwrap().is_empty());
+    assert_eq!(
+        f.position(),
+        b.next_position().unwrap(),
+        "caught up, yet its position is before its own checkpoint record"
+    );
+}
+
+/// An outbox with nothing to deliver records no progress: otherwise each round's progress
+/// record is the next round's "progress" (it moves past it), and a runner, whose
+/// `wait_past` returns at once because of that record, writes one record per round forever.
+fn an_idle_outbox_writes_nothing<B: Backend>(b: &B) {
+    let published = NewEvent::json("UserRegistered", &serde_json::json!({ "email": "a@x" }))
+        .unwrap()
+        .published(true);
+    b.append_events("user-1", ExpectedVersion::Any, vec![published])
+        .unwrap();
+    let mut outbox = Outbox::new(
+        b,
+        "broker",
+        |_: &OutboxMessage| Ok(()),
+        OutboxOptions::default(),
+    )
+    .unwrap();
+    let first = outbox.run_once().unwrap();
+    assert_eq!((first.delivered, first.caught_up), (1, true));
+    let end = b.next_position().unwrap();
+    for _ in 0..3 {
+        let r = outbox.run_once().unwrap();
+        assert_eq!(r.delivered, 0);
+    }
+    assert_eq!(
+        b.next_position().unwrap(),
+        end,
+        "idle rounds of the outbox wrote progress records"
+    );
 }

@@ -23,6 +23,8 @@ mod model;
 mod outbox;
 #[cfg(feature = "postgres")]
 mod pg;
+#[cfg(feature = "postgres")]
+mod pg_review;
 mod processor_kill;
 mod reads;
 mod store;
