@@ -7,7 +7,7 @@ use postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::PgStore;
-use super::schema::{db, encoding_code, signed, unsigned};
+use super::schema::{col, db, encoding_code, signed, u32_bits, u64_bits, unsigned};
 use crate::backend::Part;
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, NewEvent, RecordedEvent};
@@ -33,14 +33,13 @@ impl PgStore {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(db)?;
         // Appends commit one at a time, in position order: see "No gaps, no skips".
-        let head: i64 = tx
+        let head = tx
             .query_one(
                 "SELECT position FROM annals_head WHERE id = 1 FOR UPDATE",
                 &[],
             )
-            .map_err(db)?
-            .get(0);
-        let mut position = unsigned(head, "position")?;
+            .map_err(db)?;
+        let mut position = unsigned(col(&head, 0)?, "position")?;
         if let Some(results) = already_appended(&mut tx, parts, position)? {
             return Ok(Committed {
                 results,
@@ -55,21 +54,7 @@ impl PgStore {
         for p in parts {
             let (current, start) = match versions.get(p.stream.as_str()) {
                 Some(v) => *v,
-                None => match tx
-                    .query_opt(
-                        "SELECT version, start FROM annals_streams WHERE stream = $1",
-                        &[&p.stream],
-                    )
-                    .map_err(db)?
-                {
-                    Some(r) => (
-                        r.get::<_, Option<i64>>(0)
-                            .map(|v| unsigned(v, "version"))
-                            .transpose()?,
-                        unsigned(r.get(1), "start version")?,
-                    ),
-                    None => (None, 0),
-                },
+                None => stream_state(&mut tx, &p.stream)?,
             };
             if !p.expected.matches(current) {
                 return Err(Error::WrongExpectedVersion {
@@ -91,14 +76,6 @@ impl PgStore {
                     position: signed(position, "position")?,
                     stream: &p.stream,
                     version: signed(v, "version")?,
-                    schema_version: i32::try_from(e.schema_version).map_err(|_| {
-                        Error::InvalidArgument(format!(
-                            "schema version {} is past i32::MAX",
-                            e.schema_version
-                        ))
-                    })?,
-                    nanos: signed(e.timestamp_nanos(), "timestamp")?,
-                    encoding: encoding_code(e.encoding),
                     event: e,
                 });
                 if want_events {
@@ -112,18 +89,27 @@ impl PgStore {
             insert_rows(&mut tx, &rows)?;
             rows.clear();
             if let Some(v) = version.filter(|_| !p.events.is_empty()) {
+                let v = signed(v, "version")?;
                 tx.execute(
                     "INSERT INTO annals_streams (stream, version) VALUES ($1, $2) \
                      ON CONFLICT (stream) DO UPDATE SET version = EXCLUDED.version",
-                    &[&p.stream, &signed(v, "version")?],
+                    &[&p.stream, &v],
                 )
                 .map_err(db)?;
                 if records::supersedes(&p.stream) {
                     // Only the newest record of a checkpoint or progress stream counts: the
-                    // older ones go in the same transaction (the file store's scavenge).
+                    // older ones go in the same transaction (the file store's scavenge), and
+                    // their ids stay known, so that a retry of one is not a new newest record.
+                    tx.execute(
+                        "INSERT INTO annals_retired (id, stream, version, position) \
+                         SELECT id, stream, version, position FROM annals_events \
+                         WHERE stream = $1 AND version < $2",
+                        &[&p.stream, &v],
+                    )
+                    .map_err(db)?;
                     tx.execute(
                         "DELETE FROM annals_events WHERE stream = $1 AND version < $2",
-                        &[&p.stream, &signed(v, "version")?],
+                        &[&p.stream, &v],
                     )
                     .map_err(db)?;
                 }
@@ -146,14 +132,31 @@ impl PgStore {
     }
 }
 
+/// A stream's version (`None` before its first event) and the version its first event gets
+/// (0, unless it was made to start later: `start_stream_at`).
+fn stream_state(tx: &mut postgres::Transaction<'_>, stream: &str) -> Result<(Option<u64>, u64)> {
+    let row = tx
+        .query_opt(
+            "SELECT version, start FROM annals_streams WHERE stream = $1",
+            &[&stream],
+        )
+        .map_err(db)?;
+    Ok(match row {
+        Some(r) => (
+            col::<Option<i64>>(&r, 0)?
+                .map(|v| unsigned(v, "version"))
+                .transpose()?,
+            unsigned(col(&r, 1)?, "start version")?,
+        ),
+        None => (None, 0),
+    })
+}
+
 /// One event on its way into `annals_events`.
 struct Row<'a> {
     position: i64,
     stream: &'a str,
     version: i64,
-    schema_version: i32,
-    nanos: i64,
-    encoding: i16,
     event: &'a NewEvent,
 }
 
@@ -173,6 +176,18 @@ fn insert_rows(tx: &mut postgres::Transaction<'_>, rows: &[Row<'_>]) -> Result<(
         let types: Vec<&str> = chunk.iter().map(|r| &*r.event.event_type).collect();
         let metadata: Vec<&[u8]> = chunk.iter().map(|r| &r.event.metadata[..]).collect();
         let payloads: Vec<&[u8]> = chunk.iter().map(|r| &r.event.payload[..]).collect();
+        let schema_versions: Vec<i32> = chunk
+            .iter()
+            .map(|r| u32_bits(r.event.schema_version))
+            .collect();
+        let timestamps: Vec<i64> = chunk
+            .iter()
+            .map(|r| u64_bits(r.event.timestamp_nanos()))
+            .collect();
+        let encodings: Vec<i16> = chunk
+            .iter()
+            .map(|r| encoding_code(r.event.encoding))
+            .collect();
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * COLUMNS);
         for (k, r) in chunk.iter().enumerate() {
             if k > 0 {
@@ -194,12 +209,12 @@ fn insert_rows(tx: &mut postgres::Transaction<'_>, rows: &[Row<'_>]) -> Result<(
                 &r.version,
                 &r.event.id,
                 &types[k],
-                &r.schema_version,
-                &r.nanos,
+                &schema_versions[k],
+                &timestamps[k],
                 &r.event.correlation_id,
                 &r.event.causation_id,
                 &r.event.publish,
-                &r.encoding,
+                &encodings[k],
                 &metadata[k],
                 &payloads[k],
             ]);
@@ -210,8 +225,9 @@ fn insert_rows(tx: &mut postgres::Transaction<'_>, rows: &[Row<'_>]) -> Result<(
     Ok(())
 }
 
-/// If the request's events are all stored where it would put them, the earlier results; if
-/// only some are, or elsewhere, the error; if none is, `None`.
+/// If the request's events are all stored where it would put them, the earlier results (its
+/// check-only parts checked again); if only some are, or elsewhere, the error; if none is,
+/// `None`. Superseded `$` records count as stored (their ids are kept in `annals_retired`).
 fn already_appended(
     tx: &mut postgres::Transaction<'_>,
     parts: &[Part],
@@ -233,7 +249,9 @@ fn already_appended(
     }
     let rows = tx
         .query(
-            "SELECT id, stream, version, position FROM annals_events WHERE id = ANY($1)",
+            "SELECT id, stream, version, position FROM annals_events WHERE id = ANY($1) \
+             UNION ALL \
+             SELECT id, stream, version, position FROM annals_retired WHERE id = ANY($1)",
             &[&ids],
         )
         .map_err(db)?;
@@ -244,11 +262,11 @@ fn already_appended(
         .iter()
         .map(|r| {
             Ok((
-                r.get::<_, Uuid>(0),
+                col::<Uuid>(r, 0)?,
                 (
-                    r.get::<_, String>(1),
-                    unsigned(r.get(2), "version")?,
-                    unsigned(r.get(3), "position")?,
+                    col::<String>(r, 1)?,
+                    unsigned(col(r, 2)?, "version")?,
+                    unsigned(col(r, 3)?, "position")?,
                 ),
             ))
         })
@@ -256,22 +274,38 @@ fn already_appended(
     let mut results = Vec::with_capacity(parts.len());
     for p in parts {
         let Some(first) = p.events.first() else {
-            results.push(AppendResult::nothing(None, Position::new(head + 1)));
+            // A check-only part: checked as the first try checked it.
+            let (current, _) = stream_state(tx, &p.stream)?;
+            if !p.expected.matches(current) {
+                return Err(Error::WrongExpectedVersion {
+                    stream: p.stream.clone(),
+                    expected: p.expected,
+                    actual: current,
+                });
+            }
+            results.push(AppendResult::nothing(current, Position::new(head + 1)));
             continue;
         };
         let stored: Option<Vec<&(String, u64, u64)>> =
             p.events.iter().map(|e| found.get(&e.id)).collect();
-        let in_place = stored.as_ref().is_some_and(|s| {
+        let in_order = stored.as_ref().is_some_and(|s| {
             let v0 = s[0].1;
             s.iter().enumerate().all(|(k, (stream, v, _))| {
                 *stream == p.stream && v0.checked_add(k as u64) == Some(*v)
-            }) && match p.expected {
-                ExpectedVersion::Any => true,
-                ExpectedVersion::NoStream => v0 == 0,
-                ExpectedVersion::StreamExists => v0 > 0,
-                ExpectedVersion::Exact(v) => v.checked_add(1) == Some(v0),
-            }
+            })
         });
+        let in_place = in_order
+            && match p.expected {
+                ExpectedVersion::Any => true,
+                ExpectedVersion::Exact(v) => v.checked_add(1) == stored.as_ref().map(|s| s[0].1),
+                // The stream's first event is at its start version (0 unless it was made to
+                // start later).
+                ExpectedVersion::NoStream | ExpectedVersion::StreamExists => {
+                    let (_, start) = stream_state(tx, &p.stream)?;
+                    let v0 = stored.as_ref().map_or(0, |s| s[0].1);
+                    (v0 == start) == (p.expected == ExpectedVersion::NoStream)
+                }
+            };
         let Some(stored) = stored.filter(|_| in_place) else {
             let at = found.get(&first.id).or_else(|| found.values().next());
             return Err(Error::DuplicateEventId {

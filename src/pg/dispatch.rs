@@ -2,10 +2,13 @@
 //! (or a clone of it) commits, each new event its filter matches is handed to every
 //! subscription's callback before the append returns, in the global order.
 //!
-//! Appends of this process that have subscribers to serve take one turn (a mutex) around
-//! commit and dispatch, so callbacks see this process's commits in position order. An append
-//! made from a callback commits at once; its events are handed out after the current event's,
-//! before the outermost append returns (as in the file store). Events appended by other
+//! Appends of this process that have subscribers to serve commit one at a time (a mutex held
+//! around the commit only) and take a ticket in commit order; their callbacks run in ticket
+//! order, so callbacks see this process's commits in position order, and a callback may wait
+//! for another thread's append to commit (not to return: that append's callbacks come after
+//! the current one's). An append made from a callback commits at once; its events are handed
+//! out after the current event's, before the outermost append returns (as in the file
+//! store). Events appended by other
 //! processes are not handed to this process's callbacks: follow the global order with a
 //! [`Follower`](crate::backend::Follower) for those.
 
@@ -15,7 +18,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::backend::SubscriptionCallback;
 use crate::error::{Error, Result, SubscriberFailure};
@@ -30,10 +33,20 @@ struct Subscriber {
     callback: Arc<SubscriptionCallback>,
 }
 
+/// Events committed by appends made from a callback this thread is running, waiting for their
+/// turn, and the store (its [`Subscribers`]' address) whose callback it is.
+type Nested = Option<(usize, VecDeque<RecordedEvent>)>;
+
 thread_local! {
-    /// Events committed by appends made from a callback this thread is running, waiting for
-    /// their turn (`None` outside callbacks).
-    static NESTED: RefCell<Option<VecDeque<RecordedEvent>>> = const { RefCell::new(None) };
+    /// `None` outside callbacks.
+    static NESTED: RefCell<Nested> = const { RefCell::new(None) };
+}
+
+/// The dispatch order: tickets handed out in commit order, served one at a time.
+#[derive(Default)]
+struct Order {
+    next_ticket: u64,
+    serving: u64,
 }
 
 /// The registered subscriptions of one store (shared by its clones).
@@ -41,8 +54,10 @@ thread_local! {
 pub(super) struct Subscribers {
     list: RwLock<Arc<Vec<Arc<Subscriber>>>>,
     next_id: AtomicU64,
-    /// Held around commit and dispatch while subscriptions are registered.
-    pub turn: Mutex<()>,
+    /// Held around the commit (and the ticket) of an append with callbacks to run.
+    commit: Mutex<()>,
+    order: Mutex<Order>,
+    turn: Condvar,
     on_failure: RwLock<Option<Arc<FailureHandler>>>,
 }
 
@@ -83,27 +98,67 @@ impl Subscribers {
         *self.on_failure.write() = Some(handler);
     }
 
-    /// Whether this thread is running a callback (an append made now is nested).
-    pub fn nested() -> bool {
-        NESTED.with(|n| n.borrow().is_some())
+    /// This store's key in [`NESTED`].
+    fn key(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    /// Whether this thread is running a callback of this store (an append made now is
+    /// nested).
+    pub fn nested(&self) -> bool {
+        NESTED.with(|n| n.borrow().as_ref().is_some_and(|(k, _)| *k == self.key()))
     }
 
     /// Queues a nested append's events behind the current one's.
-    pub fn queue_nested(events: Vec<RecordedEvent>) {
+    pub fn queue_nested(&self, events: Vec<RecordedEvent>) {
         NESTED.with(|n| {
-            if let Some(q) = n.borrow_mut().as_mut() {
+            if let Some((k, q)) = n.borrow_mut().as_mut()
+                && *k == self.key()
+            {
                 q.extend(events);
             }
         });
     }
 
+    /// Commits with `commit` (one at a time) and hands the new events to every matching
+    /// subscription in commit order: see the [module](self).
+    pub fn commit_and_dispatch(
+        &self,
+        commit: impl FnOnce() -> Result<(Vec<AppendResult>, Vec<RecordedEvent>)>,
+    ) -> Result<Vec<AppendResult>> {
+        let (mut results, events, ticket) = {
+            let _one_at_a_time = self.commit.lock();
+            let (results, events) = commit()?;
+            let mut order = self.order.lock();
+            let ticket = order.next_ticket;
+            order.next_ticket += 1;
+            (results, events, ticket)
+        };
+        let mut order = self.order.lock();
+        while order.serving != ticket {
+            self.turn.wait(&mut order);
+        }
+        drop(order);
+        // Served even if something below unwinds: later tickets must not wait forever.
+        struct Served<'a>(&'a Subscribers);
+        impl Drop for Served<'_> {
+            fn drop(&mut self) {
+                self.0.order.lock().serving += 1;
+                self.0.turn.notify_all();
+            }
+        }
+        let _served = Served(self);
+        self.dispatch(events, &mut results);
+        Ok(results)
+    }
+
     /// Hands `events` (and those of appends the callbacks make) to every matching
     /// subscription, in order; the failures go into the results of the parts that wrote the
     /// events, and to the failure handler.
-    pub fn dispatch(&self, events: Vec<RecordedEvent>, results: &mut [AppendResult]) {
+    fn dispatch(&self, events: Vec<RecordedEvent>, results: &mut [AppendResult]) {
         let list = self.list.read().clone();
         let mut queue: VecDeque<RecordedEvent> = events.into();
-        let was = NESTED.with(|n| n.borrow_mut().replace(VecDeque::new()));
+        let was = NESTED.with(|n| n.borrow_mut().replace((self.key(), VecDeque::new())));
         let mut failures = Vec::new();
         while let Some(event) = queue.pop_front() {
             for s in list.iter().filter(|s| s.filter.matches(&event)) {
@@ -119,7 +174,7 @@ impl Subscribers {
             let nested: Vec<_> = NESTED.with(|n| {
                 n.borrow_mut()
                     .as_mut()
-                    .map(|q| q.drain(..).collect())
+                    .map(|(_, q)| q.drain(..).collect())
                     .unwrap_or_default()
             });
             // Events of appends made from this event's callbacks come next.

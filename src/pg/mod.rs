@@ -215,17 +215,16 @@ impl PgStore {
         if !subscribers.any() {
             return Ok(self.commit(&parts, false)?.results);
         }
-        if dispatch::Subscribers::nested() {
+        if subscribers.nested() {
             // Made from a callback: its events are handed out after the current event's.
             let committed = self.commit(&parts, true)?;
-            dispatch::Subscribers::queue_nested(committed.events);
+            subscribers.queue_nested(committed.events);
             return Ok(committed.results);
         }
-        let _turn = subscribers.turn.lock();
-        let committed = self.commit(&parts, true)?;
-        let mut results = committed.results;
-        subscribers.dispatch(committed.events, &mut results);
-        Ok(results)
+        subscribers.commit_and_dispatch(|| {
+            let c = self.commit(&parts, true)?;
+            Ok((c.results, c.events))
+        })
     }
 
     /// The version of the stream's last event, or `None` if it has none.
@@ -237,7 +236,9 @@ impl PgStore {
                 &[&stream],
             )
             .map_err(db)?
-            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .map(|r| schema::col::<Option<i64>>(&r, 0))
+            .transpose()?
+            .flatten()
             .map(|v| schema::unsigned(v, "version"))
             .transpose()
     }
@@ -249,7 +250,7 @@ impl PgStore {
     /// [`Store::start_stream_at`](crate::Store::start_stream_at). Does nothing when the stream
     /// already has `version` events or more; a shorter stream is refused.
     pub fn start_stream_at(&self, stream: &str, version: u64) -> Result<()> {
-        check_stream_name(stream, true)?;
+        check_stream_name(stream, false)?;
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(db)?;
         tx.query_one(
@@ -263,7 +264,8 @@ impl PgStore {
                 &[&stream],
             )
             .map_err(db)?
-            .map(|r| r.get(0));
+            .map(|r| schema::col(&r, 0))
+            .transpose()?;
         if let Some(Some(v)) = current {
             let v = schema::unsigned(v, "version")?;
             if v.checked_add(1).is_some_and(|n| n >= version) {

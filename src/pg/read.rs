@@ -1,10 +1,9 @@
-//! Reads: one query per page, in the global order (or a stream's version order), at most
-//! [`PAGE`] events each.
+//! Reads: in the global order (or a stream's version order), one query per [`PAGE`] events.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::PgStore;
-use super::schema::{bad_value, clamped, db, encoding_of, unsigned};
+use super::schema::{bits_u32, bits_u64, clamped, col, db, encoding_of, unsigned};
 use crate::error::Result;
 use crate::event::{NewEvent, RecordedEvent};
 use crate::values::{Direction, Position};
@@ -32,35 +31,67 @@ pub(super) enum Scope<'a> {
 
 /// A stored event, checked.
 pub(super) fn event_of(row: &postgres::Row) -> Result<RecordedEvent> {
-    let stream: String = row.get(1);
-    let nanos = unsigned(row.get(6), "timestamp")?;
+    let stream: String = col(row, 1)?;
     let event = NewEvent {
-        id: row.get(3),
-        event_type: std::borrow::Cow::Owned(row.get(4)),
-        schema_version: u32::try_from(row.get::<_, i32>(5))
-            .map_err(|_| bad_value("a negative schema version in the database".into()))?,
-        timestamp: UNIX_EPOCH + Duration::from_nanos(nanos),
-        correlation_id: row.get(7),
-        causation_id: row.get(8),
-        publish: row.get(9),
-        encoding: encoding_of(row.get(10))?,
-        metadata: row.get::<_, Vec<u8>>(11).into(),
-        payload: row.get::<_, Vec<u8>>(12).into(),
+        id: col(row, 3)?,
+        event_type: std::borrow::Cow::Owned(col(row, 4)?),
+        schema_version: bits_u32(col(row, 5)?),
+        timestamp: UNIX_EPOCH + Duration::from_nanos(bits_u64(col(row, 6)?)),
+        correlation_id: col(row, 7)?,
+        causation_id: col(row, 8)?,
+        publish: col(row, 9)?,
+        encoding: encoding_of(col(row, 10)?)?,
+        metadata: col::<Vec<u8>>(row, 11)?.into(),
+        payload: col::<Vec<u8>>(row, 12)?.into(),
     };
     // Positions count events here: the next one may be just after.
     Ok(RecordedEvent::detached(
         &stream,
-        unsigned(row.get(2), "version")?,
-        Position::new(unsigned(row.get(0), "position")?),
+        unsigned(col(row, 2)?, "version")?,
+        Position::new(unsigned(col(row, 0)?, "position")?),
         &event,
     )?
     .with_span(1))
 }
 
 impl PgStore {
-    /// Up to `limit` (and [`PAGE`]) events of `scope` from `from` (a version for a stream, a
-    /// position otherwise), inclusive, in `direction`.
+    /// Up to `limit` events of `scope` from `from` (a version for a stream, a position
+    /// otherwise), inclusive, in `direction`: one query per [`PAGE`] events.
     pub(super) fn select(
+        &self,
+        scope: Scope<'_>,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let mut out: Vec<RecordedEvent> = Vec::new();
+        let mut from = from;
+        while out.len() < limit {
+            let want = (limit - out.len()).min(PAGE);
+            let page = self.select_page(scope, from, direction, want)?;
+            let full = page.len() == want;
+            let Some(last) = page.last() else {
+                break;
+            };
+            let at = match scope {
+                Scope::Stream(_) => last.version(),
+                _ => last.position().as_u64(),
+            };
+            let next = match direction {
+                Direction::Forwards => at.checked_add(1),
+                Direction::Backwards => at.checked_sub(1),
+            };
+            out.extend(page);
+            match next {
+                Some(n) if full => from = n,
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// One query: up to `limit` (at most [`PAGE`]) events.
+    fn select_page(
         &self,
         scope: Scope<'_>,
         from: u64,
@@ -105,11 +136,10 @@ impl PgStore {
 
     /// The last position given out (0 before the first event).
     pub(super) fn head(&self) -> Result<u64> {
-        let head: i64 = self
+        let row = self
             .conn()?
             .query_one("SELECT position FROM annals_head WHERE id = 1", &[])
-            .map_err(db)?
-            .get(0);
-        unsigned(head, "position")
+            .map_err(db)?;
+        unsigned(col(&row, 0)?, "position")
     }
 }

@@ -34,9 +34,44 @@ CREATE TABLE IF NOT EXISTS annals_events (
     payload BYTEA NOT NULL,
     UNIQUE (stream, version)
 );
+CREATE TABLE IF NOT EXISTS annals_retired (
+    id UUID PRIMARY KEY,
+    stream TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    position BIGINT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS annals_events_by_type ON annals_events (event_type, position);
 CREATE INDEX IF NOT EXISTS annals_events_by_category ON annals_events (category, position);
 ";
+
+/// Column `idx` of `row`, checked: a NULL or a type this build did not write is an error,
+/// never a panic.
+pub(super) fn col<'a, T: postgres::types::FromSql<'a>>(
+    row: &'a postgres::Row,
+    idx: usize,
+) -> Result<T> {
+    row.try_get(idx).map_err(db)
+}
+
+/// A `u64` that must keep every value (a timestamp), stored bit for bit in a `BIGINT`.
+pub(super) fn u64_bits(v: u64) -> i64 {
+    i64::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// The `u64` a `BIGINT` written by [`u64_bits`] holds.
+pub(super) fn bits_u64(v: i64) -> u64 {
+    u64::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// A `u32` (a schema version) stored bit for bit in an `INT`.
+pub(super) fn u32_bits(v: u32) -> i32 {
+    i32::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// The `u32` an `INT` written by [`u32_bits`] holds.
+pub(super) fn bits_u32(v: i32) -> u32 {
+    u32::from_ne_bytes(v.to_ne_bytes())
+}
 
 /// A database failure as the store's error, with every cause the driver gives (the server's
 /// own message: "db error" alone says nothing).
@@ -69,7 +104,8 @@ pub(super) fn create(conn: &mut postgres::Client) -> Result<()> {
     let found: Option<i32> = tx
         .query_opt("SELECT version FROM annals_schema", &[])
         .map_err(db)?
-        .map(|r| r.get(0));
+        .map(|r| col(&r, 0))
+        .transpose()?;
     match found {
         Some(v) if v > SCHEMA_VERSION => {
             return Err(Error::InvalidArgument(format!(
@@ -146,6 +182,16 @@ mod tests {
             assert_eq!(encoding_of(encoding_code(e)).unwrap(), e);
         }
         assert!(matches!(encoding_of(7), Err(Error::Database { .. })));
+    }
+
+    #[test]
+    fn timestamps_and_schema_versions_keep_every_value() {
+        for v in [0, 1, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+            assert_eq!(bits_u64(u64_bits(v)), v);
+        }
+        for v in [0, 1, i32::MAX as u32 + 1, u32::MAX] {
+            assert_eq!(bits_u32(u32_bits(v)), v);
+        }
     }
 
     #[test]

@@ -395,6 +395,8 @@ pub struct Follower<B: Backend> {
     filter: Filter,
     next: Position,
     checkpointed: Option<Position>,
+    /// Whether events were passed since the last checkpoint.
+    unsaved: bool,
 }
 
 impl<B: Backend> Follower<B> {
@@ -408,6 +410,7 @@ impl<B: Backend> Follower<B> {
             filter,
             next: checkpointed.unwrap_or(Position::START),
             checkpointed,
+            unsaved: false,
         })
     }
 
@@ -427,26 +430,31 @@ impl<B: Backend> Follower<B> {
         self.checkpointed
     }
 
-    /// Up to `max` matching events after the last one handed out, in the global order.
+    /// Up to `max` matching events after the last one handed out, in the global order. The
+    /// engine's `$` records are passed over (so a caught-up follower is at the end of the
+    /// log, past its own checkpoint record).
     pub fn poll(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
         let mut out = Vec::new();
         let page = max.clamp(1, 10_000);
         while out.len() < max {
             let events = self
                 .store
-                .read_all_page(self.next, Direction::Forwards, page)?;
+                .read_log_page(self.next, Direction::Forwards, page)?;
+            let full = events.len() == page;
             let Some(last) = events.last() else {
                 break;
             };
-            let full = events.len() == page;
             let mut next = last.next_position();
             for e in events {
                 if out.len() == max {
                     next = e.position();
                     break;
                 }
-                if self.filter.matches(&e) {
-                    out.push(e);
+                if !e.stream().starts_with(records::RESERVED_PREFIX) {
+                    self.unsaved = true;
+                    if self.filter.matches(&e) {
+                        out.push(e);
+                    }
                 }
             }
             self.next = next;
@@ -463,13 +471,15 @@ impl<B: Backend> Follower<B> {
         self.store.wait_past(self.next, timeout);
     }
 
-    /// Durably records [`position`](Self::position) as the checkpoint.
+    /// Durably records [`position`](Self::position) as the checkpoint. Writes nothing when
+    /// no event was passed since the last one (only `$` records, its own among them).
     pub fn checkpoint(&mut self) -> Result<()> {
-        if self.checkpointed == Some(self.next) {
+        if !self.unsaved || self.checkpointed == Some(self.next) {
             return Ok(());
         }
         self.store.save_checkpoint(&self.name, self.next)?;
         self.checkpointed = Some(self.next);
+        self.unsaved = false;
         Ok(())
     }
 

@@ -561,12 +561,20 @@ fn already_appended(
             results.push(AppendResult::nothing(version_of(info.count), engine.end()));
             continue;
         };
+        // A stream's first event is at version 0, or where it was made to start (its
+        // deleted versions end there): a retry of either first append is recognised.
+        let start = || {
+            overlay
+                .meta(engine, &part.stream)
+                .and_then(|m| m.deleted_before)
+                .unwrap_or(0)
+        };
         let in_place = stored.iter().enumerate().all(|(k, s)| {
             s.stream == *part.stream && first.version.checked_add(k as u64) == Some(s.version)
         }) && match part.expected {
             ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => first.version == 0,
-            ExpectedVersion::StreamExists => first.version > 0,
+            ExpectedVersion::NoStream => first.version == 0 || first.version == start(),
+            ExpectedVersion::StreamExists => first.version > 0 && first.version != start(),
             ExpectedVersion::Exact(v) => v.checked_add(1) == Some(first.version),
         };
         if !in_place {

@@ -150,6 +150,8 @@ where
     retry_at: Option<Instant>,
     /// What the outbox found at start that it cannot turn into JSON, if anything.
     cannot_decode: Option<String>,
+    /// Whether this round passed an event (not only `$` records).
+    passed: bool,
 }
 
 /// How many events ahead of its position an outbox looks, when it starts, for published events
@@ -232,6 +234,7 @@ where
             attempts: 0,
             retry_at: None,
             cannot_decode,
+            passed: false,
         })
     }
 
@@ -272,8 +275,11 @@ where
             self.retry_at = None;
         }
         let start = self.next;
+        self.passed = false;
         let result = self.deliver(&mut report);
-        if self.next != start {
+        // Only progress past events counts: passing `$` records alone (its own progress
+        // among them) records nothing, so an idle outbox writes nothing.
+        if self.next != start && self.passed {
             self.record_progress()?;
         }
         result.map(|()| report)
@@ -303,8 +309,13 @@ where
     fn deliver_page(&mut self, page: Vec<RecordedEvent>, report: &mut RunReport) -> Result<bool> {
         let store = &*self.store;
         for event in page {
-            if event.stream().starts_with('$') || !event.is_published() {
+            if event.stream().starts_with('$') {
                 self.next = event.next_position();
+                continue;
+            }
+            if !event.is_published() {
+                self.next = event.next_position();
+                self.passed = true;
                 continue;
             }
             if report.delivered + report.parked >= self.options.batch {
@@ -325,6 +336,7 @@ where
                 });
             match outcome {
                 Ok(()) => {
+                    self.passed = true;
                     report.delivered += 1;
                     self.attempts = 0;
                     self.next = event.next_position();
@@ -340,6 +352,7 @@ where
                         };
                         self.append_parked(PARKED, &parked)?;
                         report.parked += 1;
+                        self.passed = true;
                         self.attempts = 0;
                         self.next = event.next_position();
                         continue;

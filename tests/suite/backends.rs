@@ -813,7 +813,9 @@ fn a_read_returns_up_to_its_limit_past_ten_thousand_events<B: Backend>(b: &B) {
     assert_eq!(b.read_stream_page("bulk-1", 0, fw, n).unwrap().len(), n);
     assert_eq!(b.read_all_page(Position::START, fw, n).unwrap().len(), n);
     assert_eq!(
-        b.read_stream_page("bulk-1", 0, fw, usize::MAX).unwrap().len(),
+        b.read_stream_page("bulk-1", 0, fw, usize::MAX)
+            .unwrap()
+            .len(),
         n
     );
 }
@@ -822,8 +824,12 @@ fn a_read_returns_up_to_its_limit_past_ten_thousand_events<B: Backend>(b: &B) {
 /// superseded it is the earlier append, not a new newest record: the checkpoint must not go
 /// back.
 fn a_retried_superseded_record_does_not_replace_the_newest<B: Backend>(b: &B) {
-    b.append_events("order-1", ExpectedVersion::Any, vec![e("Placed"), e("Paid")])
-        .unwrap();
+    b.append_events(
+        "order-1",
+        ExpectedVersion::Any,
+        vec![e("Placed"), e("Paid")],
+    )
+    .unwrap();
     let record = |p: u64| {
         NewEvent::new(
             annals::records::CHECKPOINT,
@@ -832,8 +838,12 @@ fn a_retried_superseded_record_does_not_replace_the_newest<B: Backend>(b: &B) {
     };
     let old = record(1);
     let stream = annals::records::checkpoint_stream("mailer");
-    b.transaction(vec![Part::new(&stream, ExpectedVersion::Any, [old.clone()])])
-        .unwrap();
+    b.transaction(vec![Part::new(
+        &stream,
+        ExpectedVersion::Any,
+        [old.clone()],
+    )])
+    .unwrap();
     b.transaction(vec![Part::new(&stream, ExpectedVersion::Any, [record(2)])])
         .unwrap();
     assert_eq!(b.load_checkpoint("mailer").unwrap(), Some(Position::new(2)));

@@ -34,14 +34,26 @@ fn a_callback_appending_to_another_store_feeds_that_stores_subscribers() {
     a.subscribe("forwarder", Filter::All, move |e| {
         sink.lock().unwrap().push(e.stream().to_owned());
         if e.stream() == "order-1" {
-            forward.append("copy-1", ExpectedVersion::Any, [NewEvent::new("Copied", "{}")])?;
+            forward.append(
+                "copy-1",
+                ExpectedVersion::Any,
+                [NewEvent::new("Copied", "{}")],
+            )?;
         }
         Ok(())
     });
     a.append("order-1", ExpectedVersion::Any, [e("Placed")])
         .unwrap();
-    assert_eq!(*seen_by_a.lock().unwrap(), ["order-1"], "store a's subscriber saw another database's event");
-    assert_eq!(*seen_by_other.lock().unwrap(), ["copy-1"], "the other store's subscriber missed its event");
+    assert_eq!(
+        *seen_by_a.lock().unwrap(),
+        ["order-1"],
+        "store a's subscriber saw another database's event"
+    );
+    assert_eq!(
+        *seen_by_other.lock().unwrap(),
+        ["copy-1"],
+        "the other store's subscriber missed its event"
+    );
 }
 
 /// A callback may wait for an event another thread appends (a saga waiting for a reply, a
@@ -199,4 +211,3 @@ fn a_null_column_read_from_the_database_is_an_error_not_a_panic() {
     let end = catch_unwind(AssertUnwindSafe(|| store.end_position()));
     assert!(matches!(end, Ok(Err(_))), "a NULL head: {end:?}");
 }
-
