@@ -32,14 +32,21 @@ impl PgStore {
         }
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(db)?;
-        // Appends commit one at a time, in position order: see "No gaps, no skips".
+        // Appends commit one at a time, in position order: see "No gaps, no skips". The head
+        // row is locked and moved past this append's events in one round trip; a refused
+        // append or a retry rolls back (the transaction is dropped without a commit).
+        let count: u64 = parts.iter().map(|p| p.events.len() as u64).sum();
+        let count = signed(count, "event count")?;
         let head = tx
             .query_one(
-                "SELECT position FROM annals_head WHERE id = 1 FOR UPDATE",
-                &[],
+                "UPDATE annals_head SET position = position + $1 WHERE id = 1 RETURNING position",
+                &[&count],
             )
             .map_err(db)?;
-        let mut position = unsigned(col(&head, 0)?, "position")?;
+        let end = unsigned(col(&head, 0)?, "position")?;
+        let mut position = end.checked_sub(count.unsigned_abs()).ok_or_else(|| {
+            super::schema::bad_value(format!("the head position {end} is below its own count"))
+        })?;
         if let Some(results) = already_appended(&mut tx, parts, position)? {
             return Ok(Committed {
                 results,
@@ -122,11 +129,7 @@ impl PgStore {
             }
             results.push(r);
         }
-        tx.execute(
-            "UPDATE annals_head SET position = $1 WHERE id = 1",
-            &[&signed(position, "position")?],
-        )
-        .map_err(db)?;
+        debug_assert_eq!(position, end, "the head was moved by this append's count");
         tx.commit().map_err(db)?;
         Ok(Committed { results, events })
     }
