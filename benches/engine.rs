@@ -1,8 +1,10 @@
 //! annals against SQLite (WAL, synchronous=FULL) and a plain redb table, on the same workloads
 //! in the same run, plus the raw `write + fdatasync` loop as the physical limit, and the time to
-//! reopen each after a clean close.
+//! reopen each after a clean close. With the feature `postgres` and `ANNALS_PG_URL` set, annals'
+//! PostgreSQL backend too (in a fresh database, dropped at the end).
 //!
-//! Run: `cargo bench -p annals-bench --bench engine`. The workload code is the `annals-bench`
+//! Run: `cargo bench -p annals-bench --bench engine` (add `--features postgres` with
+//! `ANNALS_PG_URL` for PostgreSQL). The workload code is the `annals-bench`
 //! crate (`crates/annals-bench`), shared with `annals bench`.
 
 use std::fs::OpenOptions;
@@ -15,12 +17,38 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 
 const PAYLOAD: usize = 100;
 
-fn systems(dir: &Path) -> Vec<Box<dyn System>> {
-    vec![
+/// The systems, and what must outlive them (PostgreSQL's database, dropped last).
+struct Systems {
+    list: Vec<Box<dyn System>>,
+    #[cfg(feature = "postgres")]
+    _database: Option<annals_bench::pg::PgDatabase>,
+}
+
+impl std::ops::Deref for Systems {
+    type Target = Vec<Box<dyn System>>;
+    fn deref(&self) -> &Self::Target {
+        &self.list
+    }
+}
+
+fn systems(dir: &Path) -> Systems {
+    #[allow(unused_mut)]
+    let mut list: Vec<Box<dyn System>> = vec![
         Box::new(annals_bench::open_annals(dir).unwrap()),
         Box::new(annals_bench::open_sqlite(dir).unwrap()),
         Box::new(annals_bench::open_redb(dir).unwrap()),
-    ]
+    ];
+    #[cfg(feature = "postgres")]
+    let database = std::env::var("ANNALS_PG_URL").ok().map(|url| {
+        let db = annals_bench::pg::PgDatabase::create(&url).unwrap();
+        list.push(Box::new(annals_bench::pg::open_postgres(db.url()).unwrap()));
+        db
+    });
+    Systems {
+        list,
+        #[cfg(feature = "postgres")]
+        _database: database,
+    }
 }
 
 fn durable_appends(c: &mut Criterion) {
@@ -51,7 +79,7 @@ fn durable_appends(c: &mut Criterion) {
         });
     }
     let systems = systems(dir.path());
-    for sys in &systems {
+    for sys in systems.iter() {
         let event = Event::new(PAYLOAD);
         g.bench_function(sys.name(), |b| {
             b.iter(|| {
@@ -70,7 +98,7 @@ fn durable_appends(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(6))
         .warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Elements(1));
-    for sys in &systems {
+    for sys in systems.iter() {
         g.bench_function(sys.name(), |b| {
             b.iter_custom(|iters| {
                 let total = iters.max(8);
@@ -87,7 +115,7 @@ fn durable_appends(c: &mut Criterion) {
             .measurement_time(Duration::from_secs(8))
             .warm_up_time(Duration::from_secs(1));
         g.throughput(Throughput::Elements(batch as u64));
-        for sys in &systems {
+        for sys in systems.iter() {
             g.bench_with_input(BenchmarkId::new(sys.name(), batch), &batch, |b, &batch| {
                 b.iter_custom(|iters| {
                     annals_bench::batches(sys.as_ref(), iters, batch, PAYLOAD).unwrap()
@@ -104,13 +132,13 @@ fn reads(c: &mut Criterion) {
             .unwrap();
     let systems = systems(dir.path());
     // 10 streams of 10,000 events, written round robin in batches of 1000.
-    for sys in &systems {
+    for sys in systems.iter() {
         annals_bench::fill(sys.as_ref(), 100_000, 10, PAYLOAD).unwrap();
     }
     let mut g = c.benchmark_group("read_stream_10000");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(10_000));
-    for sys in &systems {
+    for sys in systems.iter() {
         assert_eq!(sys.read_stream("fill-3").unwrap(), 10_000);
         g.bench_function(sys.name(), |b| {
             b.iter(|| sys.read_stream("fill-3").unwrap())
@@ -121,7 +149,7 @@ fn reads(c: &mut Criterion) {
     let mut g = c.benchmark_group("read_all_100000");
     g.sample_size(10).measurement_time(Duration::from_secs(6));
     g.throughput(Throughput::Elements(100_000));
-    for sys in &systems {
+    for sys in systems.iter() {
         assert_eq!(sys.read_all().unwrap(), 100_000);
         g.bench_function(sys.name(), |b| b.iter(|| sys.read_all().unwrap()));
     }
@@ -133,7 +161,7 @@ fn reads(c: &mut Criterion) {
     g.sample_size(20).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(annals_bench::AGGREGATE_EVENTS));
     let balance = annals_bench::balance_of(annals_bench::AGGREGATE_EVENTS);
-    for sys in &systems {
+    for sys in systems.iter() {
         annals_bench::fill_aggregate(sys.as_ref()).unwrap();
         for codec in [PayloadCodec::Json, PayloadCodec::Bincode] {
             assert_eq!(sys.load_aggregate(codec).unwrap().balance, balance);
