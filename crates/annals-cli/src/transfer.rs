@@ -676,13 +676,17 @@ fn move_positions(
                         p
                     };
                     let handled = earlier.partition_point(|e| e.position.unwrap_or(0) < p);
-                    if handled < earlier.len() {
+                    // Only the application's events count: an engine record's copy keeps
+                    // neither its position nor its version (older records of its stream were
+                    // superseded and not exported), and readers pass over records anyway.
+                    let user = |k: &usize| !earlier[*k].is_engine_record();
+                    if let Some(k) = (handled..earlier.len()).find(user) {
                         // The first event not handled is here already: resume at its copy
                         // (which lies before `before` when an earlier import of this file
                         // stopped half-way and this one found its events in place).
-                        Ok(copy(handled)?.position().as_u64())
-                    } else if handled > 0 {
-                        Ok(copy(handled - 1)?.next_position().as_u64())
+                        Ok(copy(k)?.position().as_u64())
+                    } else if let Some(k) = (0..handled).rev().find(user) {
+                        Ok(copy(k)?.next_position().as_u64())
                     } else {
                         Ok(before.as_u64())
                     }

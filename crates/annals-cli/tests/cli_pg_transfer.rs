@@ -255,6 +255,45 @@ fn a_store_moves_to_postgresql_and_back_with_every_event_identical() {
     assert_eq!(pg_sent, later);
     assert_eq!(pg_parked, [first[7]]);
     assert_eq!(run_projection(&pg), later);
+    // Used on PostgreSQL (records rewritten there, round after round), then moved again, to a
+    // new store file and to a new database: still nothing is sent or handled twice.
+    let pg_orders = |range: std::ops::Range<u32>| -> Vec<Uuid> {
+        range
+            .map(|i| {
+                let e =
+                    NewEvent::new("OrderPlaced", format!(r#"{{"order": {i}}}"#)).published(true);
+                let id = e.id;
+                pg.append(&format!("order-{}", i % 13), ExpectedVersion::Any, [e])
+                    .unwrap();
+                id
+            })
+            .collect()
+    };
+    for round in 0..3 {
+        let placed = pg_orders(300 + round * 2..302 + round * 2);
+        assert_eq!(run_outbox(&pg).0, placed);
+        assert_eq!(run_projection(&pg), placed);
+    }
+    let pending = pg_orders(400..402);
+    let moved = dir.path().join("moved-again.jsonl");
+    ok(&annals(&["export", &pg_url, path(&moved)]));
+    let db2 = PgDatabase::create(&server).unwrap();
+    ok(&annals(&[
+        "import",
+        path(&moved),
+        &format!("pg:{}", db2.url()),
+    ]));
+    let pg2 = PgStore::connect(db2.url()).unwrap();
+    assert_eq!(run_outbox(&pg2).0, pending);
+    assert_eq!(run_projection(&pg2), pending);
+    drop(pg2);
+    db2.remove().unwrap();
+    let file2 = dir.path().join("moved-again.annals");
+    ok(&annals(&["import", path(&moved), path(&file2)]));
+    let store2 = Store::open(&file2).unwrap();
+    assert_eq!(run_outbox(&store2).0, pending);
+    assert_eq!(run_projection(&store2), pending);
+    drop(store2);
     drop(pg);
     // And in the store restored from PostgreSQL, the same.
     let copy = Store::open(&restored).unwrap();
