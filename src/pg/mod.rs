@@ -449,7 +449,7 @@ impl PgStore {
 }
 
 impl Backend for PgStore {
-    fn append_events(
+    fn append_to_stream(
         &self,
         stream: &str,
         expected: ExpectedVersion,
@@ -613,5 +613,14 @@ impl crate::domain::EventStore for PgStore {
 
     fn register_events<E: typing::Events>(&self) {
         PgStore::register_events::<E>(self)
+    }
+
+    fn save_snapshot(&self, stream: &str, version: u64, schema: u32, state: Vec<u8>) -> Result<()> {
+        self.store_snapshot(stream, version, schema, state)
+            .map(drop)
+    }
+
+    fn load_snapshot(&self, stream: &str) -> Result<Option<(u64, u32, bytes::Bytes)>> {
+        self.latest_snapshot(stream)
     }
 }

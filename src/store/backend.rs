@@ -70,7 +70,7 @@ pub type SubscriptionCallback =
 pub trait Backend: Send + Sync {
     /// Appends `events` to `stream` if its version is `expected` (see [`Store::append`]: the
     /// same rules, idempotent re-appends by event id included). `$` streams are refused.
-    fn append_events(
+    fn append_to_stream(
         &self,
         stream: &str,
         expected: ExpectedVersion,
@@ -183,6 +183,38 @@ pub trait Backend: Send + Sync {
             .transpose()
     }
 
+    /// Stores a snapshot of the state of `stream` at `version` (the record
+    /// [`Store::save_snapshot`] keeps): `state` is its encoding, `schema` the version of
+    /// that encoding. An optimisation for the domain floor, never a source of truth.
+    fn store_snapshot(
+        &self,
+        stream: &str,
+        version: u64,
+        schema: u32,
+        state: Vec<u8>,
+    ) -> Result<AppendResult> {
+        super::snapshots::save(self, stream, version, schema, state)
+    }
+
+    /// The latest snapshot of `stream`: (the version it covers, schema, state), if any.
+    fn latest_snapshot(&self, stream: &str) -> Result<Option<(u64, u32, bytes::Bytes)>> {
+        super::snapshots::load(self, stream)
+    }
+
+    /// Registers a synchronous subscription with a closure (see
+    /// [`add_subscription`](Self::add_subscription)).
+    fn subscribe(
+        &self,
+        name: &str,
+        filter: Filter,
+        callback: impl Fn(&RecordedEvent) -> std::result::Result<(), BoxError> + Send + Sync + 'static,
+    ) -> SubscriptionId
+    where
+        Self: Sized,
+    {
+        self.add_subscription(name, filter, Arc::new(callback))
+    }
+
     /// Durably records `position` as the checkpoint of the catch-up subscription `name`.
     fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
         let event = NewEvent::new(
@@ -203,7 +235,7 @@ fn collect(events: impl Iterator<Item = Result<RecordedEvent>>) -> Result<Vec<Re
 }
 
 impl Backend for Store {
-    fn append_events(
+    fn append_to_stream(
         &self,
         stream: &str,
         expected: ExpectedVersion,
@@ -319,8 +351,8 @@ impl Backend for Store {
 macro_rules! forward_backend {
     ($($ty:ty),*) => {$(
         impl<B: Backend + ?Sized> Backend for $ty {
-            fn append_events(&self, stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Result<AppendResult> {
-                (**self).append_events(stream, expected, events)
+            fn append_to_stream(&self, stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Result<AppendResult> {
+                (**self).append_to_stream(stream, expected, events)
             }
             fn transaction(&self, parts: Vec<Part>) -> Result<Vec<AppendResult>> {
                 (**self).transaction(parts)

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use annals::backend::{Backend, Follower, Part};
-use annals::domain::{CommandRelay, DomainError, EventStore, Repository, UnitOfWork};
+use annals::domain::{Aggregate, CommandRelay, DomainError, EventStore, Repository, UnitOfWork};
 use annals::outbox::{Outbox, OutboxMessage, OutboxOptions};
 use annals::subscriptions::Filter;
 use annals::{
@@ -95,6 +95,8 @@ on_both!(
     the_repository_the_bus_and_the_unit_of_work_run_unchanged,
     workflows_hand_each_dispatched_command_to_its_handler_once,
     the_seeds_examples_behave_as_their_tests_say,
+    snapshots_are_kept_and_used_by_the_repository,
+    the_generic_subscribe_takes_a_closure,
     a_retried_transaction_checks_its_empty_parts_as_the_first_try_did,
     a_read_returns_up_to_its_limit_past_ten_thousand_events,
     a_retried_superseded_record_does_not_replace_the_newest,
@@ -124,7 +126,7 @@ fn wrong_version(r: annals::Result<impl std::fmt::Debug>, want_actual: Option<u6
 
 fn every_kind_of_expected_version<B: Backend>(b: &B) {
     let r = b
-        .append_events(
+        .append_to_stream(
             "order-1",
             ExpectedVersion::NoStream,
             vec![e("Placed"), e("Paid")],
@@ -133,36 +135,36 @@ fn every_kind_of_expected_version<B: Backend>(b: &B) {
     assert_eq!(r.version, Some(1));
     assert!(r.first_position < r.last_position);
     wrong_version(
-        b.append_events("order-1", ExpectedVersion::NoStream, vec![e("X")]),
+        b.append_to_stream("order-1", ExpectedVersion::NoStream, vec![e("X")]),
         Some(1),
     );
     wrong_version(
-        b.append_events("order-1", ExpectedVersion::Exact(0), vec![e("X")]),
+        b.append_to_stream("order-1", ExpectedVersion::Exact(0), vec![e("X")]),
         Some(1),
     );
     wrong_version(
-        b.append_events("order-1", ExpectedVersion::Exact(u64::MAX), vec![e("X")]),
+        b.append_to_stream("order-1", ExpectedVersion::Exact(u64::MAX), vec![e("X")]),
         Some(1),
     );
     wrong_version(
-        b.append_events("order-2", ExpectedVersion::StreamExists, vec![e("X")]),
+        b.append_to_stream("order-2", ExpectedVersion::StreamExists, vec![e("X")]),
         None,
     );
     wrong_version(
-        b.append_events("order-2", ExpectedVersion::Exact(0), vec![e("X")]),
+        b.append_to_stream("order-2", ExpectedVersion::Exact(0), vec![e("X")]),
         None,
     );
     let exact = b
-        .append_events("order-1", ExpectedVersion::Exact(1), vec![e("Shipped")])
+        .append_to_stream("order-1", ExpectedVersion::Exact(1), vec![e("Shipped")])
         .unwrap();
     assert_eq!(exact.version, Some(2));
     assert!(exact.first_position > r.last_position);
     let exists = b
-        .append_events("order-1", ExpectedVersion::StreamExists, vec![e("Noted")])
+        .append_to_stream("order-1", ExpectedVersion::StreamExists, vec![e("Noted")])
         .unwrap();
     assert_eq!(exists.version, Some(3));
     let any = b
-        .append_events("order-3", ExpectedVersion::Any, vec![e("Placed")])
+        .append_to_stream("order-3", ExpectedVersion::Any, vec![e("Placed")])
         .unwrap();
     assert_eq!(any.version, Some(0));
     assert_eq!(b.current_version("order-1").unwrap(), Some(3));
@@ -173,24 +175,24 @@ fn every_kind_of_expected_version<B: Backend>(b: &B) {
         .unwrap();
     assert_eq!(types(&order1), ["Placed", "Paid", "Shipped", "Noted"]);
     // The engine's streams and unusable names are refused by a plain append.
-    let reserved = b.append_events("$checkpoint-x", ExpectedVersion::Any, vec![e("X")]);
+    let reserved = b.append_to_stream("$checkpoint-x", ExpectedVersion::Any, vec![e("X")]);
     assert!(
         matches!(&reserved, Err(e) if e.to_string().contains("$checkpoint-x")),
         "{reserved:?}"
     );
     assert!(
-        b.append_events("", ExpectedVersion::Any, vec![e("X")])
+        b.append_to_stream("", ExpectedVersion::Any, vec![e("X")])
             .is_err()
     );
     assert!(
-        b.append_events("order-4", ExpectedVersion::Any, vec![e("")])
+        b.append_to_stream("order-4", ExpectedVersion::Any, vec![e("")])
             .is_err()
     );
     assert_eq!(b.current_version("order-4").unwrap(), None);
 }
 
 fn transactions_are_all_or_nothing_and_parts_see_the_parts_before_them<B: Backend>(b: &B) {
-    b.append_events("account-a", ExpectedVersion::NoStream, vec![e("Opened")])
+    b.append_to_stream("account-a", ExpectedVersion::NoStream, vec![e("Opened")])
         .unwrap();
     let end = b.next_position().unwrap();
     let failed = b.transaction(vec![
@@ -241,11 +243,11 @@ fn transactions_are_all_or_nothing_and_parts_see_the_parts_before_them<B: Backen
 fn reappends_by_event_id_are_idempotent_and_misplaced_ids_are_refused<B: Backend>(b: &B) {
     let events = vec![e("Added"), e("Added")];
     let first = b
-        .append_events("cart-1", ExpectedVersion::NoStream, events.clone())
+        .append_to_stream("cart-1", ExpectedVersion::NoStream, events.clone())
         .unwrap();
     let end = b.next_position().unwrap();
     let again = b
-        .append_events("cart-1", ExpectedVersion::NoStream, events.clone())
+        .append_to_stream("cart-1", ExpectedVersion::NoStream, events.clone())
         .unwrap();
     assert_eq!(
         (again.version, again.first_position, again.last_position),
@@ -253,7 +255,7 @@ fn reappends_by_event_id_are_idempotent_and_misplaced_ids_are_refused<B: Backend
     );
     assert_eq!(b.next_position().unwrap(), end, "the retry wrote nothing");
     // Some stored, some not; stored elsewhere; twice in one append: refused.
-    let partly = b.append_events(
+    let partly = b.append_to_stream(
         "cart-1",
         ExpectedVersion::Exact(1),
         vec![events[1].clone(), e("Removed")],
@@ -262,13 +264,13 @@ fn reappends_by_event_id_are_idempotent_and_misplaced_ids_are_refused<B: Backend
         matches!(partly, Err(Error::DuplicateEventId { .. })),
         "{partly:?}"
     );
-    let elsewhere = b.append_events("cart-2", ExpectedVersion::Any, vec![events[0].clone()]);
+    let elsewhere = b.append_to_stream("cart-2", ExpectedVersion::Any, vec![events[0].clone()]);
     assert!(
         matches!(elsewhere, Err(Error::DuplicateEventId { .. })),
         "{elsewhere:?}"
     );
     let twice = e("X");
-    let dup = b.append_events("cart-3", ExpectedVersion::Any, vec![twice.clone(), twice]);
+    let dup = b.append_to_stream("cart-3", ExpectedVersion::Any, vec![twice.clone(), twice]);
     assert!(
         matches!(dup, Err(Error::DuplicateEventId { .. })),
         "{dup:?}"
@@ -306,7 +308,7 @@ fn reads_by_stream_all_category_and_type_in_both_directions<B: Backend>(b: &B) {
         ("order-2", "Placed"),
         ("order-1", "Shipped"),
     ] {
-        b.append_events(stream, ExpectedVersion::Any, vec![e(kind)])
+        b.append_to_stream(stream, ExpectedVersion::Any, vec![e(kind)])
             .unwrap();
     }
     b.save_checkpoint("reader", Position::START).unwrap();
@@ -394,7 +396,7 @@ fn every_field_of_an_event_reads_back<B: Backend>(b: &B) {
         .with_causation_id(cause)
         .published(true);
     let json = NewEvent::json("Noted", &serde_json::json!({"n": 1, "text": "ü"})).unwrap();
-    b.append_events(
+    b.append_to_stream(
         "scan-1",
         ExpectedVersion::NoStream,
         vec![raw.clone(), json.clone()],
@@ -445,7 +447,7 @@ fn synchronous_subscriptions_see_each_new_event_once_in_order<B: Backend>(b: &B)
         Arc::new(|_: &RecordedEvent| Err("the mail server is down".into())),
     );
     let r = b
-        .append_events(
+        .append_to_stream(
             "order-1",
             ExpectedVersion::NoStream,
             vec![e("Placed"), e("Paid")],
@@ -458,7 +460,7 @@ fn synchronous_subscriptions_see_each_new_event_once_in_order<B: Backend>(b: &B)
     assert_eq!(failure.position, r.last_position);
     assert!(failure.error.contains("mail server"), "{}", failure.error);
     // Another category, and the engine's records, are not handed out.
-    b.append_events("cart-1", ExpectedVersion::Any, vec![e("Added")])
+    b.append_to_stream("cart-1", ExpectedVersion::Any, vec![e("Added")])
         .unwrap();
     b.save_checkpoint("x", Position::START).unwrap();
     let results = b
@@ -480,7 +482,7 @@ fn synchronous_subscriptions_see_each_new_event_once_in_order<B: Backend>(b: &B)
     );
     assert!(b.remove_subscription(orders));
     assert!(!b.remove_subscription(orders));
-    b.append_events("order-3", ExpectedVersion::Any, vec![e("Placed")])
+    b.append_to_stream("order-3", ExpectedVersion::Any, vec![e("Placed")])
         .unwrap();
     assert_eq!(seen.lock().unwrap().len(), 4, "unsubscribed");
     // Concurrent appends: every event once, in log order.
@@ -499,7 +501,7 @@ fn synchronous_subscriptions_see_each_new_event_once_in_order<B: Backend>(b: &B)
         for t in 0..4 {
             s.spawn(move || {
                 for _ in 0..10 {
-                    b.append_events(&format!("load-{t}"), ExpectedVersion::Any, vec![e("Tick")])
+                    b.append_to_stream(&format!("load-{t}"), ExpectedVersion::Any, vec![e("Tick")])
                         .unwrap();
                 }
             });
@@ -517,13 +519,13 @@ fn synchronous_subscriptions_see_each_new_event_once_in_order<B: Backend>(b: &B)
 
 fn catch_up_resumes_at_its_checkpoint_and_projects<B: Backend>(b: &B) {
     for i in 0..5 {
-        b.append_events(
+        b.append_to_stream(
             &format!("order-{i}"),
             ExpectedVersion::Any,
             vec![e("Placed")],
         )
         .unwrap();
-        b.append_events("cart-1", ExpectedVersion::Any, vec![e("Added")])
+        b.append_to_stream("cart-1", ExpectedVersion::Any, vec![e("Added")])
             .unwrap();
     }
     let mut f = Follower::new(b, "orders", Filter::Category("order".into())).unwrap();
@@ -544,7 +546,7 @@ fn catch_up_resumes_at_its_checkpoint_and_projects<B: Backend>(b: &B) {
             .iter()
             .all(|e| !e.stream().starts_with('$'))
     );
-    b.append_events("order-5", ExpectedVersion::Any, vec![e("Placed")])
+    b.append_to_stream("order-5", ExpectedVersion::Any, vec![e("Placed")])
         .unwrap();
     let mut again = Follower::new(b, "orders", Filter::Category("order".into())).unwrap();
     assert_eq!(again.checkpointed(), Some(at));
@@ -566,7 +568,7 @@ fn catch_up_resumes_at_its_checkpoint_and_projects<B: Backend>(b: &B) {
     let mut p = Follower::new(b, "counts", Filter::All).unwrap();
     assert_eq!(p.project(&mut counts, 3, |_, _| Ok(())).unwrap(), 0);
     // A failing projection keeps its place: the failed batch comes again.
-    b.append_events("order-6", ExpectedVersion::Any, vec![e("Placed")])
+    b.append_to_stream("order-6", ExpectedVersion::Any, vec![e("Placed")])
         .unwrap();
     let mut p = Follower::new(b, "counts", Filter::All).unwrap();
     let failed = p.project(&mut counts, 3, |_, _| {
@@ -583,11 +585,11 @@ fn the_outbox_delivers_published_events_in_order_and_parks_failures<B: Backend>(
             .unwrap()
             .published(true)
     };
-    b.append_events("user-1", ExpectedVersion::Any, vec![registered("a@x")])
+    b.append_to_stream("user-1", ExpectedVersion::Any, vec![registered("a@x")])
         .unwrap();
-    b.append_events("user-1", ExpectedVersion::Any, vec![e("Noted")])
+    b.append_to_stream("user-1", ExpectedVersion::Any, vec![e("Noted")])
         .unwrap();
-    b.append_events("user-2", ExpectedVersion::Any, vec![registered("b@x")])
+    b.append_to_stream("user-2", ExpectedVersion::Any, vec![registered("b@x")])
         .unwrap();
     let mut sent = Vec::new();
     let mut outbox = Outbox::new(
@@ -607,7 +609,7 @@ fn the_outbox_delivers_published_events_in_order_and_parks_failures<B: Backend>(
     assert_eq!(sent[0].message_type, "UserRegistered_v1");
     assert!(sent[0].payload.contains("a@x") && sent[1].payload.contains("b@x"));
     // Progress is kept: a new outbox of the same name delivers only what is new.
-    b.append_events("user-3", ExpectedVersion::Any, vec![registered("c@x")])
+    b.append_to_stream("user-3", ExpectedVersion::Any, vec![registered("c@x")])
         .unwrap();
     let mut later = Vec::new();
     let mut outbox = Outbox::new(
@@ -779,7 +781,7 @@ fn the_seeds_examples_behave_as_their_tests_say<B: Backend + EventStore + 'stati
 /// A retry of a whole transaction (same event ids) answers as the first try did, check-only
 /// parts included: their expected versions are checked and their versions reported.
 fn a_retried_transaction_checks_its_empty_parts_as_the_first_try_did<B: Backend>(b: &B) {
-    b.append_events("acct-1", ExpectedVersion::NoStream, vec![e("Opened")])
+    b.append_to_stream("acct-1", ExpectedVersion::NoStream, vec![e("Opened")])
         .unwrap();
     let parts = vec![
         Part::new("acct-2", ExpectedVersion::NoStream, [e("Opened")]),
@@ -803,7 +805,7 @@ fn a_retried_transaction_checks_its_empty_parts_as_the_first_try_did<B: Backend>
 /// (and pages on "a full page means there may be more") gets them all.
 fn a_read_returns_up_to_its_limit_past_ten_thousand_events<B: Backend>(b: &B) {
     let n = 10_001;
-    b.append_events(
+    b.append_to_stream(
         "bulk-1",
         ExpectedVersion::NoStream,
         (0..n).map(|_| e("Tick")).collect(),
@@ -824,7 +826,7 @@ fn a_read_returns_up_to_its_limit_past_ten_thousand_events<B: Backend>(b: &B) {
 /// superseded it is the earlier append, not a new newest record: the checkpoint must not go
 /// back.
 fn a_retried_superseded_record_does_not_replace_the_newest<B: Backend>(b: &B) {
-    b.append_events(
+    b.append_to_stream(
         "order-1",
         ExpectedVersion::Any,
         vec![e("Placed"), e("Paid")],
@@ -862,7 +864,7 @@ fn a_retried_superseded_record_does_not_replace_the_newest<B: Backend>(b: &B) {
 /// to `u32::MAX` are values a `NewEvent` may hold.
 fn every_value_an_event_may_hold_reads_back<B: Backend>(b: &B) {
     let late = UNIX_EPOCH + Duration::from_secs(10_000_000_000); // the year 2286
-    let a = b.append_events(
+    let a = b.append_to_stream(
         "clock-1",
         ExpectedVersion::Any,
         vec![e("Tick").with_timestamp(late)],
@@ -872,7 +874,7 @@ fn every_value_an_event_may_hold_reads_back<B: Backend>(b: &B) {
         .read_stream_page("clock-1", 0, Direction::Forwards, 1)
         .unwrap();
     assert_eq!(got[0].timestamp(), late);
-    let v = b.append_events(
+    let v = b.append_to_stream(
         "clock-2",
         ExpectedVersion::Any,
         vec![e("Tick").with_schema_version(u32::MAX)],
@@ -884,7 +886,7 @@ fn every_value_an_event_may_hold_reads_back<B: Backend>(b: &B) {
 /// its `wait` waits for a new event instead of returning at once, forever (a follow loop of
 /// `wait` and `poll` would spin).
 fn a_caught_up_follower_is_past_its_own_checkpoint<B: Backend>(b: &B) {
-    b.append_events("order-1", ExpectedVersion::Any, vec![e("Placed")])
+    b.append_to_stream("order-1", ExpectedVersion::Any, vec![e("Placed")])
         .unwrap();
     let mut f = Follower::new(b, "mailer", Filter::All).unwrap();
     assert_eq!(f.poll(100).unwrap().len(), 1);
@@ -904,7 +906,7 @@ fn an_idle_outbox_writes_nothing<B: Backend>(b: &B) {
     let published = NewEvent::json("UserRegistered", &serde_json::json!({ "email": "a@x" }))
         .unwrap()
         .published(true);
-    b.append_events("user-1", ExpectedVersion::Any, vec![published])
+    b.append_to_stream("user-1", ExpectedVersion::Any, vec![published])
         .unwrap();
     let mut outbox = Outbox::new(
         b,
@@ -925,4 +927,54 @@ fn an_idle_outbox_writes_nothing<B: Backend>(b: &B) {
         end,
         "idle rounds of the outbox wrote progress records"
     );
+}
+
+// Found by a user's trial of the PostgreSQL backend.
+
+/// The repository's snapshots are kept (on PostgreSQL they were silently dropped) and used
+/// when loading; they are engine records, not in the global order.
+fn snapshots_are_kept_and_used_by_the_repository<B: Backend + EventStore + 'static>(b: &B) {
+    let repo = Repository::<Counter, _>::new(b).with_snapshots(10);
+    repo.create("a", add(1)).unwrap();
+    for _ in 0..24 {
+        repo.update("a", add(1)).unwrap();
+    }
+    let (at, schema, _) = b.latest_snapshot("counter-a").unwrap().expect("a snapshot");
+    assert_eq!((at, schema), (19, 1), "the latest multiple of 10 events");
+    let c = repo.get("a").unwrap();
+    assert_eq!((c.total, c.version()), (25, Some(24)));
+    assert_eq!(
+        c.applied, 25,
+        "the snapshot's count plus the 5 later events"
+    );
+    // A snapshot is believed (an optimisation, never checked): proof that loading used it.
+    let fake = Counter {
+        total: 1000,
+        applied: 1000,
+        ..Counter::default()
+    };
+    let bytes = bincode::serde::encode_to_vec(&fake, bincode::config::standard()).unwrap();
+    b.store_snapshot("counter-a", 19, 1, bytes).unwrap();
+    assert_eq!(repo.get("a").unwrap().total, 1005);
+    assert!(
+        b.read_all_page(Position::START, Direction::Forwards, 1000)
+            .unwrap()
+            .iter()
+            .all(|e| !e.stream().starts_with('$'))
+    );
+    assert_eq!(b.latest_snapshot("counter-none").unwrap(), None);
+}
+
+/// Generic code subscribes with a closure, as on either store's own `subscribe`.
+fn the_generic_subscribe_takes_a_closure<B: Backend>(b: &B) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    let id = Backend::subscribe(b, "count", Filter::All, move |_| {
+        count.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    });
+    b.append_to_stream("tick-1", ExpectedVersion::Any, vec![e("Tick"), e("Tick")])
+        .unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+    assert!(b.remove_subscription(id));
 }
