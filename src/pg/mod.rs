@@ -99,7 +99,8 @@ type Conn = PooledConnection<PostgresConnectionManager<NoTls>>;
 struct Shared {
     subscribers: dispatch::Subscribers,
     registry: RwLock<Registry>,
-    upcasters: Upcasters,
+    upcasters: RwLock<Upcasters>,
+    codec: crate::typed::Codec,
 }
 
 /// An event store in a PostgreSQL database; see the [module](self). Clones share the
@@ -133,6 +134,9 @@ pub struct PgOptions {
     pub min_idle: u32,
     /// How long getting a connection may take before it is an error (default 30 s).
     pub connect_timeout: Duration,
+    /// The codec typed events are written with through the domain layer (default JSON; see
+    /// [`StoreBuilder::codec`](crate::StoreBuilder::codec)).
+    pub codec: crate::typed::Codec,
 }
 
 impl Default for PgOptions {
@@ -141,6 +145,7 @@ impl Default for PgOptions {
             max_connections: 16,
             min_idle: 1,
             connect_timeout: Duration::from_secs(30),
+            codec: crate::typed::Codec::default(),
         }
     }
 }
@@ -169,7 +174,28 @@ impl PgStore {
         // One connection first, to create the schema and to fail at once, with the server's
         // own words, when the server or the database is not there (a pool would retry until
         // its timeout and then say only that it timed out).
-        let mut first = config.connect(NoTls).map_err(db)?;
+        let mut first = config.connect(NoTls).map_err(|e| {
+            let hosts: Vec<String> = config
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    postgres::config::Host::Tcp(name) => name.clone(),
+                    postgres::config::Host::Unix(dir) => dir.display().to_string(),
+                })
+                .collect();
+            let reason = schema::reason(e);
+            Error::Database {
+                reason: format!(
+                    "cannot connect to PostgreSQL at {} (database {}): {reason}",
+                    if hosts.is_empty() {
+                        "the default host".to_owned()
+                    } else {
+                        hosts.join(", ")
+                    },
+                    config.get_dbname().unwrap_or("named after the user"),
+                ),
+            }
+        })?;
         schema::create(&mut first)?;
         drop(first);
         let manager = PostgresConnectionManager::new(config, NoTls);
@@ -183,7 +209,8 @@ impl PgStore {
             shared: Arc::new(Shared {
                 subscribers: Default::default(),
                 registry: Default::default(),
-                upcasters: Upcasters::default(),
+                upcasters: Default::default(),
+                codec: options.codec,
             }),
         };
         Ok(store)
@@ -444,7 +471,25 @@ impl PgStore {
         self.shared
             .registry
             .read()
-            .to_json(&self.shared.upcasters, event)
+            .to_json(&self.shared.upcasters.read(), event)
+    }
+
+    /// Registers an upcaster: events of type `event_type` stored at schema version
+    /// `from_version` are decoded as `Old`, passed through `upcast`, and read on as version
+    /// `from_version + 1`; see [`Store::register_upcaster`](crate::Store::register_upcaster).
+    pub fn register_upcaster<Old, New>(
+        &self,
+        event_type: &str,
+        from_version: u32,
+        upcast: impl Fn(Old) -> New + Send + Sync + 'static,
+    ) where
+        Old: serde::de::DeserializeOwned,
+        New: serde::Serialize,
+    {
+        self.shared
+            .upcasters
+            .write()
+            .register(event_type, from_version, upcast);
     }
 }
 
@@ -604,11 +649,11 @@ impl crate::domain::EventStore for PgStore {
     }
 
     fn new_event<E: typing::Events>(&self, event: &E) -> Result<NewEvent> {
-        typing::new_event(event, crate::typed::Codec::default())
+        typing::new_event(event, self.shared.codec)
     }
 
     fn decode<E: typing::Events>(&self, event: &RecordedEvent) -> Result<E> {
-        typing::decode_with(&self.shared.upcasters, event)
+        typing::decode_with(&self.shared.upcasters.read(), event)
     }
 
     fn register_events<E: typing::Events>(&self) {

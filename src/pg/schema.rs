@@ -76,6 +76,11 @@ pub(super) fn bits_u32(v: i32) -> u32 {
 /// A database failure as the store's error, with every cause the driver gives (the server's
 /// own message: "db error" alone says nothing).
 pub(super) fn db(e: impl std::error::Error) -> Error {
+    Error::Database { reason: reason(e) }
+}
+
+/// What `e` and each of its causes say.
+pub(super) fn reason(e: impl std::error::Error) -> String {
     let mut reason = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -86,7 +91,7 @@ pub(super) fn db(e: impl std::error::Error) -> Error {
         }
         source = cause.source();
     }
-    Error::Database { reason }
+    reason
 }
 
 /// A value in the database that this build cannot have written.

@@ -20,6 +20,19 @@ pub fn open_read_only(path: &Path) -> CliResult<Store> {
 
 /// Opens an existing store with `builder`'s options.
 pub fn open_with(path: &Path, builder: annals::StoreBuilder) -> CliResult<Store> {
+    let named = path.to_string_lossy();
+    if ["pg:", "postgres://", "postgresql://"]
+        .iter()
+        .any(|p| named.starts_with(p))
+    {
+        return Err(CliError::new(
+            NOT_A_STORE,
+            format!(
+                "{named} names a PostgreSQL database: this command works on store files \
+                 (export and import also take a database; PostgreSQL's own tools inspect it)"
+            ),
+        ));
+    }
     if path.is_dir() {
         return Err(CliError::new(
             NOT_A_STORE,

@@ -83,12 +83,7 @@ fn postgres_url(arg: &Path) -> Option<String> {
 }
 
 fn connect(url: &str) -> CliResult<PgStore> {
-    PgStore::connect(url).map_err(|e| {
-        CliError::new(
-            NOT_A_STORE,
-            format!("cannot use the PostgreSQL database: {e}"),
-        )
-    })
+    PgStore::connect(url).map_err(|e| CliError::new(NOT_A_STORE, e.to_string()))
 }
 
 impl Place {
@@ -563,7 +558,7 @@ pub fn import(args: ImportArgs) -> CliResult {
         if written {
             ""
         } else {
-            " (all were already there)"
+            " (all were already there: nothing written)"
         }
     );
     if clamped > 0 {
