@@ -113,3 +113,8 @@ pub struct ReadmeDoctests;
 #[doc = include_str!("../docs/guide.md")]
 #[cfg(doctest)]
 pub struct GuideDoctests;
+
+/// The PostgreSQL page's code blocks run as doc tests (those that need a server only compile).
+#[doc = include_str!("../docs/postgres.md")]
+#[cfg(all(doctest, feature = "postgres"))]
+pub struct PostgresDoctests;
