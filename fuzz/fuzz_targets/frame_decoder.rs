@@ -3,7 +3,7 @@
 #![no_main]
 
 use annals::log::format::{
-    Body, EventRecord, EventRef, FileHeader, GAP_HEADER_LEN, decode_frame, encode_event,
+    Body, EventRef, FileHeader, GAP_HEADER_LEN, decode_frame, encode_event,
     encode_gap, encode_seal,
 };
 use libfuzzer_sys::fuzz_target;

@@ -193,12 +193,24 @@ pub trait Backend: Send + Sync {
         schema: u32,
         state: Vec<u8>,
     ) -> Result<AppendResult> {
-        super::snapshots::save(self, stream, version, schema, state)
+        let event = NewEvent::new(records::SNAPSHOT, state)
+            .with_schema_version(schema)
+            .with_metadata(records::encode_snapshot_version(version).to_vec());
+        let mut r = self.transaction(vec![Part::new(
+            records::snapshot_stream(stream),
+            ExpectedVersion::Any,
+            [event],
+        )])?;
+        Ok(r.pop().expect("one result per part"))
     }
 
     /// The latest snapshot of `stream`: (the version it covers, schema, state), if any.
     fn latest_snapshot(&self, stream: &str) -> Result<Option<(u64, u32, bytes::Bytes)>> {
-        super::snapshots::load(self, stream)
+        let Some(e) = self.last_of(&records::snapshot_stream(stream))? else {
+            return Ok(None);
+        };
+        Ok(records::decode_snapshot_version(e.metadata())
+            .map(|version| (version, e.schema_version(), e.payload_bytes())))
     }
 
     /// Registers a synchronous subscription with a closure (see

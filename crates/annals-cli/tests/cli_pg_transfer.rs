@@ -323,7 +323,10 @@ fn a_database_that_is_not_there_is_a_clear_error() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("PostgreSQL"), "{err}");
-    assert!(err.contains("/nonexistent/socket"), "it names where it looked: {err}");
+    assert!(
+        err.contains("/nonexistent/socket"),
+        "it names where it looked: {err}"
+    );
     assert!(
         !dir.path().join("x.jsonl").exists(),
         "nothing written for a failed export"
