@@ -4,9 +4,9 @@
 //! multi-stream transactions, idempotent re-appends by event id, reads by stream, the whole
 //! log, category and event type in both directions, stream versions, synchronous
 //! subscriptions, checkpoints), so [`Follower`] catch-up subscriptions and projections and
-//! the transactional [`Outbox`](crate::outbox::Outbox) run on it unchanged; and it implements
-//! the domain's [`EventStore`](crate::domain::EventStore), so the repository, the message
-//! bus, units of work and workflows do too.
+//! the transactional [`Outbox`](crate::outbox::Outbox) run on it unchanged; and the domain
+//! floor implements its [`EventStore`](crate::domain::EventStore) for it (through this API
+//! only), so the repository, the message bus, units of work and workflows do too.
 //!
 //! # Schema (version 1)
 //!
@@ -83,7 +83,7 @@ use crate::names::check_stream_name;
 use crate::store::typed::{self as typing, Registry, Upcasters};
 use crate::subscriptions::{Filter, SubscriptionId};
 use crate::values::{Direction, ExpectedVersion, Position};
-use read::{PAGE, Scope};
+use read::Scope;
 pub use schema::SCHEMA_VERSION;
 use schema::db;
 
@@ -474,6 +474,18 @@ impl PgStore {
             .to_json(&self.shared.upcasters.read(), event)
     }
 
+    /// The [`NewEvent`] for a typed event, encoded with this store's codec
+    /// ([`PgOptions::codec`]); see [`Store::new_event`](crate::Store::new_event).
+    pub fn new_event<E: typing::Events>(&self, event: &E) -> Result<NewEvent> {
+        typing::new_event(event, self.shared.codec)
+    }
+
+    /// Decodes (and upcasts) a recorded event as `E`; see
+    /// [`Store::decode`](crate::Store::decode).
+    pub fn decode<E: typing::Events>(&self, event: &RecordedEvent) -> Result<E> {
+        typing::decode_with(&self.shared.upcasters.read(), event)
+    }
+
     /// Registers an upcaster: events of type `event_type` stored at schema version
     /// `from_version` are decoded as `Old`, passed through `upcast`, and read on as version
     /// `from_version + 1`; see [`Store::register_upcaster`](crate::Store::register_upcaster).
@@ -590,82 +602,5 @@ impl Backend for PgStore {
             return;
         }
         std::thread::sleep(timeout.min(Duration::from_millis(10)));
-    }
-}
-
-impl crate::domain::EventStore for PgStore {
-    fn append(&self, parts: Vec<Part>) -> Result<Vec<AppendResult>> {
-        self.transaction(parts)
-    }
-
-    fn read_stream(
-        &self,
-        stream: &str,
-        from: u64,
-        visit: &mut dyn FnMut(&RecordedEvent) -> Result<()>,
-    ) -> Result<()> {
-        let mut from = from;
-        loop {
-            let page = PgStore::read_stream(self, stream, from, Direction::Forwards, PAGE)?;
-            let Some(last) = page.last() else {
-                return Ok(());
-            };
-            from = last.version() + 1;
-            let full = page.len() == PAGE;
-            page.iter().try_for_each(&mut *visit)?;
-            if !full {
-                return Ok(());
-            }
-        }
-    }
-
-    fn read_event_type(
-        &self,
-        event_type: &str,
-        from: Position,
-        visit: &mut dyn FnMut(&RecordedEvent) -> Result<bool>,
-    ) -> Result<()> {
-        let mut from = from;
-        loop {
-            let page = PgStore::read_event_type(self, event_type, from, Direction::Forwards, PAGE)?;
-            let Some(last) = page.last() else {
-                return Ok(());
-            };
-            from = last.next_position();
-            let full = page.len() == PAGE;
-            for e in &page {
-                if !visit(e)? {
-                    return Ok(());
-                }
-            }
-            if !full {
-                return Ok(());
-            }
-        }
-    }
-
-    fn last_event(&self, stream: &str) -> Result<Option<RecordedEvent>> {
-        Ok(PgStore::read_stream(self, stream, u64::MAX, Direction::Backwards, 1)?.pop())
-    }
-
-    fn new_event<E: typing::Events>(&self, event: &E) -> Result<NewEvent> {
-        typing::new_event(event, self.shared.codec)
-    }
-
-    fn decode<E: typing::Events>(&self, event: &RecordedEvent) -> Result<E> {
-        typing::decode_with(&self.shared.upcasters.read(), event)
-    }
-
-    fn register_events<E: typing::Events>(&self) {
-        PgStore::register_events::<E>(self)
-    }
-
-    fn save_snapshot(&self, stream: &str, version: u64, schema: u32, state: Vec<u8>) -> Result<()> {
-        self.store_snapshot(stream, version, schema, state)
-            .map(drop)
-    }
-
-    fn load_snapshot(&self, stream: &str) -> Result<Option<(u64, u32, bytes::Bytes)>> {
-        self.latest_snapshot(stream)
     }
 }

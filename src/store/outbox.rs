@@ -150,8 +150,6 @@ where
     retry_at: Option<Instant>,
     /// What the outbox found at start that it cannot turn into JSON, if anything.
     cannot_decode: Option<String>,
-    /// Whether this round passed an event (not only `$` records).
-    passed: bool,
 }
 
 /// How many events ahead of its position an outbox looks, when it starts, for published events
@@ -160,20 +158,6 @@ const START_LOOKAHEAD: usize = 10_000;
 
 /// Events one read of the outbox takes.
 const PAGE: usize = 10_000;
-
-/// Every event of `stream`, oldest first.
-fn whole_stream<B: Backend + ?Sized>(store: &B, stream: &str) -> Result<Vec<RecordedEvent>> {
-    let mut all = Vec::new();
-    loop {
-        let from = all.last().map_or(0, |e: &RecordedEvent| e.version() + 1);
-        let page = store.read_stream_page(stream, from, Direction::Forwards, PAGE)?;
-        let full = page.len() == PAGE;
-        all.extend(page);
-        if !full {
-            return Ok(all);
-        }
-    }
-}
 
 impl<S: Deref, P: Publisher> Outbox<S, P>
 where
@@ -234,7 +218,6 @@ where
             attempts: 0,
             retry_at: None,
             cannot_decode,
-            passed: false,
         })
     }
 
@@ -275,24 +258,25 @@ where
             self.retry_at = None;
         }
         let start = self.next;
-        self.passed = false;
-        let result = self.deliver(&mut report);
+        // Whether this round passed an event (not only `$` records).
+        let mut passed = false;
+        let result = self.deliver(&mut report, &mut passed);
         // Only progress past events counts: passing `$` records alone (its own progress
         // among them) records nothing, so an idle outbox writes nothing.
-        if self.next != start && self.passed {
+        if self.next != start && passed {
             self.record_progress()?;
         }
         result.map(|()| report)
     }
 
-    fn deliver(&mut self, report: &mut RunReport) -> Result<()> {
+    fn deliver(&mut self, report: &mut RunReport, passed: &mut bool) -> Result<()> {
         let end = self.store.next_position()?;
         loop {
             let page = self
                 .store
                 .read_log_page(self.next, Direction::Forwards, PAGE)?;
             let full = page.len() == PAGE;
-            if !self.deliver_page(page, report)? {
+            if !self.deliver_page(page, report, passed)? {
                 return Ok(());
             }
             if !full {
@@ -306,7 +290,12 @@ where
 
     /// Delivers the due events of one page; false if it stopped early (a full batch, or a
     /// failure waiting out its backoff).
-    fn deliver_page(&mut self, page: Vec<RecordedEvent>, report: &mut RunReport) -> Result<bool> {
+    fn deliver_page(
+        &mut self,
+        page: Vec<RecordedEvent>,
+        report: &mut RunReport,
+        passed: &mut bool,
+    ) -> Result<bool> {
         let store = &*self.store;
         for event in page {
             if event.stream().starts_with('$') {
@@ -315,7 +304,7 @@ where
             }
             if !event.is_published() {
                 self.next = event.next_position();
-                self.passed = true;
+                *passed = true;
                 continue;
             }
             if report.delivered + report.parked >= self.options.batch {
@@ -336,7 +325,7 @@ where
                 });
             match outcome {
                 Ok(()) => {
-                    self.passed = true;
+                    *passed = true;
                     report.delivered += 1;
                     self.attempts = 0;
                     self.next = event.next_position();
@@ -352,7 +341,7 @@ where
                         };
                         self.append_parked(PARKED, &parked)?;
                         report.parked += 1;
-                        self.passed = true;
+                        *passed = true;
                         self.attempts = 0;
                         self.next = event.next_position();
                         continue;
@@ -397,7 +386,10 @@ where
     /// The parked events that have not been replayed, oldest first.
     pub fn parked(&self) -> Result<Vec<Parked>> {
         let mut parked: Vec<Parked> = Vec::new();
-        for e in whole_stream(&*self.store, &self.parked_stream)? {
+        let all =
+            self.store
+                .read_stream_page(&self.parked_stream, 0, Direction::Forwards, usize::MAX)?;
+        for e in all {
             let bad = |reason: String| Error::Decode {
                 position: e.position().as_u64(),
                 event_type: e.event_type().to_owned(),

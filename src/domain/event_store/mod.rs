@@ -1,10 +1,13 @@
 //! The small event-store interface the domain floor is written against ([`EventStore`]), and
 //! its backends, one file each: the annals [`Store`] itself and anything built on one
-//! ([`AnnalsBacked`], here), [`PublishingStore`] (annals plus an outbox to a transport),
+//! ([`AnnalsBacked`], here), the PostgreSQL `PgStore` (feature `postgres`, through its
+//! public API), [`PublishingStore`] (annals plus an outbox to a transport),
 //! [`InMemoryEventStore`] for tests, and [`SinkholeEventStore`] (stores nothing, publishes
 //! only, as in the `messagebus` library).
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod publishing;
 mod sinkhole;
 
