@@ -956,6 +956,8 @@ fn snapshots_are_kept_and_used_by_the_repository<B: Backend + EventStore + 'stat
     let bytes = bincode::serde::encode_to_vec(&fake, bincode::config::standard()).unwrap();
     b.store_snapshot("counter-a", 19, 1, bytes).unwrap();
     assert_eq!(repo.get("a").unwrap().total, 1005);
+    // ... and a repository without snapshots reads only the events.
+    assert_eq!(Repository::<Counter, _>::new(b).get("a").unwrap().total, 25);
     assert!(
         b.read_all_page(Position::START, Direction::Forwards, 1000)
             .unwrap()

@@ -10,6 +10,9 @@ use annals::{
 };
 use uuid::Uuid;
 
+mod common;
+use common::{place_orders, run_outbox, run_projection};
+
 fn annals(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_annals"))
         .args(args)
@@ -601,74 +604,6 @@ fn on_a_terminal_export_draws_a_progress_bar() {
     );
 }
 
-/// Delivers every published event of `store` through outbox `broker`, failing (and so parking,
-/// after one attempt) the events whose payload says `"poison"`; returns the delivered ids.
-fn run_outbox(store: &Store) -> (Vec<Uuid>, Vec<annals::records::Parked>) {
-    use annals::outbox::{Outbox, OutboxMessage, OutboxOptions};
-    let mut sent = Vec::new();
-    let options = OutboxOptions {
-        max_attempts: 1,
-        ..OutboxOptions::default()
-    };
-    let mut outbox = Outbox::new(
-        store,
-        "broker",
-        |m: &OutboxMessage| {
-            if m.event.payload().starts_with(b"\"poison") {
-                return Err("the broker refuses it".into());
-            }
-            sent.push(m.event.id());
-            Ok(())
-        },
-        options,
-    )
-    .unwrap();
-    while !outbox.run_once().unwrap().caught_up {}
-    let parked = outbox.parked().unwrap();
-    drop(outbox);
-    (sent, parked)
-}
-
-/// The events projection `totals` has not handled yet (and handles them, checkpointing).
-fn run_projection(store: &Store) -> Vec<Uuid> {
-    use annals::subscriptions::{CatchUpStart, Filter};
-    let mut sub = store
-        .catch_up(
-            "totals",
-            CatchUpStart::Beginning,
-            Filter::Category("order".into()),
-        )
-        .unwrap();
-    let mut seen = Vec::new();
-    loop {
-        let batch = sub.poll(50).unwrap();
-        if batch.is_empty() {
-            break;
-        }
-        seen.extend(batch.iter().map(RecordedEvent::id));
-        sub.checkpoint().unwrap();
-    }
-    seen
-}
-
-fn place_orders(store: &Store, range: std::ops::Range<u32>) -> Vec<Uuid> {
-    range
-        .map(|i| {
-            let payload = if i == 7 {
-                "\"poison\"".to_owned()
-            } else {
-                format!(r#"{{"order": {i}, "cents": {}}}"#, i * 100)
-            };
-            let e = NewEvent::new("OrderPlaced", payload).published(true);
-            let id = e.id;
-            store
-                .append(&format!("order-{}", i % 13), ExpectedVersion::Any, [e])
-                .unwrap();
-            id
-        })
-        .collect()
-}
-
 #[test]
 fn a_restored_store_continues_where_the_original_stopped() {
     let dir = tempfile::tempdir().unwrap();
@@ -737,18 +672,8 @@ fn a_restored_store_continues_where_the_original_stopped() {
         "only the 8 events appended after the last delivery"
     );
     assert_eq!(parked_copy.len(), 1);
-    let parked_event = |s: &Store, p: &annals::records::Parked| {
-        s.read_log(p.position, Direction::Forwards, 1)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-    };
-    assert_eq!(
-        parked_event(&copy, &parked_copy[0]).id(),
-        parked_event(&before, &parked[0]).id()
-    );
-    assert_eq!(parked_event(&copy, &parked_copy[0]).id(), first[7]);
+    assert_eq!(parked_copy, parked);
+    assert_eq!(parked_copy, [first[7]]);
     // The projection resumes after its checkpoint, at the first event it had not seen.
     assert_eq!(run_projection(&copy), later);
     assert_eq!(

@@ -5,27 +5,11 @@
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
-const URL: &str = "ANNALS_PG_URL";
+mod common;
+use common::{URL, server};
 
 /// The runs against the server one at a time, so that each can check it left no database.
 static SERVER: Mutex<()> = Mutex::new(());
-
-/// The server's connection string, or `None` (and a note) without one.
-fn server(test: &str) -> Option<String> {
-    match std::env::var(URL) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            // Written past the test harness's capture, so that the skip shows in every run.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED the PostgreSQL test `{test}`: {URL} is not set (`scripts/pg start DIR` \
-                 starts a throwaway server and prints one)"
-            );
-            None
-        }
-    }
-}
 
 /// Runs `annals bench` with `args`, with `ANNALS_PG_URL` set to `url` (unset for `None`).
 fn bench(url: Option<&str>, args: &[&str]) -> Output {

@@ -9,31 +9,14 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use annals::backend::{Backend, Follower};
-use annals::outbox::{Outbox, OutboxMessage, OutboxOptions};
 use annals::pg::PgStore;
-use annals::subscriptions::Filter;
-use annals::{ExpectedVersion, NewEvent, PayloadEncoding, RecordedEvent, Store};
+use annals::{ExpectedVersion, NewEvent, PayloadEncoding, Store};
 use annals_bench::pg::PgDatabase;
 use serde_json::Value;
 use uuid::Uuid;
 
-const URL: &str = "ANNALS_PG_URL";
-
-fn server(test: &str) -> Option<String> {
-    match std::env::var(URL) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED the PostgreSQL test `{test}`: {URL} is not set (`scripts/pg start DIR` \
-                 starts a throwaway server and prints one)"
-            );
-            None
-        }
-    }
-}
+mod common;
+use common::{URL, place_orders, run_outbox, run_projection, server};
 
 fn annals(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_annals"))
@@ -83,80 +66,6 @@ fn lines(file: &Path) -> (Vec<Value>, Vec<Value>) {
         }
     }
     (events, records)
-}
-
-/// Delivers every published event through outbox `broker`, failing (and parking, after one
-/// attempt) the events whose payload says `"poison"`; returns the delivered ids and the id of
-/// each parked event.
-fn run_outbox<B: Backend>(store: &B) -> (Vec<Uuid>, Vec<Uuid>) {
-    let mut sent = Vec::new();
-    let options = OutboxOptions {
-        max_attempts: 1,
-        ..OutboxOptions::default()
-    };
-    let mut outbox = Outbox::new(
-        store,
-        "broker",
-        |m: &OutboxMessage| {
-            if m.event.payload().starts_with(b"\"poison") {
-                return Err("the broker refuses it".into());
-            }
-            sent.push(m.event.id());
-            Ok(())
-        },
-        options,
-    )
-    .unwrap();
-    while !outbox.run_once().unwrap().caught_up {}
-    let parked = outbox
-        .parked()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            store
-                .read_log_page(p.position, annals::Direction::Forwards, 1)
-                .unwrap()
-                .pop()
-                .unwrap()
-                .id()
-        })
-        .collect();
-    drop(outbox);
-    (sent, parked)
-}
-
-/// The events projection `totals` had not handled (it handles them, checkpointing).
-fn run_projection<B: Backend>(store: &B) -> Vec<Uuid> {
-    let mut sub = Follower::new(store, "totals", Filter::Category("order".into())).unwrap();
-    let mut seen = Vec::new();
-    loop {
-        let batch = sub.poll(50).unwrap();
-        if batch.is_empty() {
-            return seen;
-        }
-        seen.extend(batch.iter().map(RecordedEvent::id));
-        sub.checkpoint().unwrap();
-    }
-}
-
-fn place_orders(store: &Store, range: std::ops::Range<u32>) -> Vec<Uuid> {
-    range
-        .map(|i| {
-            let payload = if i == 7 {
-                "\"poison\"".to_owned()
-            } else {
-                format!(r#"{{"order": {i}, "cents": {}}}"#, i * 100)
-            };
-            let e = NewEvent::new("OrderPlaced", payload)
-                .published(true)
-                .with_correlation_id(Uuid::now_v7());
-            let id = e.id;
-            store
-                .append(&format!("order-{}", i % 13), ExpectedVersion::Any, [e])
-                .unwrap();
-            id
-        })
-        .collect()
 }
 
 #[test]
